@@ -1,0 +1,35 @@
+# sync-worker: `make demo`, `make test`, `make lint`, `make bench`. Each creates .venv itself.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed-dev
+	$(BIN)/python scripts/demo.py
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff format --check sync_worker tests scripts
+	$(BIN)/ruff check sync_worker tests scripts
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python tests/benchmarks/run.py
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format sync_worker tests scripts
+	$(BIN)/ruff check --fix sync_worker tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ledgers state *.egg-info

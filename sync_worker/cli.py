@@ -1,0 +1,292 @@
+"""The command line: thin on top of the pipeline; every expected error is one readable line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from sync_worker import __version__
+from sync_worker.config import TIER_LIMITS, Settings, resolve
+from sync_worker.errors import SyncWorkerError
+from sync_worker.logs import configure, get_logger, json_mode, redact
+
+F = TypeVar("F", bound=Callable[..., Any])
+KEY_FLAG_MESSAGE = (
+    "the API key is never taken on the command line (it would show in `ps`): "
+    "set HINDSIGHT_API_KEY, name another variable with --api-key-env, or use --api-key-file"
+)
+
+
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply
+
+
+def _refuse_key(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+    if value is not None:
+        raise click.UsageError(KEY_FLAG_MESSAGE, ctx=ctx)
+
+
+inputs_argument = click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str)
+)
+shared_options = _options(
+    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                 help="TOML config file [default: config/sync.toml if it exists]."),
+    click.option("--tier", type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
+                 help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth]."),
+    click.option("--rate-limit", type=click.IntRange(min=1),
+                 help="Requests per rate period; overrides the tier."),
+    click.option("--rate-period", "rate_period_s", type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds the limit is counted in [default: 60]."),
+    click.option("--merge/--no-merge", default=None,
+                 help="Merge new context into the contact's existing notes [default: off]."),
+    click.option("--existing-notes", type=click.Path(dir_okay=False, path_type=str),
+                 help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
+                 "implies --merge."),
+    click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=str),
+                 help="State database [default: state/sync-state.sqlite]."),
+    click.option("--force", is_flag=True, help="Send rows even when unchanged since the last "
+                 "successful send."),
+    click.option("--max-rows", type=click.IntRange(min=0),
+                 help="Send at most N requests (a trial run); the rest are not_attempted."),
+    click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
+                 show_default=True, help="auto: console lines on a terminal, JSON lines "
+                 "otherwise."),
+    click.option("--api-key", hidden=True, expose_value=False, callback=_refuse_key,
+                 help="Refused: see --api-key-env."),
+)  # fmt: skip
+run_options = _options(
+    click.option("--base-url", help="API base URL [default: https://app.usehindsight.com/api/v1]."),
+    click.option("--api-key-env", help="Environment variable holding the API key "
+                 "[default: HINDSIGHT_API_KEY]."),
+    click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=str),
+                 help="Read the API key from this file instead."),
+    click.option("--ledger", type=click.Path(dir_okay=False, path_type=str),
+                 help="Ledger file, .csv or .jsonl [default: ledgers/sync-<run_id>.csv]."),
+    click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
+    click.option("--max-duration", type=click.FloatRange(min=0, min_open=True),
+                 help="Stop sending after this many minutes (a cron window); exit 4."),
+    click.option("--concurrency", type=click.IntRange(min=1),
+                 help="Most requests in flight at once [default: enough for the limit at 500 "
+                 "ms latency]."),
+    click.option("--no-progress", is_flag=True, help="No progress bar (shown only on a terminal "
+                 "anyway)."),
+)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sync-worker")
+def main() -> None:
+    """Sync CRM exports (CSV or Parquet) to Hindsight interviews, at the plan's rate, with a
+    ledger line for every row."""
+
+
+@main.command()
+@inputs_argument
+@shared_options
+@run_options
+def run(inputs: tuple[str, ...], **opts: Any) -> None:
+    """Sync rows to the API and write a ledger."""
+    from sync_worker import pipeline
+
+    settings = _settings(opts)
+    options = _run_options(inputs, opts)
+    _finish(lambda: pipeline.run(settings, options, opts["api_key_file"]))
+
+
+@main.command()
+@inputs_argument
+@shared_options
+def plan(inputs: tuple[str, ...], **opts: Any) -> None:
+    """Print the requests a run would send, one JSON line each; no network, no key."""
+    from sync_worker import pipeline
+
+    settings = _settings(opts)
+    options = _run_options(inputs, opts)
+
+    def emit() -> int:
+        for line in pipeline.plan_lines(settings, options):
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        return 0
+
+    _finish(emit)
+
+
+@main.command()
+@inputs_argument
+@shared_options
+def validate(inputs: tuple[str, ...], **opts: Any) -> None:
+    """Check files and mapping and list row problems; no network, no key."""
+    from sync_worker import pipeline
+
+    settings = _settings(opts)
+    options = _run_options(inputs, opts)
+
+    def check_files() -> int:
+        batch, plan = pipeline.validate(settings, options)
+        invalid = [s for _p, s in sorted(plan.settled.items()) if s.status == "invalid"]
+        for settled in invalid:
+            click.echo(f"{settled.error_message} [{settled.error_code}]")
+        click.echo(
+            f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.requests)} requests "
+            f"to send, {len(invalid)} invalid rows"
+        )
+        return 1 if invalid else 0
+
+    _finish(check_files)
+
+
+@main.command()
+@click.argument("ledger", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def report(ledger: Path) -> None:
+    """Summarise a ledger: counts by status and error code, failed rows, what to do next."""
+    from sync_worker.report import render
+
+    _finish(lambda: _echo(render(ledger)))
+
+
+@main.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.option(
+    "--tier",
+    type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
+    default="growth",
+    show_default=True,
+    help="Plan tier the sandbox enforces.",
+)
+@click.option(
+    "--rate-limit", type=click.IntRange(min=1), help="Requests per window; overrides the tier."
+)
+@click.option(
+    "--rate-period",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Window length in seconds.",
+)
+@click.option(
+    "--api-key",
+    help="The only key accepted (a test key, not a real one) [default: any non-empty key].",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Delay before each answer.",
+)
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered 503.",
+)
+@click.option(
+    "--drop-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests whose connection is dropped without an answer.",
+)
+@click.option(
+    "--reset-format",
+    type=click.Choice(["unix", "seconds"]),
+    default="unix",
+    show_default=True,
+    help="X-RateLimit-Reset as Unix time or seconds to wait.",
+)
+@click.option("--seed", type=int, help="Seed for the random failures, for repeatable runs.")
+def sandbox(**opts: Any) -> None:
+    """Run the local simulated API on 127.0.0.1 (for the demo, tests and trying a mapping)."""
+    import asyncio
+
+    from sync_worker.sandbox import SandboxConfig, serve
+
+    config = SandboxConfig(
+        limit=opts["rate_limit"] or TIER_LIMITS[opts["tier"].lower()],
+        period_s=opts["rate_period"], api_key=opts["api_key"], latency_ms=opts["latency_ms"],
+        fail_rate=opts["fail_rate"], drop_rate=opts["drop_rate"],
+        reset_format=opts["reset_format"], seed=opts["seed"],
+    )  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(serve(config, opts["port"], _announce))
+
+
+def _announce(line: str) -> None:
+    click.echo(line)
+    sys.stdout.flush()
+
+
+def _echo(text: str) -> int:
+    click.echo(text)
+    return 0
+
+
+def _settings(opts: dict[str, Any]) -> Settings:
+    configure(opts["log_format"])
+    overrides = {
+        "tier": opts["tier"].lower() if opts["tier"] else None,
+        "rate_limit": opts["rate_limit"],
+        "rate_period_s": opts["rate_period_s"],
+        "merge": opts["merge"],
+        "state_path": opts["state_path"],
+        "base_url": opts.get("base_url"),
+        "api_key_env": opts.get("api_key_env"),
+        "concurrency": opts.get("concurrency"),
+    }
+    try:
+        return resolve(opts["config_path"], overrides)
+    except SyncWorkerError as exc:
+        _fail(exc)
+
+
+def _run_options(inputs: tuple[str, ...], opts: dict[str, Any]) -> Any:
+    from sync_worker.pipeline import RunOptions
+
+    return RunOptions(
+        inputs=inputs,
+        existing_notes=opts["existing_notes"],
+        force=opts["force"],
+        dry_run=opts.get("dry_run", False),
+        max_rows=opts["max_rows"],
+        max_duration_min=opts.get("max_duration"),
+        ledger=opts.get("ledger"),
+        progress=not opts.get("no_progress", False),
+    )
+
+
+def _finish(action: Callable[[], int]) -> NoReturn:
+    try:
+        code = action()
+    except SyncWorkerError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+def _fail(exc: SyncWorkerError) -> NoReturn:
+    message = redact(str(exc))
+    if json_mode():
+        get_logger().error("error", message=message, exit_code=exc.exit_code)
+    else:
+        click.echo(f"sync-worker: error: {message}", err=True)
+    sys.exit(exc.exit_code)

@@ -1,0 +1,93 @@
+"""The results ledger: one line per input row, appended and flushed as results arrive.
+
+CSV or JSONL by extension. Never the key (every text cell is scrubbed) nor the payload (only its
+SHA-256). A CSV cell that a spreadsheet would run as a formula is escaped with a leading quote.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from sync_worker.errors import ConfigError
+from sync_worker.logs import redact
+from sync_worker.state import create_private
+
+COLUMNS = (
+    "run_id",
+    "source_file",
+    "source_row",
+    "interview_id",
+    "contact_email",
+    "status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "merge",
+    "payload_sha256",
+    "finished_at",
+    "duration_ms",
+)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(value: str) -> str:
+    """Keep a spreadsheet from running a cell: '=cmd()' is written as "'=cmd()"."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+class Ledger:
+    """Open for the whole run; `write` buffers a line, `flush` puts what is buffered on disk."""
+
+    def __init__(self, path: Path) -> None:
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".jsonl"):
+            raise ConfigError(f"ledger {path}: use a .csv or .jsonl file name")
+        self.path = path
+        self._jsonl = suffix == ".jsonl"
+        existed = path.exists() and path.stat().st_size > 0
+        create_private(path)
+        self._file: IO[str] = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        os.chmod(path, 0o600)
+        self._csv = csv.writer(self._file, lineterminator="\n")
+        if not self._jsonl and not existed:
+            self._csv.writerow(COLUMNS)
+        self.lines = 0
+
+    def write(self, line: Mapping[str, Any]) -> None:
+        values = [_clean(line.get(column)) for column in COLUMNS]
+        if self._jsonl:
+            self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
+        else:
+            self._csv.writerow(["" if v is None else _csv_cell(v) for v in values])
+        self.lines += 1
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+def _clean(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+def _csv_cell(value: Any) -> Any:
+    return escape_formula(value) if isinstance(value, str) else value
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """Read a ledger back (for `report` and the tests)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        if path.suffix.lower() == ".jsonl":
+            return [json.loads(line) for line in handle if line.strip()]
+        return list(csv.DictReader(handle))

@@ -1,0 +1,159 @@
+"""Pacing: never more than the limit in any window, yet within half a percent of it.
+
+Three parts, all on the event loop's clock:
+- an aiolimiter bucket with room for two requests paces sends at limit/period; its small room
+  absorbs the lateness of each wake-up (a bucket of one loses it, and reaches only ~0.99);
+- a sliding-window guard counts the sends of the last period (retries included) and holds a
+  send that would make it more than the limit: this is what makes the window strict from the
+  very first second, whatever the bucket lets out;
+- one shared pause: a 429 stops every worker until the server's reset, after which sends go
+  out at the bucket's pace again.
+From the 429s the pacer also learns when the server allows less than it was told (a lower limit
+or a longer window) and adds the server's own window as a second guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import deque
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+BUCKET_ROOM = 2
+MIN_LEARNING_SAMPLES = 10  # learn only from a cycle holding at least this many accepted sends
+ACCEPTED_MEMORY = 20_000  # accepted send times kept for learning
+
+
+def window_margin(period: float) -> float:
+    """Slack added to a window so jitter between our clock and the server's cannot crowd it."""
+    return max(0.002 * period, 0.02)
+
+
+class Window:
+    """At most `limit` sends in any span of `span` seconds."""
+
+    __slots__ = ("_sent", "limit", "span")
+
+    def __init__(self, limit: int, span: float) -> None:
+        self.limit = limit  # sends allowed per span
+        self.span = span  # seconds, margin included
+        self._sent: deque[float] = deque()  # send times within the last span, oldest first
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one more send fits (0 when it fits now)."""
+        sent = self._sent
+        while sent and now - sent[0] >= self.span:
+            sent.popleft()
+        if len(sent) < self.limit:
+            return 0.0
+        return sent[len(sent) - self.limit] + self.span - now
+
+    def record(self, now: float) -> None:
+        self._sent.append(now)
+
+
+@dataclass(frozen=True)
+class Learned:
+    limit: int
+    window_s: float
+
+    @property
+    def per_minute(self) -> float:
+        return self.limit * 60.0 / self.window_s
+
+
+class Pacer:
+    """Shared by every worker of a run: `await acquire()` before each request."""
+
+    __slots__ = (
+        "_accepted",
+        "_bucket",
+        "_guards",
+        "_paused_once",
+        "_paused_until",
+        "learned",
+        "limit",
+        "period",
+    )
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit  # requests per period, as configured
+        self.period = period  # seconds
+        self._bucket = AsyncLimiter(BUCKET_ROOM, BUCKET_ROOM * period / limit)
+        self._guards = [Window(limit, period + window_margin(period))]
+        self._paused_until = 0.0  # loop time before which nothing is sent
+        self._paused_once = False  # a 429 pause has happened: later 429s may teach us
+        self._accepted: list[float] = []  # send times of requests the server accepted
+        self.learned: Learned | None = None  # the server's own limit, once learned
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def acquire(self) -> float:
+        """Wait for a slot and claim it; returns the send time (loop clock)."""
+        await self._bucket.acquire()
+        while True:
+            now = self._now()
+            if now < self._paused_until:
+                await asyncio.sleep(self._paused_until - now)
+                await self._bucket.acquire()  # resume at the bucket's pace, not all at once
+                continue
+            wait = max(guard.wait_time(now) for guard in self._guards)
+            if wait <= 0:
+                for guard in self._guards:
+                    guard.record(now)
+                return now
+            await asyncio.sleep(wait)
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self._now())
+
+    def accepted(self, sent_at: float) -> None:
+        """The server took a request sent at `sent_at` (any answer but 429)."""
+        bisect.insort(self._accepted, sent_at)
+        if len(self._accepted) > ACCEPTED_MEMORY:
+            del self._accepted[: ACCEPTED_MEMORY // 2]
+
+    def rate_limited(self, wait_s: float) -> Learned | None:
+        """A 429 whose reset is `wait_s` away: pause everyone; maybe learn the server's limit.
+
+        Returns the newly learned limit, if this 429 taught one."""
+        now = self._now()
+        reset = now + wait_s
+        self._paused_until = max(self._paused_until, reset)
+        learned = self._learn(now, reset) if self._paused_once else None
+        self._paused_once = True
+        return learned
+
+    def _learn(self, now: float, reset: float) -> Learned | None:
+        """Find the server's window from our own accepted sends.
+
+        At a 429 the server's window is full and frees its oldest entry at `reset`. The oldest
+        request still in the window is the first after a gap in our sends at least as long as
+        the wait (our previous pause): everything before that gap has left the window. Cycles
+        with few samples (a window still holding an earlier run's requests) teach nothing."""
+        need = reset - now
+        sent = self._accepted
+        for j in range(len(sent) - 1, 0, -1):
+            if sent[j] - sent[j - 1] >= need:
+                count, window = len(sent) - j, reset - sent[j]
+                break
+        else:
+            return None
+        if count < MIN_LEARNING_SAMPLES or count / window >= self._allowed_rate():
+            return None
+        self.learned = Learned(count, window)
+        guard = Window(count, window + window_margin(window))
+        for sent_at in sent[j:]:  # what the server's window holds now
+            guard.record(sent_at)
+        self._guards = [self._guards[0], guard]
+        return self.learned
+
+    def _allowed_rate(self) -> float:
+        if self.learned is not None:
+            return self.learned.limit / self.learned.window_s
+        return self.limit / self.period

@@ -1,0 +1,79 @@
+"""structlog set-up: JSON lines for cron, console lines on a terminal, the key never shown."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[REDACTED]"
+_secrets: list[str] = []  # values that must never leave the process in any text
+_mode = {"json": True}  # how the last configure() renders: JSON lines or console lines
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret so every log event, ledger cell and message is scrubbed of it."""
+    if value and value not in _secrets:
+        _secrets.append(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no event, traceback included, ever holds a registered secret."""
+    if not _secrets:
+        return event_dict
+    return {key: _scrub(value) for key, value in event_dict.items()}
+
+
+def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
+    """`auto` means console lines on a terminal, JSON lines otherwise."""
+    out = stream or sys.stderr
+    use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
+    _mode["json"] = use_json
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("sync_worker")
+
+
+def json_mode() -> bool:
+    """True when events are JSON lines (cron): errors then go out as one JSON event too."""
+    return _mode["json"]

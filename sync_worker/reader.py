@@ -1,0 +1,211 @@
+"""Read CRM exports into one frame of text cells with canonical column names.
+
+Every cell is text ("" for empty): an id must never become 4821.0. Each row keeps the index of
+its file and its 1-based data row, so every later message and ledger line can point at it.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sync_worker.config import CANONICAL_FIELDS
+from sync_worker.errors import InputError
+
+CONTEXT_PREFIX = "context."
+FILE_COL = "_file"
+ROW_COL = "_row"
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    encoding: str | None = None
+    delimiter: str | None = None
+    columns: Mapping[str, str] | None = None  # canonical field -> export header
+    context_columns: Mapping[str, str] | None = None  # context key -> export header
+
+
+@dataclass(frozen=True)
+class Batch:
+    """All inputs as one frame: canonical columns, `context.<key>` columns, _file, _row."""
+
+    frame: pd.DataFrame
+    files: tuple[str, ...]
+    context_keys: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @cached_property
+    def _lookup(self) -> tuple[list[int], list[int], list[str], list[str]]:
+        frame = self.frame
+        return (
+            frame[FILE_COL].tolist(),
+            frame[ROW_COL].tolist(),
+            frame["interview_id"].tolist(),
+            frame["contact_email"].tolist(),
+        )
+
+    def locate(self, position: int) -> tuple[int, int, str, str]:
+        """(file index, 1-based row, interview_id as written, contact_email) of a row."""
+        files, rows, ids, emails = self._lookup
+        return files[position], rows[position], ids[position], emails[position]
+
+
+def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
+    """Read every input in order and stack them into one batch."""
+    frames: list[pd.DataFrame] = []
+    warnings: list[str] = []
+    context_keys: dict[str, None] = {}
+    for index, path in enumerate(paths):
+        raw, read_warnings = read_raw(Path(path), options)
+        warnings.extend(read_warnings)
+        frame, map_warnings = to_canonical(raw, path, options)
+        warnings.extend(map_warnings)
+        context_keys.update(dict.fromkeys(_context_keys(frame)))
+        frame[FILE_COL] = index
+        frame[ROW_COL] = range(1, len(frame) + 1)
+        frames.append(frame)
+    keys = tuple(context_keys)
+    columns = [*CANONICAL_FIELDS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
+    combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    combined = combined.reindex(columns=columns, fill_value="")
+    return Batch(combined, tuple(paths), keys, tuple(warnings))
+
+
+def _context_keys(frame: pd.DataFrame) -> list[str]:
+    return [
+        str(c)[len(CONTEXT_PREFIX) :] for c in frame.columns if str(c).startswith(CONTEXT_PREFIX)
+    ]
+
+
+def read_raw(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
+    """Read one file as text cells, headers as written."""
+    name = path.name.lower()
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a file")
+    if name.endswith(PARQUET_SUFFIXES):
+        return _read_parquet(path), []
+    if name.endswith(CSV_SUFFIXES):
+        return _read_csv(path, options)
+    raise InputError(f"{path}: unsupported file type (use .csv, .csv.gz, .tsv or .parquet)")
+
+
+def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
+    is_tsv = path.name.lower().endswith((".tsv", ".tsv.gz"))
+    delimiter = options.delimiter or ("\t" if is_tsv else ",")
+    if options.encoding:
+        return _read_csv_as(path, delimiter, options.encoding), []
+    try:
+        return _read_csv_as(path, delimiter, "utf-8-sig"), []
+    except UnicodeDecodeError:
+        warning = (
+            f"{path}: not valid UTF-8, read as cp1252 (Excel on Windows); "
+            "set [input] encoding in the config to silence this"
+        )
+        return _read_csv_as(path, delimiter, "cp1252"), [warning]
+
+
+def _read_csv_as(path: Path, delimiter: str, encoding: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(
+            path,
+            sep=delimiter,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            encoding=encoding,
+            compression="infer",
+            quoting=csv.QUOTE_MINIMAL,
+            engine="c",
+        )
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: file is empty (no header row)") from None
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: cannot parse as CSV: {exc}") from None
+    except UnicodeDecodeError:
+        raise
+    except (OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read as Parquet: {exc}") from None
+    as_text = [_column_as_text(table.column(i)) for i in range(table.num_columns)]
+    text_table = pa.table(as_text, names=table.column_names)
+    frame: pd.DataFrame = text_table.to_pandas().astype(object)
+    return frame
+
+
+def _column_as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Integral floats become "4821", not "4821.0"; nulls become ""."""
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        column = pc.cast(column, pa.string())
+    return pc.fill_null(column, "")
+
+
+def to_canonical(
+    raw: pd.DataFrame, path: str, options: ReadOptions
+) -> tuple[pd.DataFrame, list[str]]:
+    """Rename a file's headers to canonical names: as-is first, then via the mapping."""
+    by_norm = {_norm(str(h)): str(h) for h in raw.columns}
+    mapping = options.columns or {}
+    renames: dict[str, str] = {}
+    warnings: list[str] = []
+    for field in CANONICAL_FIELDS:
+        header = _find(field, by_norm, mapping.get(field))
+        if header is not None:
+            renames[header] = field
+        elif field == "interview_id":
+            raise InputError(_missing_id_message(path, raw, mapping.get(field)))
+        elif field in mapping:
+            warnings.append(f"{path}: mapped column {mapping[field]!r} for {field} not found")
+    for header in raw.columns:
+        norm = _norm(str(header))
+        if norm.startswith(CONTEXT_PREFIX) and len(norm) > len(CONTEXT_PREFIX):
+            renames[str(header)] = CONTEXT_PREFIX + str(header).strip()[len(CONTEXT_PREFIX) :]
+    for key, wanted in (options.context_columns or {}).items():
+        header = by_norm.get(_norm(wanted))
+        if header is None:
+            warnings.append(f"{path}: mapped context column {wanted!r} for {key} not found")
+        else:
+            renames[header] = CONTEXT_PREFIX + key
+    frame = raw[list(renames)].rename(columns=renames)
+    return frame.loc[:, ~frame.columns.duplicated()].copy(), warnings
+
+
+def _find(field: str, by_norm: Mapping[str, str], mapped: str | None) -> str | None:
+    if field in by_norm:
+        return by_norm[field]
+    if mapped is not None:
+        return by_norm.get(_norm(mapped))
+    return None
+
+
+def _missing_id_message(path: str, raw: pd.DataFrame, mapped: str | None) -> str:
+    found = ", ".join(repr(str(h)) for h in raw.columns) or "none"
+    wanted = f"interview_id or the mapped column {mapped!r}" if mapped else "interview_id"
+    return (
+        f"{path}: no {wanted} column (columns found: {found}); "
+        'map one in the config: [columns] interview_id = "<your header>"'
+    )
+
+
+def _norm(header: str) -> str:
+    return header.strip().lower()

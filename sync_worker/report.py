@@ -1,0 +1,68 @@
+"""`sync-worker report LEDGER`: what happened in a run, and what to do next."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from sync_worker.ledger import read_ledger
+
+FAILED_SHOWN = 10
+
+
+def render(path: Path) -> str:
+    rows = read_ledger(path)
+    statuses = Counter(str(r["status"]) for r in rows)
+    codes = Counter(str(r["error_code"]) for r in rows if r.get("error_code"))
+    lines = [f"ledger {path}: {len(rows)} rows"]
+    lines += [f"  {status:<18} {count:>8}" for status, count in sorted(statuses.items())]
+    if codes:
+        lines.append("error codes:")
+        lines += [f"  {code:<24} {count:>8}" for code, count in codes.most_common()]
+    problems = [r for r in rows if r["status"] in ("failed", "invalid")]
+    if problems:
+        lines.append(f"first {min(len(problems), FAILED_SHOWN)} failed or invalid rows:")
+        lines += [_describe(r) for r in problems[:FAILED_SHOWN]]
+    lines += _rate(path)
+    lines += _next_steps(statuses)
+    return "\n".join(lines)
+
+
+def _describe(row: dict[str, object]) -> str:
+    status = f"HTTP {row['http_status']} " if row.get("http_status") not in (None, "") else ""
+    return (
+        f"  {row['source_file']} row {row['source_row']} (interview {row['interview_id']}): "
+        f"{row['status']} {status}{row['error_code']}: {row['error_message']}"
+    )
+
+
+def _rate(path: Path) -> list[str]:
+    summary_path = path.with_name(path.name + ".summary.json")
+    if not summary_path.exists():
+        return []
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return [
+        f"requests sent: {summary.get('requests_sent')}, retries: {summary.get('retries')}, "
+        f"429s: {summary.get('rate_limited_429')}, effective rate: "
+        f"{summary.get('effective_requests_per_minute')} requests/minute, "
+        f"exit code {summary.get('exit_code')}"
+    ]
+
+
+def _next_steps(statuses: Counter[str]) -> list[str]:
+    steps = []
+    retry = statuses["failed"] + statuses["not_attempted"]
+    if retry:
+        steps.append(
+            f"next: re-run the same command to retry the {statuses['failed']} failed and "
+            f"{statuses['not_attempted']} not attempted rows (rows already sent are skipped)"
+        )
+    if statuses["invalid"]:
+        steps.append(
+            f"next: fix the {statuses['invalid']} invalid rows in the export (see error_message), "
+            "then re-run"
+        )
+    if not steps:
+        steps.append("nothing to do: every row is ok, unchanged or a dry run")
+    return steps

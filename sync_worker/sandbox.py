@@ -1,0 +1,264 @@
+"""A local stand-in for the Hindsight API (`sync-worker sandbox`), on 127.0.0.1 only.
+
+Same shapes and errors as the real API (../shared/api): bearer-key check, 400 for an empty or
+invalid body, 404 for unknown ids, a strict sliding-window limit answered with 429 and
+X-RateLimit-Reset. It keeps each contact's notes in memory and shows them, with a record of
+every request's arrival, under /_sandbox/. On request it misbehaves: latency, random 5xx,
+dropped connections, a lower limit or longer window than the client was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+UNKNOWN_IDS_FROM = 900_000_000  # ids from here up do not exist (404)
+FIELDS = ("contact_context", "contact_name", "objective")
+
+
+@dataclass
+class SandboxConfig:
+    limit: int = 300
+    period_s: float = 60.0
+    api_key: str | None = None  # None: any non-empty bearer key is accepted
+    latency_ms: float = 0.0
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    reset_format: str = "unix"  # unix: absolute Unix seconds; seconds: seconds to wait
+    seed: int | None = None
+
+
+@dataclass
+class Contact:
+    contact_id: int
+    email: str | None = None
+    name: str | None = None
+    notes: Any = None  # as last sent: text or a JSON object
+    updates: int = 0
+
+
+@dataclass
+class Interview:
+    interview_id: int
+    contact_id: int
+    objective: str | None = None
+    updates: int = 0
+
+
+@dataclass
+class Sandbox:
+    config: SandboxConfig
+    contacts: dict[int, Contact] = field(default_factory=dict)
+    interviews: dict[int, Interview] = field(default_factory=dict)
+    window: deque[float] = field(default_factory=deque)  # arrival times of accepted requests
+    log: list[dict[str, Any]] = field(default_factory=list)  # every PATCH, in arrival order
+    random: random.Random = field(default_factory=random.Random)
+    next_id: int = 1_000_000
+
+    def interview(self, interview_id: int) -> Interview | None:
+        """Every id below UNKNOWN_IDS_FROM exists; by default each is its own contact."""
+        if interview_id in self.interviews:
+            return self.interviews[interview_id]
+        if not 0 < interview_id < UNKNOWN_IDS_FROM:
+            return None
+        contact = self.contacts.setdefault(interview_id, Contact(interview_id))
+        return self.interviews.setdefault(interview_id, Interview(interview_id, contact.contact_id))
+
+    def admit(self, now: float) -> float | None:
+        """Sliding window: None if the request fits, else seconds until a slot frees."""
+        span = self.config.period_s
+        while self.window and now - self.window[0] >= span:
+            self.window.popleft()
+        if len(self.window) >= self.config.limit:
+            return self.window[0] + span - now
+        self.window.append(now)
+        return None
+
+
+def error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    body = {"error": {"code": code, "message": message}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _sandbox(request: web.Request) -> Sandbox:
+    sandbox: Sandbox = request.app[SANDBOX_KEY]
+    return sandbox
+
+
+SANDBOX_KEY = web.AppKey("sandbox", Sandbox)
+
+
+def _authorised(request: web.Request, sandbox: Sandbox) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return False
+    return sandbox.config.api_key is None or key.strip() == sandbox.config.api_key
+
+
+async def patch_interview(request: web.Request) -> web.StreamResponse:
+    sandbox = _sandbox(request)
+    arrived, arrived_unix = time.monotonic(), time.time()
+    entry: dict[str, Any] = {"t": arrived_unix, "id": request.match_info["id"]}
+    sandbox.log.append(entry)
+    response = await _patch(request, sandbox, arrived, arrived_unix)
+    entry["status"] = response.status
+    return response
+
+
+async def _patch(
+    request: web.Request, sandbox: Sandbox, arrived: float, arrived_unix: float
+) -> web.StreamResponse:
+    config = sandbox.config
+    if not _authorised(request, sandbox):
+        return error(401, "unauthorized", "Invalid or missing API key")
+    wait = sandbox.admit(arrived)
+    if wait is not None:
+        return _too_many(config, wait, arrived_unix)
+    if sandbox.random.random() < config.drop_rate:
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=499)
+    if config.latency_ms:
+        await asyncio.sleep(config.latency_ms / 1000)
+    if sandbox.random.random() < config.fail_rate:
+        return error(503, "server_error", "Service temporarily unavailable")
+    return await _update(request, sandbox)
+
+
+def _too_many(config: SandboxConfig, wait: float, now_unix: float) -> web.Response:
+    reset = f"{now_unix + wait:.3f}" if config.reset_format == "unix" else f"{wait:.3f}"
+    return error(
+        429,
+        "rate_limit_exceeded",
+        "Too many requests",
+        **{"X-RateLimit-Reset": reset, "Retry-After": str(math.ceil(wait))},
+    )
+
+
+async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
+    raw_id = request.match_info["id"]
+    interview = sandbox.interview(int(raw_id)) if raw_id.isdigit() else None
+    if interview is None:
+        return error(404, "not_found", "Interview request not found")
+    body, problem = await _read_body(request)
+    if problem:
+        return error(400, "bad_request", problem)
+    contact = sandbox.contacts[interview.contact_id]
+    if "contact_context" in body:
+        contact.notes = body["contact_context"]
+        contact.updates += 1
+    if "contact_name" in body:
+        contact.name = body["contact_name"]
+    if "objective" in body:
+        interview.objective = body["objective"]
+    interview.updates += 1
+    return web.json_response({"interview_request_id": interview.interview_id})
+
+
+async def _read_body(request: web.Request) -> tuple[dict[str, Any], str]:
+    try:
+        body = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        return {}, "Invalid JSON"
+    if not isinstance(body, dict) or not any(k in body for k in FIELDS):
+        return {}, "No fields provided: send contact_context, contact_name or objective"
+    context = body.get("contact_context")
+    if "contact_context" in body and not isinstance(context, str | dict):
+        return {}, "contact_context must be a string or an object"
+    for name in ("contact_name", "objective"):
+        if name in body and not isinstance(body[name], str):
+            return {}, f"{name} must be a string"
+    return body, ""
+
+
+async def create_interview(request: web.Request) -> web.Response:
+    """POST /interviews: contacts are created or found by email, so interviews can share one."""
+    sandbox = _sandbox(request)
+    if not _authorised(request, sandbox):
+        return error(401, "unauthorized", "Invalid or missing API key")
+    body, _problem = await _read_body(request)
+    email = str(body.get("contact_email") or "").strip().lower() if body else ""
+    if not email:
+        return error(400, "bad_request", "contact_email is required")
+    contact = next((c for c in sandbox.contacts.values() if c.email == email), None)
+    if contact is None:
+        sandbox.next_id += 1
+        contact = sandbox.contacts.setdefault(sandbox.next_id, Contact(sandbox.next_id, email))
+    sandbox.next_id += 1
+    interview = Interview(sandbox.next_id, contact.contact_id, body.get("objective"))
+    sandbox.interviews[interview.interview_id] = interview
+    if "contact_context" in body:
+        contact.notes = body["contact_context"]
+    body_out = {"interview_request_id": interview.interview_id, "contact_id": contact.contact_id}
+    return web.json_response(body_out, status=201)
+
+
+async def show_interview(request: web.Request) -> web.Response:
+    """GET /_sandbox/interviews/{id}: what the sandbox holds, notes included."""
+    sandbox = _sandbox(request)
+    raw_id = request.match_info["id"]
+    interview = sandbox.interviews.get(int(raw_id)) if raw_id.isdigit() else None
+    if interview is None:
+        return error(404, "not_found", "No update received for this interview")
+    contact = sandbox.contacts[interview.contact_id]
+    notes = contact.notes
+    return web.json_response({
+        "interview_request_id": interview.interview_id,
+        "contact_id": contact.contact_id,
+        "contact_name": contact.name,
+        "objective": interview.objective,
+        "contact_context": notes,
+        "notes": notes if notes is None or isinstance(notes, str) else json.dumps(notes),
+        "updates": interview.updates,
+    })  # fmt: skip
+
+
+async def show_requests(request: web.Request) -> web.Response:
+    """GET /_sandbox/requests: every PATCH with its arrival (Unix seconds) and answer."""
+    return web.json_response({"requests": _sandbox(request).log})
+
+
+async def reset(request: web.Request) -> web.Response:
+    sandbox = _sandbox(request)
+    sandbox.contacts.clear()
+    sandbox.interviews.clear()
+    sandbox.window.clear()
+    sandbox.log.clear()
+    return web.json_response({"reset": True})
+
+
+def make_app(config: SandboxConfig) -> web.Application:
+    app = web.Application()
+    sandbox = Sandbox(config)
+    sandbox.random.seed(config.seed)
+    app[SANDBOX_KEY] = sandbox
+    for prefix in ("/api/v1", ""):
+        app.router.add_patch(prefix + "/interviews/{id}", patch_interview)
+        app.router.add_post(prefix + "/interviews", create_interview)
+    app.router.add_get("/_sandbox/interviews/{id}", show_interview)
+    app.router.add_get("/_sandbox/requests", show_requests)
+    app.router.add_post("/_sandbox/reset", reset)
+    return app
+
+
+async def serve(config: SandboxConfig, port: int, announce: Any = print) -> None:
+    """Serve until cancelled or signalled; announces the base URL once listening."""
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    announce(f"sandbox listening on http://127.0.0.1:{bound}/api/v1")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,198 @@
+"""The state database (SQLite) and the one-run-at-a-time lock beside it.
+
+It remembers, for every interview sent successfully, the payload hash, and for every contact the
+context last sent. A row whose payload equals the last one sent is skipped, so a re-run after a
+crash, a kill or failures resumes by key, not by offset. Writes are recorded only after the
+server confirmed them, and are committed in batches (one commit per event-loop turn of results).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sync_worker.errors import LockedError, SyncWorkerError
+from sync_worker.merger import Context
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent (
+    interview_id INTEGER PRIMARY KEY,
+    payload_sha256 TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    sent_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    contact TEXT PRIMARY KEY,
+    context_json TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    sent_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    exit_code INTEGER,
+    summary_json TEXT
+);
+"""
+
+
+def create_private(path: Path) -> None:
+    """Create `path` (and its folder) readable by its owner only, if it does not exist."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+@dataclass(frozen=True)
+class Success:
+    interview_id: int
+    sha256: str
+    contact: str
+    context_json: str | None  # None: no contact_context was sent
+    run_id: str
+    sent_at: str
+
+
+class State:
+    """One SQLite file; open it with `State.open` (read-write) or `State.read_only`."""
+
+    def __init__(self, connection: sqlite3.Connection | None) -> None:
+        self._db = connection
+        self._pending: list[Success] = []
+
+    @classmethod
+    def open(cls, path: Path) -> State:
+        create_private(path)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # survives kill -9; only power loss can undo
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise SyncWorkerError(f"{path}: cannot open the state database ({exc})") from None
+        return cls(db)
+
+    @classmethod
+    def read_only(cls, path: Path) -> State:
+        """For `plan`: read what exists, create nothing."""
+        if not path.exists():
+            return cls(None)
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            db.execute("SELECT 1 FROM sent LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            raise SyncWorkerError(f"{path}: cannot read the state database ({exc})") from None
+        return cls(db)
+
+    def sent_hashes(self) -> dict[int, str]:
+        if self._db is None:
+            return {}
+        return dict(self._db.execute("SELECT interview_id, payload_sha256 FROM sent"))
+
+    def contexts(self) -> dict[str, Context]:
+        if self._db is None:
+            return {}
+        rows = self._db.execute("SELECT contact, context_json FROM contacts")
+        return {contact: json.loads(text) for contact, text in rows}
+
+    def add(self, success: Success) -> None:
+        """Queue a confirmed send; `flush` commits everything queued."""
+        self._pending.append(success)
+
+    def flush(self) -> None:
+        if not self._pending or self._db is None:
+            return
+        pending, self._pending = self._pending, []
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?)",
+                [(s.interview_id, s.sha256, s.contact, s.run_id, s.sent_at) for s in pending],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)",
+                _context_rows(pending),
+            )
+
+    def run_started(self, run_id: str, started_at: str) -> None:
+        if self._db is not None:
+            self._db.execute(
+                "INSERT INTO runs (run_id, started_at) VALUES (?, ?)", (run_id, started_at)
+            )
+
+    def run_finished(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None:
+        self.flush()
+        if self._db is not None:
+            self._db.execute(
+                "UPDATE runs SET finished_at = ?, exit_code = ?, summary_json = ? WHERE run_id = ?",
+                (now_iso(), exit_code, json.dumps(summary), run_id),
+            )
+
+    def close(self) -> None:
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _context_rows(pending: Iterable[Success]) -> list[tuple[str, str, str, str]]:
+    return [
+        (s.contact, s.context_json, s.run_id, s.sent_at)
+        for s in pending
+        if s.context_json is not None
+    ]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RunLock:
+    """An flock on `<state>.lock`: released by the kernel when the holder dies, so a lock left
+    by a killed run never blocks the next one."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.state_path = state_path
+        self.path = state_path.with_name(state_path.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self, run_id: str) -> None:
+        create_private(self.path)
+        handle = open(self.path, "r+", encoding="utf-8")  # noqa: SIM115 (held for the whole run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "{}"
+            handle.close()
+            raise LockedError(self._held_message(holder)) from None
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "run_id": run_id, "started_at": now_iso()}))
+        handle.flush()
+        self._file = handle
+
+    def _held_message(self, holder: str) -> str:
+        try:
+            info = json.loads(holder)
+        except json.JSONDecodeError:
+            info = {}
+        return (
+            f"another run holds the state database {self.state_path}: "
+            f"run {info.get('run_id', '?')}, pid {info.get('pid', '?')}, "
+            f"started {info.get('started_at', '?')}; wait for it to finish, or use another --state"
+        )
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
