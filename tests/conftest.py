@@ -1,0 +1,144 @@
+"""Shared fixtures: a real sandbox server on 127.0.0.1 and a real CLI process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+API_KEY = "sk-test-5f2c9a7e41d84b0c"  # a test key; every e2e test checks it never leaks
+
+
+@dataclass
+class SandboxServer:
+    process: subprocess.Popen[str]
+    root: str  # http://127.0.0.1:PORT
+
+    @property
+    def base_url(self) -> str:
+        return self.root + "/api/v1"
+
+    def get(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(self.root + path, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every PATCH the sandbox received: arrival (Unix seconds), id, answer."""
+        return list(self.get("/_sandbox/requests")["requests"])
+
+    def interview(self, interview_id: int) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.get(f"/_sandbox/interviews/{interview_id}")
+        return result
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_sandbox(*args: str) -> SandboxServer:
+    command = [sys.executable, "-m", "sync_worker", "sandbox", "--port", "0", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "listening on" not in line:
+        process.kill()
+        raise RuntimeError(f"sandbox did not start: {line!r} {process.stderr.read() if process.stderr else ''}")
+    root = line.strip().rsplit(" ", 1)[-1].removesuffix("/api/v1")
+    return SandboxServer(process, root)
+
+
+@pytest.fixture
+def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
+    started: list[SandboxServer] = []
+
+    def make(*args: str) -> SandboxServer:
+        server = start_sandbox("--api-key", API_KEY, *args)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
+    return sandbox_factory("--rate-limit", "1000", "--rate-period", "1")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines on stderr."""
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def event(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.events() if e["event"] == name)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HINDSIGHT_")}
+    env["HINDSIGHT_API_KEY"] = API_KEY
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+    """Run `python -m sync_worker ARGS` as a real process (logs are JSON: stderr is a pipe)."""
+    process = subprocess.run(
+        [sys.executable, "-m", "sync_worker", *args],
+        cwd=cwd,
+        env=env if env is not None else cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(process.returncode, process.stdout, process.stderr)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_ledger(path: Path) -> list[dict[str, str]]:
+    from sync_worker.ledger import read_ledger as read
+
+    return read(path)
+
+
+def assert_no_key(*texts: str, paths: tuple[Path, ...] = ()) -> None:
+    """The API key is nowhere: not in output, logs, ledger, summary or state."""
+    for text in texts:
+        assert API_KEY not in text
+    for path in paths:
+        for file in [path] if path.is_file() else path.rglob("*"):
+            if file.is_file():
+                assert API_KEY.encode() not in file.read_bytes(), file
