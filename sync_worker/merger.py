@@ -62,6 +62,8 @@ def append_text(existing: str, new: str, separator: str) -> str:
 
 
 def _merge_value(existing: Any, new: Any, rules: MergeRules) -> Any:
+    if existing == new:
+        return existing
     if isinstance(existing, str) and isinstance(new, str):
         return append_text(existing, new, rules.separator)
     if isinstance(existing, dict) and isinstance(new, dict):
@@ -78,15 +80,18 @@ def _merge_value(existing: Any, new: Any, rules: MergeRules) -> Any:
 
 
 def _merge_notes(existing: Any, new: Any, rules: MergeRules) -> Any:
-    """Combine two `notes` values without losing existing text."""
-    if existing is None:
+    """Combine two `notes` values without losing either: a number or list counts as its text."""
+    if existing is None or existing == new:
         return new
     if new is None:
         return existing
-    if isinstance(existing, str) and not isinstance(new, str | dict):
-        # A number or list meeting existing text: keep both, as text.
-        return append_text(existing, json.dumps(new, ensure_ascii=False), rules.separator)
-    return _merge_value(existing, new, rules)
+    return _merge_value(_as_context(existing), _as_context(new), rules)
+
+
+def _as_context(value: Any) -> Any:
+    if isinstance(value, str | dict):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _merge_objects(existing: dict[str, Any], new: dict[str, Any], rules: MergeRules) -> Any:

@@ -79,8 +79,8 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
         frames.append(frame)
     keys = tuple(context_keys)
     columns = [*CANONICAL_FIELDS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
-    combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    combined = combined.reindex(columns=columns, fill_value="")
+    aligned = [frame.reindex(columns=columns, fill_value="") for frame in frames]
+    combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
     return Batch(combined, tuple(paths), keys, tuple(warnings))
 
 

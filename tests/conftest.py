@@ -60,7 +60,9 @@ def start_sandbox(*args: str) -> SandboxServer:
     line = process.stdout.readline()
     if "listening on" not in line:
         process.kill()
-        raise RuntimeError(f"sandbox did not start: {line!r} {process.stderr.read() if process.stderr else ''}")
+        raise RuntimeError(
+            f"sandbox did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        )
     root = line.strip().rsplit(" ", 1)[-1].removesuffix("/api/v1")
     return SandboxServer(process, root)
 
@@ -105,7 +107,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> Result:
     """Run `python -m sync_worker ARGS` as a real process (logs are JSON: stderr is a pipe)."""
     process = subprocess.run(
         [sys.executable, "-m", "sync_worker", *args],

@@ -94,9 +94,7 @@ def test_window_is_never_exceeded(tmp_path: Path, sandbox_factory: object) -> No
     arrivals = sorted(r["t"] for r in server.requests())
     assert len(arrivals) == 80
     assert all(r["status"] == 200 for r in server.requests())
-    most_in_window = max(
-        sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals
-    )
+    most_in_window = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
     assert most_in_window <= 20
     assert arrivals[-1] - arrivals[0] >= 2.9  # 80 requests at 20/s cannot take under 3 windows
 

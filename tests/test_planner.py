@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync_worker.merger import MergeRules
+from sync_worker.planner import Memory, Plan, PlanOptions, build_plan, plan_line
+from sync_worker.reader import Batch, ReadOptions, read_batch
+
+HEADER = "interview_id,contact_name,objective,contact_context,contact_email,context.title\n"
+
+
+def plan_for(
+    tmp_path: Path, body: str, options: PlanOptions | None = None, memory: Memory | None = None
+) -> tuple[Batch, Plan]:
+    path = tmp_path / "in.csv"
+    path.write_text(HEADER + body, encoding="utf-8")
+    batch = read_batch([str(path)], ReadOptions())
+    return batch, build_plan(batch, options or PlanOptions(), memory or Memory())
+
+
+@pytest.mark.parametrize(
+    ("row", "body"),
+    [
+        ("1,Ana,,,,", {"contact_name": "Ana"}),
+        ("1,,Win back,,,", {"objective": "Win back"}),
+        ("1,,,just text,,", {"contact_context": "just text"}),
+        ('1,,,"{""a"": 1}",,', {"contact_context": {"a": 1}}),
+        ('1,,,"  {""a"": 1}",,', {"contact_context": {"a": 1}}),
+        ("1,,,,,CTO", {"contact_context": {"title": "CTO"}}),
+        ("1,,,note,,CTO", {"contact_context": {"notes": "note", "title": "CTO"}}),
+        ('1,,,"{""a"": 1}",,CTO', {"contact_context": {"a": 1, "title": "CTO"}}),
+        ("1, Ana ,,,,", {"contact_name": "Ana"}),
+        ("0001,Ana,,,,", {"contact_name": "Ana"}),
+        ("1,NaN,,,,", {"contact_name": "NaN"}),
+        ("1,Ana,,,ana@x.com,", {"contact_name": "Ana"}),
+    ],
+    ids=[
+        "name-only", "objective-only", "text-context", "json-context", "json-after-space",
+        "context-column", "text-plus-column-under-notes", "json-plus-column", "trimmed",
+        "leading-zeros", "nan-is-text", "email-never-sent",
+    ],
+)  # fmt: skip
+def test_row_to_body(tmp_path: Path, row: str, body: dict[str, Any]) -> None:
+    _batch, plan = plan_for(tmp_path, row + "\n")
+    [request] = plan.requests
+    assert request.interview_id == 1
+    assert request.body == body
+    assert request.sha256 == hashlib.sha256(request.body_json).hexdigest()
+    assert json.loads(request.body_json) == body
+
+
+@pytest.mark.parametrize(
+    ("row", "code", "column"),
+    [
+        ("abc,Ana,,,,", "invalid_interview_id", "interview_id"),
+        ("-4,Ana,,,,", "invalid_interview_id", "interview_id"),
+        ("0,Ana,,,,", "invalid_interview_id", "interview_id"),
+        ("4821.0,Ana,,,,", "invalid_interview_id", "interview_id"),
+        (",Ana,,,,", "invalid_interview_id", "interview_id"),
+        ("99999999999999999999,Ana,,,,", "invalid_interview_id", "interview_id"),
+        ("1,,,,,", "no_fields", None),
+        ("1,  ,,   ,a@x.com,", "no_fields", None),
+        ('1,,,"{""a"": ",,', "invalid_json", "contact_context"),
+    ],
+    ids=["letters", "negative", "zero", "float-text", "empty", "too-big", "nothing",
+         "only-spaces", "bad-json"],
+)  # fmt: skip
+def test_invalid_rows(tmp_path: Path, row: str, code: str, column: str | None) -> None:
+    _batch, plan = plan_for(tmp_path, row + "\n2,Ok,,,,\n")
+    assert [r.interview_id for r in plan.requests] == [2]  # the other rows go on
+    settled = plan.settled[0]
+    assert (settled.status, settled.error_code) == ("invalid", code)
+    assert "in.csv row 1" in settled.error_message
+    if column:
+        assert f"column {column}" in settled.error_message
+
+
+def test_rows_of_one_interview_are_one_request(tmp_path: Path) -> None:
+    batch, plan = plan_for(tmp_path, "5,Ana,Old,first,,\n6,Bo,,,,\n5,,New,,,\n5,Ana R,,second,,\n")
+    first, second = plan.requests
+    assert first.interview_id == 5 and first.rows == [0, 2, 3]
+    assert first.body == {"contact_name": "Ana R", "objective": "New", "contact_context": "second"}
+    assert second.interview_id == 6
+    line = plan_line(first, batch)
+    assert [s["source_row"] for s in line["source_rows"]] == [1, 3, 4]
+
+
+def test_contacts_become_ordered_chains(tmp_path: Path) -> None:
+    _b, plan = plan_for(tmp_path, "1,,,a,X@y.com,\n2,,,b,,\n3,,,c,x@y.com,\n4,,,d,z@y.com,\n")
+    chains = [[r.interview_id for r in chain] for chain in plan.chains]
+    assert chains == [[1, 3], [2], [4]]
+    assert plan.contacts_with_several_contexts == 1
+
+
+def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
+    options = PlanOptions(merge=True)
+    memory = Memory(state_contexts={"x@y.com": "old"})
+    _b, plan = plan_for(tmp_path, "1,,,first,x@y.com,\n2,,,second,x@y.com,\n3,,,solo,,\n", options,
+                        memory)  # fmt: skip
+    one, two, three = plan.requests
+    assert one.body["contact_context"] == "old\n\nfirst\n\nsecond"
+    assert two.body["contact_context"] == one.body["contact_context"]
+    assert (one.merge, two.merge, three.merge) == ("merged", "merged", "no_existing")
+    assert three.body["contact_context"] == "solo"
+    assert (plan.contacts_merged, plan.contacts_no_existing) == (1, 1)
+
+
+def test_notes_file_wins_over_state(tmp_path: Path) -> None:
+    memory = Memory(
+        state_contexts={"x@y.com": "from state"},
+        notes_by_email={"x@y.com": {"stage": "lost"}},
+        notes_by_interview={2: "by id"},
+    )
+    options = PlanOptions(merge=True, rules=MergeRules.build("\n", []))
+    _b, plan = plan_for(tmp_path, "1,,,new,X@Y.com,\n2,,,other,,\n", options, memory)
+    assert plan.requests[0].body["contact_context"] == {"stage": "lost", "notes": "new"}
+    assert plan.requests[1].body["contact_context"] == "by id\nother"
+
+
+def test_merge_without_new_context_leaves_notes_alone(tmp_path: Path) -> None:
+    memory = Memory(state_contexts={"interview:1": "old"})
+    _b, plan = plan_for(tmp_path, "1,Ana,,,,\n", PlanOptions(merge=True), memory)
+    assert plan.requests[0].body == {"contact_name": "Ana"}
+    assert plan.requests[0].merge == "off"
+
+
+def test_unchanged_rows_are_skipped_unless_forced(tmp_path: Path) -> None:
+    _b, first = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n")
+    memory = Memory(sent_hashes={1: first.requests[0].sha256, 2: "something else"})
+    _b, second = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n", memory=memory)
+    assert [r.interview_id for r in second.requests] == [2]
+    assert second.settled[0].status == "skipped_unchanged"
+    _b, forced = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n", PlanOptions(force=True), memory)
+    assert len(forced.requests) == 2
+
+
+def test_max_rows_leaves_the_rest_not_attempted(tmp_path: Path) -> None:
+    _b, plan = plan_for(tmp_path, "1,A,,,,\n2,B,,,,\n3,C,,,,\n", PlanOptions(max_rows=2))
+    assert [r.interview_id for r in plan.requests] == [1, 2]
+    assert plan.settled[2].status == "not_attempted"

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sync_worker.errors import InputError
+from sync_worker.reader import ReadOptions, read_batch
+
+
+def rows(path: Path, options: ReadOptions | None = None) -> list[dict[str, object]]:
+    batch = read_batch([str(path)], options or ReadOptions())
+    records: list[dict[str, object]] = batch.frame.to_dict("records")  # type: ignore[assignment]
+    return records
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected_id"),
+    [
+        ("plain.csv", b"interview_id,contact_name\n4821,Ana\n", "4821"),
+        ("bom.csv", b"\xef\xbb\xbfinterview_id,contact_name\n4821,Ana\n", "4821"),
+        ("zeros.csv", b"interview_id,contact_name\n004821,Ana\n", "004821"),
+        ("spaces.csv", b" Interview_ID ,Contact_Name\n4821,Ana\n", "4821"),
+        ("tabs.tsv", b"interview_id\tcontact_name\n4821\tAna\n", "4821"),
+        ("crlf.csv", b"interview_id,contact_name\r\n4821,Ana\r\n", "4821"),
+    ],
+    ids=["plain", "bom", "leading-zeros-kept", "header-case-and-space", "tsv", "crlf"],
+)
+def test_csv_cells_stay_text(tmp_path: Path, name: str, data: bytes, expected_id: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    [row] = rows(path)
+    assert row["interview_id"] == expected_id
+    assert row["contact_name"] == "Ana"
+    assert row["_row"] == 1
+
+
+def test_gzip_csv(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv.gz"
+    path.write_bytes(gzip.compress(b"interview_id,objective\n7,Win\n"))
+    assert rows(path)[0]["objective"] == "Win"
+
+
+def test_quoted_newlines_and_empty_cells(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text('interview_id,contact_context,objective\n1,"line one\nline two",\n2,,x\n')
+    first, second = rows(path)
+    assert first["contact_context"] == "line one\nline two"
+    assert first["objective"] == ""  # empty, never NaN
+    assert (second["_row"], second["contact_context"]) == (2, "")
+
+
+def test_cp1252_fallback_warns_with_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("interview_id,contact_name\n1,Jos\u00e9 M\u00fcller\n".encode("cp1252"))
+    batch = read_batch([str(path)], ReadOptions())
+    assert batch.frame["contact_name"].iat[0] == "Jos\u00e9 M\u00fcller"
+    assert len(batch.warnings) == 1 and "excel.csv" in batch.warnings[0]
+    assert "cp1252" in batch.warnings[0]
+
+
+def test_configured_encoding_and_delimiter(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes("interview_id;contact_name\n1;Fran\u00e7ois\n".encode("latin-1"))
+    batch = read_batch([str(path)], ReadOptions(encoding="latin-1", delimiter=";"))
+    assert batch.frame["contact_name"].iat[0] == "Fran\u00e7ois"
+    assert batch.warnings == ()
+
+
+def test_parquet_ids_never_become_floats(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    table = pa.table({
+        "interview_id": pa.array([4821.0, None, 17.0]),
+        "contact_name": pa.array(["Ana", None, "Bo"]),
+        "score": pa.array([1, 2, 3], pa.int64()),
+    })  # fmt: skip
+    pq.write_table(table, path)
+    records = rows(path)
+    assert [r["interview_id"] for r in records] == ["4821", "", "17"]
+    assert [r["contact_name"] for r in records] == ["Ana", "", "Bo"]
+
+
+def test_mapping_and_context_columns(tmp_path: Path) -> None:
+    path = tmp_path / "sf.csv"
+    path.write_text(
+        "Hindsight Interview ID,Full Name,Email,Title,Context.Stage,Unused\n"
+        "55,Ana Ruiz,ana@x.com,CTO,Closed Lost,zzz\n"
+    )
+    options = ReadOptions(
+        columns={"interview_id": "hindsight interview id", "contact_name": "Full Name",
+                 "contact_email": "EMAIL"},
+        context_columns={"title": "Title"},
+    )  # fmt: skip
+    batch = read_batch([str(path)], options)
+    [row] = batch.frame.to_dict("records")
+    assert row["interview_id"] == "55" and row["contact_name"] == "Ana Ruiz"
+    assert row["contact_email"] == "ana@x.com"
+    assert row["context.title"] == "CTO" and row["context.Stage"] == "Closed Lost"
+    assert "Unused" not in batch.frame.columns
+    assert set(batch.context_keys) == {"title", "Stage"}
+
+
+def test_canonical_header_wins_over_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("interview_id,Other ID\n1,2\n")
+    [row] = rows(path, ReadOptions(columns={"interview_id": "Other ID"}))
+    assert row["interview_id"] == "1"
+
+
+def test_several_files_are_one_batch_in_order(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("interview_id,objective\n1,a\n2,b\n")
+    (tmp_path / "b.csv").write_text("interview_id,contact_name,context.x\n3,C,cx\n")
+    batch = read_batch([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], ReadOptions())
+    frame = batch.frame
+    assert frame["interview_id"].tolist() == ["1", "2", "3"]
+    assert frame["_file"].tolist() == [0, 0, 1] and frame["_row"].tolist() == [1, 2, 1]
+    assert frame["contact_name"].tolist() == ["", "", "C"]
+    assert frame["context.x"].tolist() == ["", "", "cx"]
+    assert batch.locate(2) == (1, 1, "3", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.csv", None, "missing.csv: file not found"),
+        ("empty.csv", "", "empty.csv: file is empty"),
+        ("noid.csv", "Id,Name\n1,A\n", "noid.csv: no interview_id column (columns found: 'Id', 'Name')"),
+        ("data.xlsx", "x", "data.xlsx: unsupported file type"),
+        ("broken.parquet", "not parquet", "broken.parquet: cannot read as Parquet"),
+        ("ragged.csv", 'interview_id\n1\n"2', "ragged.csv: cannot parse as CSV"),
+    ],
+    ids=["missing", "empty", "no-id-column", "unsupported", "bad-parquet", "unterminated-quote"],
+)  # fmt: skip
+def test_unusable_files_name_file_and_problem(
+    tmp_path: Path, name: str, content: str | None, message: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InputError) as error:
+        read_batch([str(path)], ReadOptions())
+    assert message in str(error.value)
+
+
+def test_missing_mapped_id_column_says_which_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("Record ID,Email\n1,a@x\n")
+    with pytest.raises(InputError, match="mapped column 'Hindsight Interview ID'"):
+        read_batch([str(path)], ReadOptions(columns={"interview_id": "Hindsight Interview ID"}))
+
+
+def test_frame_is_all_text(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("interview_id,contact_name\n1,NaN\n2,null\n")
+    frame = read_batch([str(path)], ReadOptions()).frame
+    assert frame["contact_name"].tolist() == ["NaN", "null"]  # text, not missing values
+    assert not frame.drop(columns=["_file", "_row"]).isna().any().any()
+    assert all(isinstance(v, str) for v in frame["interview_id"])
+    assert isinstance(frame, pd.DataFrame)
