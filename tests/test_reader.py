@@ -128,7 +128,8 @@ def test_several_files_are_one_batch_in_order(tmp_path: Path) -> None:
     [
         ("missing.csv", None, "missing.csv: file not found"),
         ("empty.csv", "", "empty.csv: file is empty"),
-        ("noid.csv", "Id,Name\n1,A\n", "noid.csv: no interview_id column (columns found: 'Id', 'Name')"),
+        ("noid.csv", "Id,Name\n1,A\n",
+         "noid.csv: no interview_id column (columns found: 'Id', 'Name')"),
         ("data.xlsx", "x", "data.xlsx: unsupported file type"),
         ("broken.parquet", "not parquet", "broken.parquet: cannot read as Parquet"),
         ("ragged.csv", 'interview_id\n1\n"2', "ragged.csv: cannot parse as CSV"),
