@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+from email.utils import formatdate
+
+import pytest
+
+from sync_worker.client import MAX_PAUSE_S, Kind, RetryPolicy, classify, reset_delay
+
+
+def api_error(code: str, message: str = "m") -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "code"),
+    [
+        (200, b'{"interview_request_id": 1}', Kind.OK, ""),
+        (204, b"", Kind.OK, ""),
+        (400, api_error("bad_request", "No fields"), Kind.FAILED, "bad_request"),
+        (404, api_error("not_found"), Kind.FAILED, "not_found"),
+        (422, b"<html>nope</html>", Kind.FAILED, "http_422"),
+        (401, api_error("unauthorized"), Kind.FATAL, "unauthorized"),
+        (403, b"", Kind.FATAL, "http_403"),
+        (429, api_error("rate_limit_exceeded"), Kind.RATE_LIMITED, "rate_limit_exceeded"),
+        (500, b"oops", Kind.RETRY, "server_error"),
+        (503, api_error("server_error"), Kind.RETRY, "server_error"),
+        (408, b"", Kind.RETRY, "server_error"),
+    ],
+    ids=["200", "204", "400", "404", "422-html", "401", "403", "429", "500", "503", "408"],
+)
+def test_classify(status: int, body: bytes, kind: Kind, code: str) -> None:
+    verdict = classify(status, body)
+    assert verdict.kind is kind
+    assert verdict.code == code
+
+
+def test_classify_keeps_server_message_and_shape() -> None:
+    verdict = classify(404, api_error("not_found", "Interview request not found"))
+    assert (verdict.message, verdict.api_shaped) == ("Interview request not found", True)
+    assert classify(404, b"<h1>Not Found</h1>").api_shaped is False
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"X-RateLimit-Reset": str(NOW + 12.5)}, 12.5),
+        ({"X-RateLimit-Reset": "7"}, 7.0),
+        ({"X-RateLimit-Reset": "0.25"}, 0.25),
+        ({"Retry-After": "3"}, 3.0),
+        ({"Retry-After": formatdate(NOW + 10, usegmt=True)}, 10.0),
+        ({"X-RateLimit-Reset": "4", "Retry-After": "9"}, 4.0),
+        ({"X-RateLimit-Reset": str(NOW - 5)}, 0.0),
+        ({"X-RateLimit-Reset": "100000"}, MAX_PAUSE_S),
+        ({"X-RateLimit-Reset": "soon"}, 1.0),
+        ({}, 1.0),
+    ],
+    ids=["unix", "seconds", "fraction", "retry-after", "retry-after-date", "reset-first",
+         "past", "capped", "garbage", "none"],
+)  # fmt: skip
+def test_reset_delay(headers: dict[str, str], expected: float) -> None:
+    assert reset_delay(headers, NOW) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("failures", [1, 2, 3, 4, 8, 20])
+def test_backoff_grows_with_jitter_and_a_cap(failures: int) -> None:
+    policy = RetryPolicy(base_s=0.5, cap_s=30.0)
+    ceiling = min(30.0, 0.5 * 2 ** (failures - 1))
+    delays = {policy.delay(failures) for _ in range(50)}
+    assert all(ceiling / 2 <= d <= ceiling for d in delays)
+    assert len(delays) > 1  # jittered

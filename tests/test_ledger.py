@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from sync_worker.errors import ConfigError
+from sync_worker.ledger import COLUMNS, Ledger, escape_formula, read_ledger
+from sync_worker.logs import register_secret
+
+LINE = {
+    "run_id": "r1", "source_file": "in.csv", "source_row": 3, "interview_id": "42",
+    "contact_email": "a@x.com", "status": "failed", "http_status": 404,
+    "error_code": "not_found", "error_message": "Interview request not found",
+    "attempts": 1, "merge": "off", "payload_sha256": "ab" * 32,
+    "finished_at": "2026-11-29T10:00:00.000Z", "duration_ms": 12,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("=HYPERLINK(1)", "'=HYPERLINK(1)"), ("+1", "'+1"), ("-5", "'-5"), ("@SUM", "'@SUM"),
+     ("\tx", "'\tx"), ("plain", "plain"), ("a=b", "a=b"), ("", "")],
+    ids=["equals", "plus", "minus", "at", "tab", "plain", "inner-equals", "empty"],
+)  # fmt: skip
+def test_escape_formula(value: str, expected: str) -> None:
+    assert escape_formula(value) == expected
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_columns_in_order_and_private(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"ledger{suffix}"
+    ledger = Ledger(path)
+    ledger.write(LINE)
+    ledger.write({**LINE, "source_row": 4, "interview_id": "=cmd()", "http_status": None})
+    ledger.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first, second = read_ledger(path)
+    assert list(first) == list(COLUMNS)
+    if suffix == ".csv":
+        assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+        assert second["interview_id"] == "'=cmd()" and second["http_status"] == ""
+    else:
+        assert json.loads(path.read_text().splitlines()[0])["source_row"] == 3
+        assert second["interview_id"] == "=cmd()" and second["http_status"] is None
+
+
+def test_flush_puts_lines_on_disk_before_close(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.csv")
+    ledger.write(LINE)
+    ledger.flush()
+    assert len((tmp_path / "l.csv").read_text().splitlines()) == 2
+    ledger.close()
+
+
+def test_never_holds_a_secret(tmp_path: Path) -> None:
+    register_secret("sk-ledger-secret-123")
+    ledger = Ledger(tmp_path / "l.csv")
+    ledger.write({**LINE, "error_message": "echoed sk-ledger-secret-123 back"})
+    ledger.close()
+    text = (tmp_path / "l.csv").read_text()
+    assert "sk-ledger-secret-123" not in text and "[REDACTED]" in text
+
+
+def test_other_suffixes_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\.csv or \.jsonl"):
+        Ledger(tmp_path / "ledger.xlsx")

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync_worker.errors import LockedError
+from sync_worker.state import RunLock, State, Success
+
+
+def test_remembers_confirmed_sends(tmp_path: Path) -> None:
+    path = tmp_path / "s" / "state.sqlite"
+    state = State.open(path)
+    state.add(Success(1, "h1", "a@x.com", json.dumps({"k": "v"}), "r1", "t"))
+    state.add(Success(2, "h2", "interview:2", None, "r1", "t"))
+    assert State.read_only(path).sent_hashes() == {}  # queued, not yet committed
+    state.flush()
+    state.add(Success(1, "h1b", "a@x.com", json.dumps("text"), "r2", "t"))
+    state.close()
+    again = State.read_only(path)
+    assert again.sent_hashes() == {1: "h1b", 2: "h2"}
+    assert again.contexts() == {"a@x.com": "text"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_read_only_creates_nothing(tmp_path: Path) -> None:
+    state = State.read_only(tmp_path / "none.sqlite")
+    assert state.sent_hashes() == {} and state.contexts() == {}
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from sync_worker.state import RunLock
+lock = RunLock(Path(sys.argv[1]))
+lock.acquire("holder-run")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_run_refused_and_stale_lock_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError) as error:
+            RunLock(path).acquire("second")
+        message = str(error.value)
+        assert f"pid {holder.pid}" in message and "holder-run" in message
+        assert str(path) in message and "started 20" in message
+        assert error.value.exit_code == 75
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    lock = RunLock(path)  # the killed holder's lock file is still there, but stale
+    lock.acquire("third")
+    assert json.loads(lock.path.read_text())["run_id"] == "third"
+    lock.release()
