@@ -31,6 +31,7 @@ class Settings:
     concurrency: int | None = None  # None: enough for the limit at 500 ms latency
     timeout_s: float = 30.0
     max_retries: int = 5
+    backoff_base_s: float = 0.5
     api_key_env: str = "HINDSIGHT_API_KEY"
     encoding: str | None = None
     delimiter: str | None = None
@@ -135,6 +136,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "concurrency": ("concurrency", _positive_int),
         "timeout_s": ("timeout_s", _positive_number),
         "max_retries": ("max_retries", _non_negative_int),
+        "backoff_base_s": ("backoff_base_s", _positive_number),
         "api_key_env": ("api_key_env", _text),
     },
     "input": {"encoding": ("encoding", _encoding), "delimiter": ("delimiter", _delimiter)},

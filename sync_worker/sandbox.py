@@ -109,20 +109,21 @@ async def patch_interview(request: web.Request) -> web.StreamResponse:
     arrived, arrived_unix = time.monotonic(), time.time()
     entry: dict[str, Any] = {"t": arrived_unix, "id": request.match_info["id"]}
     sandbox.log.append(entry)
-    response = await _patch(request, sandbox, arrived, arrived_unix)
+    response = await _patch(request, sandbox, arrived, entry)
     entry["status"] = response.status
     return response
 
 
 async def _patch(
-    request: web.Request, sandbox: Sandbox, arrived: float, arrived_unix: float
+    request: web.Request, sandbox: Sandbox, arrived: float, entry: dict[str, Any]
 ) -> web.StreamResponse:
     config = sandbox.config
     if not _authorised(request, sandbox):
         return error(401, "unauthorized", "Invalid or missing API key")
     wait = sandbox.admit(arrived)
     if wait is not None:
-        return _too_many(config, wait, arrived_unix)
+        entry["reset_at"] = entry["t"] + wait  # what the 429 announces, for the tests to check
+        return _too_many(config, wait, entry["t"])
     if sandbox.random.random() < config.drop_rate:
         if request.transport is not None:
             request.transport.close()
@@ -164,12 +165,19 @@ async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
     return web.json_response({"interview_request_id": interview.interview_id})
 
 
-async def _read_body(request: web.Request) -> tuple[dict[str, Any], str]:
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
     try:
         body = json.loads(await request.read() or b"null")
     except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def _read_body(request: web.Request) -> tuple[dict[str, Any], str]:
+    body = await _json_object(request)
+    if body is None:
         return {}, "Invalid JSON"
-    if not isinstance(body, dict) or not any(k in body for k in FIELDS):
+    if not any(k in body for k in FIELDS):
         return {}, "No fields provided: send contact_context, contact_name or objective"
     context = body.get("contact_context")
     if "contact_context" in body and not isinstance(context, str | dict):
@@ -185,8 +193,8 @@ async def create_interview(request: web.Request) -> web.Response:
     sandbox = _sandbox(request)
     if not _authorised(request, sandbox):
         return error(401, "unauthorized", "Invalid or missing API key")
-    body, _problem = await _read_body(request)
-    email = str(body.get("contact_email") or "").strip().lower() if body else ""
+    body = await _json_object(request) or {}
+    email = str(body.get("contact_email") or "").strip().lower()
     if not email:
         return error(400, "bad_request", "contact_email is required")
     contact = next((c for c in sandbox.contacts.values() if c.email == email), None)

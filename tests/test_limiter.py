@@ -40,7 +40,7 @@ def test_strict_from_the_first_window_and_close_to_the_limit() -> None:
     limit, period = 25, 0.5
     times = asyncio.run(_send(Pacer(limit, period), count=100, workers=8))
     assert most_in_any_window(times, period) <= limit
-    assert times[:BUCKET_ROOM + 1][-1] - times[0] > 0  # no whole-window burst at the start
+    assert times[: BUCKET_ROOM + 1][-1] - times[0] > 0  # no whole-window burst at the start
     assert most_in_any_window(times, period / 5) <= limit / 5 + BUCKET_ROOM
     achieved = (len(times) - 1) / (times[-1] - times[0])
     assert achieved >= 0.9 * limit / period  # loose here; `make bench` measures the 0.995

@@ -1,0 +1,98 @@
+"""The sandbox as a real server: the API's shapes and errors, its strict window, misbehaviour."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import API_KEY, SandboxServer
+
+
+def call(
+    server: SandboxServer, method: str, path: str, body: Any = None, key: str | None = API_KEY,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(server.base_url + path, data=data, method=method)
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "key", "raw", "status", "code"),
+    [
+        ("/interviews/4821", {"objective": "x"}, API_KEY, None, 200, None),
+        ("/interviews/4821", {"objective": "x"}, None, None, 401, "unauthorized"),
+        ("/interviews/4821", {"objective": "x"}, "wrong", None, 401, "unauthorized"),
+        ("/interviews/4821", {}, API_KEY, None, 400, "bad_request"),
+        ("/interviews/4821", None, API_KEY, b"{not json", 400, "bad_request"),
+        ("/interviews/4821", {"contact_context": 5}, API_KEY, None, 400, "bad_request"),
+        ("/interviews/900000001", {"objective": "x"}, API_KEY, None, 404, "not_found"),
+        ("/interviews/abc", {"objective": "x"}, API_KEY, None, 404, "not_found"),
+    ],
+    ids=["ok", "no-key", "wrong-key", "empty-body", "invalid-json", "bad-context-type",
+         "unknown-id", "non-integer-id"],
+)  # fmt: skip
+def test_api_shapes_and_errors(
+    sandbox: SandboxServer, path: str, body: Any, key: str | None, raw: bytes | None,
+    status: int, code: str | None,
+) -> None:  # fmt: skip
+    got_status, payload, _headers = call(sandbox, "PATCH", path, body, key, raw)
+    assert got_status == status
+    if code is None:
+        assert payload == {"interview_request_id": 4821}
+    else:
+        assert payload["error"]["code"] == code and payload["error"]["message"]
+
+
+def test_keeps_notes_per_contact(sandbox: SandboxServer) -> None:
+    _s, first, _h = call(sandbox, "POST", "/interviews", {"contact_email": "ana@x.com"})
+    _s, second, _h = call(sandbox, "POST", "/interviews", {"contact_email": "ANA@x.com"})
+    assert first["contact_id"] == second["contact_id"]
+    context = {"title": "CTO", "evaluation_notes": "POC done"}
+    call(sandbox, "PATCH", f"/interviews/{first['interview_request_id']}",
+         {"contact_context": context})  # fmt: skip
+    shown = sandbox.interview(second["interview_request_id"])
+    assert shown is not None and shown["contact_context"] == context  # one notes field
+    assert json.loads(shown["notes"]) == context
+
+
+@pytest.mark.parametrize("reset_format", ["unix", "seconds"])
+def test_strict_window_answers_429_with_reset(
+    sandbox_factory: Callable[..., SandboxServer], reset_format: str
+) -> None:
+    server = sandbox_factory("--rate-limit", "3", "--rate-period", "2",
+                             "--reset-format", reset_format)  # fmt: skip
+    statuses = [call(server, "PATCH", "/interviews/1", {"objective": "x"})[0] for _ in range(3)]
+    status, payload, headers = call(server, "PATCH", "/interviews/1", {"objective": "x"})
+    assert statuses == [200, 200, 200] and status == 429
+    assert payload["error"]["code"] == "rate_limit_exceeded"
+    reset = float(headers["X-RateLimit-Reset"])
+    wait = reset - time.time() if reset_format == "unix" else reset
+    assert 1.0 < wait <= 2.0
+    assert int(headers["Retry-After"]) == 2
+    assert [r["status"] for r in server.requests()] == [200, 200, 200, 429]
+
+
+def test_misbehaves_on_request(sandbox_factory: Callable[..., SandboxServer]) -> None:
+    failing = sandbox_factory("--fail-rate", "1")
+    assert call(failing, "PATCH", "/interviews/1", {"objective": "x"})[0] == 503
+    dropping = sandbox_factory("--drop-rate", "1")
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError, urllib.error.URLError)):
+        call(dropping, "PATCH", "/interviews/1", {"objective": "x"})
+    slow = sandbox_factory("--latency-ms", "300")
+    started = time.monotonic()
+    assert call(slow, "PATCH", "/interviews/1", {"objective": "x"})[0] == 200
+    assert time.monotonic() - started >= 0.3
