@@ -1,0 +1,212 @@
+"""Surviving the real API: retries, 429 pauses, learning the server's limit, kills, signals,
+one run at a time, run limits. The real CLI process against the real sandbox."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import SandboxServer, cli_env, read_ledger, run_cli, write_csv
+
+HEADER = ["interview_id", "contact_name"]
+FAST_BACKOFF = "[api]\nbackoff_base_s = 0.02\n"
+
+
+def rows_csv(tmp_path: Path, count: int, name: str = "in.csv", tag: str = "N") -> Path:
+    return write_csv(tmp_path / name, HEADER, [[i, f"{tag}{i}"] for i in range(1, count + 1)])
+
+
+def run_args(server: SandboxServer, *args: str) -> list[str]:
+    """A run at 1000 a second unless ARGS say otherwise (the last value of an option wins)."""
+    return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
+            "--ledger", "ledger.csv", "--rate-limit", "1000", "--rate-period", "1",
+            *args]  # fmt: skip
+
+
+def start_run(tmp_path: Path, args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", *args], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_arrivals(server: SandboxServer, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.requests()) < count:
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.05)
+
+
+def test_transient_failures_are_retried_to_success(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--fail-rate", "0.25",
+                             "--drop-rate", "0.1", "--seed", "7")  # fmt: skip
+    (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 8\n")
+    rows_csv(tmp_path, 40)
+    result = run_cli(*run_args(server, "--config", "fast.toml"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    ledger = read_ledger(tmp_path / "ledger.csv")
+    assert {line["status"] for line in ledger} == {"ok"}
+    arrivals = Counter(r["id"] for r in server.requests())
+    answers: dict[str, list[int]] = {}
+    for r in server.requests():
+        answers.setdefault(r["id"], []).append(r["status"])
+    for line in ledger:
+        assert int(line["attempts"]) == arrivals[line["interview_id"]]  # attempts are real sends
+        if answers[line["interview_id"]] == [200]:
+            assert line["attempts"] == "1"  # healthy rows take one attempt
+    assert any(n > 1 for n in arrivals.values())
+    summary = json.loads((tmp_path / "ledger.csv.summary.json").read_text())
+    assert summary["retries"] == sum(arrivals.values()) - 40
+    assert any(e["event"] == "retry" for e in result.events())
+
+
+def test_retries_run_out_as_failed(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--fail-rate", "1")
+    (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 2\n")
+    rows_csv(tmp_path, 3)
+    result = run_cli(*run_args(server, "--config", "fast.toml"), cwd=tmp_path)
+    assert result.code == 1
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert [(x["status"], x["error_code"], x["attempts"]) for x in lines] == [
+        ("failed", "server_error", "3")
+    ] * 3
+
+
+def _assert_recovers(server: SandboxServer, count: int, limit: int, span: float) -> None:
+    log = server.requests()
+    assert sorted({int(r["id"]) for r in log if r["status"] == 200}) == list(range(1, count + 1))
+    arrivals = [r["t"] for r in log]
+    for rejected in (r for r in log if r["status"] == 429):
+        quiet = [t for t in arrivals if rejected["t"] < t < rejected["reset_at"] - 0.002]
+        assert quiet == [], "a request reached the server while a 429's reset held"
+    least = (math.ceil(count / limit) - 1) * span
+    took = max(arrivals) - min(arrivals)
+    assert took <= 1.2 * least, (took, least)
+
+
+@pytest.mark.parametrize(
+    ("server_limit", "server_period", "count"),
+    [("15", "1", 75), ("20", "2", 60)],
+    ids=["server-limit-lower", "server-window-longer"],
+)
+def test_server_allowing_less_than_told(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer], server_limit: str,
+    server_period: str, count: int,
+) -> None:  # fmt: skip
+    server = sandbox_factory("--rate-limit", server_limit, "--rate-period", server_period)
+    rows_csv(tmp_path, count)
+    result = run_cli(*run_args(server, "--rate-limit", "30", "--rate-period", "1"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    assert {x["status"] for x in read_ledger(tmp_path / "ledger.csv")} == {"ok"}
+    _assert_recovers(server, count, int(server_limit), float(server_period))
+    learned = result.event("server_limit_learned")
+    assert learned["limit"] == int(server_limit)
+    assert any(e["event"] == "rate_limit_pause" for e in result.events())
+
+
+def test_unix_and_seconds_reset_both_honoured(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--rate-limit", "5", "--rate-period", "1", "--reset-format",
+                             "seconds")  # fmt: skip
+    rows_csv(tmp_path, 12)
+    result = run_cli(*run_args(server, "--rate-limit", "10", "--rate-period", "1"), cwd=tmp_path)
+    assert result.code == 0, result.stderr
+    _assert_recovers(server, 12, 5, 1.0)
+
+
+def test_kill_9_then_rerun_resumes(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--latency-ms", "20")
+    rows_csv(tmp_path, 60)
+    args = run_args(server, "--rate-limit", "20", "--rate-period", "1", "--concurrency", "4")
+    killed = start_run(tmp_path, args)
+    wait_for_arrivals(server, 25)
+    killed.kill()
+    killed.wait()
+    before = Counter(r["id"] for r in server.requests())
+    finished = {x["interview_id"] for x in read_ledger(tmp_path / "ledger.csv")}
+    assert finished and finished <= set(before)  # every finished result is on disk
+    assert run_cli(*args, cwd=tmp_path).code == 0
+    after = Counter(r["id"] for r in server.requests())
+    assert set(after) == {str(i) for i in range(1, 61)}
+    sent_twice = [i for i, n in after.items() if n > 1]
+    assert len(sent_twice) <= 4  # at most what was in flight at the kill
+    assert run_cli(*args, cwd=tmp_path).code == 0
+    assert Counter(r["id"] for r in server.requests()) == after  # a third run sends nothing
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path, sandbox: SandboxServer) -> None:
+    rows_csv(tmp_path, 60)
+    process = start_run(tmp_path, run_args(sandbox, "--rate-limit", "20", "--rate-period", "1"))
+    wait_for_arrivals(sandbox, 10)
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=20)
+    exited = time.time()
+    assert process.returncode == 143, err
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert sorted(int(x["source_row"]) for x in lines) == list(range(1, 61))
+    statuses = Counter(x["status"] for x in lines)
+    assert statuses["not_attempted"] > 0 and statuses["ok"] >= 10
+    assert set(statuses) <= {"ok", "not_attempted"}
+    time.sleep(0.3)
+    assert all(r["t"] < exited for r in sandbox.requests())
+    assert statuses["ok"] == len(sandbox.requests())
+
+
+def test_second_run_on_same_state_refused(tmp_path: Path, sandbox: SandboxServer) -> None:
+    rows_csv(tmp_path, 40)
+    first = start_run(tmp_path, run_args(sandbox, "--rate-limit", "10", "--rate-period", "1"))
+    try:
+        wait_for_arrivals(sandbox, 2)
+        second = run_cli(*run_args(sandbox), cwd=tmp_path)
+        assert second.code == 75
+        assert f"pid {first.pid}" in second.event("error")["message"]
+    finally:
+        first.kill()
+        first.wait()
+    assert run_cli(*run_args(sandbox), cwd=tmp_path).code == 0  # the stale lock is taken over
+
+
+def test_max_duration_stops_with_4_and_rerun_resumes(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    rows_csv(tmp_path, 30)
+    args = run_args(sandbox, "--rate-limit", "20", "--rate-period", "1")
+    result = run_cli(*args, "--max-duration", "0.01", cwd=tmp_path)  # 0.6 seconds
+    assert result.code == 4
+    statuses = Counter(x["status"] for x in read_ledger(tmp_path / "ledger.csv"))
+    assert statuses["not_attempted"] > 0 and statuses["ok"] > 0
+    assert sum(statuses.values()) == 30
+    assert run_cli(*args, cwd=tmp_path).code == 0
+    assert sorted({r["id"] for r in sandbox.requests()}) == sorted(str(i) for i in range(1, 31))
+    assert len(sandbox.requests()) == 30
+
+
+def test_max_rows_and_dry_run(tmp_path: Path, sandbox: SandboxServer) -> None:
+    rows_csv(tmp_path, 10)
+    dry = run_cli(*run_args(sandbox, "--dry-run"), cwd=tmp_path, env=cli_env(HINDSIGHT_API_KEY=""))
+    assert dry.code == 0
+    assert {x["status"] for x in read_ledger(tmp_path / "ledger.csv")} == {"dry_run"}
+    assert sandbox.requests() == []
+    (tmp_path / "ledger.csv").unlink()
+    trial = run_cli(*run_args(sandbox, "--max-rows", "3"), cwd=tmp_path)
+    assert trial.code == 0
+    statuses = Counter(x["status"] for x in read_ledger(tmp_path / "ledger.csv"))
+    assert statuses == {"ok": 3, "not_attempted": 7}
+    assert len(sandbox.requests()) == 3
+    started = trial.event("run_started")
+    assert started["requests_to_send"] == 3 and "estimated_minutes" in started
