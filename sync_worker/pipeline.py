@@ -333,7 +333,8 @@ async def _send(
     config = SendConfig(
         base_url=settings.base_url, api_key=api_key, limit=settings.limit,
         period_s=settings.rate_period_s, workers=settings.workers,
-        timeout_s=settings.timeout_s, policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
+        timeout_s=settings.timeout_s,
+        policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
     )  # fmt: skip
     return await Sender(config, recorder.result, stop).run(plan.chains)
 
