@@ -52,9 +52,7 @@ def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxS
     sent = len(sandbox.requests())
     assert merge_run(tmp_path, sandbox).code == 0  # type: ignore[attr-defined]
     assert len(sandbox.requests()) == sent  # unchanged re-run sends nothing
-    assert {x["status"] for x in read_ledger(tmp_path / "ledger.csv")[4:]} == {
-        "skipped_unchanged"
-    }
+    assert {x["status"] for x in read_ledger(tmp_path / "ledger.csv")[4:]} == {"skipped_unchanged"}
 
     before = {i: json.dumps(notes(sandbox, i), sort_keys=True) for i in (1, 2, 3, 4)}
     assert merge_run(tmp_path, sandbox, "--force").code == 0  # type: ignore[attr-defined]
