@@ -67,6 +67,13 @@ def start_sandbox(*args: str) -> SandboxServer:
     return SandboxServer(process, root)
 
 
+@pytest.fixture(autouse=True)
+def key_never_written(tmp_path: Path) -> Iterator[None]:
+    """After every test: no file it wrote (ledger, summary, state, logs) holds the API key."""
+    yield
+    assert_no_key(paths=(tmp_path,))
+
+
 @pytest.fixture
 def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
     started: list[SandboxServer] = []
@@ -119,6 +126,7 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+    assert_no_key(process.stdout, process.stderr)
     return Result(process.returncode, process.stdout, process.stderr)
 
 

@@ -210,3 +210,32 @@ def test_max_rows_and_dry_run(tmp_path: Path, sandbox: SandboxServer) -> None:
     assert len(sandbox.requests()) == 3
     started = trial.event("run_started")
     assert started["requests_to_send"] == 3 and "estimated_minutes" in started
+
+
+def test_wrong_base_url_costs_one_request(tmp_path: Path, sandbox: SandboxServer) -> None:
+    rows_csv(tmp_path, 20)
+    args = run_args(sandbox)
+    args[args.index("--base-url") + 1] = sandbox.root + "/wrong/prefix"
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.code == 3
+    assert "does not answer like the Hindsight API" in result.event("run_aborted")["reason"]
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert Counter(x["status"] for x in lines) == {"failed": 1, "not_attempted": 19}
+
+
+def test_unreachable_base_url_aborts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rows_csv(tmp_path, 5)
+    (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 1\n")
+    result = run_cli("run", "in.csv", "--base-url", f"http://127.0.0.1:{port}/api/v1",
+                     "--config", "fast.toml", "--ledger", "ledger.csv", "--state", "s.sqlite",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.code == 3
+    assert "cannot reach the API" in result.event("run_aborted")["reason"]
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert Counter(x["status"] for x in lines) == {"failed": 1, "not_attempted": 4}
+    assert lines[0]["error_code"] == "connection_error" and lines[0]["attempts"] == "2"
