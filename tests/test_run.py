@@ -6,6 +6,7 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from conftest import (
     API_KEY,
     SandboxServer,
@@ -140,13 +141,15 @@ def test_plan_prints_what_run_would_send(tmp_path: Path) -> None:
     assert not (tmp_path / "state.sqlite").exists()
 
 
-def test_missing_key_names_the_variable(tmp_path: Path, sandbox: SandboxServer) -> None:
+def test_missing_key_names_the_variable(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, sandbox: SandboxServer
+) -> None:
     write_csv(tmp_path / "in.csv", HEADER, [[1, "A", "", "", ""]])
     result = _run(tmp_path, sandbox, "in.csv", "--api-key-env", "MY_KEY", env=cli_env(
         HINDSIGHT_API_KEY=""))  # fmt: skip
     assert result.code == 2
     assert "MY_KEY" in result.event("error")["message"]
-    key_file = tmp_path / "key.txt"
+    key_file = tmp_path_factory.mktemp("secrets") / "key.txt"  # outside the scanned folder
     key_file.write_text(API_KEY + "\n")
     env = cli_env(HINDSIGHT_API_KEY="")
     assert _run(tmp_path, sandbox, "in.csv", "--api-key-file", str(key_file), env=env).code == 0
