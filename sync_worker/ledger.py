@@ -34,6 +34,10 @@ COLUMNS = (
     "duration_ms",
 )
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+ERROR_MESSAGE = COLUMNS.index("error_message")
+# Cells that may hold text from the input or the server (the others are ours: numbers, codes).
+TEXT_CELLS = tuple(COLUMNS.index(c) for c in ("source_file", "interview_id", "contact_email",
+                                              "error_code", "error_message"))  # fmt: skip
 
 
 def escape_formula(value: str) -> str:
@@ -60,11 +64,16 @@ class Ledger:
         self.lines = 0
 
     def write(self, line: Mapping[str, Any]) -> None:
-        values = [_clean(line.get(column)) for column in COLUMNS]
+        values = [line.get(column) for column in COLUMNS]
+        values[ERROR_MESSAGE] = redact(values[ERROR_MESSAGE] or "")  # the server's own words
         if self._jsonl:
             self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
         else:
-            self._csv.writerow(["" if v is None else _csv_cell(v) for v in values])
+            for index in TEXT_CELLS:
+                value = values[index]
+                if value and value[0] in FORMULA_STARTS:
+                    values[index] = escape_formula(value)
+            self._csv.writerow(values)
         self.lines += 1
 
     def flush(self) -> None:
@@ -75,14 +84,6 @@ class Ledger:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-
-
-def _clean(value: Any) -> Any:
-    return redact(value) if isinstance(value, str) else value
-
-
-def _csv_cell(value: Any) -> Any:
-    return escape_formula(value) if isinstance(value, str) else value
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:

@@ -7,14 +7,17 @@ its file and its 1-based data row, so every later message and ledger line can po
 from __future__ import annotations
 
 import csv
+import gzip
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from sync_worker.config import CANONICAL_FIELDS
@@ -79,9 +82,17 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
         frames.append(frame)
     keys = tuple(context_keys)
     columns = [*CANONICAL_FIELDS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
-    aligned = [frame.reindex(columns=columns, fill_value="") for frame in frames]
+    aligned = [_align(frame, columns) for frame in frames]
     combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
     return Batch(combined, tuple(paths), keys, tuple(warnings))
+
+
+def _align(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Every batch column, in order; a column this file lacks is empty text."""
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = empty_text(len(frame))
+    return frame[columns]
 
 
 def _context_keys(frame: pd.DataFrame) -> list[str]:
@@ -110,7 +121,7 @@ def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]
     if options.encoding:
         return _read_csv_as(path, delimiter, options.encoding), []
     try:
-        return _read_csv_as(path, delimiter, "utf-8-sig"), []
+        return _read_csv_as(path, delimiter, "utf-8"), []
     except UnicodeDecodeError:
         warning = (
             f"{path}: not valid UTF-8, read as cp1252 (Excel on Windows); "
@@ -120,26 +131,65 @@ def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]
 
 
 def _read_csv_as(path: Path, delimiter: str, encoding: str) -> pd.DataFrame:
+    """Parse with Arrow's CSV reader (the engine pandas uses for engine="pyarrow"), every
+    column declared text up front so nothing is ever inferred: "004821" stays "004821"."""
+    header = _header(path, delimiter, encoding)
     try:
-        return pd.read_csv(
+        table = pacsv.read_csv(
             path,
-            sep=delimiter,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            encoding=encoding,
-            compression="infer",
-            quoting=csv.QUOTE_MINIMAL,
-            engine="c",
+            read_options=pacsv.ReadOptions(encoding=encoding, use_threads=True),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(header, pa.string()),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: file is empty (no header row)") from None
-    except pd.errors.ParserError as exc:
-        raise InputError(f"{path}: cannot parse as CSV: {exc}") from None
-    except UnicodeDecodeError:
-        raise
-    except (OSError, EOFError, ValueError) as exc:
+    except pa.ArrowInvalid as exc:
+        if "invalid UTF8" in str(exc) and encoding == "utf-8":
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, str(exc)) from None
+        raise InputError(
+            f"{path}: cannot parse as CSV: {_locate_csv_problem(path, delimiter, encoding, exc)}"
+        ) from None
+    except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
+    return _frame(table)
+
+
+def _open_text(path: Path, encoding: str) -> IO[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    return opener(path, "rt", encoding=encoding, newline="")  # type: ignore[operator, no-any-return]
+
+
+def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
+    try:
+        with _open_text(path, encoding) as handle:
+            header = next(csv.reader(handle, delimiter=delimiter), None)
+    except (OSError, EOFError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None
+    if not header:
+        raise InputError(f"{path}: file is empty (no header row)")
+    return [header[0].removeprefix("\ufeff"), *header[1:]]
+
+
+def _locate_csv_problem(path: Path, delimiter: str, encoding: str, exc: Exception) -> str:
+    """Arrow says what is wrong but not where: find the row with Python's csv module."""
+    try:
+        with _open_text(path, encoding) as handle:
+            rows = csv.reader(handle, delimiter=delimiter)
+            width = len(next(rows))
+            for number, row in enumerate(rows, start=1):
+                if len(row) != width:
+                    return f"row {number} has {len(row)} fields where the header has {width}"
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return str(exc).removeprefix("CSV parse error: ")
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """A pandas frame over the Arrow columns (no copy into Python objects)."""
+    frame: pd.DataFrame = table.to_pandas(types_mapper=pd.ArrowDtype)
+    return frame
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -148,16 +198,19 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read as Parquet: {exc}") from None
     as_text = [_column_as_text(table.column(i)) for i in range(table.num_columns)]
-    text_table = pa.table(as_text, names=table.column_names)
-    frame: pd.DataFrame = text_table.to_pandas().astype(object)
-    return frame
+    return _frame(pa.table(as_text, names=table.column_names))
 
 
 def _column_as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Integral floats become "4821", not "4821.0"; nulls become ""."""
-    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+    if not pa.types.is_string(column.type):
         column = pc.cast(column, pa.string())
     return pc.fill_null(column, "")
+
+
+def empty_text(length: int) -> pd.Series:
+    """A column of empty text, for a column one file lacks."""
+    return pd.Series(pa.array([""] * length, pa.string()), dtype=pd.ArrowDtype(pa.string()))
 
 
 def to_canonical(

@@ -3,7 +3,7 @@
 It remembers, for every interview sent successfully, the payload hash, and for every contact the
 context last sent. A row whose payload equals the last one sent is skipped, so a re-run after a
 crash, a kill or failures resumes by key, not by offset. Writes are recorded only after the
-server confirmed them, and are committed in batches (one commit per event-loop turn of results).
+server confirmed them, and are committed in batches (the run flushes every 10 ms).
 """
 
 from __future__ import annotations

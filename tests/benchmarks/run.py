@@ -1,0 +1,337 @@
+"""`make bench`: the five figures of SPEC section 11, each a ratio against a baseline measured in
+the same run (absolute times drift on shared machines).
+
+    python tests/benchmarks/run.py           # full sizes (a few minutes)
+    python tests/benchmarks/run.py --smoke   # tiny sizes, to keep the script working (the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import SandboxServer, start_sandbox  # noqa: E402
+
+KEY = "bench-key-not-secret"
+ENV = {**os.environ, "HINDSIGHT_API_KEY": KEY}
+
+
+@dataclass
+class Figure:
+    name: str
+    measured: str
+    baseline: str
+    ratio: float
+    goal: str
+    met: bool
+    extra: str = ""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rate_limit: int
+    rate_period: float
+    rate_rows: int
+    overhead_rows: int
+    plan_rows: int
+    diff_rows: int
+    recovery_rows: int
+
+
+FULL = Sizes(400, 10.0, 1300, 4000, 1_000_000, 100_000, 300)
+SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40)
+
+
+def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "sync_worker", *args]
+    return subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
+
+
+def sandbox(*args: str) -> SandboxServer:
+    return start_sandbox("--api-key", KEY, *args)
+
+
+def write_rows(path: Path, count: int, seed: int = 1, changed: set[int] | None = None) -> Path:
+    """interview_id, contact_name, contact_email (with repeats), two context columns."""
+    rng = random.Random(seed)
+    stages, titles = ["Closed Lost", "Closed Won", "Demo"], ["CTO", "VP Sales", "CFO", "COO"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["interview_id", "contact_name", "contact_email", "context.stage",
+                         "context.title"])  # fmt: skip
+        for i in range(1, count + 1):
+            name = f"Name {i}" + (" (changed)" if changed and i in changed else "")
+            email = f"c{rng.randint(1, max(1, count * 6 // 10))}@x.example"
+            writer.writerow([i, name, email, rng.choice(stages), rng.choice(titles)])
+    return path
+
+
+def summary_of(ledger: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(ledger.with_name(ledger.name + ".summary.json").read_text())
+    return summary
+
+
+def run_args(server: SandboxServer, work: Path, name: str, *extra: str) -> list[str]:
+    return ["run", *extra, "--base-url", server.base_url, "--state", str(work / f"{name}.sqlite"),
+            "--ledger", str(work / f"{name}.csv"), "--no-progress"]  # fmt: skip
+
+
+# 1. Rate adherence -------------------------------------------------------------------------
+
+
+def bench_rate(sizes: Sizes, work: Path) -> Figure:
+    limit, period = sizes.rate_limit, sizes.rate_period
+    server = sandbox("--rate-limit", str(limit), "--rate-period", str(period))
+    try:
+        write_rows(work / "rate.csv", sizes.rate_rows)
+        args = run_args(server, work, "rate", "rate.csv", "--rate-limit", str(limit),
+                        "--rate-period", str(period))  # fmt: skip
+        sync_worker(*args, cwd=work)
+        log = server.requests()
+    finally:
+        server.stop()
+    arrivals = sorted(r["t"] for r in log)
+    rejected = sum(1 for r in log if r["status"] == 429)
+    span = arrivals[-1] - arrivals[0]
+    achieved = (len(arrivals) - 1) / span
+    allowed = limit / period
+    ratio = achieved / allowed
+    return Figure(
+        "rate adherence", f"{achieved * 60:.1f}/min", f"{allowed * 60:.1f}/min allowed",
+        ratio, ">= 0.995, 0 429s", ratio >= 0.995 and rejected == 0,
+        f"{rejected} 429s over {span / period:.1f} windows of {period:g} s",
+    )  # fmt: skip
+
+
+# 2. Overhead against a bare aiohttp loop ----------------------------------------------------
+
+BARE_LOOP = """
+import asyncio, json, sys, time
+import aiohttp
+
+async def main(url, key, count, workers):
+    body = json.dumps({"contact_name": "Name", "contact_context": {"stage": "Demo"}}).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    ids = iter(range(1, count + 1))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=workers),
+                                     headers=headers) as session:
+        async def worker():
+            for i in ids:
+                async with session.patch(f"{url}/interviews/{i}", data=body) as response:
+                    await response.read()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        print(count / (time.perf_counter() - start))
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def bench_overhead(sizes: Sizes, work: Path) -> Figure:
+    workers, count = 16, sizes.overhead_rows
+    server = sandbox("--rate-limit", "100000000", "--rate-period", "1")
+    write_rows(work / "overhead.csv", count)
+    bare: list[float] = []
+    ours: list[float] = []
+    try:
+        for attempt in range(2):
+            _reset(server)
+            out = subprocess.run([sys.executable, "-c", BARE_LOOP, server.base_url, KEY,
+                                  str(count), str(workers)], capture_output=True, text=True,
+                                 check=True)  # fmt: skip
+            bare.append(float(out.stdout))
+            _reset(server)
+            args = run_args(server, work, f"overhead{attempt}", "overhead.csv", "--rate-limit",
+                            "100000000", "--rate-period", "1", "--concurrency", str(workers))  # fmt: skip
+            sync_worker(*args, cwd=work)
+            ours.append(summary_of(work / f"overhead{attempt}.csv")["effective_requests_per_minute"] / 60)
+    finally:
+        server.stop()
+    ratio = (sum(ours) / len(ours)) / (sum(bare) / len(bare))
+    return Figure("overhead", f"{sum(ours) / len(ours):.0f} req/s", f"{sum(bare) / len(bare):.0f}"
+                  " req/s bare aiohttp", ratio, ">= 0.9", ratio >= 0.9,
+                  f"concurrency {workers}, ledger and state on")  # fmt: skip
+
+
+def _reset(server: SandboxServer) -> None:
+    request = urllib.request.Request(server.root + "/_sandbox/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+# 3. Planning a million rows ------------------------------------------------------------------
+
+MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+elapsed = time.perf_counter() - start
+print(elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def measure(command: list[str], cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command in its own process."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=cwd, env=ENV,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    seconds, peak = out.stdout.split()
+    return float(seconds), int(peak)
+
+
+def bench_plan(sizes: Sizes, work: Path) -> list[Figure]:
+    path = write_rows(work / "plan.csv", sizes.plan_rows)
+    bare = [sys.executable, "-c", f"import pandas; pandas.read_csv({str(path)!r}, dtype=str)"]
+    ours = [sys.executable, "-m", "sync_worker", "plan", str(path), "--state",
+            str(work / "no-state.sqlite")]  # fmt: skip
+    base_t, base_m = min(measure(bare, work) for _ in range(2))
+    our_t, our_m = min(measure(ours, work) for _ in range(2))
+    rows = f"{sizes.plan_rows:,} rows"
+    return [
+        Figure("planning time", f"{our_t:.2f} s", f"{base_t:.2f} s read_csv", our_t / base_t,
+               "<= 1.5", our_t / base_t <= 1.5, rows),
+        Figure("planning memory", f"{our_m / 1024:.0f} MiB", f"{base_m / 1024:.0f} MiB read_csv",
+               our_m / base_m, "<= 1.5", our_m / base_m <= 1.5, rows),
+    ]  # fmt: skip
+
+
+# 4. Nightly diff -------------------------------------------------------------------------------
+
+
+def bench_nightly(sizes: Sizes, work: Path) -> Figure:
+    count = sizes.diff_rows
+    changed = set(random.Random(2).sample(range(1, count + 1), count // 100))
+    write_rows(work / "night0.csv", count)
+    write_rows(work / "night1.csv", count, changed=changed)
+    with open(work / "night1.csv", encoding="utf-8") as src, open(
+        work / "changed.csv", "w", encoding="utf-8"
+    ) as dst:
+        lines = src.readlines()
+        dst.write(lines[0] + "".join(lines[i] for i in sorted(changed)))
+    _remember_all(work / "night0.csv", work / "night.sqlite")
+    rate = ["--rate-limit", "1000", "--rate-period", "1"]
+    server = sandbox("--rate-limit", "1000", "--rate-period", "1")
+    try:
+        plan_t, _m = measure([sys.executable, "-m", "sync_worker", "plan", "night1.csv",
+                              "--state", "night.sqlite"], work)  # fmt: skip
+        send_t, _m = measure([sys.executable, "-m", "sync_worker",
+                              *run_args(server, work, "changed-only", "changed.csv", *rate)], work)  # fmt: skip
+        diff_t, _m = measure([sys.executable, "-m", "sync_worker", "run", "night1.csv", *rate,
+                              "--base-url", server.base_url, "--state", "night.sqlite",
+                              "--ledger", "night.csv", "--no-progress"], work)  # fmt: skip
+    finally:
+        server.stop()
+    counts = summary_of(work / "night.csv")["counts"]
+    assert counts.get("ok") == len(changed), counts
+    ratio = (diff_t - plan_t) / send_t
+    return Figure("nightly diff", f"{diff_t:.2f} s ({count:,} rows, 1% changed)",
+                  f"{send_t:.2f} s sending the {len(changed):,} + {plan_t:.2f} s planning",
+                  ratio, "<= 1.1 (after planning)", ratio <= 1.1, "at 1000 requests/s")  # fmt: skip
+
+
+def _remember_all(path: Path, state_path: Path) -> None:
+    """The state as a previous nightly run leaves it: every row of night0 sent successfully."""
+    sys.path.insert(0, str(ROOT))
+    from sync_worker.planner import Memory, PlanOptions, build_plan
+    from sync_worker.reader import ReadOptions, read_batch
+    from sync_worker.state import State, Success
+
+    plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(), Memory())
+    state = State.open(state_path)
+    for request in plan.iter_requests():
+        state.add(Success(request.interview_id, request.sha256, request.contact, None, "bench",
+                          "2026-01-01T00:00:00Z"))  # fmt: skip
+    state.close()
+
+
+# 5. Recovery ----------------------------------------------------------------------------------
+
+
+def bench_recovery(sizes: Sizes, work: Path) -> list[Figure]:
+    count = sizes.recovery_rows
+    scenarios = [
+        ("lower limit", ["--rate-limit", "25", "--rate-period", "1"], 25, 1.0, ["50", "1"]),
+        ("longer window", ["--rate-limit", "25", "--rate-period", "3"], 25, 3.0, ["25", "1"]),
+    ]
+    figures = []
+    for name, server_args, limit, span, told in scenarios:
+        server = sandbox(*server_args)
+        tag = name.replace(" ", "-")
+        try:
+            write_rows(work / f"{tag}.csv", count)
+            sync_worker(*run_args(server, work, tag, f"{tag}.csv", "--rate-limit", told[0],
+                                  "--rate-period", told[1]), cwd=work)  # fmt: skip
+            log = server.requests()
+        finally:
+            server.stop()
+        arrivals = [r["t"] for r in log]
+        during_pause = sum(
+            1 for rejected in log if rejected["status"] == 429
+            for t in arrivals if rejected["t"] < t < rejected["reset_at"] - 0.002
+        )  # fmt: skip
+        lost = count - len({r["id"] for r in log if r["status"] == 200})
+        least = (math.ceil(count / limit) - 1) * span
+        took = max(arrivals) - min(arrivals)
+        ratio = took / least
+        figures.append(Figure(
+            f"recovery, {name}", f"{took:.2f} s", f"{least:.2f} s least the server allows",
+            ratio, "<= 1.2, 0 lost, 0 in pause", ratio <= 1.2 and lost == 0 and during_pause == 0,
+            f"{lost} rows lost, {during_pause} requests during a pause, told {told[0]} per "
+            f"{told[1]} s, server {limit} per {span:g} s",
+        ))  # fmt: skip
+    return figures
+
+
+BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
+    bench_rate, bench_overhead, bench_plan, bench_nightly, bench_recovery,
+]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (for the test suite)")
+    parser.add_argument("--only", help="run only benchmarks whose name contains this")
+    options = parser.parse_args()
+    sizes = SMOKE if options.smoke else FULL
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bench in BENCHES:
+            if options.only and options.only not in bench.__name__:
+                continue
+            result = bench(sizes, Path(tmp))
+            figures.extend(result if isinstance(result, list) else [result])
+    print_table(figures)
+    return 0
+
+
+def print_table(figures: list[Figure]) -> None:
+    import aiohttp
+    import pandas
+
+    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"pandas {pandas.__version__}, aiohttp {aiohttp.__version__}")  # fmt: skip
+    header = ("figure", "measured", "baseline", "ratio", "goal", "met", "notes")
+    rows = [(f.name, f.measured, f.baseline, f"{f.ratio:.3f}", f.goal, "yes" if f.met else "NO",
+             f.extra) for f in figures]  # fmt: skip
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
