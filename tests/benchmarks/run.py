@@ -17,7 +17,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +82,9 @@ def write_rows(path: Path, count: int, seed: int = 1, changed: set[int] | None =
 
 
 def summary_of(ledger: Path) -> dict[str, Any]:
-    summary: dict[str, Any] = json.loads(ledger.with_name(ledger.name + ".summary.json").read_text())
+    summary: dict[str, Any] = json.loads(
+        ledger.with_name(ledger.name + ".summary.json").read_text()
+    )
     return summary
 
 
@@ -160,7 +161,9 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
             args = run_args(server, work, f"overhead{attempt}", "overhead.csv", "--rate-limit",
                             "100000000", "--rate-period", "1", "--concurrency", str(workers))  # fmt: skip
             sync_worker(*args, cwd=work)
-            ours.append(summary_of(work / f"overhead{attempt}.csv")["effective_requests_per_minute"] / 60)
+            ours.append(
+                summary_of(work / f"overhead{attempt}.csv")["effective_requests_per_minute"] / 60
+            )
     finally:
         server.stop()
     ratio = (sum(ours) / len(ours)) / (sum(bare) / len(bare))
@@ -218,9 +221,10 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
     changed = set(random.Random(2).sample(range(1, count + 1), count // 100))
     write_rows(work / "night0.csv", count)
     write_rows(work / "night1.csv", count, changed=changed)
-    with open(work / "night1.csv", encoding="utf-8") as src, open(
-        work / "changed.csv", "w", encoding="utf-8"
-    ) as dst:
+    with (
+        open(work / "night1.csv", encoding="utf-8") as src,
+        open(work / "changed.csv", "w", encoding="utf-8") as dst,
+    ):
         lines = src.readlines()
         dst.write(lines[0] + "".join(lines[i] for i in sorted(changed)))
     _remember_all(work / "night0.csv", work / "night.sqlite")
@@ -229,8 +233,8 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
     try:
         plan_t, _m = measure([sys.executable, "-m", "sync_worker", "plan", "night1.csv",
                               "--state", "night.sqlite"], work)  # fmt: skip
-        send_t, _m = measure([sys.executable, "-m", "sync_worker",
-                              *run_args(server, work, "changed-only", "changed.csv", *rate)], work)  # fmt: skip
+        only_changed = run_args(server, work, "changed-only", "changed.csv", *rate)
+        send_t, _m = measure([sys.executable, "-m", "sync_worker", *only_changed], work)
         diff_t, _m = measure([sys.executable, "-m", "sync_worker", "run", "night1.csv", *rate,
                               "--base-url", server.base_url, "--state", "night.sqlite",
                               "--ledger", "night.csv", "--no-progress"], work)  # fmt: skip
