@@ -158,8 +158,9 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
                                  check=True)  # fmt: skip
             bare.append(float(out.stdout))
             _reset(server)
-            args = run_args(server, work, f"overhead{attempt}", "overhead.csv", "--rate-limit",
-                            "100000000", "--rate-period", "1", "--concurrency", str(workers))  # fmt: skip
+            unlimited = ["--rate-limit", "100000000", "--rate-period", "1"]
+            args = run_args(server, work, f"overhead{attempt}", "overhead.csv", *unlimited,
+                            "--concurrency", str(workers))  # fmt: skip
             sync_worker(*args, cwd=work)
             ours.append(
                 summary_of(work / f"overhead{attempt}.csv")["effective_requests_per_minute"] / 60
