@@ -158,7 +158,7 @@ def _read_csv_as(path: Path, delimiter: str, encoding: str) -> pd.DataFrame:
 
 def _open_text(path: Path, encoding: str) -> IO[str]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    return opener(path, "rt", encoding=encoding, newline="")  # type: ignore[operator, no-any-return]
+    return opener(path, "rt", encoding=encoding, newline="")
 
 
 def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
