@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,8 +115,10 @@ def plan(inputs: tuple[str, ...], **opts: Any) -> None:
     options = _run_options(inputs, opts)
 
     def emit() -> int:
-        for line in pipeline.plan_lines(settings, options):
-            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        out = sys.stdout.buffer
+        for chunk in pipeline.plan_output(settings, options):
+            out.write(chunk)
+        out.flush()
         return 0
 
     _finish(emit)
@@ -139,7 +140,7 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
         for settled in invalid:
             click.echo(f"{settled.error_message} [{settled.error_code}]")
         click.echo(
-            f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.requests)} requests "
+            f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.table)} requests "
             f"to send, {len(invalid)} invalid rows"
         )
         return 1 if invalid else 0

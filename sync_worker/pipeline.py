@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 from tqdm import tqdm
 
@@ -27,16 +28,9 @@ from sync_worker.ledger import Ledger
 from sync_worker.logs import get_logger, register_secret
 from sync_worker.merger import MergeRules
 from sync_worker.notes import read_notes
-from sync_worker.planner import (
-    NOT_ATTEMPTED,
-    Memory,
-    Plan,
-    PlanOptions,
-    Request,
-    Settled,
-    build_plan,
-)
+from sync_worker.planner import NOT_ATTEMPTED, Memory, Plan, PlanOptions, Settled, build_plan
 from sync_worker.reader import Batch, ReadOptions, read_batch
+from sync_worker.request_table import ChainQueue, Request
 from sync_worker.sender import SendConfig, Sender, SendReport
 from sync_worker.state import RunLock, State, Success, create_private, now_iso
 
@@ -124,10 +118,11 @@ def _log_plan_warnings(plan: Plan, batch: Batch, merge: bool) -> None:
             "invalid_rows", count=len(invalid), logged=INVALID_LOGGED,
             message="see the ledger for every invalid row",
         )  # fmt: skip
-    if not merge and plan.contacts_with_several_contexts:
+    several = 0 if merge else plan.contacts_with_several_contexts()
+    if several:
         log.warning(
             "several_contexts_per_contact",
-            contacts=plan.contacts_with_several_contexts,
+            contacts=several,
             message="without --merge the last row's context is what remains for these contacts",
         )
 
@@ -192,11 +187,8 @@ class Recorder:
 
 
 def _success(request: Request, run_id: str, finished_at: str) -> Success:
-    context = None
-    if request.context is not None:
-        context = json.dumps(request.context, sort_keys=True, ensure_ascii=False)
-    return Success(request.interview_id, request.sha256, request.contact, context, run_id,
-                   finished_at or now_iso())  # fmt: skip
+    return Success(request.interview_id, request.sha256, request.contact, request.context_json,
+                   run_id, finished_at or now_iso())  # fmt: skip
 
 
 class StopSignal:
@@ -289,14 +281,14 @@ def _run_locked(
 
 def _log_start(settings: Settings, options: RunOptions, batch: Batch, plan: Plan) -> None:
     per_minute = settings.limit * 60.0 / settings.rate_period_s
-    minutes = len(plan.requests) / per_minute
+    minutes = len(plan.table) / per_minute
     get_logger().info(
         "run_started", inputs=list(options.inputs), tier=settings.tier,
         limit=settings.limit, rate_period_s=settings.rate_period_s,
-        rows=len(batch), requests_to_send=len(plan.requests), rows_to_send=plan.rows_to_send(),
+        rows=len(batch), requests_to_send=len(plan.table), rows_to_send=plan.rows_to_send(),
         estimated_minutes=round(minutes, 2), workers=settings.workers,
         dry_run=options.dry_run,
-        message=f"{len(plan.requests)} requests take about {_duration(minutes)} at "
+        message=f"{len(plan.table)} requests take about {_duration(minutes)} at "
         f"{per_minute:g} requests a minute",
     )  # fmt: skip
 
@@ -314,7 +306,7 @@ def _send_or_dry_run(
     from sync_worker.client import Counters
 
     if options.dry_run:
-        for request in plan.requests:
+        for request in plan.table:
             recorder.result(request, Outcome("dry_run", finished_at=now_iso()))
         return SendReport(Counters())
     show = options.progress and sys.stderr.isatty()
@@ -338,14 +330,14 @@ async def _send(
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
     )  # fmt: skip
-    return await Sender(config, recorder.result, stop).run(plan.chains)
+    return await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
 
 
 def _fill_unwritten(recorder: Recorder, plan: Plan, report: SendReport) -> None:
     """Every row gets its line: never sent is not_attempted; cut off in flight, failed."""
-    for request in plan.requests:
-        if request.rows[0] in recorder.written:
-            continue
+    table = plan.table
+    unwritten = [i for i, p in enumerate(table.position.tolist()) if p not in recorder.written]
+    for request in table.take(np.array(unwritten, dtype=np.int64)):
         if request.interview_id in report.started:
             outcome = Outcome("failed", error_code="interrupted", finished_at=now_iso(),
                               error_message="stopped while in flight; the server may have it",
@@ -399,9 +391,9 @@ def _write_summary(ledger_path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
-def plan_lines(settings: Settings, options: RunOptions) -> Iterator[dict[str, Any]]:
+def plan_output(settings: Settings, options: RunOptions) -> Iterator[bytes]:
     """`sync-worker plan`: the requests a run would send, without network or key."""
-    from sync_worker.planner import plan_line
+    from sync_worker.planner import plan_output as lines
 
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
@@ -409,8 +401,7 @@ def plan_lines(settings: Settings, options: RunOptions) -> Iterator[dict[str, An
         plan = make_plan(settings, options, batch, state)
     finally:
         state.close()
-    for request in plan.requests:
-        yield plan_line(request, batch)
+    return lines(plan, batch)
 
 
 def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan]:
@@ -420,4 +411,4 @@ def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan]:
     return batch, plan
 
 
-__all__ = ["RunOptions", "SyncWorkerError", "exit_code", "plan_lines", "run", "validate"]
+__all__ = ["RunOptions", "SyncWorkerError", "exit_code", "plan_output", "run", "validate"]

@@ -2,25 +2,40 @@
 
 Pure: takes the batch, the merge inputs and what the state remembers; returns a Plan. Rows of
 one interview become one request; requests of one contact form a chain sent in file order.
+
+Two roads to the same payloads. The common row (a valid id, plain-text cells, its interview's
+only row, no merging) is built for whole columns at once with Arrow (`_vector_requests`).
+Every other row (JSON contexts, several rows of one interview, merging) takes the row-by-row
+road (`_row_requests`). Both produce the same canonical JSON, byte for byte.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from sync_worker import vectorjson as vj
 from sync_worker.merger import Context, MergeRules, fold
 from sync_worker.reader import CONTEXT_PREFIX, Batch
+from sync_worker.request_table import (
+    Ints,
+    Request,
+    RequestTable,
+    concat,
+    contacts_with_several_contexts,
+    sha256_hex,
+)
 
-MAX_ID = 2**63 - 1
-ID_PATTERN = re.compile(r"\d{1,19}")
+MAX_ID_TEXT = str(2**63 - 1)
 NOTES_KEY = "notes"
+TEXT_FIELDS = ("contact_name", "objective")
 
 INVALID = "invalid"
 SKIPPED = "skipped_unchanged"
@@ -38,32 +53,23 @@ class Settled:
     merge: str = "off"
 
 
-@dataclass(slots=True)
-class Request:
-    """One PATCH: an interview's combined rows."""
-
-    interview_id: int
-    body: dict[str, Any]
-    body_json: bytes
-    sha256: str
-    rows: list[int]  # positions in the batch frame, in file order
-    contact: str
-    merge: str  # off | merged | no_existing
-    context: Context | None  # the contact_context sent, remembered by the state on success
-
-
 @dataclass
 class Plan:
-    requests: list[Request]
-    chains: list[list[Request]]  # per contact, in file order; chains run concurrently
+    table: RequestTable  # the requests to send, in file order
     settled: dict[int, Settled]  # row position -> outcome decided up front
-    contacts_with_several_contexts: int = 0
     contacts_merged: int = 0
     contacts_no_existing: int = 0
-    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request as an object (small plans and tests; runs take them chain by chain)."""
+        return list(self.table)
 
     def rows_to_send(self) -> int:
-        return sum(len(r.rows) for r in self.requests)
+        return self.table.row_count()
+
+    def contacts_with_several_contexts(self) -> int:
+        return contacts_with_several_contexts(self.table)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class PlanOptions:
     rules: MergeRules = field(default_factory=MergeRules)
     force: bool = False
     max_rows: int | None = None
+    vectorise: bool = True  # False: every row takes the row-by-row road (tests compare both)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,162 @@ class Memory:
     state_contexts: Mapping[str, Context] = field(default_factory=dict)
     notes_by_email: Mapping[str, Context] = field(default_factory=dict)
     notes_by_interview: Mapping[int, Context] = field(default_factory=dict)
+
+
+def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
+    """Validate rows, combine them per interview and contact, merge, hash and skip."""
+    cells = Cells.of(batch)
+    settled: dict[int, Settled] = {}
+    _settle_invalid(batch, cells, settled)
+    by_row = cells.sendable & ~cells.needs_rows(options)
+    if not options.vectorise:
+        by_row = np.zeros(len(batch), dtype=bool)
+    plan = Plan(RequestTable.empty(), settled)
+    row_requests = _row_requests(batch, cells, np.flatnonzero(cells.sendable & ~by_row), options,
+                                 memory, plan)  # fmt: skip
+    plan.table = concat([_vector_requests(cells, by_row), RequestTable.from_requests(row_requests)])
+    _skip_unchanged(plan, options, memory)
+    _apply_max_rows(plan, options.max_rows)
+    return plan
+
+
+# -- the cells, checked for whole columns at once ---------------------------------------------
+
+
+@dataclass
+class Cells:
+    """Stripped text columns and the row masks every later step needs."""
+
+    ids: pa.ChunkedArray  # interview_id as written, stripped
+    id_numbers: Ints  # as integers where valid, 0 elsewhere
+    valid_id: np.ndarray  # bool per row
+    text: dict[str, pa.ChunkedArray]  # contact_name, objective, contact_context, contact_email
+    context: dict[str, pa.ChunkedArray]  # context key -> column
+    has_fields: np.ndarray  # something to update: a name, an objective or a context
+
+    @classmethod
+    def of(cls, batch: Batch) -> Cells:
+        frame = batch.frame
+
+        def stripped(column: str) -> pa.ChunkedArray:
+            values = pa.array(frame[column], pa.string())
+            if not isinstance(values, pa.ChunkedArray):
+                values = pa.chunked_array([values])
+            return pc.utf8_trim_whitespace(values)
+
+        ids = stripped("interview_id")
+        valid = _valid_ids(ids)
+        numbers = pc.cast(pc.if_else(valid, ids, "0"), pa.int64()).to_numpy()
+        text = {c: stripped(c) for c in (*TEXT_FIELDS, "contact_context", "contact_email")}
+        context = {k: stripped(CONTEXT_PREFIX + k) for k in batch.context_keys}
+        filled = [_nonempty(text[c]) for c in (*TEXT_FIELDS, "contact_context")]
+        filled += [_nonempty(column) for column in context.values()]
+        has_fields = np.logical_or.reduce(filled) if filled else np.zeros(len(frame), bool)
+        return cls(ids, numbers, valid.to_numpy(zero_copy_only=False), text, context, has_fields)
+
+    @property
+    def sendable(self) -> np.ndarray:
+        return np.asarray(self.valid_id & self.has_fields, dtype=bool)
+
+    def needs_rows(self, options: PlanOptions) -> np.ndarray:
+        """Rows the column road cannot build: the row-by-row road takes them."""
+        if options.merge:
+            return np.ones(len(self.valid_id), dtype=bool)
+        context = self.text["contact_context"]
+        needs = pc.starts_with(context, "{").to_numpy(zero_copy_only=False)  # JSON to parse
+        if NOTES_KEY in self.context:  # plain text would collide with a context.notes column
+            needs |= _nonempty(context)
+        sendable = self.sendable
+        ids = pd.Series(np.where(sendable, self.id_numbers, -np.arange(1, len(sendable) + 1)))
+        several = ids.duplicated(keep=False).to_numpy()  # several rows of one interview
+        return np.asarray(needs | several, dtype=bool)
+
+
+def _valid_ids(ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Whole positive numbers that fit in 64 bits."""
+    digits = pc.match_substring_regex(ids, r"^[0-9]{1,19}$")
+    positive = pc.not_equal(pc.utf8_ltrim(ids, characters="0"), "")
+    too_big = pc.and_(pc.equal(pc.utf8_length(ids), 19), pc.greater(ids, MAX_ID_TEXT))
+    return pc.and_(pc.and_(digits, positive), pc.invert(too_big))
+
+
+def _nonempty(column: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.not_equal(column, "").to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _settle_invalid(batch: Batch, cells: Cells, settled: dict[int, Settled]) -> None:
+    bad_ids = np.flatnonzero(~cells.valid_id)
+    for position, raw in zip(bad_ids.tolist(), cells.ids.take(bad_ids).to_pylist(), strict=True):
+        message = f"interview_id {raw!r} is not a positive whole number"
+        settled[position] = _invalid(batch, position, "invalid_interview_id", "interview_id",
+                                     message)  # fmt: skip
+    for position in np.flatnonzero(cells.valid_id & ~cells.has_fields).tolist():
+        message = (
+            "nothing to update: contact_name, objective, contact_context and context.* are "
+            "all empty"
+        )
+        settled[position] = _invalid(batch, position, "no_fields", "", message)
+
+
+def _invalid(batch: Batch, position: int, code: str, column: str, message: str) -> Settled:
+    file_index, row, _id, _email = batch.locate(position)
+    where = f"{batch.files[file_index]} row {row}" + (f", column {column}" if column else "")
+    return Settled(INVALID, code, f"{where}: {message}")
+
+
+# -- the column road ----------------------------------------------------------------------------
+
+
+def _vector_requests(cells: Cells, mask: np.ndarray) -> RequestTable:
+    """One request per row, its canonical JSON built for all rows at once."""
+    picked = pa.array(np.flatnonzero(mask), pa.int64())
+    length = len(picked)
+
+    def take(column: pa.ChunkedArray) -> pa.ChunkedArray:
+        return column.take(picked)
+
+    text = take(cells.text["contact_context"])
+    has_text = pc.not_equal(text, "")
+    context_cells = {key: take(column) for key, column in cells.context.items()}
+    present = {key: pc.not_equal(column, "") for key, column in context_cells.items()}
+    members = [
+        vj.member(key, vj.quoted(context_cells[key]), present[key])
+        if key in context_cells else vj.member(NOTES_KEY, vj.quoted(text), has_text)
+        for key in sorted({*context_cells, NOTES_KEY})
+    ]  # fmt: skip
+    any_cell = _any(list(present.values()), length)
+    context = pc.if_else(any_cell, vj.join_object(members, length), vj.quoted(text))
+    has_context = pc.or_(any_cell, has_text)
+    body_members = [vj.member("contact_context", context, has_context)]
+    for name in TEXT_FIELDS:
+        column = take(cells.text[name])
+        body_members.append(vj.member(name, vj.quoted(column), pc.not_equal(column, "")))
+    email = pc.utf8_lower(take(cells.text["contact_email"]))
+    ids = pc.cast(pa.array(cells.id_numbers[mask]), pa.string())
+    contact = pc.if_else(pc.not_equal(email, ""), email,
+                         pc.binary_join_element_wise("interview:", ids, ""))  # fmt: skip
+    return RequestTable(
+        position=np.flatnonzero(mask).astype(np.int64),
+        interview_id=cells.id_numbers[mask],
+        body_json=_chunked(vj.join_object(body_members, length)),
+        context_json=_chunked(pc.if_else(has_context, context, pa.scalar(None, pa.string()))),
+        contact=_chunked(contact),
+        merge=pa.chunked_array([pa.array(["off"] * length, pa.string())]),
+    )
+
+
+def _any(masks: list[Any], length: int) -> Any:
+    result: Any = pa.array(np.zeros(length, dtype=bool))
+    for mask in masks:
+        result = pc.or_(result, mask)
+    return result
+
+
+def _chunked(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    return values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
+
+
+# -- the row-by-row road ------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -100,71 +263,41 @@ class RowProblem(ValueError):
         self.column = column
 
 
-def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
-    """Validate rows, combine them per interview and contact, merge, hash and skip."""
-    settled: dict[int, Settled] = {}
-    rows = _parse_rows(batch, settled)
-    interviews = _group_interviews(rows)
-    plan = Plan([], [], settled)
-    for contact, members in _group_contacts(interviews).items():
-        plan.requests.extend(_contact_requests(contact, members, options, memory, plan))
-    _skip_unchanged(plan, options, memory)
-    _apply_max_rows(plan, options.max_rows)
-    plan.chains = _chains(plan.requests)
-    return plan
+def _row_requests(
+    batch: Batch, cells: Cells, positions: Ints, options: PlanOptions, memory: Memory,
+    plan: Plan,
+) -> list[Request]:  # fmt: skip
+    rows = list(_parse_rows(batch, cells, positions, plan.settled))
+    requests: list[Request] = []
+    for contact, members in _group_contacts(_group_interviews(rows)).items():
+        requests.extend(_contact_requests(contact, members, options, memory, plan))
+    return requests
 
 
-def _parse_rows(batch: Batch, settled: dict[int, Settled]) -> list[_Row]:
-    frame = batch.frame
-    ctx_columns = [CONTEXT_PREFIX + k for k in batch.context_keys]
-    rows: list[_Row] = []
-    columns = _columns(frame, ctx_columns)
-    for position, raw_id, is_valid, name, objective, context, email, *ctx in columns:
-        where = _where(batch, position)
+def _parse_rows(
+    batch: Batch, cells: Cells, positions: Ints, settled: dict[int, Settled]
+) -> Iterator[_Row]:
+    picked = pa.array(positions, pa.int64())
+    columns = [cells.text[c].take(picked).to_pylist() for c in (*TEXT_FIELDS, "contact_context",
+                                                                  "contact_email")]  # fmt: skip
+    context_columns = [cells.context[k].take(picked).to_pylist() for k in cells.context]
+    keys = list(cells.context)
+    for index, position in enumerate(positions.tolist()):
+        name, objective, text, email = (column[index] for column in columns)
+        fields = {k: v for k, v in (("contact_name", name), ("objective", objective)) if v}
         try:
-            if not is_valid or int(raw_id) > MAX_ID:
-                raise RowProblem(
-                    "invalid_interview_id",
-                    "interview_id",
-                    f"interview_id {raw_id!r} is not a positive whole number",
-                )
-            fields = {k: v for k, v in (("contact_name", name), ("objective", objective)) if v}
-            row_context = _row_context(context, dict(zip(batch.context_keys, ctx, strict=True)))
-            if not fields and row_context is None:
-                raise RowProblem(
-                    "no_fields",
-                    "",
-                    "nothing to update: contact_name, objective, contact_context "
-                    "and context.* are all empty",
-                )
+            context = _row_context(text, {k: c[index] for k, c in zip(keys, context_columns,
+                                                                       strict=True)})  # fmt: skip
         except RowProblem as problem:
-            settled[position] = Settled(INVALID, problem.code, where(problem.column) + str(problem))
+            settled[position] = _invalid(batch, position, problem.code, problem.column,
+                                         str(problem))  # fmt: skip
             continue
-        rows.append(_Row(position, int(raw_id), email.lower(), fields, row_context))
-    return rows
+        yield _Row(position, int(cells.id_numbers[position]), email.lower(), fields, context)
 
 
-def _columns(frame: pd.DataFrame, ctx_columns: list[str]) -> Any:
-    """Stripped cells, column by column, with a vectorised id check, zipped into rows."""
-    ids = frame["interview_id"].str.strip()
-    valid = ids.str.fullmatch(ID_PATTERN.pattern) & (ids.str.lstrip("0") != "")
-    stripped = [frame[c].str.strip() for c in ("contact_name", "objective", "contact_context")]
-    email = frame["contact_email"].str.strip()
-    ctx = [frame[c].str.strip() for c in ctx_columns]
-    return zip(range(len(frame)), ids, valid, *stripped, email, *ctx, strict=True)
-
-
-def _where(batch: Batch, position: int) -> Any:
-    def describe(column: str) -> str:
-        file_index, row, _id, _email = batch.locate(position)
-        return f"{batch.files[file_index]} row {row}" + (f", column {column}: " if column else ": ")
-
-    return describe
-
-
-def _row_context(text: str, ctx: dict[str, str]) -> Context | None:
+def _row_context(text: str, cells: dict[str, str]) -> Context | None:
     """contact_context (text or JSON object) and context.<key> cells as one context."""
-    extra = {k: v for k, v in ctx.items() if v}
+    extra = {k: v for k, v in cells.items() if v}
     base: Context | None = None
     if text.startswith("{"):
         try:
@@ -218,11 +351,9 @@ def _group_contacts(interviews: list[_Interview]) -> dict[str, list[_Interview]]
 def _contact_requests(
     contact: str, members: list[_Interview], options: PlanOptions, memory: Memory, plan: Plan
 ) -> list[Request]:
-    contexts = [r.context for i in members for r in i.rows if r.context is not None]
-    if len({_canonical(c) for c in contexts}) > 1:
-        plan.contacts_with_several_contexts += 1
     if not options.merge:
         return [_request(i, contact, _last_context(i), "off") for i in members]
+    contexts = [r.context for i in members for r in i.rows if r.context is not None]
     if not contexts:
         return [_request(i, contact, None, "off") for i in members]
     existing = _existing_notes(contact, members, memory)
@@ -254,62 +385,112 @@ def _request(interview: _Interview, contact: str, context: Context | None, merge
     body: dict[str, Any] = dict(interview.fields)
     if context is not None:
         body["contact_context"] = context
-    body_json = _canonical(body).encode("utf-8")
+    body_json = canonical(body).encode("utf-8")
     return Request(
         interview_id=interview.interview_id,
-        body=body,
         body_json=body_json,
-        sha256=hashlib.sha256(body_json).hexdigest(),
+        sha256=sha256_hex(body_json),
         rows=[r.position for r in interview.rows],
         contact=contact,
         merge=merge if context is not None else "off",
-        context=context,
+        context_json=canonical(context) if context is not None else None,
     )
 
 
-def _canonical(value: Any) -> str:
+def canonical(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 as is."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# -- skipping and trimming ----------------------------------------------------------------------
+
+
 def _skip_unchanged(plan: Plan, options: PlanOptions, memory: Memory) -> None:
-    if options.force:
+    table = plan.table
+    if options.force or not memory.sent_hashes or not len(table):
         return
-    keep: list[Request] = []
-    for request in plan.requests:
-        if memory.sent_hashes.get(request.interview_id) == request.sha256:
-            _settle(plan, request, Settled(SKIPPED, sha256=request.sha256, merge=request.merge))
-        else:
-            keep.append(request)
-    plan.requests = keep
+    sent = memory.sent_hashes
+    hashes = table.sha256()
+    ids = table.interview_id.tolist()
+    unchanged = np.array([sent.get(i) == h for i, h in zip(ids, hashes, strict=True)], bool)
+    merges = table.merge.to_pylist()
+    for index in np.flatnonzero(unchanged).tolist():
+        outcome = Settled(SKIPPED, sha256=hashes[index], merge=merges[index])
+        for position in table.rows_of(index):
+            plan.settled[position] = outcome
+    plan.table = table.take(np.flatnonzero(~unchanged))
 
 
 def _apply_max_rows(plan: Plan, max_rows: int | None) -> None:
     """--max-rows: send the first N requests in file order; the rest are not attempted."""
-    if max_rows is None or len(plan.requests) <= max_rows:
+    table = plan.table
+    if max_rows is None or len(table) <= max_rows:
         return
-    for request in plan.requests[max_rows:]:
-        _settle(plan, request, Settled(NOT_ATTEMPTED, sha256=request.sha256, merge=request.merge))
-    plan.requests = plan.requests[:max_rows]
+    hashes = table.sha256()
+    merges = table.merge.to_pylist()
+    for index in range(max_rows, len(table)):
+        outcome = Settled(NOT_ATTEMPTED, sha256=hashes[index], merge=merges[index])
+        for position in table.rows_of(index):
+            plan.settled[position] = outcome
+    plan.table = table.take(np.arange(max_rows, dtype=np.int64))
 
 
-def _settle(plan: Plan, request: Request, outcome: Settled) -> None:
-    for position in request.rows:
-        plan.settled[position] = outcome
+# -- what `sync-worker plan` prints -------------------------------------------------------------
 
 
-def _chains(requests: list[Request]) -> list[list[Request]]:
-    chains: dict[str, list[Request]] = {}
-    for request in requests:
-        chains.setdefault(request.contact, []).append(request)
-    return list(chains.values())
+def plan_output(plan: Plan, batch: Batch) -> Iterator[bytes]:
+    """One JSON line per request, built a chunk of requests at a time, as UTF-8 bytes."""
+    from sync_worker.request_table import CHUNK
+
+    table = plan.table
+    files = batch.frame["_file"].to_numpy()
+    rows = batch.frame["_row"].to_numpy()
+    names = [json.dumps(name, ensure_ascii=False) for name in batch.files]
+    for start in range(0, len(table), CHUNK):
+        stop = min(start + CHUNK, len(table))
+        positions = table.position[start:stop]
+        sources = _sources(names, files[positions], rows[positions])
+        if table.more_rows:
+            sources = _patch_sources(sources, table, start, stop, names, files, rows)
+        line = pc.binary_join_element_wise(
+            '{"interview_id": ', pc.cast(pa.array(table.interview_id[start:stop]), pa.string()),
+            ', "body": ', table.body_json.slice(start, stop - start),
+            ', "source_rows": ', sources,
+            ', "merge": "', table.merge.slice(start, stop - start), '"}\n', "",
+        )  # fmt: skip
+        yield _concatenated(line)
 
 
-def plan_line(request: Request, batch: Batch) -> dict[str, Any]:
-    """The JSON object `sync-worker plan` prints for one request."""
-    located = [batch.locate(p) for p in request.rows]
-    return {
-        "interview_id": request.interview_id,
-        "body": request.body,
-        "source_rows": [{"source_file": batch.files[f], "source_row": r} for f, r, _, _ in located],
-        "merge": request.merge,
-    }
+def _sources(names: list[str], files: Any, rows: Any) -> pa.Array:
+    """`[{"source_file": ..., "source_row": N}]` for single-row requests."""
+    prefix = pa.array([f'[{{"source_file": {n}, "source_row": ' for n in names]).take(
+        pa.array(files)
+    )
+    return pc.binary_join_element_wise(prefix, pc.cast(pa.array(rows), pa.string()), "}]", "")
+
+
+def _patch_sources(
+    sources: pa.Array, table: RequestTable, start: int, stop: int, names: list[str], files: Any,
+    rows: Any,
+) -> pa.Array:  # fmt: skip
+    values = sources.to_pylist()
+    for index in range(start, stop):
+        positions = table.rows_of(index)
+        if len(positions) > 1:
+            values[index - start] = json.dumps([
+                {"source_file": json.loads(names[files[p]]), "source_row": int(rows[p])}
+                for p in positions
+            ], ensure_ascii=False)  # fmt: skip
+    return pa.array(values, pa.string())
+
+
+def _concatenated(lines: pa.Array | pa.ChunkedArray) -> bytes:
+    """All strings of an Arrow string array back to back, straight from its data buffer."""
+    array = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
+    if len(array) == 0:
+        return b""
+    _validity, offsets_buffer, data = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
+    first, last = offsets[array.offset], offsets[array.offset + len(array)]
+    chunk: bytes = data.slice(int(first), int(last - first)).to_pybytes()
+    return chunk

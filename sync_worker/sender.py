@@ -8,7 +8,6 @@ context overwrites another's. The run stops taking new requests when `stop` is s
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from sync_worker.client import Client, Counters, Outcome, RetryPolicy
 from sync_worker.errors import FatalApiError
 from sync_worker.limiter import Pacer
 from sync_worker.logs import get_logger
-from sync_worker.planner import Request
+from sync_worker.request_table import ChainQueue, Request
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
 ResultSink = Callable[[Request, Outcome], None]
@@ -54,13 +53,12 @@ class Sender:
         self._fatal: FatalApiError | None = None
         self._started: set[int] = set()
 
-    async def run(self, chains: list[list[Request]]) -> SendReport:
+    async def run(self, queue: ChainQueue) -> SendReport:
         loop = asyncio.get_running_loop()
         begin = loop.time()
         pacer = Pacer(self._config.limit, self._config.period_s)
         async with self._session() as session:
             client = Client(session, self._config.base_url, pacer, self._config.policy, self._stop)
-            queue = deque(deque(chain) for chain in chains if chain)
             if await self._probe(client, queue):
                 await self._pool(client, queue)
         report = SendReport(client.counters, self._fatal, self._started, loop.time() - begin)
@@ -81,13 +79,12 @@ class Sender:
             },
         )
 
-    async def _probe(self, client: Client, queue: deque[deque[Request]]) -> bool:
+    async def _probe(self, client: Client, queue: ChainQueue) -> bool:
         """Send alone until one answer proves the key and base URL; False: stop the run."""
         while queue and not self._stop.is_set():
-            chain = queue[0]
+            chain = queue.popleft()
             request = chain.popleft()
-            if not chain:
-                queue.popleft()
+            queue.appendleft(chain)
             outcome = await self._send(client, request)
             if outcome.status == "ok" or (outcome.api_shaped and outcome.http_status is not None):
                 return not self._stop.is_set()
@@ -96,7 +93,7 @@ class Sender:
                 return False
         return False
 
-    async def _pool(self, client: Client, queue: deque[deque[Request]]) -> None:
+    async def _pool(self, client: Client, queue: ChainQueue) -> None:
         count = min(self._config.workers, len(queue))
         tasks = [asyncio.create_task(self._worker(client, queue)) for _ in range(count)]
         watcher = asyncio.create_task(self._cancel_after_stop(tasks))
@@ -110,7 +107,7 @@ class Sender:
         for task in pending:
             task.cancel()
 
-    async def _worker(self, client: Client, queue: deque[deque[Request]]) -> None:
+    async def _worker(self, client: Client, queue: ChainQueue) -> None:
         while queue and not self._stop.is_set():
             chain = queue.popleft()
             for request in chain:

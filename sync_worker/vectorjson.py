@@ -35,14 +35,19 @@ def quoted(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 
 
 def member(key: str, literal: pa.ChunkedArray | pa.Array, present: pa.ChunkedArray) -> pa.Array:
-    """`"key":literal` where `present`, null elsewhere (so `join` skips it)."""
-    text = pc.binary_join_element_wise(json.dumps(key, ensure_ascii=False) + ":", literal, "")
-    return pc.if_else(present, text, pa.scalar(None, pa.string()))
+    """`"key":literal,` where `present`, "" elsewhere.
+
+    Members carry their own trailing comma and `join_object` drops the last one: Arrow's
+    null-skipping join loses rows whose members are all null (seen in pyarrow 26)."""
+    text = pc.binary_join_element_wise(json.dumps(key, ensure_ascii=False) + ":", literal, ",", "")
+    return pc.if_else(present, text, "")
 
 
 def join_object(members: Sequence[pa.ChunkedArray | pa.Array], length: int) -> pa.Array:
-    """`{m1,m2,...}` from members given in sorted key order, skipping nulls."""
+    """`{m1,m2,...}` from members given in sorted key order."""
     if not members:
         return pa.array(["{}"] * length, pa.string())
-    inner = pc.binary_join_element_wise(*members, ",", null_handling="skip")
+    inner = pc.binary_join_element_wise(*members, "") if len(members) > 1 else members[0]
+    # A member ends with '"' or '}' before its comma, so only that one comma is trimmed.
+    inner = pc.utf8_rtrim(inner, characters=",")
     return pc.binary_join_element_wise("{", inner, "}", "")

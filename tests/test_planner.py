@@ -1,15 +1,22 @@
 from __future__ import annotations
 
+import csv
+import dataclasses
 import hashlib
 import json
+import tempfile
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sync_worker.merger import MergeRules
-from sync_worker.planner import Memory, Plan, PlanOptions, build_plan, plan_line
+from sync_worker.planner import Memory, Plan, PlanOptions, build_plan, plan_output
 from sync_worker.reader import Batch, ReadOptions, read_batch
+from sync_worker.request_table import ChainQueue
 
 HEADER = "interview_id,contact_name,objective,contact_context,contact_email,context.title\n"
 
@@ -17,10 +24,16 @@ HEADER = "interview_id,contact_name,objective,contact_context,contact_email,cont
 def plan_for(
     tmp_path: Path, body: str, options: PlanOptions | None = None, memory: Memory | None = None
 ) -> tuple[Batch, Plan]:
+    """The plan, after checking that both roads (columns, row by row) agree on every byte."""
     path = tmp_path / "in.csv"
     path.write_text(HEADER + body, encoding="utf-8")
     batch = read_batch([str(path)], ReadOptions())
-    return batch, build_plan(batch, options or PlanOptions(), memory or Memory())
+    options = options or PlanOptions()
+    plan = build_plan(batch, options, memory or Memory())
+    by_rows = build_plan(batch, dataclasses.replace(options, vectorise=False), memory or Memory())
+    assert [astuple(r) for r in plan.requests] == [astuple(r) for r in by_rows.requests]
+    assert plan.settled == by_rows.settled
+    return batch, plan
 
 
 @pytest.mark.parametrize(
@@ -86,15 +99,20 @@ def test_rows_of_one_interview_are_one_request(tmp_path: Path) -> None:
     assert first.interview_id == 5 and first.rows == [0, 2, 3]
     assert first.body == {"contact_name": "Ana R", "objective": "New", "contact_context": "second"}
     assert second.interview_id == 6
-    line = plan_line(first, batch)
-    assert [s["source_row"] for s in line["source_rows"]] == [1, 3, 4]
+    lines = b"".join(plan_output(plan, batch)).decode().splitlines()
+    assert [s["source_row"] for s in json.loads(lines[0])["source_rows"]] == [1, 3, 4]
+    assert json.loads(lines[1])["source_rows"] == [{"source_file": batch.files[0],
+                                                     "source_row": 2}]  # fmt: skip
 
 
 def test_contacts_become_ordered_chains(tmp_path: Path) -> None:
     _b, plan = plan_for(tmp_path, "1,,,a,X@y.com,\n2,,,b,,\n3,,,c,x@y.com,\n4,,,d,z@y.com,\n")
-    chains = [[r.interview_id for r in chain] for chain in plan.chains]
+    queue = ChainQueue(plan.table)
+    chains = []
+    while queue:
+        chains.append([r.interview_id for r in queue.popleft()])
     assert chains == [[1, 3], [2], [4]]
-    assert plan.contacts_with_several_contexts == 1
+    assert plan.contacts_with_several_contexts() == 1
 
 
 def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
@@ -143,3 +161,30 @@ def test_max_rows_leaves_the_rest_not_attempted(tmp_path: Path) -> None:
     _b, plan = plan_for(tmp_path, "1,A,,,,\n2,B,,,,\n3,C,,,,\n", PlanOptions(max_rows=2))
     assert [r.interview_id for r in plan.requests] == [1, 2]
     assert plan.settled[2].status == "not_attempted"
+
+
+cell_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\x00"),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(cell_text, cell_text, cell_text, cell_text), min_size=1,
+                     max_size=6))  # fmt: skip
+def test_both_roads_build_the_same_bytes(rows: list[tuple[str, str, str, str]]) -> None:
+    """Quotes, backslashes, control characters, any script: the column road escapes exactly as
+    json.dumps does, so hashes agree whichever road a row takes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["interview_id", "contact_name", "objective", "contact_context",
+                             "context.k\\\"ey"])  # fmt: skip
+            for number, (name, objective, context, extra) in enumerate(rows, start=1):
+                writer.writerow([number, name, objective, context.lstrip("{"), extra])
+        batch = read_batch([str(path)], ReadOptions())
+        vector = build_plan(batch, PlanOptions(), Memory())
+        by_rows = build_plan(batch, PlanOptions(vectorise=False), Memory())
+    assert [astuple(r) for r in vector.requests] == [astuple(r) for r in by_rows.requests]
+    assert vector.settled == by_rows.settled

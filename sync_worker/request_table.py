@@ -1,0 +1,212 @@
+"""The requests of a plan as columns: a million of them cost a few Arrow arrays, not a million
+Python objects. A `Request` object is made only when a request is about to be sent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Ints = npt.NDArray[np.int64]
+CHUNK = 100_000  # requests materialised or printed at a time
+
+
+@dataclass(slots=True)
+class Request:
+    """One PATCH: an interview's combined rows."""
+
+    interview_id: int
+    body_json: bytes  # canonical JSON: sorted keys, no spaces; what is sent and hashed
+    sha256: str
+    rows: list[int]  # positions in the batch frame, in file order
+    contact: str
+    merge: str  # off | merged | no_existing
+    context_json: str | None  # the contact_context sent, remembered by the state on success
+
+    @property
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.body_json)
+        return body
+
+
+def sha256_hex(body_json: bytes) -> str:
+    return hashlib.sha256(body_json).hexdigest()
+
+
+@dataclass
+class RequestTable:
+    """Requests in send order; row i of every column describes request i."""
+
+    position: Ints  # the first input row of each request (a position in the batch frame)
+    interview_id: Ints
+    body_json: pa.ChunkedArray  # string
+    context_json: pa.ChunkedArray  # string, null where no context is sent
+    contact: pa.ChunkedArray  # string: the contact_email, or interview:<id>
+    merge: pa.ChunkedArray  # string
+    more_rows: dict[int, list[int]] = field(default_factory=dict)  # first position -> all rows
+    _sha256: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    @classmethod
+    def empty(cls) -> RequestTable:
+        return cls.from_requests([])
+
+    @classmethod
+    def from_requests(cls, requests: Sequence[Request]) -> RequestTable:
+        def column(values: list[Any]) -> pa.ChunkedArray:
+            return pa.chunked_array([pa.array(values, pa.string())])
+
+        return cls(
+            position=np.array([r.rows[0] for r in requests], dtype=np.int64),
+            interview_id=np.array([r.interview_id for r in requests], dtype=np.int64),
+            body_json=column([r.body_json.decode("utf-8") for r in requests]),
+            context_json=column([r.context_json for r in requests]),
+            contact=column([r.contact for r in requests]),
+            merge=column([r.merge for r in requests]),
+            more_rows={r.rows[0]: r.rows for r in requests if len(r.rows) > 1},
+        )
+
+    def rows_of(self, index: int) -> list[int]:
+        first = int(self.position[index])
+        return self.more_rows.get(first, [first])
+
+    def row_count(self) -> int:
+        extra = sum(len(rows) - 1 for rows in self.more_rows.values())
+        return len(self) + extra
+
+    def sha256(self) -> list[str]:
+        """Every request's payload hash (computed once, when first needed)."""
+        if self._sha256 is None:
+            self._sha256 = [
+                sha256_hex(text.encode("utf-8"))
+                for chunk in self.body_json.chunks
+                for text in chunk.to_pylist()
+            ]
+        return self._sha256
+
+    def take(self, indices: Ints) -> RequestTable:
+        """The requests at `indices`, in that order."""
+        picked = pa.array(indices, pa.int64())
+        positions = self.position[indices]
+        kept = set(positions.tolist()) if self.more_rows else set()
+        table = RequestTable(
+            position=positions,
+            interview_id=self.interview_id[indices],
+            body_json=self.body_json.take(picked),
+            context_json=self.context_json.take(picked),
+            contact=self.contact.take(picked),
+            merge=self.merge.take(picked),
+            more_rows={p: rows for p, rows in self.more_rows.items() if p in kept},
+        )
+        if self._sha256 is not None:
+            table._sha256 = [self._sha256[i] for i in indices.tolist()]
+        return table
+
+    def __iter__(self) -> Iterator[Request]:
+        for start in range(0, len(self), CHUNK):
+            yield from self.slice(start, start + CHUNK)
+
+    def slice(self, start: int, stop: int) -> list[Request]:
+        """Requests start..stop as objects."""
+        stop = min(stop, len(self))
+        bodies = self.body_json.slice(start, stop - start).to_pylist()
+        contexts = self.context_json.slice(start, stop - start).to_pylist()
+        contacts = self.contact.slice(start, stop - start).to_pylist()
+        merges = self.merge.slice(start, stop - start).to_pylist()
+        hashes = self._sha256[start:stop] if self._sha256 is not None else None
+        requests = []
+        for offset, body in enumerate(bodies):
+            index = start + offset
+            body_json = body.encode("utf-8")
+            requests.append(Request(
+                interview_id=int(self.interview_id[index]),
+                body_json=body_json,
+                sha256=hashes[offset] if hashes is not None else sha256_hex(body_json),
+                rows=self.rows_of(index),
+                contact=contacts[offset],
+                merge=merges[offset],
+                context_json=contexts[offset],
+            ))  # fmt: skip
+        return requests
+
+
+def concat(tables: Sequence[RequestTable]) -> RequestTable:
+    """One table, in file order of each request's first row."""
+    position = np.concatenate([t.position for t in tables])
+    merged = RequestTable(
+        position=position,
+        interview_id=np.concatenate([t.interview_id for t in tables]),
+        body_json=pa.chunked_array([c for t in tables for c in t.body_json.chunks], pa.string()),
+        context_json=pa.chunked_array(
+            [c for t in tables for c in t.context_json.chunks], pa.string()
+        ),
+        contact=pa.chunked_array([c for t in tables for c in t.contact.chunks], pa.string()),
+        merge=pa.chunked_array([c for t in tables for c in t.merge.chunks], pa.string()),
+        more_rows={k: v for t in tables for k, v in t.more_rows.items()},
+    )
+    return merged.take(np.argsort(position, kind="stable"))
+
+
+def chain_bounds(table: RequestTable) -> tuple[Ints, Ints]:
+    """Requests grouped by contact, each group in file order, groups by first appearance.
+
+    Returns (order, starts): chain k is table indices order[starts[k]:starts[k + 1]]."""
+    codes, _uniques = pd.factorize(table.contact.to_numpy(zero_copy_only=False))
+    order = np.argsort(codes, kind="stable").astype(np.int64)
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.diff(sorted_codes, prepend=-1)).astype(np.int64)
+    return order, np.append(starts, len(order)).astype(np.int64)
+
+
+class ChainQueue:
+    """Contact chains handed out one at a time; requests are made into objects a block at a
+    time, in the order the chains are taken."""
+
+    BLOCK = 2_000
+
+    def __init__(self, table: RequestTable) -> None:
+        order, self._bounds = chain_bounds(table)
+        self._ordered = table.take(order)  # requests in chain order
+        self._next = 0  # the next chain not yet taken
+        self._block: tuple[int, list[Request]] = (-1, [])  # (block number, its requests)
+        self._returned: deque[deque[Request]] = deque()  # chains given back, partly sent
+
+    def __len__(self) -> int:
+        return len(self._returned) + len(self._bounds) - 1 - self._next
+
+    def popleft(self) -> deque[Request]:
+        if self._returned:
+            return self._returned.popleft()
+        start, stop = int(self._bounds[self._next]), int(self._bounds[self._next + 1])
+        self._next += 1
+        return deque(self._request(i) for i in range(start, stop))
+
+    def appendleft(self, chain: deque[Request]) -> None:
+        if chain:
+            self._returned.appendleft(chain)
+
+    def _request(self, index: int) -> Request:
+        number, requests = self._block
+        if index // self.BLOCK != number:
+            number = index // self.BLOCK
+            requests = self._ordered.slice(number * self.BLOCK, (number + 1) * self.BLOCK)
+            self._block = (number, requests)
+        return requests[index - number * self.BLOCK]
+
+
+def contacts_with_several_contexts(table: RequestTable) -> int:
+    """Contacts whose requests carry more than one distinct context."""
+    frame = pa.table({"contact": table.contact, "context": table.context_json})
+    counted = frame.group_by("contact").aggregate([("context", "count_distinct")])
+    return int(pc.sum(pc.greater(counted["context_count_distinct"], 1)).as_py() or 0)
