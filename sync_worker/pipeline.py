@@ -29,7 +29,7 @@ from sync_worker.logs import get_logger, register_secret
 from sync_worker.merger import MergeRules
 from sync_worker.notes import read_notes
 from sync_worker.planner import NOT_ATTEMPTED, Memory, Plan, PlanOptions, Settled, build_plan
-from sync_worker.reader import Batch, ReadOptions, read_batch
+from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
 from sync_worker.request_table import ChainQueue, Request
 from sync_worker.sender import SendConfig, Sender, SendReport
 from sync_worker.state import RunLock, State, Success, create_private, now_iso
@@ -76,6 +76,7 @@ def load_key(settings: Settings, key_file: str | None) -> str:
 
 
 def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
+    use_lean_memory_pool()
     options = ReadOptions(
         settings.encoding, settings.delimiter, settings.columns, settings.context_columns
     )
@@ -86,7 +87,9 @@ def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
     return batch
 
 
-def make_plan(settings: Settings, options: RunOptions, batch: Batch, state: State) -> Plan:
+def make_plan(
+    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
+) -> Plan:
     merge = settings.merge or options.existing_notes is not None
     notes_by_email, notes_by_interview = (
         read_notes(Path(options.existing_notes), settings) if options.existing_notes else ({}, {})
@@ -102,13 +105,14 @@ def make_plan(settings: Settings, options: RunOptions, batch: Batch, state: Stat
         rules=MergeRules.build(settings.merge_separator, settings.append_keys),
         force=options.force,
         max_rows=options.max_rows,
+        for_sending=for_sending,
     )
     plan = build_plan(batch, plan_options, memory)
-    _log_plan_warnings(plan, batch, merge)
+    _log_plan_warnings(plan, merge or not for_sending)
     return plan
 
 
-def _log_plan_warnings(plan: Plan, batch: Batch, merge: bool) -> None:
+def _log_plan_warnings(plan: Plan, merge: bool) -> None:
     log = get_logger()
     invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == "invalid"]
     for _position, settled in invalid[:INVALID_LOGGED]:
@@ -398,7 +402,7 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[bytes]:
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
     try:
-        plan = make_plan(settings, options, batch, state)
+        plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
     return lines(plan, batch)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -79,6 +78,7 @@ class PlanOptions:
     force: bool = False
     max_rows: int | None = None
     vectorise: bool = True  # False: every row takes the row-by-row road (tests compare both)
+    for_sending: bool = True  # False (`plan`): skip what only sending needs (contacts, contexts)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     plan = Plan(RequestTable.empty(), settled)
     row_requests = _row_requests(batch, cells, np.flatnonzero(cells.sendable & ~by_row), options,
                                  memory, plan)  # fmt: skip
-    plan.table = concat([_vector_requests(cells, by_row), RequestTable.from_requests(row_requests)])
+    vector = _vector_requests(cells, by_row, options.for_sending)
+    plan.table = concat([vector, RequestTable.from_requests(row_requests)])
     _skip_unchanged(plan, options, memory)
     _apply_max_rows(plan, options.max_rows)
     return plan
@@ -130,7 +131,7 @@ class Cells:
             values = pa.array(frame[column], pa.string())
             if not isinstance(values, pa.ChunkedArray):
                 values = pa.chunked_array([values])
-            return pc.utf8_trim_whitespace(values)
+            return pc.utf8_trim_whitespace(values) if _may_need_trimming(values) else values
 
         ids = stripped("interview_id")
         valid = _valid_ids(ids)
@@ -154,9 +155,10 @@ class Cells:
         needs = pc.starts_with(context, "{").to_numpy(zero_copy_only=False)  # JSON to parse
         if NOTES_KEY in self.context:  # plain text would collide with a context.notes column
             needs |= _nonempty(context)
-        sendable = self.sendable
-        ids = pd.Series(np.where(sendable, self.id_numbers, -np.arange(1, len(sendable) + 1)))
-        several = ids.duplicated(keep=False).to_numpy()  # several rows of one interview
+        ids = self.id_numbers[self.sendable]
+        _unique, where, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        several = np.zeros(len(needs), dtype=bool)  # several rows of one interview
+        several[self.sendable] = counts[where] > 1
         return np.asarray(needs | several, dtype=bool)
 
 
@@ -166,6 +168,25 @@ def _valid_ids(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     positive = pc.not_equal(pc.utf8_ltrim(ids, characters="0"), "")
     too_big = pc.and_(pc.equal(pc.utf8_length(ids), 19), pc.greater(ids, MAX_ID_TEXT))
     return pc.and_(pc.and_(digits, positive), pc.invert(too_big))
+
+
+def _may_need_trimming(column: pa.ChunkedArray) -> bool:
+    """Could a cell start or end with white space? Looks only at each cell's first and last
+    byte, straight from the Arrow buffers, so a clean column is neither copied nor scanned."""
+    for chunk in column.chunks:
+        _validity, offsets_buffer, data = chunk.buffers()
+        if data is None or len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[chunk.offset : chunk.offset
+                                                                + len(chunk) + 1]  # fmt: skip
+        starts, ends = offsets[:-1], offsets[1:]
+        filled = ends > starts
+        raw = np.frombuffer(data, dtype=np.uint8)
+        edges = np.concatenate([raw[starts[filled]], raw[ends[filled] - 1]])
+        # ASCII white space, or any non-ASCII byte (which might start Unicode white space)
+        if ((edges <= 0x20) | (edges >= 0x80)).any():
+            return True
+    return False
 
 
 def _nonempty(column: pa.ChunkedArray) -> np.ndarray:
@@ -195,49 +216,75 @@ def _invalid(batch: Batch, position: int, code: str, column: str, message: str) 
 # -- the column road ----------------------------------------------------------------------------
 
 
-def _vector_requests(cells: Cells, mask: np.ndarray) -> RequestTable:
-    """One request per row, its canonical JSON built for all rows at once."""
-    picked = pa.array(np.flatnonzero(mask), pa.int64())
-    length = len(picked)
+def _vector_requests(cells: Cells, mask: np.ndarray, for_sending: bool = True) -> RequestTable:
+    """One request per row, its canonical JSON built for all rows at once.
+
+    Contact keys and the context alone (for the state) matter only when sending: `plan`
+    leaves them out, since it prints neither."""
+    positions = np.flatnonzero(mask).astype(np.int64)
+    picked = pa.array(positions, pa.int64())
+    length = len(positions)
 
     def take(column: pa.ChunkedArray) -> pa.ChunkedArray:
-        return column.take(picked)
+        return column if length == len(column) else column.take(picked)
 
     text = take(cells.text["contact_context"])
-    has_text = pc.not_equal(text, "")
-    context_cells = {key: take(column) for key, column in cells.context.items()}
-    present = {key: pc.not_equal(column, "") for key, column in context_cells.items()}
+    has_text = _nonempty(text)
+    cells_by_key = {key: take(column) for key, column in cells.context.items()}
+    present = {key: _nonempty(column) for key, column in cells_by_key.items()}
     members = [
-        vj.member(key, vj.quoted(context_cells[key]), present[key])
-        if key in context_cells else vj.member(NOTES_KEY, vj.quoted(text), has_text)
-        for key in sorted({*context_cells, NOTES_KEY})
+        vj.text_member(key, cells_by_key[key], present[key]) if key in cells_by_key
+        else vj.text_member(NOTES_KEY, text, has_text)
+        for key in sorted({*cells_by_key, NOTES_KEY})
     ]  # fmt: skip
-    any_cell = _any(list(present.values()), length)
-    context = pc.if_else(any_cell, vj.join_object(members, length), vj.quoted(text))
-    has_context = pc.or_(any_cell, has_text)
-    body_members = [vj.member("contact_context", context, has_context)]
+    any_cell = np.logical_or.reduce([*present.values(), np.zeros(length, bool)])
+    context = _context_literal(members, text, any_cell, has_text, length)
+    has_context = any_cell | has_text
+    body_members = [vj.literal_member("contact_context", context, has_context)]
     for name in TEXT_FIELDS:
         column = take(cells.text[name])
-        body_members.append(vj.member(name, vj.quoted(column), pc.not_equal(column, "")))
-    email = pc.utf8_lower(take(cells.text["contact_email"]))
-    ids = pc.cast(pa.array(cells.id_numbers[mask]), pa.string())
-    contact = pc.if_else(pc.not_equal(email, ""), email,
-                         pc.binary_join_element_wise("interview:", ids, ""))  # fmt: skip
+        body_members.append(vj.text_member(name, column, _nonempty(column)))
+    body = _chunked(vj.join_object(body_members, length))
+    if not for_sending:
+        unknown = pa.chunked_array([pa.nulls(length, pa.string())])
+        return RequestTable(positions, cells.id_numbers[positions], body, unknown, unknown,
+                            _repeat("off", length))  # fmt: skip
+    none = pa.scalar(None, pa.string())
+    emails = take(cells.text["contact_email"])
     return RequestTable(
-        position=np.flatnonzero(mask).astype(np.int64),
-        interview_id=cells.id_numbers[mask],
-        body_json=_chunked(vj.join_object(body_members, length)),
-        context_json=_chunked(pc.if_else(has_context, context, pa.scalar(None, pa.string()))),
-        contact=_chunked(contact),
-        merge=pa.chunked_array([pa.array(["off"] * length, pa.string())]),
+        position=positions,
+        interview_id=cells.id_numbers[positions],
+        body_json=body,
+        context_json=_chunked(pc.if_else(pa.array(has_context), context, none)),
+        contact=_chunked(_contact_keys(emails, cells.id_numbers[positions])),
+        merge=_repeat("off", length),
     )
 
 
-def _any(masks: list[Any], length: int) -> Any:
-    result: Any = pa.array(np.zeros(length, dtype=bool))
-    for mask in masks:
-        result = pc.or_(result, mask)
-    return result
+def _repeat(value: str, length: int) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.repeat(pa.scalar(value, pa.string()), length)])
+
+
+def _context_literal(
+    members: list[vj.Pieces], text: pa.ChunkedArray, any_cell: np.ndarray,
+    has_text: np.ndarray, length: int,
+) -> vj.Text:  # fmt: skip
+    """The context as JSON: an object where a context.* cell is filled, else the plain text."""
+    if any_cell.all():
+        return vj.join_object(members, length)
+    if not has_text.any():
+        return vj.join_object(members, length) if any_cell.any() else pa.nulls(length, pa.string())
+    return pc.if_else(pa.array(any_cell), vj.join_object(members, length), vj.quoted(text))
+
+
+def _contact_keys(emails: pa.ChunkedArray, ids: Ints) -> vj.Text:
+    """The contact_email (lower case), or interview:<id> for a row without one."""
+    emails = pc.utf8_lower(emails)
+    has_email = _nonempty(emails)
+    if has_email.all():
+        return emails
+    by_id = pc.binary_join_element_wise("interview:", pc.cast(pa.array(ids), pa.string()), "")
+    return pc.if_else(pa.array(has_email), emails, by_id)
 
 
 def _chunked(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:

@@ -64,6 +64,9 @@ class RequestTable:
 
     @classmethod
     def from_requests(cls, requests: Sequence[Request]) -> RequestTable:
+        """A table of these requests in file order (of each one's first row)."""
+        requests = sorted(requests, key=lambda r: r.rows[0])
+
         def column(values: list[Any]) -> pa.ChunkedArray:
             return pa.chunked_array([pa.array(values, pa.string())])
 
@@ -143,6 +146,9 @@ class RequestTable:
 
 def concat(tables: Sequence[RequestTable]) -> RequestTable:
     """One table, in file order of each request's first row."""
+    filled = [t for t in tables if len(t)]
+    if len(filled) <= 1:
+        return filled[0] if filled else RequestTable.empty()  # each table is in order already
     position = np.concatenate([t.position for t in tables])
     merged = RequestTable(
         position=position,
