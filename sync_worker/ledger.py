@@ -64,8 +64,13 @@ class Ledger:
         self.lines = 0
 
     def write(self, line: Mapping[str, Any]) -> None:
-        values = [line.get(column) for column in COLUMNS]
-        values[ERROR_MESSAGE] = redact(values[ERROR_MESSAGE] or "")  # the server's own words
+        """One line from a mapping of column -> value (missing columns are empty)."""
+        self.write_values([line.get(column) for column in COLUMNS])
+
+    def write_values(self, values: list[Any]) -> None:
+        """One line from its values in COLUMNS order (the hot path: no mapping built)."""
+        if values[ERROR_MESSAGE]:
+            values[ERROR_MESSAGE] = redact(values[ERROR_MESSAGE])  # the server's own words
         if self._jsonl:
             self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
         else:

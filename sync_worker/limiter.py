@@ -73,6 +73,7 @@ class Pacer:
         "_guards",
         "_paused_once",
         "_paused_until",
+        "_resuming",
         "learned",
         "limit",
         "period",
@@ -85,12 +86,13 @@ class Pacer:
         self._guards = [Window(limit, period + window_margin(period))]
         self._paused_until = 0.0  # loop time before which nothing is sent
         self._paused_once = False  # a 429 pause has happened: later 429s may teach us
+        self._resuming = False  # a pause just ended: its first send must fill the bucket
         self._accepted: list[float] = []  # send times of requests the server accepted
         self.learned: Learned | None = None  # the server's own limit, once learned
 
     @staticmethod
     def _now() -> float:
-        return asyncio.get_running_loop().time()
+        return asyncio.get_running_loop().time()  # the clock aiolimiter and call_later use
 
     async def acquire(self) -> float:
         """Wait for a slot and claim it; returns the send time (loop clock)."""
@@ -99,18 +101,23 @@ class Pacer:
             now = self._now()
             if now < self._paused_until:
                 await asyncio.sleep(self._paused_until - now)
-                await self._bucket.acquire()  # resume at the bucket's pace, not all at once
+                await self._resume()
                 continue
-            wait = max(guard.wait_time(now) for guard in self._guards)
+            wait = max([guard.wait_time(now) for guard in self._guards])
             if wait <= 0:
                 for guard in self._guards:
                     guard.record(now)
                 return now
             await asyncio.sleep(wait)
 
-    @property
-    def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self._now())
+    async def _resume(self) -> None:
+        """After a pause, sends resume at the bucket's pace, one by one: the first takes the
+        whole bucket, so the drained room cannot let a burst out at the reset."""
+        if self._resuming:
+            self._resuming = False
+            await self._bucket.acquire(BUCKET_ROOM)
+        else:
+            await self._bucket.acquire()
 
     def accepted(self, sent_at: float) -> None:
         """The server took a request sent at `sent_at` (any answer but 429)."""
@@ -125,6 +132,7 @@ class Pacer:
         now = self._now()
         reset = now + wait_s
         self._paused_until = max(self._paused_until, reset)
+        self._resuming = True
         learned = self._learn(now, reset) if self._paused_once else None
         self._paused_once = True
         return learned

@@ -146,32 +146,28 @@ class Recorder:
     _flush_scheduled: bool = False
 
     def settled(self, position: int, outcome: Settled) -> None:
-        self._line(position, outcome.status, error_code=outcome.error_code,
-                   error_message=outcome.error_message, merge=outcome.merge,
-                   payload_sha256=outcome.sha256, attempts=0)  # fmt: skip
+        self._line(position, [outcome.status, None, outcome.error_code, outcome.error_message, 0,
+                              outcome.merge, outcome.sha256, None, None])  # fmt: skip
 
     def result(self, request: Request, outcome: Outcome) -> None:
         for position in request.rows:
-            self._line(
-                position, outcome.status, http_status=outcome.http_status,
-                error_code=outcome.error_code, error_message=outcome.error_message,
-                attempts=outcome.attempts, merge=request.merge, payload_sha256=request.sha256,
-                finished_at=outcome.finished_at, duration_ms=outcome.duration_ms,
-            )  # fmt: skip
+            self._line(position, [
+                outcome.status, outcome.http_status, outcome.error_code, outcome.error_message,
+                outcome.attempts, request.merge, request.sha256, outcome.finished_at,
+                outcome.duration_ms,
+            ])  # fmt: skip
         if outcome.status == "ok" and self.state is not None:
             self.state.add(_success(request, self.run_id, outcome.finished_at))
         if self.progress is not None:
             self.progress.update(len(request.rows))
         self._schedule_flush()
 
-    def _line(self, position: int, status: str, **values: Any) -> None:
+    def _line(self, position: int, outcome: list[Any]) -> None:
+        """`outcome`: the ledger columns from status on, in order."""
         file_index, row, interview_id, email = self.batch.locate(position)
-        self.ledger.write({
-            "run_id": self.run_id, "source_file": self.batch.files[file_index],
-            "source_row": row, "interview_id": interview_id, "contact_email": email,
-            "status": status, **values,
-        })  # fmt: skip
-        self.counts[status] += 1
+        self.ledger.write_values([self.run_id, self.batch.files[file_index], row, interview_id,
+                                  email, *outcome])  # fmt: skip
+        self.counts[outcome[0]] += 1
         self.written.add(position)
 
     def _schedule_flush(self) -> None:

@@ -56,8 +56,8 @@ class Batch:
         return (
             frame[FILE_COL].tolist(),
             frame[ROW_COL].tolist(),
-            frame["interview_id"].tolist(),
-            frame["contact_email"].tolist(),
+            pa.array(frame["interview_id"], pa.string()).to_pylist(),
+            pa.array(frame["contact_email"], pa.string()).to_pylist(),
         )
 
     def locate(self, position: int) -> tuple[int, int, str, str]:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -152,8 +153,18 @@ def _context_rows(pending: Iterable[Success]) -> list[tuple[str, str, str, str]]
     ]
 
 
+_last_stamp: list[Any] = [-1, ""]  # (whole milliseconds, its text): results share a stamp
+
+
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC now as 2026-11-29T15:27:52.497Z (formatted once per millisecond)."""
+    now = time.time()
+    millis = int(now * 1000)
+    if millis != _last_stamp[0]:
+        stamp = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
+        _last_stamp[:] = [millis, stamp.replace("+00:00", "Z")]
+    text: str = _last_stamp[1]
+    return text
 
 
 class RunLock:
