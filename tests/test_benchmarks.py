@@ -1,0 +1,25 @@
+"""Keep `make bench` working: a tiny run of every benchmark must print every figure.
+
+No timing is asserted here (shared machines drift); `make bench` measures at full size."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent / "benchmarks" / "run.py"
+FIGURES = ["rate adherence", "overhead", "planning time", "planning memory", "nightly diff",
+           "recovery, lower limit", "recovery, longer window"]  # fmt: skip
+
+
+def test_every_benchmark_prints_its_figure() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--smoke"], capture_output=True,
+                            text=True, timeout=170, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {line.split(" | ")[0].strip(): line for line in result.stdout.splitlines()}
+    for figure in FIGURES:
+        assert figure in rows, result.stdout
+        ratio = float(rows[figure].split(" | ")[3])  # a measured number, not a placeholder
+        assert math.isfinite(ratio)
