@@ -21,9 +21,10 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
-from sync_worker.client import Outcome, RetryPolicy
+from sync_worker import planner
+from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.config import Settings
-from sync_worker.errors import ConfigError, SyncWorkerError
+from sync_worker.errors import ConfigError
 from sync_worker.ledger import Ledger
 from sync_worker.logs import get_logger, register_secret
 from sync_worker.merger import MergeRules
@@ -108,11 +109,11 @@ def make_plan(
         for_sending=for_sending,
     )
     plan = build_plan(batch, plan_options, memory)
-    _log_plan_warnings(plan, merge or not for_sending)
+    _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
     return plan
 
 
-def _log_plan_warnings(plan: Plan, merge: bool) -> None:
+def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
     log = get_logger()
     invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == "invalid"]
     for _position, settled in invalid[:INVALID_LOGGED]:
@@ -122,7 +123,7 @@ def _log_plan_warnings(plan: Plan, merge: bool) -> None:
             "invalid_rows", count=len(invalid), logged=INVALID_LOGGED,
             message="see the ledger for every invalid row",
         )  # fmt: skip
-    several = 0 if merge else plan.contacts_with_several_contexts()
+    several = plan.contacts_with_several_contexts() if warn_contexts else 0
     if several:
         log.warning(
             "several_contexts_per_contact",
@@ -268,7 +269,7 @@ def _run_locked(
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason)
             summary = _summary(run_id, started_at, recorder, report, plan, code, options)
-            summary["stopped_by"] = "fatal" if report.fatal else stopper.reason
+            summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             _write_summary(ledger_path, summary)
             state.run_finished(run_id, code, summary)
         finally:
@@ -303,8 +304,6 @@ def _send_or_dry_run(
     settings: Settings, options: RunOptions, plan: Plan, recorder: Recorder, api_key: str,
     stopper: StopSignal,
 ) -> SendReport:  # fmt: skip
-    from sync_worker.client import Counters
-
     if options.dry_run:
         for request in plan.table:
             recorder.result(request, Outcome("dry_run", finished_at=now_iso()))
@@ -393,15 +392,13 @@ def _write_summary(ledger_path: Path, summary: dict[str, Any]) -> None:
 
 def plan_output(settings: Settings, options: RunOptions) -> Iterator[bytes]:
     """`sync-worker plan`: the requests a run would send, without network or key."""
-    from sync_worker.planner import plan_output as lines
-
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
     try:
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
-    return lines(plan, batch)
+    return planner.plan_output(plan, batch)
 
 
 def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan]:
@@ -409,6 +406,3 @@ def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan]:
     batch = read_inputs(settings, options.inputs)
     plan = make_plan(settings, options, batch, State(None))
     return batch, plan
-
-
-__all__ = ["RunOptions", "SyncWorkerError", "exit_code", "plan_output", "run", "validate"]

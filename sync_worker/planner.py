@@ -96,13 +96,13 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     cells = Cells.of(batch)
     settled: dict[int, Settled] = {}
     _settle_invalid(batch, cells, settled)
-    by_row = cells.sendable & ~cells.needs_rows(options)
+    by_columns = cells.sendable & ~cells.needs_rows(options)
     if not options.vectorise:
-        by_row = np.zeros(len(batch), dtype=bool)
+        by_columns = np.zeros(len(batch), dtype=bool)
     plan = Plan(RequestTable.empty(), settled)
-    row_requests = _row_requests(batch, cells, np.flatnonzero(cells.sendable & ~by_row), options,
-                                 memory, plan)  # fmt: skip
-    vector = _vector_requests(cells, by_row, options.for_sending)
+    row_requests = _row_requests(batch, cells, np.flatnonzero(cells.sendable & ~by_columns),
+                                 options, memory, plan)  # fmt: skip
+    vector = _vector_requests(cells, by_columns, options.for_sending)
     plan.table = concat([vector, RequestTable.from_requests(row_requests)])
     _skip_unchanged(plan, options, memory)
     _apply_max_rows(plan, options.max_rows)

@@ -44,7 +44,7 @@ def sha256_hex(body_json: bytes) -> str:
 
 @dataclass
 class RequestTable:
-    """Requests in send order; row i of every column describes request i."""
+    """Requests in file order (of each one's first row); row i of every column is request i."""
 
     position: Ints  # the first input row of each request (a position in the batch frame)
     interview_id: Ints

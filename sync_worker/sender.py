@@ -124,7 +124,7 @@ class Sender:
         if outcome.fatal:
             message = (
                 f"the API refused the key (HTTP {outcome.http_status} {outcome.error_code}): "
-                "check the key in the variable or file you gave; nothing else was sent"
+                "check the key in the variable or file you gave; the run stopped sending"
             )
             self._abort(message, outcome.error_code, outcome.http_status)
         return outcome
