@@ -19,7 +19,7 @@ from enum import Enum
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from sync_worker.limiter import Pacer
+from sync_worker.limiter import Pacer, Stopped
 from sync_worker.logs import get_logger, redact
 from sync_worker.state import now_iso
 
@@ -159,8 +159,14 @@ class Client:
     async def _attempts(self, interview_id: int, body: bytes) -> Outcome:
         url = f"{self._base_url}/interviews/{interview_id}"
         failures = rate_limited = attempts = 0
+        verdict, status = Verdict(Kind.RETRY, "interrupted", "stopped before a retry"), None
         while True:
-            sent_at = await self._pacer.acquire()
+            try:
+                sent_at = await self._pacer.acquire()
+            except Stopped:
+                if attempts == 0:
+                    return Outcome("not_attempted")
+                return self._failed(status, verdict, attempts)
             attempts += 1
             self.counters.requests += 1
             status, verdict, wait = await self._attempt(url, body)
@@ -187,6 +193,8 @@ class Client:
                 attempt=attempts, delay_s=round(delay, 2),
             )  # fmt: skip
             await self._sleep_unless_stopped(delay)
+            if self._stop.is_set():
+                return self._failed(status, verdict, attempts)
 
     async def _attempt(self, url: str, body: bytes) -> tuple[int | None, Verdict, float]:
         """One HTTP exchange: (status, verdict, 429 wait)."""

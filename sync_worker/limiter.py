@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 
@@ -64,6 +65,10 @@ class Learned:
         return self.limit * 60.0 / self.window_s
 
 
+class Stopped(Exception):
+    """The run was told to stop while a send waited for its slot."""
+
+
 class Pacer:
     """Shared by every worker of a run: `await acquire()` before each request."""
 
@@ -74,12 +79,14 @@ class Pacer:
         "_paused_once",
         "_paused_until",
         "_resuming",
+        "_stop",
         "learned",
         "limit",
         "period",
     )
 
-    def __init__(self, limit: int, period: float) -> None:
+    def __init__(self, limit: int, period: float, stop: asyncio.Event | None = None) -> None:
+        self._stop = stop or asyncio.Event()  # set: waiting sends give up (raise Stopped)
         self.limit = limit  # requests per period, as configured
         self.period = period  # seconds
         self._bucket = AsyncLimiter(BUCKET_ROOM, BUCKET_ROOM * period / limit)
@@ -95,12 +102,16 @@ class Pacer:
         return asyncio.get_running_loop().time()  # the clock aiolimiter and call_later use
 
     async def acquire(self) -> float:
-        """Wait for a slot and claim it; returns the send time (loop clock)."""
+        """Wait for a slot and claim it; returns the send time (loop clock).
+
+        Raises Stopped if the run is told to stop while waiting for a pause or a window."""
         await self._bucket.acquire()
         while True:
+            if self._stop.is_set():
+                raise Stopped
             now = self._now()
             if now < self._paused_until:
-                await asyncio.sleep(self._paused_until - now)
+                await self._sleep(self._paused_until - now)
                 await self._resume()
                 continue
             wait = max([guard.wait_time(now) for guard in self._guards])
@@ -108,7 +119,12 @@ class Pacer:
                 for guard in self._guards:
                     guard.record(now)
                 return now
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the run is told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _resume(self) -> None:
         """After a pause, sends resume at the bucket's pace, one by one: the first takes the

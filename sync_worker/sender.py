@@ -56,7 +56,7 @@ class Sender:
     async def run(self, queue: ChainQueue) -> SendReport:
         loop = asyncio.get_running_loop()
         begin = loop.time()
-        pacer = Pacer(self._config.limit, self._config.period_s)
+        pacer = Pacer(self._config.limit, self._config.period_s, self._stop)
         async with self._session() as session:
             client = Client(session, self._config.base_url, pacer, self._config.policy, self._stop)
             if await self._probe(client, queue):

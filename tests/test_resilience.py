@@ -239,3 +239,21 @@ def test_unreachable_base_url_aborts(tmp_path: Path) -> None:
     lines = read_ledger(tmp_path / "ledger.csv")
     assert Counter(x["status"] for x in lines) == {"failed": 1, "not_attempted": 4}
     assert lines[0]["error_code"] == "connection_error" and lines[0]["attempts"] == "2"
+
+
+def test_sigterm_during_a_429_pause_stops_at_once(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--rate-limit", "5", "--rate-period", "60")  # a minute-long pause
+    rows_csv(tmp_path, 20)
+    process = start_run(tmp_path, run_args(server, "--rate-limit", "50", "--rate-period", "1"))
+    wait_for_arrivals(server, 6)  # five accepted, then a 429 whose reset is ~60 s away
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=20)
+    assert process.returncode == 143, err
+    assert time.monotonic() - signalled < 5  # not the pause, not the 10 s grace
+    statuses = Counter(x["status"] for x in read_ledger(tmp_path / "ledger.csv"))
+    assert statuses["ok"] == 5 and sum(statuses.values()) == 20
+    assert statuses["not_attempted"] >= 13  # never sent: not "interrupted in flight"
+    assert len(server.requests()) <= 7
