@@ -72,3 +72,36 @@ def test_backoff_grows_with_jitter_and_a_cap(failures: int) -> None:
     delays = {policy.delay(failures) for _ in range(50)}
     assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert len(delays) > 1  # jittered
+
+
+def test_a_row_that_keeps_getting_429_fails_after_bounded_tries() -> None:
+    """A real server that answers every request 429 (reset 10 ms away)."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from sync_worker.client import MAX_RATE_LIMITED, Client
+    from sync_worker.limiter import Pacer
+
+    async def always_429(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"code": "rate_limit_exceeded", "message": "Too many requests"}},
+            status=429, headers={"X-RateLimit-Reset": "0.01"},
+        )  # fmt: skip
+
+    async def scenario() -> tuple[str, str, int, int]:
+        app = web.Application()
+        app.router.add_patch("/interviews/{id}", always_429)
+        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+            stop = asyncio.Event()
+            client = Client(session, str(server.make_url("")), Pacer(1000, 1.0, stop),
+                            RetryPolicy(max_retries=2), stop)  # fmt: skip
+            outcome = await client.send(7, b'{"objective":"x"}')
+            return outcome.status, outcome.error_code, outcome.attempts, client.counters.retries
+
+    status, code, attempts, retries = asyncio.run(scenario())
+    assert (status, code) == ("failed", "rate_limit_exceeded")
+    assert attempts == MAX_RATE_LIMITED  # more than max_retries: a 429 is not a failed attempt
+    assert retries == 0
