@@ -18,6 +18,7 @@ from enum import Enum
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from sync_worker.limiter import Pacer, Stopped
 from sync_worker.logs import get_logger, redact
@@ -141,7 +142,7 @@ class Client:
         stop: asyncio.Event,
     ) -> None:
         self._session = session
-        self._base_url = base_url.rstrip("/")
+        self._base_url = str(URL(base_url.rstrip("/")))  # encoded once, so each URL needs no more
         self._pacer = pacer
         self._policy = policy
         self._stop = stop
@@ -157,7 +158,8 @@ class Client:
         return outcome
 
     async def _attempts(self, interview_id: int, body: bytes) -> Outcome:
-        url = f"{self._base_url}/interviews/{interview_id}"
+        # Already encoded: a checked base URL and a number, so aiohttp need not re-encode it.
+        url = URL(f"{self._base_url}/interviews/{interview_id}", encoded=True)
         failures = rate_limited = attempts = 0
         verdict, status = Verdict(Kind.RETRY, "interrupted", "stopped before a retry"), None
         while True:
@@ -196,7 +198,7 @@ class Client:
             if self._stop.is_set():
                 return self._failed(status, verdict, attempts)
 
-    async def _attempt(self, url: str, body: bytes) -> tuple[int | None, Verdict, float]:
+    async def _attempt(self, url: URL, body: bytes) -> tuple[int | None, Verdict, float]:
         """One HTTP exchange: (status, verdict, 429 wait)."""
         try:
             async with self._session.patch(url, data=body) as response:

@@ -76,6 +76,7 @@ class Pacer:
         "_accepted",
         "_bucket",
         "_guards",
+        "_loop",
         "_paused_once",
         "_paused_until",
         "_resuming",
@@ -87,6 +88,7 @@ class Pacer:
 
     def __init__(self, limit: int, period: float, stop: asyncio.Event | None = None) -> None:
         self._stop = stop or asyncio.Event()  # set: waiting sends give up (raise Stopped)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, once known
         self.limit = limit  # requests per period, as configured
         self.period = period  # seconds
         self._bucket = AsyncLimiter(BUCKET_ROOM, BUCKET_ROOM * period / limit)
@@ -97,9 +99,11 @@ class Pacer:
         self._accepted: list[float] = []  # send times of requests the server accepted
         self.learned: Learned | None = None  # the server's own limit, once learned
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()  # the clock aiolimiter and call_later use
+    def _now(self) -> float:
+        """The event loop's clock: the one aiolimiter and call_later use."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
 
     async def acquire(self) -> float:
         """Wait for a slot and claim it; returns the send time (loop clock).

@@ -77,6 +77,7 @@ class State:
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # survives kill -9; only power loss can undo
+            db.execute("PRAGMA wal_autocheckpoint=20000")  # fold the WAL in rarely: no stalls
             db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise SyncWorkerError(f"{path}: cannot open the state database ({exc})") from None
