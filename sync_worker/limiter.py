@@ -29,7 +29,7 @@ ACCEPTED_MEMORY = 20_000  # accepted send times kept for learning
 
 def window_margin(period: float) -> float:
     """Slack added to a window so jitter between our clock and the server's cannot crowd it."""
-    return max(0.002 * period, 0.02)
+    return max(0.002 * period, 0.03)
 
 
 class Window:
