@@ -107,7 +107,11 @@ def _authorised(request: web.Request, sandbox: Sandbox) -> bool:
 async def patch_interview(request: web.Request) -> web.StreamResponse:
     sandbox = _sandbox(request)
     arrived, arrived_unix = time.monotonic(), time.time()
-    entry: dict[str, Any] = {"t": arrived_unix, "id": request.match_info["id"]}
+    entry: dict[str, Any] = {
+        "t": arrived_unix,
+        "id": request.match_info["id"],
+        "user_agent": request.headers.get("User-Agent", ""),
+    }
     sandbox.log.append(entry)
     response = await _patch(request, sandbox, arrived, entry)
     entry["status"] = response.status

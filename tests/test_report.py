@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from sync_worker.ledger import Ledger
 from sync_worker.report import render
 
@@ -10,8 +12,9 @@ BASE = {"run_id": "r1", "source_file": "in.csv", "contact_email": "", "merge": "
         "attempts": 1}  # fmt: skip
 
 
-def test_report_on_a_known_ledger(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.csv"
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_report_on_a_known_ledger(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"ledger{suffix}"
     ledger = Ledger(path)
     for row in range(1, 6):
         ledger.write({**BASE, "source_row": row, "interview_id": str(row), "status": "ok"})
@@ -24,7 +27,7 @@ def test_report_on_a_known_ledger(tmp_path: Path) -> None:
     ledger.close()
     summary = {"requests_sent": 6, "retries": 0, "rate_limited_429": 0,
                "effective_requests_per_minute": 299.1, "exit_code": 1}  # fmt: skip
-    (tmp_path / "ledger.csv.summary.json").write_text(json.dumps(summary))
+    (tmp_path / f"ledger{suffix}.summary.json").write_text(json.dumps(summary))
     text = render(path)
     lines = text.splitlines()
     assert lines[0] == f"ledger {path}: 8 rows"

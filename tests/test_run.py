@@ -17,6 +17,7 @@ from conftest import (
     write_csv,
 )
 
+from sync_worker import __version__
 from sync_worker.ledger import COLUMNS
 
 HEADER = ["interview_id", "contact_name", "objective", "contact_context", "contact_email"]
@@ -60,6 +61,7 @@ def test_every_row_sent_or_accounted_for(tmp_path: Path, sandbox: SandboxServer)
     assert (ana["objective"], ana["contact_name"]) == ("Later objective", "Ana Ruiz")
     assert sandbox.interview(102)["contact_context"] == "plain note"  # type: ignore[index]
     assert sorted(r["id"] for r in sandbox.requests()) == ["101", "102", "900000001"]
+    assert {r["user_agent"] for r in sandbox.requests()} == {f"sync-worker/{__version__}"}
     summary = json.loads((tmp_path / "ledger.csv.summary.json").read_text())
     assert summary["counts"] == {"ok": 3, "invalid": 3, "failed": 1}
     assert summary["exit_code"] == 1 and summary["requests_sent"] == 3
