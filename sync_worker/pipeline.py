@@ -134,8 +134,9 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
 
 @dataclass
 class Recorder:
-    """Writes each result to the ledger and the state; flushes them together every 10 ms, so a
-    commit serves a batch of results yet a kill -9 loses only what arrived in the last 10 ms."""
+    """Writes each result to the ledger and the state. Results are queued as they arrive and
+    written together every 10 ms (ledger lines and one state commit per batch), so the hot path
+    only queues, yet a kill -9 loses only what arrived in the last 10 ms."""
 
     run_id: str
     batch: Batch
@@ -144,6 +145,7 @@ class Recorder:
     progress: tqdm[Any] | None = None
     counts: Counter[str] = field(default_factory=Counter)
     written: set[int] = field(default_factory=set)
+    _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
 
     def settled(self, position: int, outcome: Settled) -> None:
@@ -151,17 +153,21 @@ class Recorder:
                               outcome.merge, outcome.sha256, None, None])  # fmt: skip
 
     def result(self, request: Request, outcome: Outcome) -> None:
-        for position in request.rows:
-            self._line(position, [
-                outcome.status, outcome.http_status, outcome.error_code, outcome.error_message,
-                outcome.attempts, request.merge, request.sha256, outcome.finished_at,
-                outcome.duration_ms,
-            ])  # fmt: skip
-        if outcome.status == "ok" and self.state is not None:
-            self.state.add(_success(request, self.run_id, outcome.finished_at))
+        self._queued.append((request, outcome))
         if self.progress is not None:
             self.progress.update(len(request.rows))
         self._schedule_flush()
+
+    def _write_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        for request, outcome in queued:
+            tail = [outcome.status, outcome.http_status, outcome.error_code,
+                    outcome.error_message, outcome.attempts, request.merge, request.sha256,
+                    outcome.finished_at, outcome.duration_ms]  # fmt: skip
+            for position in request.rows:
+                self._line(position, list(tail))
+            if outcome.status == "ok" and self.state is not None:
+                self.state.add(_success(request, self.run_id, outcome.finished_at))
 
     def _line(self, position: int, outcome: list[Any]) -> None:
         """`outcome`: the ledger columns from status on, in order."""
@@ -182,6 +188,7 @@ class Recorder:
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        self._write_queued()
         if self.state is not None:
             self.state.flush()
         self.ledger.flush()
@@ -265,6 +272,7 @@ def _run_locked(
             report = _send_or_dry_run(settings, options, plan, recorder, api_key, stopper)
             if stopper.reason is not None:
                 get_logger().warning("stopped", reason=stopper.reason)
+            recorder.flush()  # every result written, so what is left unwritten is known
             _fill_unwritten(recorder, plan, report)
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason)
