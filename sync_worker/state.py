@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     context_json TEXT NOT NULL,
     run_id TEXT NOT NULL,
     sent_at TEXT NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     started_at TEXT NOT NULL,
