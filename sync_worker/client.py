@@ -8,7 +8,6 @@ retried with exponential backoff and jitter.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -20,7 +19,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from sync_worker.limiter import Pacer, Stopped
+from sync_worker.limiter import Pacer, Stopped, sleep_unless_stopped
 from sync_worker.logs import get_logger, redact
 from sync_worker.state import now_iso
 
@@ -194,7 +193,7 @@ class Client:
                 "retry", interview_id=interview_id, error_code=verdict.code,
                 attempt=attempts, delay_s=round(delay, 2),
             )  # fmt: skip
-            await self._sleep_unless_stopped(delay)
+            await sleep_unless_stopped(self._stop, delay)
             if self._stop.is_set():
                 return self._failed(status, verdict, attempts)
 
@@ -235,7 +234,3 @@ class Client:
             fatal=verdict.kind is Kind.FATAL,
             api_shaped=verdict.api_shaped,
         )
-
-    async def _sleep_unless_stopped(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)

@@ -65,6 +65,12 @@ class Learned:
         return self.limit * 60.0 / self.window_s
 
 
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when the run is told to stop."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 class Stopped(Exception):
     """The run was told to stop while a send waited for its slot."""
 
@@ -126,9 +132,7 @@ class Pacer:
             await self._sleep(wait)
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once when the run is told to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        await sleep_unless_stopped(self._stop, seconds)
 
     async def _resume(self) -> None:
         """After a pause, sends resume at the bucket's pace, one by one: the first takes the

@@ -34,6 +34,21 @@ class MergeRules:
         return cls(separator, frozenset({NOTES_KEY, *append_keys}))
 
 
+def parse_context(text: str) -> Context:
+    """Text starting with "{" is a JSON object; any other text is itself.
+
+    Raises ValueError saying what is wrong; the caller names the file, row and column."""
+    if not text.startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError("JSON is not an object")
+    return value
+
+
 def merge(existing: Context | None, new: Context | None, rules: MergeRules) -> Context | None:
     """Combine existing notes with new context; None means 'nothing known'."""
     if existing is None:

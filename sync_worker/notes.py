@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from sync_worker.config import Settings
 from sync_worker.errors import InputError
-from sync_worker.merger import Context
+from sync_worker.merger import Context, parse_context
 from sync_worker.reader import ReadOptions, read_raw
 
 NotesByEmail = dict[str, Context]
@@ -47,14 +46,7 @@ def _texts(raw: pd.DataFrame, column: str | None) -> list[str]:
 
 
 def _parse(text: str, path: Path, row: int) -> Context:
-    if not text.startswith("{"):
-        return text
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path} row {row}, column notes: not valid JSON ({exc.msg} at char {exc.pos})"
-        ) from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path} row {row}, column notes: JSON is not an object")
-    return value
+        return parse_context(text)
+    except ValueError as problem:
+        raise InputError(f"{path} row {row}, column notes: {problem}") from None

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker import vectorjson as vj
-from sync_worker.merger import Context, MergeRules, fold
+from sync_worker.merger import Context, MergeRules, fold, parse_context
 from sync_worker.reader import CONTEXT_PREFIX, Batch
 from sync_worker.request_table import (
     Ints,
@@ -345,18 +345,10 @@ def _parse_rows(
 def _row_context(text: str, cells: dict[str, str]) -> Context | None:
     """contact_context (text or JSON object) and context.<key> cells as one context."""
     extra = {k: v for k, v in cells.items() if v}
-    base: Context | None = None
-    if text.startswith("{"):
-        try:
-            base = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RowProblem(
-                "invalid_json", "contact_context", f"not valid JSON ({exc.msg} at char {exc.pos})"
-            ) from None
-        if not isinstance(base, dict):
-            raise RowProblem("invalid_json", "contact_context", "JSON is not an object")
-    elif text:
-        base = text
+    try:
+        base = parse_context(text) if text else None
+    except ValueError as problem:
+        raise RowProblem("invalid_json", "contact_context", str(problem)) from None
     if not extra:
         return base
     if base is None:
