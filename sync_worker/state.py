@@ -4,6 +4,12 @@ It remembers, for every interview sent successfully, the payload hash, and for e
 context last sent. A row whose payload equals the last one sent is skipped, so a re-run after a
 crash, a kill or failures resumes by key, not by offset. Writes are recorded only after the
 server confirmed them, and are committed in batches (the run flushes every 10 ms).
+
+During a run, confirmed sends are appended to `journal` (a plain table in arrival order), and
+folded into the keyed tables `sent` and `contacts` when the state is closed, or, after a kill,
+when it is next opened; readers see the keyed tables with the journal laid over them. Appending
+writes one page per commit, where upserting interviews in contact order dirtied a page per row
+(about 12 us a request, most of the run's own cost when the rate is not the limit).
 """
 
 from __future__ import annotations
@@ -13,11 +19,9 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from sync_worker.errors import LockedError, SyncWorkerError
 from sync_worker.merger import Context
@@ -43,7 +47,22 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_code INTEGER,
     summary_json TEXT
 );
+CREATE TABLE IF NOT EXISTS journal (
+    interview_id INTEGER NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    context_json TEXT,
+    run_id TEXT NOT NULL,
+    sent_at TEXT NOT NULL
+);
 """
+FOLD = (
+    "INSERT OR REPLACE INTO sent SELECT interview_id, payload_sha256, contact, run_id, sent_at "
+    "FROM journal ORDER BY rowid",
+    "INSERT OR REPLACE INTO contacts SELECT contact, context_json, run_id, sent_at "
+    "FROM journal WHERE context_json IS NOT NULL ORDER BY rowid",
+    "DELETE FROM journal",
+)
 
 
 def create_private(path: Path) -> None:
@@ -53,8 +72,9 @@ def create_private(path: Path) -> None:
     os.close(fd)
 
 
-@dataclass(frozen=True)
-class Success:
+class Success(NamedTuple):
+    """A confirmed send, in the journal's column order."""
+
     interview_id: int
     sha256: str
     contact: str
@@ -66,8 +86,9 @@ class Success:
 class State:
     """One SQLite file; open it with `State.open` (read-write) or `State.read_only`."""
 
-    def __init__(self, connection: sqlite3.Connection | None) -> None:
+    def __init__(self, connection: sqlite3.Connection | None, writable: bool = False) -> None:
         self._db = connection
+        self._writable = writable
         self._pending: list[Success] = []
 
     @classmethod
@@ -79,9 +100,11 @@ class State:
             db.execute("PRAGMA synchronous=NORMAL")  # survives kill -9; only power loss can undo
             db.execute("PRAGMA wal_autocheckpoint=20000")  # fold the WAL in rarely: no stalls
             db.executescript(SCHEMA)
+            state = cls(db, writable=True)
+            state.fold()  # what a killed run left in the journal
         except sqlite3.DatabaseError as exc:
             raise SyncWorkerError(f"{path}: cannot open the state database ({exc})") from None
-        return cls(db)
+        return state
 
     @classmethod
     def read_only(cls, path: Path) -> State:
@@ -98,32 +121,54 @@ class State:
     def sent_hashes(self) -> dict[int, str]:
         if self._db is None:
             return {}
-        return dict(self._db.execute("SELECT interview_id, payload_sha256 FROM sent"))
+        hashes = dict(self._db.execute("SELECT interview_id, payload_sha256 FROM sent"))
+        if self._has_journal():  # only a read-only view of a killed run's state has one
+            hashes.update(
+                self._db.execute("SELECT interview_id, payload_sha256 FROM journal ORDER BY rowid")
+            )
+        return hashes
 
     def contexts(self) -> dict[str, Context]:
         if self._db is None:
             return {}
-        rows = self._db.execute("SELECT contact, context_json FROM contacts")
-        return {contact: json.loads(text) for contact, text in rows}
+        texts = dict(self._db.execute("SELECT contact, context_json FROM contacts"))
+        if self._has_journal():
+            texts.update(
+                self._db.execute(
+                    "SELECT contact, context_json FROM journal "
+                    "WHERE context_json IS NOT NULL ORDER BY rowid"
+                )
+            )
+        return {contact: json.loads(text) for contact, text in texts.items()}
+
+    def _has_journal(self) -> bool:
+        """False for a state file written before the journal existed (read-only opens it as
+        it is)."""
+        assert self._db is not None
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'"
+        return self._db.execute(query).fetchone() is not None
 
     def add(self, success: Success) -> None:
         """Queue a confirmed send; `flush` commits everything queued."""
         self._pending.append(success)
 
     def flush(self) -> None:
+        """Commit the queued sends to the journal: one append, one page or so per commit."""
         if not self._pending or self._db is None:
             return
         pending, self._pending = self._pending, []
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?)",
-                [(s.interview_id, s.sha256, s.contact, s.run_id, s.sent_at) for s in pending],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO contacts VALUES (?, ?, ?, ?)",
-                _context_rows(pending),
-            )
+            self._db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?)", pending)
+
+    def fold(self) -> None:
+        """Move the journal into the keyed tables, in arrival order (the last send wins)."""
+        if self._db is None or not self._writable:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            for statement in FOLD:
+                self._db.execute(statement)
 
     def run_started(self, run_id: str, started_at: str) -> None:
         if self._db is not None:
@@ -141,17 +186,10 @@ class State:
 
     def close(self) -> None:
         self.flush()
+        self.fold()
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def _context_rows(pending: Iterable[Success]) -> list[tuple[str, str, str, str]]:
-    return [
-        (s.contact, s.context_json, s.run_id, s.sent_at)
-        for s in pending
-        if s.context_json is not None
-    ]
 
 
 _last_stamp: list[Any] = [-1, ""]  # (whole milliseconds, its text): results share a stamp

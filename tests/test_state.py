@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -27,6 +28,29 @@ def test_remembers_confirmed_sends(tmp_path: Path) -> None:
     assert again.sent_hashes() == {1: "h1b", 2: "h2"}
     assert again.contexts() == {"a@x.com": "text"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_journal_of_a_killed_run_is_read_and_folded(tmp_path: Path) -> None:
+    """Sends committed but never folded (the run was killed): a reader sees them, and the next
+    open folds them into the keyed tables, the later send of an interview winning."""
+    path = tmp_path / "state.sqlite"
+    killed = State.open(path)
+    killed.add(Success(7, "old", "a@x.com", json.dumps({"k": "old"}), "r1", "t1"))
+    killed.add(Success(8, "h8", "b@x.com", None, "r1", "t1"))
+    killed.add(Success(7, "new", "a@x.com", json.dumps({"k": "new"}), "r1", "t2"))
+    killed.flush()  # committed to the journal; no close, as after a kill -9
+    seen = State.read_only(path)
+    assert seen.sent_hashes() == {7: "new", 8: "h8"}
+    assert seen.contexts() == {"a@x.com": {"k": "new"}}
+    reopened = State.open(path)  # folds at once, before the run sends anything
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM journal").fetchone() == (0,)
+    assert dict(db.execute("SELECT interview_id, payload_sha256 FROM sent")) == {7: "new", 8: "h8"}
+    assert db.execute("SELECT contact, context_json FROM contacts").fetchall() == [
+        ("a@x.com", '{"k": "new"}')
+    ]
+    db.close()
+    reopened.close()
 
 
 def test_read_only_creates_nothing(tmp_path: Path) -> None:
