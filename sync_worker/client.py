@@ -43,10 +43,13 @@ class Verdict:
     api_shaped: bool = True  # the body was the API's error shape (proves we reach the API)
 
 
+ACCEPTED = Verdict(Kind.OK)  # every 2xx: one object, not one a request
+
+
 def classify(status: int, body: bytes) -> Verdict:
     """What an HTTP answer means for the row and the run."""
     if 200 <= status < 300:
-        return Verdict(Kind.OK)
+        return ACCEPTED
     code, message, shaped = _api_error(status, body)
     if status in (401, 403):
         return Verdict(Kind.FATAL, code, message, shaped)
@@ -141,7 +144,8 @@ class Client:
         stop: asyncio.Event,
     ) -> None:
         self._session = session
-        self._base_url = str(URL(base_url.rstrip("/")))  # encoded once, so each URL needs no more
+        base = URL(base_url.rstrip("/"))  # parsed and encoded once: each request's URL is built
+        self._url_parts = (base.scheme, base.raw_authority, base.raw_path.rstrip("/"))
         self._pacer = pacer
         self._policy = policy
         self._stop = stop
@@ -156,9 +160,14 @@ class Client:
         outcome.error_message = redact(outcome.error_message)
         return outcome
 
+    def url(self, interview_id: int) -> URL:
+        """Built from parts already encoded and a number: nothing to parse or encode again."""
+        scheme, authority, path = self._url_parts
+        return URL.build(scheme=scheme, authority=authority,
+                         path=f"{path}/interviews/{interview_id}", encoded=True)  # fmt: skip
+
     async def _attempts(self, interview_id: int, body: bytes) -> Outcome:
-        # Already encoded: a checked base URL and a number, so aiohttp need not re-encode it.
-        url = URL(f"{self._base_url}/interviews/{interview_id}", encoded=True)
+        url = self.url(interview_id)
         failures = rate_limited = attempts = 0
         verdict, status = Verdict(Kind.RETRY, "interrupted", "stopped before a retry"), None
         while True:

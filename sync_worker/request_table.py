@@ -4,6 +4,7 @@ Python objects. A `Request` object is made only when a request is about to be se
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -123,25 +124,21 @@ class RequestTable:
     def slice(self, start: int, stop: int) -> list[Request]:
         """Requests start..stop as objects."""
         stop = min(stop, len(self))
-        bodies = self.body_json.slice(start, stop - start).to_pylist()
-        contexts = self.context_json.slice(start, stop - start).to_pylist()
-        contacts = self.contact.slice(start, stop - start).to_pylist()
-        merges = self.merge.slice(start, stop - start).to_pylist()
+        count = stop - start
+        bodies = [body.encode("utf-8") for body in self.body_json.slice(start, count).to_pylist()]
         hashes = self._sha256[start:stop] if self._sha256 is not None else None
-        requests = []
-        for offset, body in enumerate(bodies):
-            index = start + offset
-            body_json = body.encode("utf-8")
-            requests.append(Request(
-                interview_id=int(self.interview_id[index]),
-                body_json=body_json,
-                sha256=hashes[offset] if hashes is not None else sha256_hex(body_json),
-                rows=self.rows_of(index),
-                contact=contacts[offset],
-                merge=merges[offset],
-                context_json=contexts[offset],
-            ))  # fmt: skip
-        return requests
+        more_rows = self.more_rows
+        return [
+            Request(interview_id, body, hashes[offset] if hashes else sha256_hex(body),
+                    more_rows.get(first) or [first], contact, merge, context)
+            for offset, (interview_id, body, first, contact, merge, context) in enumerate(zip(
+                self.interview_id[start:stop].tolist(), bodies,
+                self.position[start:stop].tolist(),
+                self.contact.slice(start, count).to_pylist(),
+                self.merge.slice(start, count).to_pylist(),
+                self.context_json.slice(start, count).to_pylist(), strict=True,
+            ))
+        ]  # fmt: skip
 
 
 def concat(tables: Sequence[RequestTable]) -> RequestTable:
@@ -176,39 +173,42 @@ def chain_bounds(table: RequestTable) -> tuple[Ints, Ints]:
 
 
 class ChainQueue:
-    """Contact chains handed out one at a time; requests are made into objects a block at a
-    time, in the order the chains are taken."""
+    """Contact chains handed out one at a time; requests are made into objects a thousand
+    chains at a time, in the order the chains are taken."""
 
-    BLOCK = 2_000
+    CHAINS = 1_000  # chains made into objects at a time
 
     def __init__(self, table: RequestTable) -> None:
         order, self._bounds = chain_bounds(table)
         self._ordered = table.take(order)  # requests in chain order
-        self._next = 0  # the next chain not yet taken
-        self._block: tuple[int, list[Request]] = (-1, [])  # (block number, its requests)
+        self._next = 0  # the next chain not yet made into objects
+        self._ready: deque[deque[Request]] = deque()  # made, not yet taken
         self._returned: deque[deque[Request]] = deque()  # chains given back, partly sent
 
     def __len__(self) -> int:
-        return len(self._returned) + len(self._bounds) - 1 - self._next
+        return len(self._returned) + len(self._ready) + len(self._bounds) - 1 - self._next
 
     def popleft(self) -> deque[Request]:
         if self._returned:
             return self._returned.popleft()
-        start, stop = int(self._bounds[self._next]), int(self._bounds[self._next + 1])
-        self._next += 1
-        return deque(self._request(i) for i in range(start, stop))
+        if not self._ready:
+            self._make_next()
+        return self._ready.popleft()
 
     def appendleft(self, chain: deque[Request]) -> None:
         if chain:
             self._returned.appendleft(chain)
 
-    def _request(self, index: int) -> Request:
-        number, requests = self._block
-        if index // self.BLOCK != number:
-            number = index // self.BLOCK
-            requests = self._ordered.slice(number * self.BLOCK, (number + 1) * self.BLOCK)
-            self._block = (number, requests)
-        return requests[index - number * self.BLOCK]
+    def _make_next(self) -> None:
+        first, last = self._next, min(self._next + self.CHAINS, len(self._bounds) - 1)
+        bounds = self._bounds[first : last + 1].tolist()
+        requests = self._ordered.slice(bounds[0], bounds[-1])
+        offset = bounds[0]
+        self._ready.extend(
+            deque(requests[start - offset : stop - offset])
+            for start, stop in itertools.pairwise(bounds)
+        )
+        self._next = last
 
 
 def contacts_with_several_contexts(table: RequestTable) -> int:

@@ -148,9 +148,9 @@ class State:
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'"
         return self._db.execute(query).fetchone() is not None
 
-    def add(self, success: Success) -> None:
-        """Queue a confirmed send; `flush` commits everything queued."""
-        self._pending.append(success)
+    def add(self, successes: list[Success]) -> None:
+        """Queue confirmed sends; `flush` commits everything queued."""
+        self._pending.extend(successes)
 
     def flush(self) -> None:
         """Commit the queued sends to the journal: one append, one page or so per commit."""
@@ -192,18 +192,17 @@ class State:
             self._db = None
 
 
-_last_stamp: list[Any] = [-1, ""]  # (whole milliseconds, its text): results share a stamp
+_second: list[Any] = [-1, ""]  # (whole second, its text up to the seconds): results share it
 
 
 def now_iso() -> str:
-    """UTC now as 2026-11-29T15:27:52.497Z (formatted once per millisecond)."""
-    now = time.time()
-    millis = int(now * 1000)
-    if millis != _last_stamp[0]:
-        stamp = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
-        _last_stamp[:] = [millis, stamp.replace("+00:00", "Z")]
-    text: str = _last_stamp[1]
-    return text
+    """UTC now as 2026-11-29T15:27:52.497Z (the date and time formatted once per second)."""
+    millis = int(time.time() * 1000)
+    second, milli = divmod(millis, 1000)
+    if second != _second[0]:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[:] = [second, text]
+    return f"{_second[1]}.{milli:03d}Z"
 
 
 class RunLock:

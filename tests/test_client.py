@@ -4,6 +4,7 @@ import json
 from email.utils import formatdate
 
 import pytest
+from yarl import URL
 
 from sync_worker.client import MAX_PAUSE_S, Kind, RetryPolicy, classify, reset_delay
 
@@ -105,3 +106,27 @@ def test_a_row_that_keeps_getting_429_fails_after_bounded_tries() -> None:
     assert (status, code) == ("failed", "rate_limit_exceeded")
     assert attempts == MAX_RATE_LIMITED  # more than max_retries: a 429 is not a failed attempt
     assert retries == 0
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        (
+            "https://app.usehindsight.com/api/v1",
+            "https://app.usehindsight.com/api/v1/interviews/42",
+        ),
+        ("http://127.0.0.1:8765/api/v1/", "http://127.0.0.1:8765/api/v1/interviews/42"),
+        ("http://127.0.0.1:8765", "http://127.0.0.1:8765/interviews/42"),
+        ("http://127.0.0.1:8765/a%20b/v1", "http://127.0.0.1:8765/a%20b/v1/interviews/42"),
+    ],
+)
+def test_request_url(base_url: str, expected: str) -> None:
+    import asyncio
+
+    from sync_worker.client import Client
+    from sync_worker.limiter import Pacer
+
+    client = Client(None, base_url, Pacer(1, 1.0), RetryPolicy(), asyncio.Event())  # type: ignore[arg-type]
+    url = client.url(42)
+    assert str(url) == expected
+    assert url == URL(expected)  # what aiohttp would have made of the text

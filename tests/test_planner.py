@@ -115,6 +115,24 @@ def test_contacts_become_ordered_chains(tmp_path: Path) -> None:
     assert plan.contacts_with_several_contexts() == 1
 
 
+def test_chains_are_made_in_groups_and_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ChainQueue, "CHAINS", 2)
+    rows = "".join(f"{i},,,c{i},{'ab'[i % 2] if i < 5 else f'p{i}'}@y.com,\n" for i in range(1, 9))
+    _b, plan = plan_for(tmp_path, rows)
+    queue = ChainQueue(plan.table)
+    first = queue.popleft()
+    assert [r.interview_id for r in first] == [1, 3]
+    assert first.popleft().interview_id == 1
+    queue.appendleft(first)  # partly sent: the rest comes back first
+    assert len(queue) == 6
+    chains = []
+    while queue:
+        chains.append([r.interview_id for r in queue.popleft()])
+    assert chains == [[3], [2, 4], [5], [6], [7], [8]]
+
+
 def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
     options = PlanOptions(merge=True)
     memory = Memory(state_contexts={"x@y.com": "old"})

@@ -7,22 +7,23 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from sync_worker.errors import LockedError
-from sync_worker.state import RunLock, State, Success
+from sync_worker.state import RunLock, State, Success, now_iso
 
 
 def test_remembers_confirmed_sends(tmp_path: Path) -> None:
     path = tmp_path / "s" / "state.sqlite"
     state = State.open(path)
-    state.add(Success(1, "h1", "a@x.com", json.dumps({"k": "v"}), "r1", "t"))
-    state.add(Success(2, "h2", "interview:2", None, "r1", "t"))
+    state.add([Success(1, "h1", "a@x.com", json.dumps({"k": "v"}), "r1", "t")])
+    state.add([Success(2, "h2", "interview:2", None, "r1", "t")])
     assert State.read_only(path).sent_hashes() == {}  # queued, not yet committed
     state.flush()
-    state.add(Success(1, "h1b", "a@x.com", json.dumps("text"), "r2", "t"))
+    state.add([Success(1, "h1b", "a@x.com", json.dumps("text"), "r2", "t")])
     state.close()
     again = State.read_only(path)
     assert again.sent_hashes() == {1: "h1b", 2: "h2"}
@@ -35,9 +36,9 @@ def test_journal_of_a_killed_run_is_read_and_folded(tmp_path: Path) -> None:
     open folds them into the keyed tables, the later send of an interview winning."""
     path = tmp_path / "state.sqlite"
     killed = State.open(path)
-    killed.add(Success(7, "old", "a@x.com", json.dumps({"k": "old"}), "r1", "t1"))
-    killed.add(Success(8, "h8", "b@x.com", None, "r1", "t1"))
-    killed.add(Success(7, "new", "a@x.com", json.dumps({"k": "new"}), "r1", "t2"))
+    killed.add([Success(7, "old", "a@x.com", json.dumps({"k": "old"}), "r1", "t1")])
+    killed.add([Success(8, "h8", "b@x.com", None, "r1", "t1")])
+    killed.add([Success(7, "new", "a@x.com", json.dumps({"k": "new"}), "r1", "t2")])
     killed.flush()  # committed to the journal; no close, as after a kill -9
     seen = State.read_only(path)
     assert seen.sent_hashes() == {7: "new", 8: "h8"}
@@ -51,6 +52,14 @@ def test_journal_of_a_killed_run_is_read_and_folded(tmp_path: Path) -> None:
     ]
     db.close()
     reopened.close()
+
+
+def test_now_iso_is_utc_with_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    for stamp, text in [(1_764_431_272.497, "2025-11-29T15:47:52.497Z"),
+                        (1_764_431_272.0004, "2025-11-29T15:47:52.000Z"),
+                        (1_764_431_273.9999, "2025-11-29T15:47:53.999Z")]:  # fmt: skip
+        monkeypatch.setattr(time, "time", lambda stamp=stamp: stamp)
+        assert now_iso() == text
 
 
 def test_read_only_creates_nothing(tmp_path: Path) -> None:

@@ -260,9 +260,8 @@ def _remember_all(path: Path, state_path: Path) -> None:
 
     plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(), Memory())
     state = State.open(state_path)
-    for request in plan.table:
-        state.add(Success(request.interview_id, request.sha256, request.contact, None, "bench",
-                          "2026-01-01T00:00:00Z"))  # fmt: skip
+    state.add([Success(request.interview_id, request.sha256, request.contact, None, "bench",
+                       "2026-01-01T00:00:00Z") for request in plan.table])  # fmt: skip
     state.close()
 
 
