@@ -150,8 +150,8 @@ class Recorder:
     _flush_scheduled: bool = False
 
     def settled(self, position: int, outcome: Settled) -> None:
-        self._line(position, (outcome.status, None, outcome.error_code, outcome.error_message, 0,
-                              outcome.merge, outcome.sha256, None, None))  # fmt: skip
+        self._lines([position], (outcome.status, None, outcome.error_code, outcome.error_message,
+                                 0, outcome.merge, outcome.sha256, None, None))  # fmt: skip
 
     def result(self, request: Request, outcome: Outcome) -> None:
         self._queued.append((request, outcome))
@@ -163,11 +163,10 @@ class Recorder:
         queued, self._queued = self._queued, []
         successes = []
         for request, outcome in queued:
-            tail = (outcome.status, outcome.http_status, outcome.error_code,
-                    outcome.error_message, outcome.attempts, request.merge, request.sha256,
-                    outcome.finished_at, outcome.duration_ms)  # fmt: skip
-            for position in request.rows:
-                self._line(position, tail)
+            self._lines(request.rows, (outcome.status, outcome.http_status, outcome.error_code,
+                                       outcome.error_message, outcome.attempts, request.merge,
+                                       request.sha256, outcome.finished_at,
+                                       outcome.duration_ms))  # fmt: skip
             if outcome.status == "ok":
                 successes.append(Success(request.interview_id, request.sha256, request.contact,
                                          request.context_json, self.run_id,
@@ -175,13 +174,14 @@ class Recorder:
         if self.state is not None:
             self.state.add(successes)
 
-    def _line(self, position: int, outcome: tuple[Any, ...]) -> None:
-        """`outcome`: the ledger columns from status on, in order."""
-        file_index, row, interview_id, email = self.batch.locate(position)
-        self.ledger.write_values([self.run_id, self.batch.files[file_index], row, interview_id,
-                                  email, *outcome])  # fmt: skip
-        self.counts[outcome[0]] += 1
-        self.written.add(position)
+    def _lines(self, positions: list[int], outcome: tuple[Any, ...]) -> None:
+        """A line for each row; `outcome`: the ledger columns from status on, in order."""
+        files, locate, write = self.batch.files, self.batch.locate, self.ledger.write_values
+        for position in positions:
+            file_index, row, interview_id, email = locate(position)
+            write([self.run_id, files[file_index], row, interview_id, email, *outcome])
+        self.counts[outcome[0]] += len(positions)
+        self.written.update(positions)
 
     def _schedule_flush(self) -> None:
         if self._flush_scheduled:
@@ -322,7 +322,7 @@ def _send_or_dry_run(
         tqdm(total=plan.rows_to_send(), unit="row", disable=not show, file=sys.stderr) as bar,
         _collector_ignoring_the_plan(),
     ):
-        recorder.progress = bar
+        recorder.progress = bar if show else None
         return asyncio.run(_send(settings, options, plan, recorder, api_key, stopper))
 
 
