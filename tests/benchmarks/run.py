@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,10 +53,12 @@ class Sizes:
     plan_rows: int
     diff_rows: int
     recovery_rows: int
+    overhead_rounds: int  # alternated rounds of the overhead figure (medians compared)
+    repeats: int  # runs of each command timed for the plan and nightly figures (least kept)
 
 
-FULL = Sizes(400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300)
-SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40)
+FULL = Sizes(400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3)
+SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1)
 
 
 def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -145,9 +148,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
 """
 
 
-OVERHEAD_ROUNDS = 5
-
-
 def bench_overhead(sizes: Sizes, work: Path) -> Figure:
     workers, count = 16, sizes.overhead_rows
     server = sandbox("--rate-limit", "100000000", "--rate-period", "1")
@@ -155,7 +155,7 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
     bare: list[float] = []
     ours: list[float] = []
     try:
-        for attempt in range(OVERHEAD_ROUNDS):  # alternated, medians compared: the machine drifts
+        for attempt in range(sizes.overhead_rounds):  # alternated: the machine drifts
             _reset(server)
             out = subprocess.run([sys.executable, "-c", BARE_LOOP, server.base_url, KEY,
                                   str(count), str(workers)], capture_output=True, text=True,
@@ -210,8 +210,12 @@ def bench_plan(sizes: Sizes, work: Path) -> list[Figure]:
     bare = [sys.executable, "-c", f"import pandas; pandas.read_csv({str(path)!r}, dtype=str)"]
     ours = [sys.executable, "-m", "sync_worker", "plan", str(path), "--state",
             str(work / "no-state.sqlite")]  # fmt: skip
-    base_t, base_m = min(measure(bare, work) for _ in range(2))
-    our_t, our_m = min(measure(ours, work) for _ in range(2))
+    base_runs, our_runs = [], []
+    for _ in range(sizes.repeats):  # alternated; the least of each (noise only ever adds)
+        base_runs.append(measure(bare, work))
+        our_runs.append(measure(ours, work))
+    base_t, base_m = min(t for t, _m in base_runs), min(m for _t, m in base_runs)
+    our_t, our_m = min(t for t, _m in our_runs), min(m for _t, m in our_runs)
     rows = f"{sizes.plan_rows:,} rows"
     return [
         Figure("planning time", f"{our_t:.2f} s", f"{base_t:.2f} s read_csv", our_t / base_t,
@@ -238,18 +242,26 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
     _remember_all(work / "night0.csv", work / "night.sqlite")
     rate = ["--rate-limit", "1000", "--rate-period", "1"]
     server = sandbox("--rate-limit", "1000", "--rate-period", "1")
+    plans, sends, diffs = [], [], []
     try:
-        plan_t, _m = measure([sys.executable, "-m", "sync_worker", "plan", "night1.csv",
-                              "--state", "night.sqlite"], work)  # fmt: skip
-        only_changed = run_args(server, work, "changed-only", "changed.csv", *rate)
-        send_t, _m = measure([sys.executable, "-m", "sync_worker", *only_changed], work)
-        diff_t, _m = measure([sys.executable, "-m", "sync_worker", "run", "night1.csv", *rate,
-                              "--base-url", server.base_url, "--state", "night.sqlite",
-                              "--ledger", "night.csv", "--no-progress"], work)  # fmt: skip
+        for attempt in range(sizes.repeats):  # alternated; the least of each
+            plans.append(measure([sys.executable, "-m", "sync_worker", "plan", "night1.csv",
+                                  "--state", "night.sqlite"], work)[0])  # fmt: skip
+            _reset(server)
+            only_changed = run_args(server, work, f"changed-only{attempt}", "changed.csv", *rate)
+            sends.append(measure([sys.executable, "-m", "sync_worker", *only_changed], work)[0])
+            _reset(server)
+            state = work / f"night{attempt}.sqlite"  # each diff starts from the same state
+            shutil.copy(work / "night.sqlite", state)
+            diffs.append(measure([sys.executable, "-m", "sync_worker", "run", "night1.csv",
+                                  *rate, "--base-url", server.base_url, "--state", str(state),
+                                  "--ledger", "night.csv", "--no-progress"], work)[0])  # fmt: skip
+            counts = summary_of(work / "night.csv")["counts"]
+            assert counts.get("ok") == len(changed), counts
+            (work / "night.csv").unlink()
     finally:
         server.stop()
-    counts = summary_of(work / "night.csv")["counts"]
-    assert counts.get("ok") == len(changed), counts
+    plan_t, send_t, diff_t = min(plans), min(sends), min(diffs)
     ratio = (diff_t - plan_t) / send_t
     return Figure("nightly diff", f"{diff_t:.2f} s ({count:,} rows, 1% changed)",
                   f"{send_t:.2f} s sending the {len(changed):,} + {plan_t:.2f} s planning",
