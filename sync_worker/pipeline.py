@@ -416,7 +416,7 @@ def _write_summary(ledger_path: Path, summary: dict[str, Any]) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
-def plan_output(settings: Settings, options: RunOptions) -> Iterator[bytes]:
+def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
     """`sync-worker plan`: the requests a run would send, without network or key."""
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -155,10 +156,8 @@ class Cells:
         needs = pc.starts_with(context, "{").to_numpy(zero_copy_only=False)  # JSON to parse
         if NOTES_KEY in self.context:  # plain text would collide with a context.notes column
             needs |= _nonempty(context)
-        ids = self.id_numbers[self.sendable]
-        _unique, where, counts = np.unique(ids, return_inverse=True, return_counts=True)
         several = np.zeros(len(needs), dtype=bool)  # several rows of one interview
-        several[self.sendable] = counts[where] > 1
+        several[self.sendable] = pd.Series(self.id_numbers[self.sendable]).duplicated(keep=False)
         return np.asarray(needs | several, dtype=bool)
 
 
@@ -477,7 +476,7 @@ def _apply_max_rows(plan: Plan, max_rows: int | None) -> None:
 # -- what `sync-worker plan` prints -------------------------------------------------------------
 
 
-def plan_output(plan: Plan, batch: Batch) -> Iterator[bytes]:
+def plan_output(plan: Plan, batch: Batch) -> Iterator[memoryview]:
     """One JSON line per request, built a chunk of requests at a time, as UTF-8 bytes."""
     from sync_worker.request_table import CHUNK
 
@@ -523,13 +522,13 @@ def _patch_sources(
     return pa.array(values, pa.string())
 
 
-def _concatenated(lines: pa.Array | pa.ChunkedArray) -> bytes:
-    """All strings of an Arrow string array back to back, straight from its data buffer."""
+def _concatenated(lines: pa.Array | pa.ChunkedArray) -> memoryview:
+    """All strings of an Arrow string array back to back: a view of its data buffer, not a
+    copy (the view keeps the buffer alive)."""
     array = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
     if len(array) == 0:
-        return b""
+        return memoryview(b"")
     _validity, offsets_buffer, data = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
     first, last = offsets[array.offset], offsets[array.offset + len(array)]
-    chunk: bytes = data.slice(int(first), int(last - first)).to_pybytes()
-    return chunk
+    return memoryview(data.slice(int(first), int(last - first)))
