@@ -122,7 +122,7 @@ class State:
         if self._db is None:
             return {}
         hashes = dict(self._db.execute("SELECT interview_id, payload_sha256 FROM sent"))
-        if self._has_journal():  # only a read-only view of a killed run's state has one
+        if self._has_journal():  # sends not folded yet: a killed run's, or a running one's
             hashes.update(
                 self._db.execute("SELECT interview_id, payload_sha256 FROM journal ORDER BY rowid")
             )
