@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sync_worker.errors import LockedError
-from sync_worker.state import RunLock, State, Success, now_iso
+from sync_worker.state import SCHEMA, RunLock, State, Success, now_iso
 
 
 def test_remembers_confirmed_sends(tmp_path: Path) -> None:
@@ -52,6 +52,20 @@ def test_journal_of_a_killed_run_is_read_and_folded(tmp_path: Path) -> None:
     ]
     db.close()
     reopened.close()
+
+
+def test_state_from_before_the_journal_is_read_and_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.split("CREATE TABLE IF NOT EXISTS journal")[0])
+    db.execute("INSERT INTO sent VALUES (1, 'h1', 'a@x.com', 'r0', 't0')")
+    db.commit()
+    db.close()
+    assert State.read_only(path).sent_hashes() == {1: "h1"}  # read as it is, nothing created
+    state = State.open(path)
+    state.add([Success(2, "h2", "b@x.com", None, "r1", "t1")])
+    state.close()
+    assert State.read_only(path).sent_hashes() == {1: "h1", 2: "h2"}
 
 
 def test_now_iso_is_utc_with_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
