@@ -126,18 +126,18 @@ class RequestTable:
         stop = min(stop, len(self))
         count = stop - start
         bodies = [body.encode("utf-8") for body in self.body_json.slice(start, count).to_pylist()]
-        hashes = self._sha256[start:stop] if self._sha256 is not None else None
+        hashes = self._sha256[start:stop] if self._sha256 is not None else [None] * count
         more_rows = self.more_rows
         return [
-            Request(interview_id, body, hashes[offset] if hashes else sha256_hex(body),
+            Request(interview_id, body, sha256 or sha256_hex(body),
                     more_rows.get(first) or [first], contact, merge, context)
-            for offset, (interview_id, body, first, contact, merge, context) in enumerate(zip(
-                self.interview_id[start:stop].tolist(), bodies,
+            for interview_id, body, sha256, first, contact, merge, context in zip(
+                self.interview_id[start:stop].tolist(), bodies, hashes,
                 self.position[start:stop].tolist(),
                 self.contact.slice(start, count).to_pylist(),
                 self.merge.slice(start, count).to_pylist(),
                 self.context_json.slice(start, count).to_pylist(), strict=True,
-            ))
+            )
         ]  # fmt: skip
 
 

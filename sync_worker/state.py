@@ -119,34 +119,29 @@ class State:
         return cls(db)
 
     def sent_hashes(self) -> dict[int, str]:
-        if self._db is None:
-            return {}
-        hashes = dict(self._db.execute("SELECT interview_id, payload_sha256 FROM sent"))
-        if self._has_journal():  # sends not folded yet: a killed run's, or a running one's
-            hashes.update(
-                self._db.execute("SELECT interview_id, payload_sha256 FROM journal ORDER BY rowid")
-            )
-        return hashes
+        return self._latest(
+            "SELECT interview_id, payload_sha256 FROM sent",
+            "SELECT interview_id, payload_sha256 FROM journal ORDER BY rowid",
+        )
 
     def contexts(self) -> dict[str, Context]:
-        if self._db is None:
-            return {}
-        texts = dict(self._db.execute("SELECT contact, context_json FROM contacts"))
-        if self._has_journal():
-            texts.update(
-                self._db.execute(
-                    "SELECT contact, context_json FROM journal "
-                    "WHERE context_json IS NOT NULL ORDER BY rowid"
-                )
-            )
+        texts = self._latest(
+            "SELECT contact, context_json FROM contacts",
+            "SELECT contact, context_json FROM journal WHERE context_json IS NOT NULL "
+            "ORDER BY rowid",
+        )
         return {contact: json.loads(text) for contact, text in texts.items()}
 
-    def _has_journal(self) -> bool:
-        """False for a state file written before the journal existed (read-only opens it as
-        it is)."""
-        assert self._db is not None
+    def _latest(self, keyed: str, journal: str) -> dict[Any, Any]:
+        """Pairs from a keyed table, with the sends not folded yet (a killed run's, or a running
+        one's) laid over them in arrival order."""
+        if self._db is None:
+            return {}
+        pairs = dict(self._db.execute(keyed))
         query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'"
-        return self._db.execute(query).fetchone() is not None
+        if self._db.execute(query).fetchone() is not None:  # none in a state from before it
+            pairs.update(self._db.execute(journal))
+        return pairs
 
     def add(self, successes: list[Success]) -> None:
         """Queue confirmed sends; `flush` commits everything queued."""
