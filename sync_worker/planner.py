@@ -25,6 +25,7 @@ from sync_worker import vectorjson as vj
 from sync_worker.merger import Context, MergeRules, fold, parse_context
 from sync_worker.reader import CONTEXT_PREFIX, Batch
 from sync_worker.request_table import (
+    CHUNK,
     Ints,
     Request,
     RequestTable,
@@ -448,29 +449,31 @@ def _skip_unchanged(plan: Plan, options: PlanOptions, memory: Memory) -> None:
     if options.force or not memory.sent_hashes or not len(table):
         return
     sent = memory.sent_hashes
-    hashes = table.sha256()
-    ids = table.interview_id.tolist()
-    unchanged = np.array([sent.get(i) == h for i, h in zip(ids, hashes, strict=True)], bool)
-    merges = table.merge.to_pylist()
-    for index in np.flatnonzero(unchanged).tolist():
-        outcome = Settled(SKIPPED, sha256=hashes[index], merge=merges[index])
-        for position in table.rows_of(index):
-            plan.settled[position] = outcome
-    plan.table = table.take(np.flatnonzero(~unchanged))
+    ids, hashes = table.interview_id.tolist(), table.sha256()
+    unchanged = [
+        i for i, (id_, h) in enumerate(zip(ids, hashes, strict=True)) if sent.get(id_) == h
+    ]
+    _set_aside(plan, np.array(unchanged, dtype=np.int64), SKIPPED)
 
 
 def _apply_max_rows(plan: Plan, max_rows: int | None) -> None:
     """--max-rows: send the first N requests in file order; the rest are not attempted."""
-    table = plan.table
-    if max_rows is None or len(table) <= max_rows:
+    if max_rows is None or len(plan.table) <= max_rows:
         return
-    hashes = table.sha256()
-    merges = table.merge.to_pylist()
-    for index in range(max_rows, len(table)):
-        outcome = Settled(NOT_ATTEMPTED, sha256=hashes[index], merge=merges[index])
+    _set_aside(plan, np.arange(max_rows, len(plan.table), dtype=np.int64), NOT_ATTEMPTED)
+
+
+def _set_aside(plan: Plan, aside: Ints, status: str) -> None:
+    """Settle every row of the requests at `aside` with `status`; the table keeps the rest."""
+    table = plan.table
+    hashes, merges = table.sha256(), table.merge.to_pylist()
+    for index in aside.tolist():
+        outcome = Settled(status, sha256=hashes[index], merge=merges[index])
         for position in table.rows_of(index):
             plan.settled[position] = outcome
-    plan.table = table.take(np.arange(max_rows, dtype=np.int64))
+    kept = np.ones(len(table), dtype=bool)
+    kept[aside] = False
+    plan.table = table.take(np.flatnonzero(kept))
 
 
 # -- what `sync-worker plan` prints -------------------------------------------------------------
@@ -478,8 +481,6 @@ def _apply_max_rows(plan: Plan, max_rows: int | None) -> None:
 
 def plan_output(plan: Plan, batch: Batch) -> Iterator[memoryview]:
     """One JSON line per request, built a chunk of requests at a time, as UTF-8 bytes."""
-    from sync_worker.request_table import CHUNK
-
     table = plan.table
     files = batch.frame["_file"].to_numpy()
     rows = batch.frame["_row"].to_numpy()

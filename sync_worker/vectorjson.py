@@ -95,8 +95,10 @@ def join_object(members: Sequence[Pieces], length: int) -> Text:
     if not members:
         return pa.array(["{}"] * length, pa.string())
     first = members[0]
-    if isinstance(first[0], str):  # present in every row: its comma can go now
+    in_every_row = isinstance(first[0], str)
+    if in_every_row:  # its comma can go now
         members[0] = [first[0][1:], *first[1:]]
-        return _join(["{", *[piece for member in members for piece in member], "}"])
     joined = _join(["{", *[piece for member in members for piece in member], "}"])
+    if in_every_row:
+        return joined
     return pc.replace_substring(joined, "{,", "{", max_replacements=1)  # "{,m1,m2}" or "{}"
