@@ -19,9 +19,9 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from sync_worker.clock import now_iso
 from sync_worker.limiter import Pacer, Stopped, sleep_unless_stopped
 from sync_worker.logs import get_logger, redact
-from sync_worker.state import now_iso
 
 MAX_RATE_LIMITED = 8  # 429s one request may meet before it fails
 MAX_PAUSE_S = 300.0  # the longest 429 pause we honour

@@ -12,11 +12,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
+from sync_worker.fields import CANONICAL_COLUMNS
 
 DEFAULT_CONFIG = Path("config/sync.toml")
 DEFAULT_BASE_URL = "https://app.usehindsight.com/api/v1"
 TIER_LIMITS = {"essentials": 60, "growth": 300, "enterprise": 1000}
-CANONICAL_FIELDS = ("interview_id", "contact_name", "objective", "contact_context", "contact_email")
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -194,10 +194,10 @@ def _validate_keys(section: str, body: Mapping[str, Any], origin: str) -> dict[s
 
 def _validate_mapping(section: str, body: Mapping[str, Any], origin: str) -> dict[str, str]:
     for key, value in body.items():
-        if section == "columns" and key not in CANONICAL_FIELDS:
+        if section == "columns" and key not in CANONICAL_COLUMNS:
             raise ConfigError(
                 f"{origin}: unknown key [columns] {key} "
-                f"(canonical fields: {', '.join(CANONICAL_FIELDS)})"
+                f"(canonical fields: {', '.join(CANONICAL_COLUMNS)})"
             )
         check(f"{origin}: [{section}] {key}", _text, value)
     return dict(body)

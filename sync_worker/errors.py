@@ -36,12 +36,3 @@ class FatalApiError(SyncWorkerError):
         super().__init__(message)
         self.code = code
         self.http_status = http_status
-
-
-class RetriableApiError(SyncWorkerError):
-    """One request failed in a way that may pass on a later try (5xx, timeout, dropped)."""
-
-    def __init__(self, message: str, *, code: str, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.http_status = http_status

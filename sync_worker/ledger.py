@@ -9,30 +9,39 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from sync_worker.errors import ConfigError
 from sync_worker.logs import redact
-from sync_worker.state import create_private
+from sync_worker.private_files import create_private
 
-COLUMNS = (
-    "run_id",
-    "source_file",
-    "source_row",
-    "interview_id",
-    "contact_email",
-    "status",
-    "http_status",
-    "error_code",
-    "error_message",
-    "attempts",
-    "merge",
-    "payload_sha256",
-    "finished_at",
-    "duration_ms",
-)
+
+class Where(NamedTuple):
+    """The input row a ledger line is about."""
+
+    run_id: str
+    source_file: str
+    source_row: int
+    interview_id: str  # as written in the file
+    contact_email: str
+
+
+class Result(NamedTuple):
+    """What became of it."""
+
+    status: str
+    http_status: int | None = None
+    error_code: str = ""
+    error_message: str = ""
+    attempts: int = 0
+    merge: str = "off"
+    payload_sha256: str = ""
+    finished_at: str | None = None
+    duration_ms: int | None = None
+
+
+COLUMNS = Where._fields + Result._fields  # SPEC section 8, in this order; later columns go last
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ERROR_MESSAGE = COLUMNS.index("error_message")
 # Cells that may hold text from the input or the server (the others are ours: numbers, codes).
@@ -63,12 +72,9 @@ class Ledger:
             self._csv.writerow(COLUMNS)
         self.lines = 0
 
-    def write(self, line: Mapping[str, Any]) -> None:
-        """One line from a mapping of column -> value (missing columns are empty)."""
-        self.write_values([line.get(column) for column in COLUMNS])
-
-    def write_values(self, values: list[Any]) -> None:
-        """One line from its values in COLUMNS order (the hot path: no mapping built)."""
+    def write(self, where: Where, result: Result) -> None:
+        """One line: which row, and what became of it."""
+        values: list[Any] = [*where, *result]
         if values[ERROR_MESSAGE]:
             values[ERROR_MESSAGE] = redact(values[ERROR_MESSAGE])  # the server's own words
         if self._jsonl:

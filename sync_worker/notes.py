@@ -8,6 +8,7 @@ import pandas as pd
 
 from sync_worker.config import Settings
 from sync_worker.errors import InputError
+from sync_worker.fields import CONTACT_KEY, ID
 from sync_worker.merger import Context, parse_context
 from sync_worker.reader import ReadOptions, read_raw
 
@@ -22,15 +23,13 @@ def read_notes(path: Path, settings: Settings) -> tuple[NotesByEmail, NotesById]
     found = ", ".join(repr(str(c)) for c in raw.columns) or "none"
     if "notes" not in columns:
         raise InputError(f"{path}: no notes column (columns found: {found})")
-    if "contact_email" not in columns and "interview_id" not in columns:
-        raise InputError(
-            f"{path}: needs a contact_email or interview_id column (columns found: {found})"
-        )
+    if CONTACT_KEY not in columns and ID not in columns:
+        raise InputError(f"{path}: needs a {CONTACT_KEY} or {ID} column (columns found: {found})")
     by_email: NotesByEmail = {}
     by_id: NotesById = {}
     blank = [""] * len(raw)
-    emails = _texts(raw, columns.get("contact_email")) or blank
-    ids = _texts(raw, columns.get("interview_id")) or blank
+    emails = _texts(raw, columns.get(CONTACT_KEY)) or blank
+    ids = _texts(raw, columns.get(ID)) or blank
     texts = _texts(raw, columns["notes"])
     for index, (text, email, raw_id) in enumerate(zip(texts, emails, ids, strict=True)):
         notes = _parse(text.strip(), path, index + 1)

@@ -1,44 +1,45 @@
-"""The commands' work, in pipeline order: read -> plan -> send -> ledger, state and summary."""
+"""The commands' work, in pipeline order: read -> plan -> send -> record (ledger, state, summary).
+
+`run`, `plan` and `validate` each go as far along the pipeline as they need; the stages live in
+their own modules (reader, plan, sender, recorder, summary) and this one only strings them
+together, with the lock, the signals and the key around a run."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import math
 import os
 import secrets
-import signal
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import structlog
 from tqdm import tqdm
 
-from sync_worker import planner
 from sync_worker.client import Counters, Outcome, RetryPolicy
+from sync_worker.clock import now_iso
 from sync_worker.config import Settings
 from sync_worker.errors import ConfigError
 from sync_worker.ledger import Ledger
 from sync_worker.logs import get_logger, register_secret
 from sync_worker.merger import MergeRules
 from sync_worker.notes import read_notes
-from sync_worker.planner import NOT_ATTEMPTED, Memory, Plan, PlanOptions, Settled, build_plan
+from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
-from sync_worker.request_table import ChainQueue, Request
+from sync_worker.recorder import Recorder
+from sync_worker.request_table import ChainQueue
 from sync_worker.sender import SendConfig, Sender, SendReport
-from sync_worker.state import RunLock, State, Success, create_private, now_iso
+from sync_worker.signals import StopSignal
+from sync_worker.state import RunLock, State
+from sync_worker.summary import exit_code, write_summary
+from sync_worker.summary import summary as make_summary
 
 INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
-FLUSH_EVERY_S = 0.01  # results reach the ledger and the state within this time, in batches
-SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def make_plan(
 
 def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
     log = get_logger()
-    invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == "invalid"]
+    invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == INVALID]
     for _position, settled in invalid[:INVALID_LOGGED]:
         log.warning("invalid_row", error_code=settled.error_code, message=settled.error_message)
     if len(invalid) > INVALID_LOGGED:
@@ -131,105 +132,6 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
             contacts=several,
             message="without --merge the last row's context is what remains for these contacts",
         )
-
-
-@dataclass
-class Recorder:
-    """Writes each result to the ledger and the state. Results are queued as they arrive and
-    written together every 10 ms (ledger lines and one state commit per batch), so the hot path
-    only queues, yet a kill -9 loses only what arrived in the last 10 ms."""
-
-    run_id: str
-    batch: Batch
-    ledger: Ledger
-    state: State | None
-    progress: tqdm[Any] | None = None
-    counts: Counter[str] = field(default_factory=Counter)
-    written: set[int] = field(default_factory=set)
-    _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
-    _flush_scheduled: bool = False
-
-    def settled(self, position: int, outcome: Settled) -> None:
-        self._lines([position], (outcome.status, None, outcome.error_code, outcome.error_message,
-                                 0, outcome.merge, outcome.sha256, None, None))  # fmt: skip
-
-    def result(self, request: Request, outcome: Outcome) -> None:
-        self._queued.append((request, outcome))
-        if self.progress is not None:
-            self.progress.update(len(request.rows))
-        self._schedule_flush()
-
-    def _write_queued(self) -> None:
-        queued, self._queued = self._queued, []
-        successes = []
-        for request, outcome in queued:
-            self._lines(request.rows, (outcome.status, outcome.http_status, outcome.error_code,
-                                       outcome.error_message, outcome.attempts, request.merge,
-                                       request.sha256, outcome.finished_at,
-                                       outcome.duration_ms))  # fmt: skip
-            if outcome.status == "ok":
-                successes.append(Success(request.interview_id, request.sha256, request.contact,
-                                         request.context_json, self.run_id,
-                                         outcome.finished_at or now_iso()))  # fmt: skip
-        if self.state is not None:
-            self.state.add(successes)
-
-    def _lines(self, positions: list[int], outcome: tuple[Any, ...]) -> None:
-        """A line for each row; `outcome`: the ledger columns from status on, in order."""
-        files, locate, write = self.batch.files, self.batch.locate, self.ledger.write_values
-        for position in positions:
-            file_index, row, interview_id, email = locate(position)
-            write([self.run_id, files[file_index], row, interview_id, email, *outcome])
-        self.counts[outcome[0]] += len(positions)
-        self.written.update(positions)
-
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
-            return
-        try:
-            asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self.flush)
-            self._flush_scheduled = True
-        except RuntimeError:
-            self.flush()
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        self._write_queued()
-        if self.state is not None:
-            self.state.flush()
-        self.ledger.flush()
-
-
-class StopSignal:
-    """Turns SIGINT / SIGTERM into a stop request, before and during the event loop."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._event: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def request(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason  # logged by the run, not here: a signal handler must not print
-        if self._event is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._event.set)
-
-    def bind(self, event: asyncio.Event) -> None:
-        self._event, self._loop = event, asyncio.get_running_loop()
-        if self.reason is not None:
-            event.set()
-
-    @contextmanager
-    def installed(self) -> Iterator[StopSignal]:
-        handlers = {
-            sig: signal.signal(sig, lambda s, _f: self.request(signal.Signals(s).name))
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            yield self
-        finally:
-            for sig, previous in handlers.items():
-                signal.signal(sig, previous)
 
 
 def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
@@ -274,12 +176,13 @@ def _run_locked(
             if stopper.reason is not None:
                 get_logger().warning("stopped", reason=stopper.reason)
             recorder.flush()  # every result written, so what is left unwritten is known
-            _fill_unwritten(recorder, plan, report)
+            recorder.fill_unwritten(plan, report.started)
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason)
-            summary = _summary(run_id, started_at, recorder, report, plan, code, options)
+            summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
+                                   options.inputs)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
-            _write_summary(ledger_path, summary)
+            write_summary(ledger_path, summary)
             state.run_finished(run_id, code, summary)
         finally:
             ledger.close()
@@ -358,64 +261,6 @@ async def _send(
     return await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
 
 
-def _fill_unwritten(recorder: Recorder, plan: Plan, report: SendReport) -> None:
-    """Every row gets its line: never sent is not_attempted; cut off in flight, failed."""
-    table = plan.table
-    unwritten = [i for i, p in enumerate(table.position.tolist()) if p not in recorder.written]
-    for request in table.take(np.array(unwritten, dtype=np.int64)):
-        if request.interview_id in report.started:
-            outcome = Outcome("failed", error_code="interrupted", finished_at=now_iso(),
-                              error_message="stopped while in flight; the server may have it",
-                              attempts=1)  # fmt: skip
-            recorder.result(request, outcome)
-        else:
-            for position in request.rows:
-                recorder.settled(position, Settled(NOT_ATTEMPTED, sha256=request.sha256,
-                                                   merge=request.merge))  # fmt: skip
-
-
-def exit_code(counts: Counter[str], report: SendReport, stop_reason: str | None) -> int:
-    if report.fatal is not None:
-        return report.fatal.exit_code
-    if stop_reason in SIGNAL_EXIT:
-        return SIGNAL_EXIT[stop_reason]
-    if stop_reason == "max_duration":
-        return 4
-    return 1 if counts["failed"] or counts["invalid"] else 0
-
-
-def _summary(
-    run_id: str, started_at: str, recorder: Recorder, report: SendReport, plan: Plan, code: int,
-    options: RunOptions,
-) -> dict[str, Any]:  # fmt: skip
-    counters = report.counters
-    per_minute = counters.requests / report.elapsed_s * 60 if report.elapsed_s > 0 else 0.0
-    return {
-        "run_id": run_id,
-        "started_at": started_at,
-        "finished_at": now_iso(),
-        "inputs": list(options.inputs),
-        "rows": sum(recorder.counts.values()),
-        "counts": dict(sorted(recorder.counts.items())),
-        "requests_sent": counters.requests,
-        "retries": counters.retries,
-        "rate_limited_429": counters.rate_limited,
-        "effective_requests_per_minute": round(per_minute, 1),
-        "server_limit_learned_per_minute": (
-            round(report.learned_per_minute, 1) if report.learned_per_minute else None
-        ),
-        "contacts_merged": plan.contacts_merged,
-        "contacts_no_existing": plan.contacts_no_existing,
-        "exit_code": code,
-    }
-
-
-def _write_summary(ledger_path: Path, summary: dict[str, Any]) -> None:
-    path = ledger_path.with_name(ledger_path.name + ".summary.json")
-    create_private(path)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-
-
 def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
     """`sync-worker plan`: the requests a run would send, without network or key."""
     batch = read_inputs(settings, options.inputs)
@@ -424,7 +269,7 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
-    return planner.plan_output(plan, batch)
+    return plan_lines(plan, batch)
 
 
 def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan]:

@@ -20,10 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sync_worker.config import CANONICAL_FIELDS
 from sync_worker.errors import InputError
+from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT_PREFIX, ID
 
-CONTEXT_PREFIX = "context."
 FILE_COL = "_file"
 ROW_COL = "_row"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
@@ -56,8 +55,8 @@ class Batch:
         return (
             frame[FILE_COL].tolist(),
             frame[ROW_COL].tolist(),
-            pa.array(frame["interview_id"], pa.string()).to_pylist(),
-            pa.array(frame["contact_email"], pa.string()).to_pylist(),
+            pa.array(frame[ID], pa.string()).to_pylist(),
+            pa.array(frame[CONTACT_KEY], pa.string()).to_pylist(),
         )
 
     def locate(self, position: int) -> tuple[int, int, str, str]:
@@ -91,7 +90,7 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
         frame[ROW_COL] = range(1, len(frame) + 1)
         frames.append(frame)
     keys = tuple(context_keys)
-    columns = [*CANONICAL_FIELDS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
+    columns = [*CANONICAL_COLUMNS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
     aligned = [_align(frame, columns) for frame in frames]
     combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
     return Batch(combined, tuple(paths), keys, tuple(warnings))
@@ -231,11 +230,11 @@ def to_canonical(
     mapping = options.columns or {}
     renames: dict[str, str] = {}
     warnings: list[str] = []
-    for field in CANONICAL_FIELDS:
+    for field in CANONICAL_COLUMNS:
         header = _find(field, by_norm, mapping.get(field))
         if header is not None:
             renames[header] = field
-        elif field == "interview_id":
+        elif field == ID:
             raise InputError(_missing_id_message(path, raw, mapping.get(field)))
         elif field in mapping:
             warnings.append(f"{path}: mapped column {mapping[field]!r} for {field} not found")

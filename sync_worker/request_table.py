@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,11 +31,6 @@ class Request:
     contact: str
     merge: str  # off | merged | no_existing
     context_json: str | None  # the contact_context sent, remembered by the state on success
-
-    @property
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = json.loads(self.body_json)
-        return body
 
 
 def sha256_hex(body_json: bytes) -> str:

@@ -20,8 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sync_worker.fields import CONTACT_FIELDS, CONTEXT, FIELDS, SENT_FIELDS, Kind
+
 UNKNOWN_IDS_FROM = 900_000_000  # ids from here up do not exist (404)
-FIELDS = ("contact_context", "contact_name", "objective")
 
 
 @dataclass
@@ -40,16 +41,20 @@ class SandboxConfig:
 class Contact:
     contact_id: int
     email: str | None = None
-    name: str | None = None
-    notes: Any = None  # as last sent: text or a JSON object
-    updates: int = 0
+    values: dict[str, Any] = field(default_factory=dict)  # its fields as last sent
+    updates: int = 0  # contexts received
+
+    @property
+    def notes(self) -> Any:
+        """The notes Paige reads: the context as last sent, text or a JSON object."""
+        return self.values.get(CONTEXT)
 
 
 @dataclass
 class Interview:
     interview_id: int
     contact_id: int
-    objective: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)  # its fields as last sent
     updates: int = 0
 
 
@@ -158,13 +163,10 @@ async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
     if problem:
         return error(400, "bad_request", problem)
     contact = sandbox.contacts[interview.contact_id]
-    if "contact_context" in body:
-        contact.notes = body["contact_context"]
-        contact.updates += 1
-    if "contact_name" in body:
-        contact.name = body["contact_name"]
-    if "objective" in body:
-        interview.objective = body["objective"]
+    for name in SENT_FIELDS:
+        if name in body:
+            (contact if name in CONTACT_FIELDS else interview).values[name] = body[name]
+    contact.updates += CONTEXT in body
     interview.updates += 1
     return web.json_response({"interview_request_id": interview.interview_id})
 
@@ -181,14 +183,16 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], str]:
     body = await _json_object(request)
     if body is None:
         return {}, "Invalid JSON"
-    if not any(k in body for k in FIELDS):
-        return {}, "No fields provided: send contact_context, contact_name or objective"
-    context = body.get("contact_context")
-    if "contact_context" in body and not isinstance(context, str | dict):
-        return {}, "contact_context must be a string or an object"
-    for name in ("contact_name", "objective"):
-        if name in body and not isinstance(body[name], str):
-            return {}, f"{name} must be a string"
+    if not any(k in body for k in SENT_FIELDS):
+        return {}, f"No fields provided: send {', '.join(SENT_FIELDS)}"
+    for field_ in FIELDS:
+        value = body.get(field_.column)
+        if field_.column not in body or not field_.sent:
+            continue
+        if field_.kind is Kind.CONTEXT and not isinstance(value, str | dict):
+            return {}, f"{field_.column} must be a string or an object"
+        if field_.kind is Kind.TEXT and not isinstance(value, str):
+            return {}, f"{field_.column} must be a string"
     return body, ""
 
 
@@ -206,10 +210,11 @@ async def create_interview(request: web.Request) -> web.Response:
         sandbox.next_id += 1
         contact = sandbox.contacts.setdefault(sandbox.next_id, Contact(sandbox.next_id, email))
     sandbox.next_id += 1
-    interview = Interview(sandbox.next_id, contact.contact_id, body.get("objective"))
+    interview = Interview(sandbox.next_id, contact.contact_id)
     sandbox.interviews[interview.interview_id] = interview
-    if "contact_context" in body:
-        contact.notes = body["contact_context"]
+    for name in SENT_FIELDS:
+        if name in body:
+            (contact if name in CONTACT_FIELDS else interview).values[name] = body[name]
     body_out = {"interview_request_id": interview.interview_id, "contact_id": contact.contact_id}
     return web.json_response(body_out, status=201)
 
@@ -223,12 +228,14 @@ async def show_interview(request: web.Request) -> web.Response:
         return error(404, "not_found", "No update received for this interview")
     contact = sandbox.contacts[interview.contact_id]
     notes = contact.notes
+    values = {
+        name: (contact if name in CONTACT_FIELDS else interview).values.get(name)
+        for name in SENT_FIELDS
+    }
     return web.json_response({
         "interview_request_id": interview.interview_id,
         "contact_id": contact.contact_id,
-        "contact_name": contact.name,
-        "objective": interview.objective,
-        "contact_context": notes,
+        **values,
         "notes": notes if notes is None or isinstance(notes, str) else json.dumps(notes),
         "updates": interview.updates,
     })  # fmt: skip

@@ -18,13 +18,13 @@ import fcntl
 import json
 import os
 import sqlite3
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from sync_worker.clock import now_iso
 from sync_worker.errors import LockedError, SyncWorkerError
 from sync_worker.merger import Context
+from sync_worker.private_files import create_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -63,13 +63,6 @@ FOLD = (
     "FROM journal WHERE context_json IS NOT NULL ORDER BY rowid",
     "DELETE FROM journal",
 )
-
-
-def create_private(path: Path) -> None:
-    """Create `path` (and its folder) readable by its owner only, if it does not exist."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
 
 
 class Success(NamedTuple):
@@ -185,19 +178,6 @@ class State:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-_second: list[Any] = [-1, ""]  # (whole second, its text up to the seconds): results share it
-
-
-def now_iso() -> str:
-    """UTC now as 2026-11-29T15:27:52.497Z (the date and time formatted once per second)."""
-    millis = int(time.time() * 1000)
-    second, milli = divmod(millis, 1000)
-    if second != _second[0]:
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second[:] = [second, text]
-    return f"{_second[1]}.{milli:03d}Z"
 
 
 class RunLock:

@@ -146,6 +146,14 @@ def read_ledger(path: Path) -> list[dict[str, str]]:
     return read(path)
 
 
+def write_line(ledger: Any, line: dict[str, Any]) -> None:
+    """A ledger line given as a mapping: every Where column, and the Result columns it sets."""
+    from sync_worker.ledger import Result, Where
+
+    where = Where(**{k: line[k] for k in Where._fields})
+    ledger.write(where, Result(**{k: line[k] for k in Result._fields if k in line}))
+
+
 def assert_no_key(*texts: str, paths: tuple[Path, ...] = ()) -> None:
     """The API key is nowhere: not in output, logs, ledger, summary or state."""
     for text in texts:

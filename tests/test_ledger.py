@@ -5,6 +5,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import write_line
 
 from sync_worker.errors import ConfigError
 from sync_worker.ledger import COLUMNS, Ledger, escape_formula, read_ledger
@@ -33,8 +34,8 @@ def test_escape_formula(value: str, expected: str) -> None:
 def test_columns_in_order_and_private(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"ledger{suffix}"
     ledger = Ledger(path)
-    ledger.write(LINE)
-    ledger.write({**LINE, "source_row": 4, "interview_id": "=cmd()", "http_status": None})
+    write_line(ledger, LINE)
+    write_line(ledger, {**LINE, "source_row": 4, "interview_id": "=cmd()", "http_status": None})
     ledger.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first, second = read_ledger(path)
@@ -49,7 +50,7 @@ def test_columns_in_order_and_private(tmp_path: Path, suffix: str) -> None:
 
 def test_flush_puts_lines_on_disk_before_close(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.csv")
-    ledger.write(LINE)
+    write_line(ledger, LINE)
     ledger.flush()
     assert len((tmp_path / "l.csv").read_text().splitlines()) == 2
     ledger.close()
@@ -58,7 +59,7 @@ def test_flush_puts_lines_on_disk_before_close(tmp_path: Path) -> None:
 def test_never_holds_a_secret(tmp_path: Path) -> None:
     register_secret("sk-ledger-secret-123")
     ledger = Ledger(tmp_path / "l.csv")
-    ledger.write({**LINE, "error_message": "echoed sk-ledger-secret-123 back"})
+    write_line(ledger, {**LINE, "error_message": "echoed sk-ledger-secret-123 back"})
     ledger.close()
     text = (tmp_path / "l.csv").read_text()
     assert "sk-ledger-secret-123" not in text and "[REDACTED]" in text

@@ -13,10 +13,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sync_worker.fields import SENT_FIELDS
 from sync_worker.merger import MergeRules
-from sync_worker.planner import Memory, Plan, PlanOptions, build_plan, plan_output
+from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.reader import Batch, ReadOptions, read_batch
-from sync_worker.request_table import ChainQueue
+from sync_worker.request_table import ChainQueue, Request
+
+
+def requests_of(plan: Plan) -> list[Request]:
+    return list(plan.table)
+
+
+def body_of(request: Request) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(request.body_json)
+    return value
+
 
 HEADER = "interview_id,contact_name,objective,contact_context,contact_email,context.title\n"
 
@@ -31,7 +42,7 @@ def plan_for(
     options = options or PlanOptions()
     plan = build_plan(batch, options, memory or Memory())
     by_rows = build_plan(batch, dataclasses.replace(options, vectorise=False), memory or Memory())
-    assert [astuple(r) for r in plan.requests] == [astuple(r) for r in by_rows.requests]
+    assert [astuple(r) for r in requests_of(plan)] == [astuple(r) for r in requests_of(by_rows)]
     assert plan.settled == by_rows.settled
     return batch, plan
 
@@ -60,9 +71,9 @@ def plan_for(
 )  # fmt: skip
 def test_row_to_body(tmp_path: Path, row: str, body: dict[str, Any]) -> None:
     _batch, plan = plan_for(tmp_path, row + "\n")
-    [request] = plan.requests
+    [request] = requests_of(plan)
     assert request.interview_id == 1
-    assert request.body == body
+    assert body_of(request) == body
     assert request.sha256 == hashlib.sha256(request.body_json).hexdigest()
     assert json.loads(request.body_json) == body
 
@@ -85,7 +96,7 @@ def test_row_to_body(tmp_path: Path, row: str, body: dict[str, Any]) -> None:
 )  # fmt: skip
 def test_invalid_rows(tmp_path: Path, row: str, code: str, column: str | None) -> None:
     _batch, plan = plan_for(tmp_path, row + "\n2,Ok,,,,\n")
-    assert [r.interview_id for r in plan.requests] == [2]  # the other rows go on
+    assert [r.interview_id for r in requests_of(plan)] == [2]  # the other rows go on
     settled = plan.settled[0]
     assert (settled.status, settled.error_code) == ("invalid", code)
     assert "in.csv row 1" in settled.error_message
@@ -95,11 +106,15 @@ def test_invalid_rows(tmp_path: Path, row: str, code: str, column: str | None) -
 
 def test_rows_of_one_interview_are_one_request(tmp_path: Path) -> None:
     batch, plan = plan_for(tmp_path, "5,Ana,Old,first,,\n6,Bo,,,,\n5,,New,,,\n5,Ana R,,second,,\n")
-    first, second = plan.requests
+    first, second = requests_of(plan)
     assert first.interview_id == 5 and first.rows == [0, 2, 3]
-    assert first.body == {"contact_name": "Ana R", "objective": "New", "contact_context": "second"}
+    assert body_of(first) == {
+        "contact_name": "Ana R",
+        "objective": "New",
+        "contact_context": "second",
+    }
     assert second.interview_id == 6
-    lines = b"".join(plan_output(plan, batch)).decode().splitlines()
+    lines = b"".join(plan_lines(plan, batch)).decode().splitlines()
     assert [s["source_row"] for s in json.loads(lines[0])["source_rows"]] == [1, 3, 4]
     assert json.loads(lines[1])["source_rows"] == [{"source_file": batch.files[0],
                                                      "source_row": 2}]  # fmt: skip
@@ -138,11 +153,11 @@ def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
     memory = Memory(state_contexts={"x@y.com": "old"})
     _b, plan = plan_for(tmp_path, "1,,,first,x@y.com,\n2,,,second,x@y.com,\n3,,,solo,,\n", options,
                         memory)  # fmt: skip
-    one, two, three = plan.requests
-    assert one.body["contact_context"] == "old\n\nfirst\n\nsecond"
-    assert two.body["contact_context"] == one.body["contact_context"]
+    one, two, three = requests_of(plan)
+    assert body_of(one)["contact_context"] == "old\n\nfirst\n\nsecond"
+    assert body_of(two)["contact_context"] == body_of(one)["contact_context"]
     assert (one.merge, two.merge, three.merge) == ("merged", "merged", "no_existing")
-    assert three.body["contact_context"] == "solo"
+    assert body_of(three)["contact_context"] == "solo"
     assert (plan.contacts_merged, plan.contacts_no_existing) == (1, 1)
 
 
@@ -154,30 +169,30 @@ def test_notes_file_wins_over_state(tmp_path: Path) -> None:
     )
     options = PlanOptions(merge=True, rules=MergeRules.build("\n", []))
     _b, plan = plan_for(tmp_path, "1,,,new,X@Y.com,\n2,,,other,,\n", options, memory)
-    assert plan.requests[0].body["contact_context"] == {"stage": "lost", "notes": "new"}
-    assert plan.requests[1].body["contact_context"] == "by id\nother"
+    assert body_of(requests_of(plan)[0])["contact_context"] == {"stage": "lost", "notes": "new"}
+    assert body_of(requests_of(plan)[1])["contact_context"] == "by id\nother"
 
 
 def test_merge_without_new_context_leaves_notes_alone(tmp_path: Path) -> None:
     memory = Memory(state_contexts={"interview:1": "old"})
     _b, plan = plan_for(tmp_path, "1,Ana,,,,\n", PlanOptions(merge=True), memory)
-    assert plan.requests[0].body == {"contact_name": "Ana"}
-    assert plan.requests[0].merge == "off"
+    assert body_of(requests_of(plan)[0]) == {"contact_name": "Ana"}
+    assert requests_of(plan)[0].merge == "off"
 
 
 def test_unchanged_rows_are_skipped_unless_forced(tmp_path: Path) -> None:
     _b, first = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n")
-    memory = Memory(sent_hashes={1: first.requests[0].sha256, 2: "something else"})
+    memory = Memory(sent_hashes={1: requests_of(first)[0].sha256, 2: "something else"})
     _b, second = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n", memory=memory)
-    assert [r.interview_id for r in second.requests] == [2]
+    assert [r.interview_id for r in requests_of(second)] == [2]
     assert second.settled[0].status == "skipped_unchanged"
     _b, forced = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n", PlanOptions(force=True), memory)
-    assert len(forced.requests) == 2
+    assert len(requests_of(forced)) == 2
 
 
 def test_max_rows_leaves_the_rest_not_attempted(tmp_path: Path) -> None:
     _b, plan = plan_for(tmp_path, "1,A,,,,\n2,B,,,,\n3,C,,,,\n", PlanOptions(max_rows=2))
-    assert [r.interview_id for r in plan.requests] == [1, 2]
+    assert [r.interview_id for r in requests_of(plan)] == [1, 2]
     assert plan.settled[2].status == "not_attempted"
 
 
@@ -204,5 +219,18 @@ def test_both_roads_build_the_same_bytes(rows: list[tuple[str, str, str, str]]) 
         batch = read_batch([str(path)], ReadOptions())
         vector = build_plan(batch, PlanOptions(), Memory())
         by_rows = build_plan(batch, PlanOptions(vectorise=False), Memory())
-    assert [astuple(r) for r in vector.requests] == [astuple(r) for r in by_rows.requests]
+    assert [astuple(r) for r in requests_of(vector)] == [astuple(r) for r in requests_of(by_rows)]
     assert vector.settled == by_rows.settled
+
+
+@pytest.mark.parametrize("name", SENT_FIELDS)
+def test_every_field_of_the_table_reaches_the_body_by_both_roads(tmp_path: Path, name: str) -> None:
+    """A field added to fields.FIELDS is read, validated and sent with no other edit."""
+    path = tmp_path / "in.csv"
+    path.write_text(f"interview_id,{name.upper()}\n7,some text\n8,\n", encoding="utf-8")
+    batch = read_batch([str(path)], ReadOptions())
+    for vectorise in (True, False):
+        plan = build_plan(batch, PlanOptions(vectorise=vectorise), Memory())
+        [request] = requests_of(plan)
+        assert body_of(request) == {name: "some text"}
+        assert plan.settled[1].error_code == "no_fields"

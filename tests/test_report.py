@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_line
 
 from sync_worker.ledger import Ledger
 from sync_worker.report import render
@@ -17,13 +18,13 @@ def test_report_on_a_known_ledger(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"ledger{suffix}"
     ledger = Ledger(path)
     for row in range(1, 6):
-        ledger.write({**BASE, "source_row": row, "interview_id": str(row), "status": "ok"})
-    ledger.write({**BASE, "source_row": 6, "interview_id": "6", "status": "failed",
+        write_line(ledger, {**BASE, "source_row": row, "interview_id": str(row), "status": "ok"})
+    write_line(ledger, {**BASE, "source_row": 6, "interview_id": "6", "status": "failed",
                   "http_status": 404, "error_code": "not_found",
                   "error_message": "Interview request not found"})  # fmt: skip
-    ledger.write({**BASE, "source_row": 7, "interview_id": "x", "status": "invalid",
+    write_line(ledger, {**BASE, "source_row": 7, "interview_id": "x", "status": "invalid",
                   "error_code": "invalid_interview_id", "error_message": "bad id"})  # fmt: skip
-    ledger.write({**BASE, "source_row": 8, "interview_id": "8", "status": "not_attempted"})
+    write_line(ledger, {**BASE, "source_row": 8, "interview_id": "8", "status": "not_attempted"})
     ledger.close()
     summary = {"requests_sent": 6, "retries": 0, "rate_limited_429": 0,
                "effective_requests_per_minute": 299.1, "exit_code": 1}  # fmt: skip

@@ -271,7 +271,7 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
 def _remember_all(path: Path, state_path: Path) -> None:
     """The state as a previous nightly run leaves it: every row of night0 sent successfully."""
     sys.path.insert(0, str(ROOT))
-    from sync_worker.planner import Memory, PlanOptions, build_plan
+    from sync_worker.plan import Memory, PlanOptions, build_plan
     from sync_worker.reader import ReadOptions, read_batch
     from sync_worker.state import State, Success
 

@@ -1,0 +1,61 @@
+"""The API's fields: one table that config, reader, planner, validation and sandbox all read.
+
+A canonical input column either names the request (the interview id, the contact it belongs to)
+or carries a value sent in the PATCH body. Each sent field belongs to the contact (shared by every
+interview of that contact: the API writes it on the contact) or to the interview itself, and is
+sent as text or as a context (text or a JSON object, merged with the notes the contact has).
+Adding a field the API grows is one line in FIELDS (and its tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Level(Enum):
+    CONTACT = "contact"  # the API writes it on the contact, shared by its interviews
+    INTERVIEW = "interview"  # the API writes it on the interview
+
+
+class Kind(Enum):
+    ID = "id"  # the interview id: the request's URL
+    CONTACT_KEY = "contact_key"  # says which rows are one contact; never sent
+    TEXT = "text"  # sent as a JSON string
+    CONTEXT = "context"  # text or a JSON object; `context.<key>` columns join it; merged
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    column: str  # canonical input column, and the key in the PATCH body when sent
+    level: Level
+    kind: Kind
+
+    @property
+    def sent(self) -> bool:
+        return self.kind in (Kind.TEXT, Kind.CONTEXT)
+
+
+FIELDS = (
+    Field("interview_id", Level.INTERVIEW, Kind.ID),
+    Field("contact_name", Level.CONTACT, Kind.TEXT),
+    Field("objective", Level.INTERVIEW, Kind.TEXT),
+    Field("contact_context", Level.CONTACT, Kind.CONTEXT),
+    Field("contact_email", Level.CONTACT, Kind.CONTACT_KEY),
+)
+
+CANONICAL_COLUMNS = tuple(f.column for f in FIELDS)
+ID = next(f.column for f in FIELDS if f.kind is Kind.ID)
+CONTACT_KEY = next(f.column for f in FIELDS if f.kind is Kind.CONTACT_KEY)
+CONTEXT = next(f.column for f in FIELDS if f.kind is Kind.CONTEXT)
+TEXT_FIELDS = tuple(f.column for f in FIELDS if f.kind is Kind.TEXT)  # sent as strings
+SENT_FIELDS = tuple(f.column for f in FIELDS if f.sent)  # what a body may hold
+CONTACT_FIELDS = tuple(f.column for f in FIELDS if f.sent and f.level is Level.CONTACT)
+INTERVIEW_FIELDS = tuple(f.column for f in FIELDS if f.sent and f.level is Level.INTERVIEW)
+CONTEXT_PREFIX = "context."  # `context.<key>` columns: one key each of the context object
+NOTES_KEY = "notes"  # where plain-text context lives inside a context object
+
+
+def nothing_to_update() -> str:
+    """The message for a row whose sent fields are all empty."""
+    return f"nothing to update: {', '.join(SENT_FIELDS)} and {CONTEXT_PREFIX}* are all empty"

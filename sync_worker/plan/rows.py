@@ -1,0 +1,172 @@
+"""The row road, the reference: every row that the column road does not take, one at a time.
+
+It takes JSON contexts, several rows of one interview, and merging: rows of one interview are
+combined (a later non-empty value wins), interviews of one contact share its combined context,
+and with merging on that context is folded onto the notes the contact already has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
+from sync_worker.merger import Context, fold, parse_context
+from sync_worker.plan.cells import Cells
+from sync_worker.plan.model import Memory, Plan, PlanOptions, Settled, invalid
+from sync_worker.reader import Batch
+from sync_worker.request_table import Ints, Request, sha256_hex
+
+
+def canonical(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class _Row:
+    position: int
+    interview_id: int
+    email: str
+    fields: dict[str, str]  # the text fields this row fills
+    context: Context | None
+
+
+class RowProblem(ValueError):
+    def __init__(self, code: str, column: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.column = column
+
+
+def row_requests(
+    batch: Batch, cells: Cells, positions: Ints, options: PlanOptions, memory: Memory,
+    plan: Plan,
+) -> list[Request]:  # fmt: skip
+    """The requests of the rows at `positions`; rows that cannot be sent go to plan.settled."""
+    rows = list(_parse_rows(batch, cells, positions, plan.settled))
+    requests: list[Request] = []
+    for contact, members in _group_contacts(_group_interviews(rows)).items():
+        requests.extend(_contact_requests(contact, members, options, memory, plan))
+    return requests
+
+
+def _parse_rows(
+    batch: Batch, cells: Cells, positions: Ints, settled: dict[int, Settled]
+) -> Iterator[_Row]:
+    picked = pa.array(positions, pa.int64())
+
+    def column(values: pa.ChunkedArray) -> list[str]:
+        return list(values.take(picked).to_pylist())
+
+    texts = {name: column(cells.text[name]) for name in TEXT_FIELDS}
+    contexts, emails = column(cells.text[CONTEXT]), column(cells.text[CONTACT_KEY])
+    by_key = {key: column(values) for key, values in cells.context.items()}
+    for index, position in enumerate(positions.tolist()):
+        fields = {name: values[index] for name, values in texts.items() if values[index]}
+        try:
+            context = _row_context(contexts[index], {k: v[index] for k, v in by_key.items()})
+        except RowProblem as problem:
+            settled[position] = invalid(batch, position, problem.code, problem.column,
+                                        str(problem))  # fmt: skip
+            continue
+        yield _Row(position, int(cells.id_numbers[position]), emails[index].lower(), fields,
+                   context)  # fmt: skip
+
+
+def _row_context(text: str, cells: dict[str, str]) -> Context | None:
+    """contact_context (text or JSON object) and context.<key> cells as one context."""
+    extra = {k: v for k, v in cells.items() if v}
+    try:
+        base = parse_context(text) if text else None
+    except ValueError as problem:
+        raise RowProblem("invalid_json", CONTEXT, str(problem)) from None
+    if not extra:
+        return base
+    if base is None:
+        return extra
+    if isinstance(base, str):
+        return {NOTES_KEY: base, **extra}
+    return {**base, **extra}
+
+
+@dataclass(slots=True)
+class _Interview:
+    interview_id: int
+    rows: list[_Row]
+    email: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _group_interviews(rows: list[_Row]) -> list[_Interview]:
+    """Rows of one interview_id, in file order; a later non-empty value wins."""
+    by_id: dict[int, _Interview] = {}
+    for row in rows:
+        interview = by_id.setdefault(row.interview_id, _Interview(row.interview_id, []))
+        interview.rows.append(row)
+        interview.fields.update(row.fields)
+        if row.email and not interview.email:
+            interview.email = row.email
+    return list(by_id.values())
+
+
+def _group_contacts(interviews: list[_Interview]) -> dict[str, list[_Interview]]:
+    """Interviews sharing a contact_email; without one, each interview is its own contact."""
+    contacts: dict[str, list[_Interview]] = {}
+    for interview in interviews:
+        key = interview.email or f"interview:{interview.interview_id}"
+        contacts.setdefault(key, []).append(interview)
+    return contacts
+
+
+def _contact_requests(
+    contact: str, members: list[_Interview], options: PlanOptions, memory: Memory, plan: Plan
+) -> list[Request]:
+    if not options.merge:
+        return [_request(i, contact, _last_context(i), "off") for i in members]
+    contexts = [r.context for i in members for r in i.rows if r.context is not None]
+    if not contexts:
+        return [_request(i, contact, None, "off") for i in members]
+    existing = _existing_notes(contact, members, memory)
+    label = "no_existing" if existing is None else "merged"
+    if existing is None:
+        plan.contacts_no_existing += 1
+    else:
+        plan.contacts_merged += 1
+    combined = fold(existing or None, contexts, options.rules)
+    return [_request(i, contact, combined, label) for i in members]
+
+
+def _last_context(interview: _Interview) -> Context | None:
+    contexts = [r.context for r in interview.rows if r.context is not None]
+    return contexts[-1] if contexts else None
+
+
+def _existing_notes(contact: str, members: list[_Interview], memory: Memory) -> Context | None:
+    """The notes file wins over the state; '' means known to be empty."""
+    if members[0].email and members[0].email in memory.notes_by_email:
+        return memory.notes_by_email[members[0].email]
+    for interview in members:
+        if interview.interview_id in memory.notes_by_interview:
+            return memory.notes_by_interview[interview.interview_id]
+    return memory.state_contexts.get(contact)
+
+
+def _request(interview: _Interview, contact: str, context: Context | None, merge: str) -> Request:
+    body: dict[str, Any] = dict(interview.fields)
+    if context is not None:
+        body[CONTEXT] = context
+    body_json = canonical(body).encode("utf-8")
+    return Request(
+        interview_id=interview.interview_id,
+        body_json=body_json,
+        sha256=sha256_hex(body_json),
+        rows=[r.position for r in interview.rows],
+        contact=contact,
+        merge=merge if context is not None else "off",
+        context_json=canonical(context) if context is not None else None,
+    )

@@ -1,0 +1,42 @@
+"""SIGINT / SIGTERM as a stop request: no new requests, in-flight ones finish, exit 130 / 143."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class StopSignal:
+    """Turns SIGINT / SIGTERM into a stop request, before and during the event loop."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None  # what asked for the stop: a signal's name, max_duration
+        self._event: asyncio.Event | None = None  # the send loop's stop event, once bound
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason  # logged by the run, not here: a signal handler must not print
+        if self._event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    def bind(self, event: asyncio.Event) -> None:
+        self._event, self._loop = event, asyncio.get_running_loop()
+        if self.reason is not None:
+            event.set()
+
+    @contextmanager
+    def installed(self) -> Iterator[StopSignal]:
+        handlers = {
+            sig: signal.signal(sig, lambda s, _f: self.request(signal.Signals(s).name))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield self
+        finally:
+            for sig, previous in handlers.items():
+                signal.signal(sig, previous)

@@ -1,0 +1,57 @@
+"""How a run ended: its exit code (SPEC section 8) and the summary beside the ledger."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sync_worker.clock import now_iso
+from sync_worker.plan import Plan
+from sync_worker.private_files import create_private
+from sync_worker.sender import SendReport
+from sync_worker.signals import SIGNAL_EXIT
+
+
+def exit_code(counts: Counter[str], report: SendReport, stop_reason: str | None) -> int:
+    if report.fatal is not None:
+        return report.fatal.exit_code
+    if stop_reason in SIGNAL_EXIT:
+        return SIGNAL_EXIT[stop_reason]
+    if stop_reason == "max_duration":
+        return 4
+    return 1 if counts["failed"] or counts["invalid"] else 0
+
+
+def summary(
+    run_id: str, started_at: str, counts: Counter[str], report: SendReport, plan: Plan,
+    code: int, inputs: tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
+    counters = report.counters
+    per_minute = counters.requests / report.elapsed_s * 60 if report.elapsed_s > 0 else 0.0
+    return {
+        "run_id": run_id,
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        "inputs": list(inputs),
+        "rows": sum(counts.values()),
+        "counts": dict(sorted(counts.items())),
+        "requests_sent": counters.requests,
+        "retries": counters.retries,
+        "rate_limited_429": counters.rate_limited,
+        "effective_requests_per_minute": round(per_minute, 1),
+        "server_limit_learned_per_minute": (
+            round(report.learned_per_minute, 1) if report.learned_per_minute else None
+        ),
+        "contacts_merged": plan.contacts_merged,
+        "contacts_no_existing": plan.contacts_no_existing,
+        "exit_code": code,
+    }
+
+
+def write_summary(ledger_path: Path, summary: dict[str, Any]) -> None:
+    """`<ledger>.summary.json`, readable by its owner only."""
+    path = ledger_path.with_name(ledger_path.name + ".summary.json")
+    create_private(path)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
