@@ -49,6 +49,26 @@ TEXT_CELLS = tuple(COLUMNS.index(c) for c in ("source_file", "interview_id", "co
                                               "error_code", "error_message"))  # fmt: skip
 
 
+DEFAULT_PATH = "ledgers/sync-{run_id}.csv"
+PLACEHOLDERS = ("{run_id}", "{date}")
+
+
+def ledger_path(template: str | None, run_id: str, date: str) -> Path:
+    """This run's ledger: `{run_id}` and `{date}` filled in. A ledger never mixes two runs: a path
+    without either that already exists is refused; a `{date}` ledger of an earlier run that day
+    gets this run's id added."""
+    text = template or DEFAULT_PATH
+    path = Path(text.replace("{run_id}", run_id).replace("{date}", date))
+    if not path.exists() and not path.is_symlink():
+        return path
+    if "{run_id}" in text or "{date}" in text:
+        return path.with_name(f"{path.stem}-{run_id}{path.suffix}")
+    raise ConfigError(
+        f"ledger {path} already exists: a ledger never mixes two runs; give a new --ledger "
+        f"path, or put {{run_id}} or {{date}} in it (e.g. ledgers/sync-{{date}}-{{run_id}}.csv)"
+    )
+
+
 def escape_formula(value: str) -> str:
     """Keep a spreadsheet from running a cell: '=cmd()' is written as "'=cmd()"."""
     return "'" + value if value.startswith(FORMULA_STARTS) else value

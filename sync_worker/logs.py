@@ -8,6 +8,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 REDACTED = "[REDACTED]"
 _secrets: list[str] = []  # values that must never leave the process in any text
@@ -70,8 +71,9 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     )
 
 
-def get_logger() -> Any:
-    return structlog.get_logger("sync_worker")
+def get_logger() -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger("sync_worker")
+    return logger
 
 
 def json_mode() -> bool:

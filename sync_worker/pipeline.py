@@ -25,7 +25,7 @@ from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
 from sync_worker.config import Settings
 from sync_worker.errors import ConfigError
-from sync_worker.ledger import Ledger
+from sync_worker.ledger import Ledger, ledger_path
 from sync_worker.logs import get_logger, register_secret
 from sync_worker.merger import MergeRules
 from sync_worker.notes import read_notes
@@ -139,6 +139,7 @@ def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     started_at = now_iso()
+    ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
     api_key = "" if options.dry_run else load_key(settings, key_file)
     batch = read_inputs(settings, options.inputs)
     state_path = Path(settings.state_path)
@@ -147,14 +148,15 @@ def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
         lock.acquire(run_id)
     try:
         with StopSignal().installed() as stopper:
-            return _run_locked(settings, options, batch, run_id, started_at, api_key, stopper)
+            return _run_locked(settings, options, batch, run_id, started_at, api_key, stopper,
+                               ledger)  # fmt: skip
     finally:
         lock.release()
 
 
 def _run_locked(
     settings: Settings, options: RunOptions, batch: Batch, run_id: str, started_at: str,
-    api_key: str, stopper: StopSignal,
+    api_key: str, stopper: StopSignal, ledger_path: Path,
 ) -> int:  # fmt: skip
     state = (
         State.read_only(Path(settings.state_path))
@@ -163,22 +165,23 @@ def _run_locked(
     )
     try:
         plan = make_plan(settings, options, batch, state)
-        ledger_path = Path(options.ledger or settings.ledger_path or f"ledgers/sync-{run_id}.csv")
         ledger = Ledger(ledger_path)
         state.run_started(run_id, started_at)
         try:
-            recorder = Recorder(run_id, batch, ledger, None if options.dry_run else state)
+            recorder = Recorder(run_id, batch, ledger, None if options.dry_run else state,
+                                on_failure=stopper.request)  # fmt: skip
             for position, outcome in sorted(plan.settled.items()):
                 recorder.settled(position, outcome)
             recorder.flush()
-            _log_start(settings, options, batch, plan)
+            _log_start(settings, options, batch, plan, ledger_path)
             report = _send_or_dry_run(settings, options, plan, recorder, api_key, stopper)
+            recorder.check()
             if stopper.reason is not None:
                 get_logger().warning("stopped", reason=stopper.reason)
             recorder.flush()  # every result written, so what is left unwritten is known
-            recorder.fill_unwritten(plan, report.started)
+            unsent = recorder.fill_unwritten(plan, report.started)
             recorder.flush()
-            code = exit_code(recorder.counts, report, stopper.reason)
+            code = exit_code(recorder.counts, report, stopper.reason, unsent)
             summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
                                    options.inputs)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
@@ -192,13 +195,16 @@ def _run_locked(
         state.close()
 
 
-def _log_start(settings: Settings, options: RunOptions, batch: Batch, plan: Plan) -> None:
+def _log_start(
+    settings: Settings, options: RunOptions, batch: Batch, plan: Plan, ledger_path: Path
+) -> None:
     per_minute = settings.limit * 60.0 / settings.rate_period_s
     minutes = len(plan.table) / per_minute
     get_logger().info(
         "run_started", inputs=list(options.inputs), tier=settings.tier,
         limit=settings.limit, rate_period_s=settings.rate_period_s,
-        rows=len(batch), requests_to_send=len(plan.table), rows_to_send=plan.rows_to_send(),
+        ledger=str(ledger_path), rows=len(batch), requests_to_send=len(plan.table),
+        rows_to_send=plan.rows_to_send(),
         estimated_minutes=round(minutes, 2), workers=settings.workers,
         dry_run=options.dry_run,
         message=f"{len(plan.table)} requests take about {_duration(minutes)} at "

@@ -8,7 +8,9 @@ commit per batch), so the hot path only queues, yet a kill -9 loses only what ar
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from tqdm import tqdm
 
 from sync_worker.client import Outcome
 from sync_worker.clock import now_iso
+from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, Result, Where
 from sync_worker.plan import NOT_ATTEMPTED, Plan, Settled
 from sync_worker.reader import Batch
@@ -24,6 +27,10 @@ from sync_worker.request_table import Request
 from sync_worker.state import State, Success
 
 FLUSH_EVERY_S = 0.01  # results reach the ledger and the state within this time, in batches
+
+
+class RecordError(SyncWorkerError):
+    """The ledger or the state could not be written mid-run: the run stops (exit 3)."""
 
 
 @dataclass
@@ -35,6 +42,8 @@ class Recorder:
     progress: tqdm[Any] | None = None
     counts: Counter[str] = field(default_factory=Counter)  # status -> rows written
     written: set[int] = field(default_factory=set)  # row positions with their ledger line
+    on_failure: Callable[[str], None] | None = None  # told when a scheduled flush fails
+    failure: Exception | None = None  # what a scheduled flush met: the run stops on it
     _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
 
@@ -54,6 +63,8 @@ class Recorder:
 
     def _write_queued(self) -> None:
         queued, self._queued = self._queued, []
+        if self.failure is not None:  # writing again would only fail again
+            return
         successes = []
         for request, outcome in queued:
             result = Result(
@@ -85,20 +96,45 @@ class Recorder:
         if self._flush_scheduled:
             return
         try:
-            asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_EVERY_S, self._scheduled_flush)
             self._flush_scheduled = True
         except RuntimeError:
             self.flush()
 
+    def _scheduled_flush(self) -> None:
+        """A flush on the event loop: an error cannot be raised to anyone there, so it is kept
+        and the run is told to stop; `check` raises it once sending has ended."""
+        try:
+            self.flush()
+        except (OSError, sqlite3.Error) as exc:
+            if self.failure is None:
+                self.failure = exc
+                if self.on_failure is not None:
+                    self.on_failure("record_error")
+
     def flush(self) -> None:
         self._flush_scheduled = False
         self._write_queued()
+        if self.failure is not None:
+            return
         if self.state is not None:
             self.state.flush()
         self.ledger.flush()
 
-    def fill_unwritten(self, plan: Plan, on_the_wire: set[int]) -> None:
-        """Every row gets its line: never sent is not_attempted; cut off in flight, failed."""
+    def check(self) -> None:
+        """Raise what a scheduled flush met: results must never vanish without a word."""
+        if self.failure is not None:
+            raise RecordError(
+                f"cannot write the results to {self.ledger.path} or the state "
+                f"({self.failure}): the run stopped sending; the results of its last moments "
+                "are missing from the ledger; fix the disk and re-run the same command (sends "
+                "the state did not record are made again)"
+            )
+
+    def fill_unwritten(self, plan: Plan, on_the_wire: set[int]) -> int:
+        """Every row gets its line: never sent is not_attempted; cut off in flight, failed.
+        Returns how many rows were left not_attempted."""
+        left = 0
         table = plan.table
         unwritten = [i for i, p in enumerate(table.position.tolist()) if p not in self.written]
         for request in table.take(np.array(unwritten, dtype=np.int64)):
@@ -108,6 +144,8 @@ class Recorder:
                                   attempts=1)  # fmt: skip
                 self.result(request, outcome)
             else:
+                left += len(request.rows)
                 for position in request.rows:
                     self.settled(position, Settled(NOT_ATTEMPTED, sha256=request.sha256,
                                                    merge=request.merge))  # fmt: skip
+        return left

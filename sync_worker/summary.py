@@ -14,13 +14,16 @@ from sync_worker.sender import SendReport
 from sync_worker.signals import SIGNAL_EXIT
 
 
-def exit_code(counts: Counter[str], report: SendReport, stop_reason: str | None) -> int:
+def exit_code(
+    counts: Counter[str], report: SendReport, stop_reason: str | None, unsent: int
+) -> int:
+    """`unsent`: rows the plan meant to send that were never sent (not --max-rows' rest)."""
     if report.fatal is not None:
         return report.fatal.exit_code
     if stop_reason in SIGNAL_EXIT:
         return SIGNAL_EXIT[stop_reason]
-    if stop_reason == "max_duration":
-        return 4
+    if stop_reason == "max_duration" and unsent:
+        return 4  # stopped with work left; every row done in time is a normal ending
     return 1 if counts["failed"] or counts["invalid"] else 0
 
 

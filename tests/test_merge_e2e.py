@@ -50,18 +50,19 @@ def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxS
     assert ana_ids == ["1", "2"]  # one contact's rows in file order
 
     sent = len(sandbox.requests())
-    assert merge_run(tmp_path, sandbox).code == 0  # type: ignore[attr-defined]
+    assert merge_run(tmp_path, sandbox, "--ledger", "second.csv").code == 0  # type: ignore[attr-defined]
     assert len(sandbox.requests()) == sent  # unchanged re-run sends nothing
-    assert {x["status"] for x in read_ledger(tmp_path / "ledger.csv")[4:]} == {"skipped_unchanged"}
+    assert {x["status"] for x in read_ledger(tmp_path / "second.csv")} == {"skipped_unchanged"}
 
     before = {i: json.dumps(notes(sandbox, i), sort_keys=True) for i in (1, 2, 3, 4)}
-    assert merge_run(tmp_path, sandbox, "--force").code == 0  # type: ignore[attr-defined]
+    forced = merge_run(tmp_path, sandbox, "--force", "--ledger", "third.csv")
+    assert forced.code == 0  # type: ignore[attr-defined]
     assert len(sandbox.requests()) == sent + 4
     after = {i: json.dumps(notes(sandbox, i), sort_keys=True) for i in (1, 2, 3, 4)}
     assert after == before  # a forced re-run leaves every contact's notes byte-identical
 
     write_csv(tmp_path / "in.csv", HEADER, [[3, "", "Signed in April", ""]])
-    assert merge_run(tmp_path, sandbox).code == 0  # type: ignore[attr-defined]
+    assert merge_run(tmp_path, sandbox, "--ledger", "fourth.csv").code == 0  # type: ignore[attr-defined]
     assert notes(sandbox, 3) == "Prefers email.\n\nRenewal in March\n\nSigned in April"
 
 

@@ -140,12 +140,12 @@ def test_kill_9_then_rerun_resumes(
     before = Counter(r["id"] for r in server.requests())
     finished = {x["interview_id"] for x in read_ledger(tmp_path / "ledger.csv")}
     assert finished and finished <= set(before)  # every finished result is on disk
-    assert run_cli(*args, cwd=tmp_path).code == 0
+    assert run_cli(*args, "--ledger", "second.csv", cwd=tmp_path).code == 0
     after = Counter(r["id"] for r in server.requests())
     assert set(after) == {str(i) for i in range(1, 61)}
     sent_twice = [i for i, n in after.items() if n > 1]
     assert len(sent_twice) <= 4  # at most what was in flight at the kill
-    assert run_cli(*args, cwd=tmp_path).code == 0
+    assert run_cli(*args, "--ledger", "third.csv", cwd=tmp_path).code == 0
     assert Counter(r["id"] for r in server.requests()) == after  # a third run sends nothing
 
 
@@ -172,13 +172,14 @@ def test_second_run_on_same_state_refused(tmp_path: Path, sandbox: SandboxServer
     first = start_run(tmp_path, run_args(sandbox, "--rate-limit", "10", "--rate-period", "1"))
     try:
         wait_for_arrivals(sandbox, 2)
-        second = run_cli(*run_args(sandbox), cwd=tmp_path)
+        second = run_cli(*run_args(sandbox, "--ledger", "second.csv"), cwd=tmp_path)
         assert second.code == 75
         assert f"pid {first.pid}" in second.event("error")["message"]
     finally:
         first.kill()
         first.wait()
-    assert run_cli(*run_args(sandbox), cwd=tmp_path).code == 0  # the stale lock is taken over
+    third = run_args(sandbox, "--ledger", "third.csv")
+    assert run_cli(*third, cwd=tmp_path).code == 0  # the stale lock is taken over
 
 
 def test_max_duration_stops_with_4_and_rerun_resumes(
@@ -191,7 +192,7 @@ def test_max_duration_stops_with_4_and_rerun_resumes(
     statuses = Counter(x["status"] for x in read_ledger(tmp_path / "ledger.csv"))
     assert statuses["not_attempted"] > 0 and statuses["ok"] > 0
     assert sum(statuses.values()) == 30
-    assert run_cli(*args, cwd=tmp_path).code == 0
+    assert run_cli(*args, "--ledger", "second.csv", cwd=tmp_path).code == 0
     assert sorted({r["id"] for r in sandbox.requests()}) == sorted(str(i) for i in range(1, 31))
     assert len(sandbox.requests()) == 30
 

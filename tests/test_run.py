@@ -23,10 +23,12 @@ from sync_worker.ledger import COLUMNS
 HEADER = ["interview_id", "contact_name", "objective", "contact_context", "contact_email"]
 
 
-def _run(tmp_path: Path, sandbox: SandboxServer, *args: str, **kw: object) -> object:
+def _run(
+    tmp_path: Path, sandbox: SandboxServer, *args: str, ledger: str = "ledger.csv", **kw: object
+) -> object:
     return run_cli(
         "run", *args, "--base-url", sandbox.base_url, "--state", "state.sqlite",
-        "--ledger", "ledger.csv", cwd=tmp_path, **kw,  # type: ignore[arg-type]
+        "--ledger", ledger, cwd=tmp_path, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -74,17 +76,17 @@ def test_every_row_sent_or_accounted_for(tmp_path: Path, sandbox: SandboxServer)
 def test_rerun_skips_unchanged_and_force_resends(tmp_path: Path, sandbox: SandboxServer) -> None:
     write_csv(tmp_path / "in.csv", HEADER, [[i, f"N{i}", "", "", ""] for i in range(1, 6)])
     assert _run(tmp_path, sandbox, "in.csv").code == 0
-    second = _run(tmp_path, sandbox, "in.csv")
+    second = _run(tmp_path, sandbox, "in.csv", ledger="second.csv")
     assert second.code == 0
-    assert {line["status"] for line in read_ledger(tmp_path / "ledger.csv")[5:]} == {
+    assert {line["status"] for line in read_ledger(tmp_path / "second.csv")} == {
         "skipped_unchanged"
     }
     assert len(sandbox.requests()) == 5
     write_csv(tmp_path / "in.csv", HEADER, [[i, f"N{i}", "", "", ""] for i in range(1, 5)]
               + [[5, "Changed", "", "", ""]])  # fmt: skip
-    assert _run(tmp_path, sandbox, "in.csv").code == 0
+    assert _run(tmp_path, sandbox, "in.csv", ledger="third.csv").code == 0
     assert len(sandbox.requests()) == 6
-    assert _run(tmp_path, sandbox, "in.csv", "--force").code == 0
+    assert _run(tmp_path, sandbox, "in.csv", "--force", ledger="fourth.csv").code == 0
     assert len(sandbox.requests()) == 11
 
 

@@ -62,8 +62,13 @@ SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1)
 
 
 def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A run whose exit code must be 0 or 1 (some rows failed): anything else is a broken
+    benchmark, not a figure."""
     command = [sys.executable, "-m", "sync_worker", *args]
-    return subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"`sync-worker {' '.join(args)}` exited {done.returncode}: {done.stderr}")
+    return done
 
 
 def sandbox(*args: str) -> SandboxServer:
@@ -94,7 +99,12 @@ def summary_of(ledger: Path) -> dict[str, Any]:
 
 def run_args(server: SandboxServer, work: Path, name: str, *extra: str) -> list[str]:
     return ["run", *extra, "--base-url", server.base_url, "--state", str(work / f"{name}.sqlite"),
-            "--ledger", str(work / f"{name}.csv"), "--no-progress"]  # fmt: skip
+            "--ledger", str(ledger_of(work, name)), "--no-progress"]  # fmt: skip
+
+
+def ledger_of(work: Path, name: str) -> Path:
+    """A run's ledger: beside its input, never the input itself."""
+    return work / f"{name}-ledger.csv"
 
 
 # 1. Rate adherence -------------------------------------------------------------------------
@@ -167,7 +177,8 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
                             "--concurrency", str(workers))  # fmt: skip
             sync_worker(*args, cwd=work)
             ours.append(
-                summary_of(work / f"overhead{attempt}.csv")["effective_requests_per_minute"] / 60
+                summary_of(ledger_of(work, f"overhead{attempt}"))["effective_requests_per_minute"]
+                / 60
             )
     finally:
         server.stop()
