@@ -81,6 +81,8 @@ run_options = _options(
                  "ms latency]."),
     click.option("--no-progress", is_flag=True, help="No progress bar (shown only on a terminal "
                  "anyway)."),
+    click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=str),
+                 help="Write Prometheus metrics of the run here (node_exporter textfile)."),
 )  # fmt: skip
 
 
@@ -252,6 +254,7 @@ def _settings(opts: dict[str, Any]) -> Settings:
         "base_url": opts.get("base_url"),
         "api_key_env": opts.get("api_key_env"),
         "concurrency": opts.get("concurrency"),
+        "metrics_path": opts.get("metrics_file"),
     }
     try:
         return resolve(opts["config_path"], overrides)

@@ -42,6 +42,7 @@ class Settings:
     append_keys: tuple[str, ...] = ()
     ledger_path: str | None = None
     state_path: str = "state/sync-state.sqlite"
+    metrics_path: str | None = None  # Prometheus textfile written at the end of every run
 
     @property
     def limit(self) -> int:
@@ -147,6 +148,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
     },
     "ledger": {"path": ("ledger_path", _text)},
     "state": {"path": ("state_path", _text)},
+    "metrics": {"path": ("metrics_path", _text)},
 }
 MAPPING_SECTIONS = ("columns", "context_columns")
 

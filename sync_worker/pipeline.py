@@ -12,11 +12,13 @@ import math
 import os
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from tqdm import tqdm
@@ -24,10 +26,11 @@ from tqdm import tqdm
 from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
 from sync_worker.config import Settings
-from sync_worker.errors import ConfigError
+from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.ledger import Ledger, ledger_path
 from sync_worker.logs import get_logger, register_secret
 from sync_worker.merger import MergeRules
+from sync_worker.metrics import check_writable, write_metrics
 from sync_worker.notes import read_notes
 from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
@@ -135,9 +138,37 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
 
 
 def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
-    """`sync-worker run`: returns the exit code."""
+    """`sync-worker run`: returns the exit code. Metrics, when asked for, are written however
+    the run ends."""
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
+    began = time.monotonic()
+    metrics = Path(settings.metrics_path) if settings.metrics_path else None
+    try:
+        if metrics is not None:
+            check_writable(metrics)
+        summary = _run(settings, options, key_file, run_id)
+    except SyncWorkerError as exc:
+        if metrics is not None:
+            _write_metrics(metrics, {"run_id": run_id, "exit_code": exc.exit_code}, began)
+        raise
+    if metrics is not None:
+        _write_metrics(metrics, summary, began)
+    code: int = summary["exit_code"]
+    return code
+
+
+def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
+    """The run's metrics; a failure to write them is logged, never hides the run's exit code."""
+    try:
+        write_metrics(path, summary, time.monotonic() - began)
+    except SyncWorkerError as exc:
+        get_logger().error("metrics_not_written", message=str(exc))
+
+
+def _run(
+    settings: Settings, options: RunOptions, key_file: str | None, run_id: str
+) -> dict[str, Any]:
     started_at = now_iso()
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
     api_key = "" if options.dry_run else load_key(settings, key_file)
@@ -157,7 +188,7 @@ def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
 def _run_locked(
     settings: Settings, options: RunOptions, batch: Batch, run_id: str, started_at: str,
     api_key: str, stopper: StopSignal, ledger_path: Path,
-) -> int:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     state = (
         State.read_only(Path(settings.state_path))
         if options.dry_run
@@ -190,7 +221,7 @@ def _run_locked(
         finally:
             ledger.close()
         get_logger().info("run_finished", **summary)
-        return code
+        return summary
     finally:
         state.close()
 

@@ -1,0 +1,95 @@
+"""Prometheus metrics of a run, for node_exporter's textfile collector (`--metrics-file`).
+
+Written at the end of every run, however it ended, atomically (prometheus_client writes beside
+the file and renames), so a collector never reads half a file. Batch-job conventions: the time of
+the last run and of the last success, so an alert can fire when `time() -
+sync_worker_last_success_timestamp_seconds` grows past twice the schedule. A run that did not
+succeed (exit code other than 0) carries the previous file's last success over.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+from prometheus_client.parser import text_string_to_metric_families
+
+from sync_worker.errors import ConfigError
+
+PREFIX = "sync_worker"
+LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
+STATUSES = ("ok", "failed", "invalid", "skipped_unchanged", "not_attempted", "dry_run",
+            "not_restorable", "conflict")  # fmt: skip
+
+
+def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> None:
+    """The metrics of one run, from its summary (SPEC section 13)."""
+    now = time.time()
+    code = int(summary.get("exit_code", 3))
+    registry = CollectorRegistry()
+    rows = Gauge(f"{PREFIX}_rows", "Rows of the last run, by ledger status", ["status"],
+                 registry=registry)  # fmt: skip
+    counts = summary.get("counts") or {}
+    for status in sorted({*STATUSES, *counts}):
+        rows.labels(status=status).set(counts.get(status, 0))
+    _counter(registry, "requests", "Requests of the last run that got an HTTP answer",
+             summary.get("requests_sent", 0))  # fmt: skip
+    _counter(registry, "rate_limited", "429 answers in the last run",
+             summary.get("rate_limited_429", 0))  # fmt: skip
+    _counter(registry, "retries", "Retries in the last run", summary.get("retries", 0))
+    _gauge(registry, "run_duration_seconds", "How long the last run took", duration_s)
+    _gauge(registry, "exit_code", "Exit code of the last run (0: success)", code)
+    _gauge(registry, "last_run_timestamp_seconds", "When the last run ended (Unix time)", now)
+    success = now if code == 0 else _previous_success(path)
+    _gauge(registry, "last_success_timestamp_seconds",
+           "When the last run with exit code 0 ended (Unix time; 0: never)",
+           success or 0)  # fmt: skip
+    _gauge(registry, "effective_requests_per_minute", "Sending rate of the last run",
+           summary.get("effective_requests_per_minute") or 0)  # fmt: skip
+    _gauge(registry, "server_limit_learned_per_minute",
+           "The lower server limit learned in the last run (0: none)",
+           summary.get("server_limit_learned_per_minute") or 0)  # fmt: skip
+    _write(path, registry)
+
+
+def _counter(registry: CollectorRegistry, name: str, help_text: str, value: float) -> None:
+    Counter(f"{PREFIX}_{name}", help_text, registry=registry).inc(value or 0)
+
+
+def _gauge(registry: CollectorRegistry, name: str, help_text: str, value: float) -> None:
+    Gauge(f"{PREFIX}_{name}", help_text, registry=registry).set(value)
+
+
+def _previous_success(path: Path) -> float | None:
+    """The last success of the previous file, if it holds one that parses."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == LAST_SUCCESS and sample.value > 0:
+                    return float(sample.value)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+def check_writable(path: Path) -> None:
+    """Before a run: a metrics file that could not be written is a usage error (exit 2)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-file {path}: cannot create its folder ({exc})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"--metrics-file {path}: not a file that can be written")
+
+
+def _write(path: Path, registry: CollectorRegistry) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_to_textfile(str(path), registry)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-file {path}: cannot write ({exc.strerror})") from None
