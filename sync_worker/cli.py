@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from sync_worker import __version__
-from sync_worker.config import TIER_LIMITS, Settings, resolve
-from sync_worker.errors import SyncWorkerError
+from sync_worker.config import TIER_LIMITS, Settings, check_rate, resolve
+from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -20,6 +22,53 @@ KEY_FLAG_MESSAGE = (
     "the API key is never taken on the command line (it would show in `ps`): "
     "set HINDSIGHT_API_KEY, name another variable with --api-key-env, or use --api-key-file"
 )
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A number in a range that is also finite: click's FloatRange lets `nan` through (it fails
+    no comparison) and `inf` past any minimum, and either would stall or crash a run later."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE_NUMBER = FiniteFloatRange(min=0, min_open=True)
+
+
+class OneLineErrors(click.Group):
+    """Usage errors (a bad option or value) as one line naming the option, like every other
+    error, instead of click's usage block."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+class OneLineUsageError(click.UsageError):
+    def show(self, file: Any = None) -> None:
+        configure("auto")  # the options, --log-format included, could not be read
+        _error_line(" ".join(self.format_message().split()), self.exit_code)
+
+
+# click >= 8.2 shows the help of a bare `sync-worker` by raising this usage error: keep it whole
+SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", OneLineUsageError)
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except (OneLineUsageError, SHOWS_HELP):
+        raise
+    except click.UsageError as exc:
+        raise OneLineUsageError(exc.format_message(), exc.ctx) from None
 
 
 def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -46,7 +95,7 @@ shared_options = _options(
                  help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth]."),
     click.option("--rate-limit", type=click.IntRange(min=1),
                  help="Requests per rate period; overrides the tier."),
-    click.option("--rate-period", "rate_period_s", type=click.FloatRange(min=0, min_open=True),
+    click.option("--rate-period", "rate_period_s", type=POSITIVE_NUMBER,
                  help="Seconds the limit is counted in [default: 60]."),
     click.option("--merge/--no-merge", default=None,
                  help="Merge new context into the contact's existing notes [default: off]."),
@@ -74,7 +123,7 @@ run_options = _options(
     click.option("--ledger", type=click.Path(dir_okay=False, path_type=str),
                  help="Ledger file, .csv or .jsonl [default: ledgers/sync-<run_id>.csv]."),
     click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
-    click.option("--max-duration", type=click.FloatRange(min=0, min_open=True),
+    click.option("--max-duration", type=POSITIVE_NUMBER,
                  help="Stop sending after this many minutes (a cron window); exit 4."),
     click.option("--concurrency", type=click.IntRange(min=1),
                  help="Most requests in flight at once [default: enough for the limit at 500 "
@@ -86,7 +135,7 @@ run_options = _options(
 )  # fmt: skip
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sync-worker")
 def main() -> None:
     """Sync CRM exports (CSV or Parquet) to Hindsight interviews, at the plan's rate, with a
@@ -99,9 +148,9 @@ def main() -> None:
 @run_options
 def run(inputs: tuple[str, ...], **opts: Any) -> None:
     """Sync rows to the API and write a ledger."""
+    settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
     from sync_worker import pipeline
 
-    settings = _settings(opts)
     options = _run_options(inputs, opts)
     _finish(lambda: pipeline.run(settings, options, opts["api_key_file"]))
 
@@ -111,9 +160,9 @@ def run(inputs: tuple[str, ...], **opts: Any) -> None:
 @shared_options
 def plan(inputs: tuple[str, ...], **opts: Any) -> None:
     """Print the requests a run would send, one JSON line each; no network, no key."""
+    settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
     from sync_worker import pipeline
 
-    settings = _settings(opts)
     options = _run_options(inputs, opts)
 
     def emit() -> int:
@@ -131,9 +180,9 @@ def plan(inputs: tuple[str, ...], **opts: Any) -> None:
 @shared_options
 def validate(inputs: tuple[str, ...], **opts: Any) -> None:
     """Check files and mapping and list row problems; no network, no key."""
+    settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
     from sync_worker import pipeline
 
-    settings = _settings(opts)
     options = _run_options(inputs, opts)
 
     def check_files() -> int:
@@ -179,7 +228,7 @@ def report(ledger: Path) -> None:
 )
 @click.option(
     "--rate-period",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE_NUMBER,
     default=60.0,
     show_default=True,
     help="Window length in seconds.",
@@ -190,21 +239,21 @@ def report(ledger: Path) -> None:
 )
 @click.option(
     "--latency-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Delay before each answer.",
 )
 @click.option(
     "--fail-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Share of requests answered 503.",
 )
 @click.option(
     "--drop-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Share of requests whose connection is dropped without an answer.",
@@ -224,13 +273,29 @@ def sandbox(**opts: Any) -> None:
     from sync_worker.sandbox import SandboxConfig, serve
 
     config = SandboxConfig(
-        limit=opts["rate_limit"] or TIER_LIMITS[opts["tier"].lower()],
+        limit=_sandbox_limit(opts),
         period_s=opts["rate_period"], api_key=opts["api_key"], latency_ms=opts["latency_ms"],
         fail_rate=opts["fail_rate"], drop_rate=opts["drop_rate"],
         reset_format=opts["reset_format"], seed=opts["seed"],
     )  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(serve(config, opts["port"], _announce))
+
+
+def _sandbox_limit(opts: dict[str, Any]) -> int:
+    """The same rule as `run`: a tier is per 60 s; another window needs --rate-limit."""
+    settings = Settings(tier=opts["tier"].lower(), rate_limit=opts["rate_limit"],
+                        rate_period_s=opts["rate_period"])  # fmt: skip
+    tier_source = click.get_current_context().get_parameter_source("tier")
+    sources = {"rate_period_s": "--rate-period"}
+    if tier_source != ParameterSource.DEFAULT:
+        sources["tier"] = "--tier"
+    try:
+        check_rate(settings, sources)
+    except ConfigError as exc:
+        configure("auto")
+        _fail(exc)
+    return settings.limit
 
 
 def _announce(line: str) -> None:
@@ -288,9 +353,13 @@ def _finish(action: Callable[[], int]) -> NoReturn:
 
 
 def _fail(exc: SyncWorkerError) -> NoReturn:
-    message = redact(str(exc))
+    _error_line(str(exc), exc.exit_code)
+    sys.exit(exc.exit_code)
+
+
+def _error_line(text: str, exit_code: int) -> None:
+    message = redact(text)
     if json_mode():
-        get_logger().error("error", message=message, exit_code=exc.exit_code)
+        get_logger().error("error", message=message, exit_code=exit_code)
     else:
         click.echo(f"sync-worker: error: {message}", err=True)
-    sys.exit(exc.exit_code)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,6 +20,15 @@ DEFAULT_CONFIG = Path("config/sync.toml")
 DEFAULT_BASE_URL = "https://app.usehindsight.com/api/v1"
 TIER_LIMITS = {"essentials": 60, "growth": 300, "enterprise": 1000}
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+TIER_PERIOD_S = 60.0  # a tier's limit is always per minute
+BASE_URL_ENV = "HINDSIGHT_BASE_URL"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# How the command line names each setting it can override, for messages naming the source.
+FLAGS = {
+    "base_url": "--base-url", "tier": "--tier", "rate_limit": "--rate-limit",
+    "rate_period_s": "--rate-period", "merge": "--merge/--no-merge", "state_path": "--state",
+    "api_key_env": "--api-key-env", "concurrency": "--concurrency",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,11 +66,18 @@ class Settings:
         if self.concurrency is not None:
             return self.concurrency
         per_second = self.limit / self.rate_period_s
-        return max(2, min(256, math.ceil(per_second * 0.5 * 1.5) + 1))
+        return max(2, min(256, math.ceil(min(per_second * 0.5 * 1.5, 256.0)) + 1))
 
 
 # A validator takes the raw value and returns the clean one, or raises ValueError(why).
 Validator = Callable[[Any], Any]
+# Where each setting came from, as the user would name it: "sync.toml: [api] tier", "--tier".
+Sources = dict[str, str]
+
+
+class Unechoed(ValueError):
+    """A complaint about a value that may be a secret (a key pasted in the wrong place): the
+    message never repeats the value."""
 
 
 def _positive_int(value: Any) -> int:
@@ -75,8 +93,10 @@ def _non_negative_int(value: Any) -> int:
 
 
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number above 0")
+    if not math.isfinite(value) or value <= 0:  # TOML has nan and inf
+        raise ValueError("must be a finite number above 0")
     return float(value)
 
 
@@ -95,6 +115,15 @@ def _any_text(value: Any) -> str:
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
+    return value
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
+        raise Unechoed(
+            "takes the NAME of a variable, not the key itself (letters, digits and _, "
+            "not starting with a digit)"
+        )
     return value
 
 
@@ -138,7 +167,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "timeout_s": ("timeout_s", _positive_number),
         "max_retries": ("max_retries", _non_negative_int),
         "backoff_base_s": ("backoff_base_s", _positive_number),
-        "api_key_env": ("api_key_env", _text),
+        "api_key_env": ("api_key_env", _env_name),
     },
     "input": {"encoding": ("encoding", _encoding), "delimiter": ("delimiter", _delimiter)},
     "merge": {
@@ -151,16 +180,31 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
     "metrics": {"path": ("metrics_path", _text)},
 }
 MAPPING_SECTIONS = ("columns", "context_columns")
+# Settings field -> where it lives in the file ("[api] tier"), for messages.
+FILE_KEYS = {
+    name: f"[{section}] {key}"
+    for section, keys in SCHEMA.items()
+    for key, (name, _) in keys.items()
+}
 
 
 def load_file(path: Path) -> dict[str, Any]:
     """Read and validate a TOML config file into Settings field values."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")  # -sig: Notepad saves a BOM
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: the config file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return _validate_sections(raw, str(path))
@@ -170,6 +214,8 @@ def _validate_sections(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
     known = [*SCHEMA, *MAPPING_SECTIONS]
     values: dict[str, Any] = {}
     for section, body in raw.items():
+        if section not in known and not isinstance(body, dict):
+            raise ConfigError(_top_level_key(section, origin))
         if section not in known:
             raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(known)})")
         if not isinstance(body, dict):
@@ -194,6 +240,21 @@ def _validate_keys(section: str, body: Mapping[str, Any], origin: str) -> dict[s
     return values
 
 
+def _top_level_key(key: str, origin: str) -> str:
+    """A key outside any section: say which section it belongs in (TOML reads `tier = ...`
+    above `[api]` as a key of no section, not as part of [api])."""
+    sections = " or ".join(f"[{section}]" for section, keys in SCHEMA.items() if key in keys)
+    if sections:  # `path` is a key of two sections
+        return (
+            f"{origin}: key {key} must be under {sections} (put it after that section's "
+            "line; keys above the first [section] belong to none)"
+        )
+    return (
+        f"{origin}: top-level key {key} is not a setting: every key goes under a section "
+        f"({', '.join(f'[{s}]' for s in [*SCHEMA, *MAPPING_SECTIONS])})"
+    )
+
+
 def _validate_mapping(section: str, body: Mapping[str, Any], origin: str) -> dict[str, str]:
     for key, value in body.items():
         if section == "columns" and key not in CANONICAL_COLUMNS:
@@ -209,6 +270,8 @@ def check(where: str, validate: Validator, value: Any) -> Any:
     """Run one validator, turning its complaint into a ConfigError that names `where`."""
     try:
         return validate(value)
+    except Unechoed as exc:
+        raise ConfigError(f"{where} {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{where} {exc}, got {value!r}") from None
 
@@ -218,31 +281,93 @@ def resolve(
     overrides: Mapping[str, Any],
     environ: Mapping[str, str] = os.environ,
 ) -> Settings:
-    """Apply precedence: command line > environment > config file > defaults."""
+    """Apply precedence: command line > environment > config file > defaults.
+
+    A tier is its limit per 60 s. So a tier clears the rate_limit and rate_period_s of a layer
+    below it (`--tier enterprise` over a file's `rate_period_s = 1` is 1000 a minute, not a
+    second), and a rate period other than 60 s without a rate limit is refused as ambiguous.
+    """
     values: dict[str, Any] = {}
-    if config_path is not None:
-        values.update(load_file(config_path))
-    elif DEFAULT_CONFIG.is_file():
-        values.update(load_file(DEFAULT_CONFIG))
-    if environ.get("HINDSIGHT_BASE_URL"):
-        values["base_url"] = environ["HINDSIGHT_BASE_URL"]
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if "tier" in given and "rate_limit" not in given:
-        values.pop("rate_limit", None)  # --tier on the command line beats the file's rate_limit
-    values.update(given)
+    sources: Sources = {}
+    for layer, names in (
+        _file_layer(config_path),
+        _env_layer(environ),
+        _flag_layer(overrides),
+    ):
+        if "tier" in layer:
+            for name in ("rate_limit", "rate_period_s"):
+                values.pop(name, None)
+                sources.pop(name, None)
+        values.update(layer)
+        sources.update(names)
     settings = replace(Settings(), **values)
-    check_base_url(settings.base_url)
+    check_rate(settings, sources)
+    check_base_url(settings.base_url, sources.get("base_url", "the default base URL"))
     return settings
 
 
-def check_base_url(url: str) -> None:
-    """Refuse anything but https, except plain http to a loopback host."""
-    parts = urlsplit(url)
+def _file_layer(config_path: Path | None) -> tuple[dict[str, Any], Sources]:
+    path = config_path if config_path is not None else DEFAULT_CONFIG
+    if config_path is None and not DEFAULT_CONFIG.is_file():
+        return {}, {}
+    values = load_file(path)
+    return values, {name: f"{path}: {FILE_KEYS.get(name, f'[{name}]')}" for name in values}
+
+
+def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
+    if not environ.get(BASE_URL_ENV):
+        return {}, {}
+    return {"base_url": environ[BASE_URL_ENV]}, {"base_url": f"environment variable {BASE_URL_ENV}"}
+
+
+def _flag_layer(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], Sources]:
+    values = {name: value for name, value in overrides.items() if value is not None}
+    sources = {name: FLAGS.get(name, name) for name in values}
+    if "api_key_env" in values:
+        values["api_key_env"] = check(sources["api_key_env"], _env_name, values["api_key_env"])
+    return values, sources
+
+
+def check_rate(settings: Settings, sources: Mapping[str, str]) -> None:
+    """A tier means its limit per 60 s: another period needs a rate limit of its own."""
+    period = settings.rate_period_s
+    if settings.rate_limit is not None or period == TIER_PERIOD_S:
+        return
+    period_source = sources.get("rate_period_s", "rate period")
+    tier_source = sources.get("tier", "the default tier")
+    limit_name = "--rate-limit N" if period_source.startswith("--") else "[api] rate_limit"
+    raise ConfigError(
+        f"{_named(period_source, f'{period:g}')} with {_named(tier_source, settings.tier)} is "
+        f"ambiguous: a tier means {settings.limit} requests per 60 s; for a {period:g} s window "
+        f"give {limit_name} too, or drop the period"
+    )
+
+
+def _named(source: str, value: str) -> str:
+    """`--tier growth` for an option or a default, `sync.toml: [api] tier = growth` for a key."""
+    return f"{source} = {value}" if ": [" in source else f"{source} {value}"
+
+
+def check_base_url(url: str, source: str = "base URL") -> None:
+    """Refuse anything but https, except plain http to a loopback host. `source` names where
+    the URL came from (`--base-url`, the environment variable, the file and key)."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ConfigError(f"{source} holds a space or control character: give the bare URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # parsed only to fail here, not in the middle of a run
+    except ValueError as exc:
+        raise ConfigError(f"{source} {url!r} is not a valid URL ({exc})") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{source} holds a user or password: give the URL without them "
+                          "(the key goes in HINDSIGHT_API_KEY)")  # fmt: skip
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"base URL {url!r} is not an http(s) URL")
+        raise ConfigError(f"{source} {url!r} is not an http(s) URL (like {DEFAULT_BASE_URL})")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{source} {url!r} has a query or fragment: give the base URL only")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ConfigError(
-            f"base URL {url!r} uses plain http to a non-loopback host: use https "
+            f"{source} {url!r} uses plain http to a non-loopback host: use https "
             "(plain http is allowed only for 127.0.0.1, ::1 or localhost)"
         )
 
@@ -250,8 +375,6 @@ def check_base_url(url: str) -> None:
 def _is_loopback(host: str) -> bool:
     if host in LOOPBACK_HOSTS:
         return True
-    import ipaddress
-
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

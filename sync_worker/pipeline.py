@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
-import os
 import secrets
 import sys
 import time
@@ -23,12 +22,13 @@ from typing import Any
 import structlog
 from tqdm import tqdm
 
+from sync_worker.apikey import load_key
 from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
 from sync_worker.config import Settings
-from sync_worker.errors import ConfigError, SyncWorkerError
+from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, ledger_path
-from sync_worker.logs import get_logger, register_secret
+from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.metrics import check_writable, write_metrics
 from sync_worker.notes import read_notes
@@ -59,26 +59,6 @@ class RunOptions:
 
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def load_key(settings: Settings, key_file: str | None) -> str:
-    """The API key, from a file or the environment, never from the command line."""
-    if key_file:
-        try:
-            key = Path(key_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"--api-key-file {key_file}: cannot read ({exc.strerror})") from None
-        if not key:
-            raise ConfigError(f"--api-key-file {key_file}: the file is empty")
-    else:
-        key = os.environ.get(settings.api_key_env, "").strip()
-        if not key:
-            raise ConfigError(
-                f"no API key: set the environment variable {settings.api_key_env} "
-                "(or use --api-key-file PATH)"
-            )
-    register_secret(key)
-    return key
 
 
 def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
@@ -214,7 +194,7 @@ def _run_locked(
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason, unsent)
             summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
-                                   options.inputs)  # fmt: skip
+                                   options.inputs, settings.rate_period_s)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             write_summary(ledger_path, summary)
             state.run_finished(run_id, code, summary)

@@ -137,3 +137,11 @@ def test_progress_and_console_logs_only_on_a_terminal(
     quiet = run_on_terminal([*args, "--ledger", "b.csv", "--no-progress", "--force"], tmp_path)
     assert "20/20" not in quiet and "run_finished" in quiet
     assert API_KEY not in shown + quiet
+
+
+def test_usage_errors_are_one_line_but_bare_command_shows_help() -> None:
+    code, output = invoke("run", "in.csv", "--rate-limit", "x")
+    assert code == 2 and "--rate-limit" in output and "Usage:" not in output
+    assert len([line for line in output.splitlines() if line.strip()]) == 1, output
+    code, output = invoke()
+    assert "Usage:" in output and "Commands:" in output

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_precedence(
         ("[api]\nrate_limit = -3", "[api] rate_limit must be a positive whole number, got -3"),
         ("[api]\nrate_limit = 2.5", "[api] rate_limit must be a positive whole number"),
         ('[api]\ntier = "platinum"', "[api] tier must be one of essentials, growth, enterprise"),
-        ("[api]\nrate_period_s = 0", "[api] rate_period_s must be a number above 0"),
+        ("[api]\nrate_period_s = 0", "[api] rate_period_s must be a finite number above 0"),
         ('[merge]\nenabled = "yes"', "[merge] enabled must be true or false"),
         ('[merge]\nappend_keys = "notes"', "[merge] append_keys must be a list of strings"),
         ('[input]\nencoding = "klingon"', "[input] encoding is not an encoding"),
@@ -125,3 +126,133 @@ def test_default_concurrency_reaches_limit_at_500ms(
     settings = Settings(rate_limit=limit, rate_period_s=period)
     assert settings.workers == workers
     assert settings.workers / 0.5 >= limit / period  # in flight at 500 ms covers the rate
+
+
+@pytest.mark.parametrize(
+    ("file_text", "overrides", "limit", "period"),
+    [
+        ("[api]\nrate_limit = 5\nrate_period_s = 1", {"tier": "enterprise"}, 1000, 60.0),
+        ('[api]\ntier = "enterprise"\nrate_limit = 5\nrate_period_s = 1', {}, 5, 1.0),
+        ("[api]\nrate_limit = 5\nrate_period_s = 1", {"rate_limit": 7}, 7, 1.0),
+        ('[api]\ntier = "growth"\nrate_period_s = 60', {}, 300, 60.0),
+        ("", {"tier": "growth", "rate_limit": 20, "rate_period_s": 1.0}, 20, 1.0),
+        ("[api]\nrate_period_s = 1", {"tier": "essentials"}, 60, 60.0),
+    ],
+    ids=["flag-tier-clears-file-limit-and-period", "file-limit-beats-file-tier",
+         "flag-limit-keeps-file-period", "tier-with-60s", "flag-limit-with-tier-and-period",
+         "flag-tier-clears-file-period"],
+)  # fmt: skip
+def test_a_tier_is_its_limit_per_minute(
+    tmp_path: Path, file_text: str, overrides: dict[str, object], limit: int, period: float
+) -> None:
+    settings = resolve(write(tmp_path, file_text), overrides, {})
+    assert (settings.limit, settings.rate_period_s) == (limit, period)
+
+
+@pytest.mark.parametrize(
+    ("file_text", "overrides", "words"),
+    [
+        ('[api]\ntier = "enterprise"\nrate_period_s = 1', {},
+         ["sync.toml: [api] rate_period_s = 1 with", "sync.toml: [api] tier = enterprise",
+          "1000 requests per 60 s", "[api] rate_limit"]),
+        ("", {"tier": "growth", "rate_period_s": 1.0},
+         ["--rate-period 1 with --tier growth", "--rate-limit N"]),
+        ("", {"rate_period_s": 2.0}, ["--rate-period 2 with the default tier growth"]),
+        ("[api]\nrate_limit = 5\nrate_period_s = 1", {"tier": "growth", "rate_period_s": 1.0},
+         ["--rate-period 1 with --tier growth"]),
+    ],
+    ids=["file-tier-and-period", "flag-tier-and-period", "flag-period-default-tier",
+         "flag-tier-clears-file-limit-flag-period"],
+)  # fmt: skip
+def test_a_tier_with_another_period_is_ambiguous(
+    tmp_path: Path, file_text: str, overrides: dict[str, object], words: list[str]
+) -> None:
+    with pytest.raises(ConfigError, match="ambiguous") as error:
+        resolve(write(tmp_path, file_text), overrides, {})
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("file_text", "environ", "overrides", "source"),
+    [
+        ('[api]\nbase_url = "http://x.example/api"', {}, {}, "sync.toml: [api] base_url"),
+        ("", {"HINDSIGHT_BASE_URL": "http://x.example/api"}, {},
+         "environment variable HINDSIGHT_BASE_URL"),
+        ("", {}, {"base_url": "http://x.example/api"}, "--base-url"),
+    ],
+    ids=["file", "environment", "flag"],
+)  # fmt: skip
+def test_refused_base_url_names_its_source(
+    tmp_path: Path, file_text: str, environ: dict[str, str], overrides: dict[str, object],
+    source: str,
+) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match="plain http") as error:
+        resolve(write(tmp_path, file_text), overrides, environ)
+    assert str(error.value).startswith(f"{tmp_path / source}" if ": [" in source else source)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1", "not a valid URL"),
+        ("https://x.example:port/api", "not a valid URL"),
+        ("https://user:sk-secret@x.example/api", "user or password"),
+        ("https://x.example/api?key=1", "query or fragment"),
+        ("https://x.example/api v1", "space or control character"),
+        ("garbage", "not an http(s) URL"),
+    ],
+    ids=["broken-ipv6", "bad-port", "password", "query", "space", "garbage"],
+)
+def test_bad_base_url_is_one_clear_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        check_base_url(url, "--base-url")
+    assert "sk-secret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('tier = "growth"\n[api]\n', "key tier must be under [api]"),
+        ("encoding = 'cp1252'", "key encoding must be under [input]"),
+        ("colour = 1", "top-level key colour is not a setting"),
+        ("[api]\ntimeout_s = inf", "[api] timeout_s must be a finite number above 0, got inf"),
+        ("[api]\nrate_period_s = nan", "[api] rate_period_s must be a finite number above 0"),
+        ("[api]\nbackoff_base_s = -inf", "[api] backoff_base_s must be a finite number above 0"),
+    ],
+    ids=["top-level-tier", "top-level-encoding", "top-level-unknown", "inf", "nan", "minus-inf"],
+)
+def test_file_keys_outside_sections_and_non_finite_numbers(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        load_file(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "name", ["sk-live-abc123", "1KEY", "MY KEY", ""], ids=["a-key", "digit-first", "space", "empty"]
+)
+def test_api_key_env_takes_a_name_and_never_echoes_the_value(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="--api-key-env takes the NAME") as error:
+        resolve(write(tmp_path, ""), {"api_key_env": name}, {})
+    path = write(tmp_path, f'[api]\napi_key_env = "{name}"')
+    with pytest.raises(ConfigError, match=r"\[api\] api_key_env takes the NAME") as in_file:
+        load_file(path)
+    for message in (str(error.value), str(in_file.value).removeprefix(str(path))):
+        assert "got" not in message and (not name or name not in message)
+
+
+def test_config_file_with_bom_or_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "sync.toml"
+    path.write_bytes(b'\xef\xbb\xbf[api]\ntier = "enterprise"\n')
+    assert load_file(path) == {"tier": "enterprise"}
+    path.write_bytes(b'[api]\ntier = "gr\xf6wth"\n')
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xf6 at offset 16\); save it"):
+        load_file(path)
+
+
+def test_default_concurrency_survives_an_extreme_window() -> None:
+    assert Settings(rate_limit=1000, rate_period_s=1e-300).workers == 256
