@@ -14,11 +14,17 @@ merge(e, n), so a nightly run never grows notes with repeats.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 NOTES_KEY = "notes"
+MAX_DEPTH = 100  # nesting a context may have: merging walks it recursively
+# A lone surrogate can only come from a \\uD800-\\uDFFF escape: the text itself is valid UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 # A contact's context: plain text or a JSON object.
 Context = str | dict[str, Any]
@@ -37,16 +43,88 @@ class MergeRules:
 def parse_context(text: str) -> Context:
     """Text starting with "{" is a JSON object; any other text is itself.
 
+    Only strict JSON (RFC 8259) passes, since the value is sent on as JSON: no NaN or
+    Infinity, no number that overflows to infinity, no lone surrogate (it cannot be encoded as
+    UTF-8), no nesting deeper than MAX_DEPTH (merging walks it recursively).
     Raises ValueError saying what is wrong; the caller names the file, row and column."""
     if not text.startswith("{"):
         return text
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise ValueError(f"not usable JSON (nested deeper than {MAX_DEPTH} levels)") from None
+    except ValueError as exc:  # from the hooks, or an integer too long to convert
+        raise ValueError(f"not valid JSON ({_number_problem(exc)})") from None
     if not isinstance(value, dict):
         raise ValueError("JSON is not an object")
+    _check_strict(text, value)
     return value
+
+
+def _number_problem(exc: ValueError) -> str:
+    if "digits" in str(exc):  # Python's guard against quadratic int parsing
+        return "a number has more than 4300 digits"
+    return str(exc)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number: strict JSON has no NaN or Infinity")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise ValueError(f"{literal} is too large for a JSON number")
+    return number
+
+
+def _check_strict(text: str, value: dict[str, Any]) -> None:
+    """What json.loads accepts but strict JSON does not; scanned only when the text hints at
+    it, so the usual context costs two substring counts."""
+    if text.count("{") + text.count("[") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise ValueError(f"not usable JSON (nested deeper than {MAX_DEPTH} levels)")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        lone = _lone_surrogate(value)
+        if lone is not None:
+            raise ValueError(
+                f"not valid JSON (lone surrogate \\u{ord(lone):04x} escape: "
+                "not a character, cannot be sent as UTF-8)"
+            )
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Stops at `levels`, so the walk never recurses deeper than the limit it checks."""
+    if not isinstance(value, dict | list):
+        return False
+    if levels == 0:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(_deeper_than(child, levels - 1) for child in children)
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first character of a key or text that UTF-8 cannot encode, if any."""
+    texts: list[str] = []
+    _collect_texts(value, texts)
+    for piece in texts:
+        found = _SURROGATE.search(piece)
+        if found:
+            return found.group()
+    return None
+
+
+def _collect_texts(value: Any, into: list[str]) -> None:
+    if isinstance(value, str):
+        into.append(value)
+    elif isinstance(value, dict):
+        into.extend(value)
+        for item in value.values():
+            _collect_texts(item, into)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_texts(item, into)
 
 
 def merge(existing: Context | None, new: Context | None, rules: MergeRules) -> Context | None:

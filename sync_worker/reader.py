@@ -6,13 +6,16 @@ its file and its 1-based data row, so every later message and ledger line can po
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
-from collections.abc import Mapping, Sequence
+import json
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -27,6 +30,20 @@ FILE_COL = "_file"
 ROW_COL = "_row"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# Byte-order marks, longest first: UTF-32 LE starts with the UTF-16 LE mark.
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+LIKELY_DELIMITERS = (";", "\t", "|", ",")
+MAX_BLOCK = 1 << 30  # the largest CSV block (so the longest row) Arrow is asked to take
+QUOTE_SCAN_CHUNK = 1 << 24
+
+# Picks, from a file's headers, the ones to read.
+HeaderFilter = Callable[[Sequence[str]], Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -81,10 +98,11 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     warnings: list[str] = []
     context_keys: dict[str, None] = {}
     for index, path in enumerate(paths):
-        raw, read_warnings = read_raw(Path(path), options)
+        picker = _ColumnPicker(path, options)
+        raw, read_warnings = read_raw(Path(path), options, picker)
         warnings.extend(read_warnings)
-        frame, map_warnings = to_canonical(raw, path, options)
-        warnings.extend(map_warnings)
+        warnings.extend(picker.warnings)
+        frame = raw.rename(columns=picker.renames)
         context_keys.update(dict.fromkeys(_context_keys(frame)))
         frame[FILE_COL] = index
         frame[ROW_COL] = range(1, len(frame) + 1)
@@ -94,6 +112,22 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     aligned = [_align(frame, columns) for frame in frames]
     combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
     return Batch(combined, tuple(paths), keys, tuple(warnings))
+
+
+class _ColumnPicker:
+    """Picks the headers a run uses from a file's header row, and keeps what it found: how
+    to rename them, and warnings. Only those columns are kept, so a Parquet column nobody
+    asked for is never even read."""
+
+    def __init__(self, path: str, options: ReadOptions) -> None:
+        self.path = path
+        self.options = options
+        self.renames: dict[str, str] = {}  # header as written -> batch column
+        self.warnings: list[str] = []
+
+    def __call__(self, headers: Sequence[str]) -> list[str]:
+        self.renames, self.warnings = column_plan(headers, self.path, self.options)
+        return list(self.renames)
 
 
 def _align(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -110,59 +144,151 @@ def _context_keys(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def read_raw(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
-    """Read one file as text cells, headers as written."""
+def read_raw(
+    path: Path, options: ReadOptions, wanted: HeaderFilter | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """Read one file as text cells, headers as written. `wanted` picks the headers to keep
+    (and, for Parquet, to read at all); None keeps every column."""
     name = path.name.lower()
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a file")
     if name.endswith(PARQUET_SUFFIXES):
-        return _read_parquet(path), []
+        return _read_parquet(path, wanted), []
     if name.endswith(CSV_SUFFIXES):
-        return _read_csv(path, options)
+        frame, warnings = _read_csv(path, options)
+        if wanted is not None:
+            frame = frame[list(dict.fromkeys(wanted([str(h) for h in frame.columns])))]
+        return frame, warnings
     raise InputError(f"{path}: unsupported file type (use .csv, .csv.gz, .tsv or .parquet)")
+
+
+# -- CSV ------------------------------------------------------------------------------------------
 
 
 def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
     is_tsv = path.name.lower().endswith((".tsv", ".tsv.gz"))
     delimiter = options.delimiter or ("\t" if is_tsv else ",")
-    if options.encoding:
-        return _read_csv_as(path, delimiter, options.encoding), []
+    sniff = options.delimiter is None
+    marked, warnings = _encoding_from_bom(path, options.encoding)
+    if marked or options.encoding:
+        encoding = marked or options.encoding or ""
+        what = f"a {encoding.upper()} byte-order mark" if marked else "the configured encoding"
+        return _decoded(path, delimiter, encoding, sniff, f"not {encoding} text ({what})"), warnings
     try:
-        return _read_csv_as(path, delimiter, "utf-8"), []
+        return _read_csv_as(path, delimiter, "utf-8", sniff), []
     except UnicodeDecodeError:
         warning = (
             f"{path}: not valid UTF-8, read as cp1252 (Excel on Windows); "
             "set [input] encoding in the config to silence this"
         )
-        return _read_csv_as(path, delimiter, "cp1252"), [warning]
-
-
-def _read_csv_as(path: Path, delimiter: str, encoding: str) -> pd.DataFrame:
-    """Parse with Arrow's CSV reader (the engine pandas uses for engine="pyarrow"), every
-    column declared text up front so nothing is ever inferred: "004821" stays "004821"."""
-    header = _header(path, delimiter, encoding)
-    try:
-        table = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(encoding=encoding, use_threads=True),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(header, pa.string()),
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+        what = "neither UTF-8 nor cp1252 text" + (
+            " (or a damaged gzip file)" if path.name.lower().endswith(".gz") else ""
         )
-    except pa.ArrowInvalid as exc:
-        if "invalid UTF8" in str(exc) and encoding == "utf-8":
-            raise UnicodeDecodeError("utf-8", b"", 0, 1, str(exc)) from None
+        return _decoded(path, delimiter, "cp1252", sniff, what), [warning]
+
+
+def _decoded(path: Path, delimiter: str, encoding: str, sniff: bool, what: str) -> pd.DataFrame:
+    """Read in a known encoding; bytes it cannot decode make one line that says so."""
+    try:
+        return _read_csv_as(path, delimiter, encoding, sniff)
+    except UnicodeDecodeError as exc:
         raise InputError(
-            f"{path}: cannot parse as CSV: {_locate_csv_problem(path, delimiter, encoding, exc)}"
+            f"{path}: {what}: byte {exc.start} does not decode; set [input] encoding in the "
+            "config to the file's encoding"
         ) from None
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+def _encoding_from_bom(path: Path, configured: str | None) -> tuple[str | None, list[str]]:
+    """A byte-order mark says the encoding for sure: Excel's "Unicode text" is UTF-16 with
+    one. It wins over a configured encoding, with a warning when the two disagree."""
+    start = _first_bytes(path, 4)
+    marked = next((name for bom, name in BOMS if start.startswith(bom)), None)
+    if marked is None or configured is None or _same_family(configured, marked):
+        return marked, []
+    return marked, [
+        f"{path}: starts with a {marked.upper()} byte-order mark, so it is read as {marked}, "
+        f"not as the configured {configured}"
+    ]
+
+
+def _same_family(configured: str, marked: str) -> bool:
+    return codecs.lookup(configured).name.startswith(marked)
+
+
+def _first_bytes(path: Path, count: int) -> bytes:
+    try:
+        with _open_binary(path) as handle:
+            return handle.read(count)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: cannot read: {_gzip_problem(path, exc)}") from None
+
+
+def _gzip_problem(path: Path, exc: Exception) -> str:
+    if isinstance(exc, gzip.BadGzipFile) or "gzip" in str(exc).lower():
+        return f"not a gzip file ({exc}); if it is plain CSV, drop the .gz from its name"
+    if isinstance(exc, EOFError | zlib.error):
+        return f"the gzip data is truncated or damaged ({exc})"
+    return str(exc)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    if path.name.lower().endswith(".gz"):
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
+
+
+def _read_csv_as(path: Path, delimiter: str, encoding: str, sniff: bool) -> pd.DataFrame:
+    """Parse with Arrow's CSV reader (the engine pandas uses for engine="pyarrow"), every
+    column declared text up front so nothing is ever inferred: "004821" stays "004821".
+
+    `sniff`: no delimiter was configured, so a header with tabs and no `delimiter` is read as
+    tab-separated (Excel's "Unicode text" is, whatever the file is called)."""
+    header = _header(path, delimiter, encoding)
+    if sniff and len(header) == 1 and "\t" in header[0]:
+        delimiter = "\t"
+        header = _header(path, delimiter, encoding)
+    _check_quotes_closed(path, delimiter, encoding)
+    table = _parse_csv(path, delimiter, encoding, header)
     return _frame(table)
+
+
+def _parse_csv(path: Path, delimiter: str, encoding: str, header: list[str]) -> pa.Table:
+    """Arrow needs a whole row inside one block: a row longer than the block (a cell of
+    megabytes) is read again with bigger blocks."""
+    block_size = 1 << 20  # Arrow's default
+    while True:
+        try:
+            return _arrow_csv(path, delimiter, encoding, header, block_size)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or block_size >= MAX_BLOCK:
+                raise _csv_error(path, delimiter, encoding, exc) from None
+            block_size *= 16
+        except (OSError, EOFError, zlib.error, pa.ArrowException) as exc:
+            raise InputError(f"{path}: cannot read: {_gzip_problem(path, exc)}") from None
+
+
+def _arrow_csv(
+    path: Path, delimiter: str, encoding: str, header: list[str], block_size: int
+) -> pa.Table:
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(encoding=encoding, use_threads=True, block_size=block_size),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.string()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _csv_error(path: Path, delimiter: str, encoding: str, exc: pa.ArrowInvalid) -> Exception:
+    if "invalid UTF8" in str(exc) and encoding == "utf-8":
+        return UnicodeDecodeError("utf-8", b"", 0, 1, str(exc))
+    where = _locate_csv_problem(path, delimiter, encoding, exc)
+    return InputError(f"{path}: cannot parse as CSV: {where}")
 
 
 def _open_text(path: Path, encoding: str) -> IO[str]:
@@ -173,12 +299,60 @@ def _open_text(path: Path, encoding: str) -> IO[str]:
 def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
     try:
         with _open_text(path, encoding) as handle:
-            header = next(csv.reader(handle, delimiter=delimiter), None)
-    except (OSError, EOFError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from None
-    if not header:
+            header = next((row for row in csv.reader(handle, delimiter=delimiter) if row), None)
+    except (OSError, EOFError, zlib.error, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read: {_gzip_problem(path, exc)}") from None
+    if header:
+        header = [header[0].removeprefix("\ufeff"), *header[1:]]
+    if not header or header == [""]:
         raise InputError(f"{path}: file is empty (no header row)")
-    return [header[0].removeprefix("\ufeff"), *header[1:]]
+    if any("\x00" in cell for cell in header):
+        raise InputError(
+            f"{path}: the header holds NUL bytes: the file is not text, or is UTF-16 without a "
+            'byte-order mark (then set [input] encoding = "utf-16-le" in the config)'
+        )
+    return header
+
+
+def _check_quotes_closed(path: Path, delimiter: str, encoding: str) -> None:
+    """A quote never closed swallows the rest of the file into one cell, and Arrow accepts
+    that silently. Every closed quote comes in a pair, so only an odd count of quote marks
+    (one fast pass over the bytes) makes it worth finding the row with Python's csv module."""
+    if _quote_marks(path, encoding) % 2 == 0:
+        return
+    complete = 0  # records read whole, the header included
+    try:
+        with _open_text(path, encoding) as handle:
+            for record in csv.reader(handle, delimiter=delimiter, strict=True):
+                complete += bool(record)  # blank lines are no rows, for Arrow either
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            where = f"row {complete}" if complete else "the header"
+            raise InputError(
+                f"{path}: {where}: a quote opened there is never closed, so the rest of the "
+                "file would be one cell; close or remove the quote"
+            ) from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+        pass  # the parse that follows says what is wrong
+
+
+def _quote_marks(path: Path, encoding: str) -> int:
+    """How many `"` the file holds: counted in the bytes where the encoding keeps ASCII as
+    one byte (UTF-8, cp1252, ...), else in the decoded text."""
+    ascii_compatible = '"\n'.encode(encoding, errors="replace") == b'"\n'
+    count = 0
+    try:
+        if ascii_compatible:
+            with _open_binary(path) as raw:
+                while chunk := raw.read(QUOTE_SCAN_CHUNK):
+                    count += chunk.count(b'"')
+        else:
+            with _open_text(path, encoding) as text:
+                while piece := text.read(QUOTE_SCAN_CHUNK):
+                    count += piece.count('"')
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
+        return 0  # the parse that follows says what is wrong
+    return count
 
 
 def _locate_csv_problem(path: Path, delimiter: str, encoding: str, exc: Exception) -> str:
@@ -190,7 +364,7 @@ def _locate_csv_problem(path: Path, delimiter: str, encoding: str, exc: Exceptio
             for number, row in enumerate(rows, start=1):
                 if len(row) != width:
                     return f"row {number} has {len(row)} fields where the header has {width}"
-    except (OSError, UnicodeDecodeError, csv.Error):
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error, StopIteration):
         pass
     return str(exc).removeprefix("CSV parse error: ")
 
@@ -201,20 +375,69 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+# -- Parquet --------------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, wanted: HeaderFilter | None) -> pd.DataFrame:
+    """Only the columns the run uses are read and turned into text: a list, struct or binary
+    column nobody maps does not matter."""
     try:
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read as Parquet: {exc}") from None
-    as_text = [_column_as_text(table.column(i)) for i in range(table.num_columns)]
-    return _frame(pa.table(as_text, names=table.column_names))
+    picked = list(dict.fromkeys(wanted(names))) if wanted is not None else names
+    try:
+        table = pq.read_table(path, columns=picked)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read as Parquet: {exc}") from None
+    as_text = [_column_as_text(table.column(name), name, path) for name in picked]
+    return _frame(pa.table(as_text, names=picked))
 
 
-def _column_as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Integral floats become "4821", not "4821.0"; nulls become ""."""
-    if not pa.types.is_string(column.type):
-        column = pc.cast(column, pa.string())
+def _column_as_text(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
+    """Integral floats become "4821", not "4821.0"; nulls and NaN become ""; bytes become
+    text only when they are UTF-8. A list, struct or map column cannot be one text cell."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column, kind = pc.cast(column, kind.value_type), kind.value_type
+    if pa.types.is_nested(kind):
+        raise InputError(
+            f"{path}: column {name!r} holds {kind} values, not text: export it as a text "
+            "column (e.g. JSON text), or map another column"
+        )
+    if pa.types.is_floating(kind):
+        column = pc.if_else(pc.is_nan(column), pa.scalar(None, kind), column)
+    try:
+        if not pa.types.is_string(kind):
+            column = pc.cast(column, pa.string())
+        column.validate(full=True)  # Parquet strings are not checked to be UTF-8 on read
+    except pa.ArrowInvalid:
+        raise _not_utf8(column, name, path) from None
+    except pa.ArrowException as exc:
+        raise InputError(
+            f"{path}: column {name!r} of type {kind} cannot be read as text ({exc})"
+        ) from None
     return pc.fill_null(column, "")
+
+
+def _not_utf8(column: pa.ChunkedArray, name: str, path: Path) -> InputError:
+    row = next(
+        (i for i, v in enumerate(pc.cast(column, pa.binary()).to_pylist(), 1) if not _utf8(v)),
+        None,
+    )
+    where = f" (row {row})" if row is not None else ""
+    return InputError(
+        f"{path}: column {name!r} holds bytes that are not UTF-8 text{where}: export it as "
+        "text, or map another column"
+    )
+
+
+def _utf8(value: bytes | None) -> bool:
+    try:
+        (value or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def empty_text(length: int) -> pd.Series:
@@ -222,51 +445,117 @@ def empty_text(length: int) -> pd.Series:
     return pd.Series(pa.array([""] * length, pa.string()), dtype=pd.ArrowDtype(pa.string()))
 
 
-def to_canonical(
-    raw: pd.DataFrame, path: str, options: ReadOptions
-) -> tuple[pd.DataFrame, list[str]]:
-    """Rename a file's headers to canonical names: as-is first, then via the mapping."""
-    by_norm = {_norm(str(h)): str(h) for h in raw.columns}
-    mapping = options.columns or {}
-    renames: dict[str, str] = {}
+def column_plan(
+    headers: Sequence[str], path: str, options: ReadOptions
+) -> tuple[dict[str, str], list[str]]:
+    """Which header gives which batch column (header -> canonical or `context.<key>`), and
+    warnings for mappings that found nothing. Two headers giving one column, or one header
+    mapped to two, is ambiguous: refused, never resolved silently."""
+    by_norm: dict[str, list[int]] = {}
+    for position, header in enumerate(headers):
+        by_norm.setdefault(_norm(header), []).append(position)
+    sources: dict[str, dict[int, str]] = {}  # batch column -> {position: how it was found}
     warnings: list[str] = []
+    _canonical_sources(headers, by_norm, path, options, sources, warnings)
+    _context_sources(headers, by_norm, path, options, sources, warnings)
+    return _unambiguous(headers, sources, path), warnings
+
+
+def _canonical_sources(
+    headers: Sequence[str], by_norm: Mapping[str, list[int]], path: str, options: ReadOptions,
+    sources: dict[str, dict[int, str]], warnings: list[str],
+) -> None:  # fmt: skip
+    mapping = options.columns or {}
     for field in CANONICAL_COLUMNS:
-        header = _find(field, by_norm, mapping.get(field))
-        if header is not None:
-            renames[header] = field
+        found = dict.fromkeys(by_norm.get(field, []), "by name")
+        mapped = mapping.get(field)
+        also = by_norm.get(_norm(mapped), []) if mapped and _norm(mapped) != field else []
+        if found and also:  # SPEC 5: a canonical header is used as it is, the mapping after it
+            warnings.append(f"{path}: column {field!r} is used as it is; the mapped column "
+                            f"{mapped!r} for {field} is ignored")  # fmt: skip
+        elif also:
+            found = dict.fromkeys(also, f"[columns] {field} = {mapped!r}")
+        if found:
+            sources[field] = found
         elif field == ID:
-            raise InputError(_missing_id_message(path, raw, mapping.get(field)))
-        elif field in mapping:
-            warnings.append(f"{path}: mapped column {mapping[field]!r} for {field} not found")
-    for header in raw.columns:
-        norm = _norm(str(header))
-        if norm.startswith(CONTEXT_PREFIX) and len(norm) > len(CONTEXT_PREFIX):
-            renames[str(header)] = CONTEXT_PREFIX + str(header).strip()[len(CONTEXT_PREFIX) :]
-    for key, wanted in (options.context_columns or {}).items():
-        header = by_norm.get(_norm(wanted))
-        if header is None:
-            warnings.append(f"{path}: mapped context column {wanted!r} for {key} not found")
+            raise InputError(_missing_id_message(path, headers, mapped))
+        elif mapped is not None:
+            warnings.append(f"{path}: mapped column {mapped!r} for {field} not found")
+
+
+def _context_sources(
+    headers: Sequence[str], by_norm: Mapping[str, list[int]], path: str, options: ReadOptions,
+    sources: dict[str, dict[int, str]], warnings: list[str],
+) -> None:  # fmt: skip
+    for position, header in enumerate(headers):
+        if not _norm(header).startswith(CONTEXT_PREFIX):
+            continue
+        key = header.strip()[len(CONTEXT_PREFIX) :]
+        if key.strip():
+            sources.setdefault(CONTEXT_PREFIX + key, {})[position] = "by name"
         else:
-            renames[header] = CONTEXT_PREFIX + key
-    frame = raw[list(renames)].rename(columns=renames)
-    return frame.loc[:, ~frame.columns.duplicated()].copy(), warnings
+            warnings.append(
+                f"{path}: column {header!r} names no context key and is ignored; "
+                "name it context.<key>"
+            )
+    for key, wanted in (options.context_columns or {}).items():
+        found = by_norm.get(_norm(wanted), [])
+        if not found:
+            warnings.append(f"{path}: mapped context column {wanted!r} for {key} not found")
+        how = f"[context_columns] {key} = {wanted!r}"
+        sources.setdefault(CONTEXT_PREFIX + key, {}).update(dict.fromkeys(found, how))
 
 
-def _find(field: str, by_norm: Mapping[str, str], mapped: str | None) -> str | None:
-    if field in by_norm:
-        return by_norm[field]
-    if mapped is not None:
-        return by_norm.get(_norm(mapped))
-    return None
+def _unambiguous(
+    headers: Sequence[str], sources: Mapping[str, dict[int, str]], path: str
+) -> dict[str, str]:
+    renames: dict[str, str] = {}
+    given: dict[int, str] = {}
+    for column, found in sources.items():
+        if len(found) > 1:
+            raise InputError(_ambiguous_message(path, headers, column, found))
+        for position in found:
+            if position in given:
+                raise InputError(
+                    f"{path}: column {headers[position]!r} is mapped to both {given[position]} "
+                    f"and {column}; map it to one of them in the config"
+                )
+            given[position] = column
+            renames[headers[position]] = column
+    return renames
 
 
-def _missing_id_message(path: str, raw: pd.DataFrame, mapped: str | None) -> str:
-    found = ", ".join(repr(str(h)) for h in raw.columns) or "none"
+def _ambiguous_message(
+    path: str, headers: Sequence[str], column: str, found: Mapping[int, str]
+) -> str:
+    (first, how_first), (second, how_second) = list(found.items())[:2]
+    return (
+        f"{path}: columns {first + 1} {headers[first]!r} ({how_first}) and {second + 1} "
+        f"{headers[second]!r} ({how_second}) both give {column}: ambiguous; remove or rename "
+        "one in the export, or change the mapping in the config"
+    )
+
+
+def _missing_id_message(path: str, headers: Sequence[str], mapped: str | None) -> str:
+    found = ", ".join(repr(h) for h in headers) or "none"
     wanted = f"interview_id or the mapped column {mapped!r}" if mapped else "interview_id"
+    delimiter = _delimiter_hint(headers)
+    if delimiter is not None:
+        return (
+            f"{path}: no {wanted} column (columns found: {found}); the header looks separated "
+            f"by {delimiter!r}: set [input] delimiter = {json.dumps(delimiter)} in the config"
+        )
     return (
         f"{path}: no {wanted} column (columns found: {found}); "
         'map one in the config: [columns] interview_id = "<your header>"'
     )
+
+
+def _delimiter_hint(headers: Sequence[str]) -> str | None:
+    """A header read as one column that holds a likely separator was split on the wrong one."""
+    if len(headers) != 1:
+        return None
+    return next((d for d in LIKELY_DELIMITERS if d in headers[0]), None)
 
 
 def _norm(header: str) -> str:

@@ -173,10 +173,23 @@ async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
 
 async def _json_object(request: web.Request) -> dict[str, Any] | None:
     try:
-        body = json.loads(await request.read() or b"null")
+        body = json.loads(await request.read() or b"null", parse_constant=_not_json,
+                          parse_float=_finite)  # fmt: skip
     except (ValueError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity are Python's extension, not JSON: the real API refuses them."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e400: Python makes it inf; JSON has no such number
+        raise ValueError(f"{literal} is out of range")
+    return number
 
 
 async def _read_body(request: web.Request) -> tuple[dict[str, Any], str]:

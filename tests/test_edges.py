@@ -7,11 +7,25 @@ Keep adding to it: a new edge found is a new case here, in the section it belong
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import json
+import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from conftest import API_KEY, Result, SandboxServer, read_ledger, run_cli, write_csv
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sync_worker.cli import main
 
 
 def assert_one_line(result: Result, code: int, *words: str) -> str:
@@ -39,10 +53,385 @@ def assert_ledger_rows(path: Path, rows: int) -> list[dict[str, str]]:
 
 # -- inputs ------------------------------------------------------------------------------------
 
+BAD_CONTEXTS = {  # source row -> contact_context that json.loads takes but strict JSON does not
+    1: '{"a": "\\ud800"}',
+    2: '{"a": NaN}',
+    3: '{"a": Infinity}',
+    4: '{"a": -Infinity}',
+    5: '{"a": 1e400}',
+}
+BAD_CONTEXT_WORDS = {1: "lone surrogate", 2: "NaN", 3: "Infinity", 4: "-Infinity", 5: "1e400"}
+
+
+def _strict_json(text: str) -> Any:
+    """json.loads that takes only RFC 8259: no NaN, no Infinity, no number beyond a double."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"not JSON: {name}")
+
+    def finite(literal: str) -> float:
+        if not math.isfinite(float(literal)):
+            raise ValueError(f"not a finite number: {literal}")
+        return float(literal)
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
+
+
+def _bad_contexts_csv(tmp_path: Path) -> Path:
+    """Rows 1-5: contexts that are not strict JSON; 6: the plain text NaN; 7: good JSON."""
+    rows = [[row, text] for row, text in BAD_CONTEXTS.items()]
+    rows += [[6, "NaN"], [7, '{"title": "CTO"}']]
+    return write_csv(tmp_path / "in.csv", ["interview_id", "contact_context"], rows)
+
+
+def test_bad_json_contexts_are_invalid_rows_in_validate(tmp_path: Path) -> None:
+    _bad_contexts_csv(tmp_path)
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    assert_no_traceback(result, 1)
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "7 rows in 1 file(s): 2 requests to send, 5 invalid rows"
+    for row, word in BAD_CONTEXT_WORDS.items():
+        line = lines[row - 1]
+        assert line.startswith(f"in.csv row {row}, column contact_context: not valid JSON"), line
+        assert word in line and line.endswith("[invalid_json]"), line
+
+
+def test_plan_never_prints_a_body_that_is_not_strict_json(tmp_path: Path) -> None:
+    _bad_contexts_csv(tmp_path)
+    result = run_cli("plan", "in.csv", "--state", "state.sqlite", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    planned = [_strict_json(line) for line in result.stdout.splitlines()]
+    assert [(p["interview_id"], p["body"]) for p in planned] == [
+        (6, {"contact_context": "NaN"}),  # plain text NaN stays the text "NaN"
+        (7, {"contact_context": {"title": "CTO"}}),
+    ]
+
+
+def test_run_sends_the_good_rows_and_settles_bad_json_as_invalid(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    _bad_contexts_csv(tmp_path)
+    result = run_cli(
+        "run", "in.csv", "--base-url", sandbox.base_url, "--state", "state.sqlite",
+        "--ledger", "ledger.csv", "--rate-limit", "1000", "--rate-period", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert_no_traceback(result, 1)
+    by_row = {
+        int(line["source_row"]): line for line in assert_ledger_rows(tmp_path / "ledger.csv", 7)
+    }
+    for row, word in BAD_CONTEXT_WORDS.items():
+        assert (by_row[row]["status"], by_row[row]["error_code"]) == ("invalid", "invalid_json")
+        assert f"in.csv row {row}, column contact_context" in by_row[row]["error_message"]
+        assert word in by_row[row]["error_message"]
+    assert by_row[6]["status"] == by_row[7]["status"] == "ok"
+    assert [r["status"] for r in sandbox.requests()] == [200, 200]  # nothing the API refuses
+    assert (sandbox.interview(6) or {})["contact_context"] == "NaN"
+
+
+def _parquet(path: Path, columns: dict[str, pa.Array]) -> Path:
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+UNUSABLE_COLUMNS = {
+    "list": pa.array([[1, 2], [3]]),
+    "struct": pa.array([{"x": 1}, {"x": 2}]),
+    "map": pa.array([[("k", 1)], []], pa.map_(pa.string(), pa.int64())),
+    "binary-not-utf8": pa.array([b"\xff\xfe", b"ok"]),
+    "string-not-utf8": pa.array([b"\xff", b"ok"]).view(pa.string()),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNUSABLE_COLUMNS), ids=list(UNUSABLE_COLUMNS))
+def test_parquet_columns_not_used_do_not_matter(tmp_path: Path, kind: str) -> None:
+    _parquet(tmp_path / "in.parquet", {
+        "interview_id": pa.array(["1", "2"]), "objective": pa.array(["a", "b"]),
+        "Extra": UNUSABLE_COLUMNS[kind],
+    })  # fmt: skip
+    result = run_cli("validate", "in.parquet", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    assert "2 requests to send, 0 invalid rows" in result.stdout
+
+
+@pytest.mark.parametrize("kind", list(UNUSABLE_COLUMNS), ids=list(UNUSABLE_COLUMNS))
+def test_parquet_column_used_that_is_not_text_is_one_line(tmp_path: Path, kind: str) -> None:
+    _parquet(tmp_path / "in.parquet", {
+        "interview_id": pa.array(["1", "2"]), "Details": UNUSABLE_COLUMNS[kind],
+    })  # fmt: skip
+    (tmp_path / "sync.toml").write_text('[context_columns]\ndetails = "Details"\n')
+    result = run_cli("validate", "in.parquet", "--config", "sync.toml", cwd=tmp_path)
+    line = assert_one_line(result, 2, "in.parquet", "column 'Details'", "export it as")
+    assert "not UTF-8" in line or "not text" in line
+
+
+def test_parquet_binary_column_of_utf8_text_and_float_nan_are_read_as_text(
+    tmp_path: Path,
+) -> None:
+    _parquet(tmp_path / "in.parquet", {
+        "interview_id": pa.array([1.0, 2.0]), "objective": pa.array([float("nan"), 1.5]),
+        "contact_name": pa.array(["José".encode(), b"Bo"]),
+    })  # fmt: skip
+    result = run_cli("plan", "in.parquet", "--state", "state.sqlite", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    bodies = [_strict_json(line)["body"] for line in result.stdout.splitlines()]
+    assert bodies == [{"contact_name": "José"}, {"contact_name": "Bo", "objective": "1.5"}]
+
+
+UNICODE_TEXT = "interview_id{d}contact_name{d}objective\r\n1{d}José Müller{d}Win, back\r\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "encoding", "delimiter"),
+    [
+        ("in.txt", "utf-16", "\t"),  # Excel "Unicode text": UTF-16 LE with a BOM, tabs
+        ("in.csv", "utf-16", "\t"),
+        ("in.csv", "utf-16-be", "\t"),
+        ("in.csv", "utf-16", ","),
+        ("in.tsv", "utf-32", "\t"),
+        ("in.csv", "utf-8-sig", "\t"),
+    ],
+    ids=["excel-unicode-txt", "utf16-le-tab-csv", "utf16-be-tab-csv", "utf16-comma",
+         "utf32-tsv", "utf8-bom-tab"],
+)  # fmt: skip
+def test_files_with_a_byte_order_mark_are_read_in_their_encoding(
+    tmp_path: Path, name: str, encoding: str, delimiter: str
+) -> None:
+    text = UNICODE_TEXT.format(d=delimiter)
+    if delimiter == ",":
+        text = text.replace("Win, back", '"Win, back"')
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    (tmp_path / name).write_bytes(data)
+    result = run_cli("plan", name, "--state", "state.sqlite", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    [planned] = [_strict_json(line) for line in result.stdout.splitlines()]
+    assert planned["body"] == {"contact_name": "José Müller", "objective": "Win, back"}
+
+
+def test_utf16_gzip_with_configured_cp1252_still_follows_its_bom(tmp_path: Path) -> None:
+    data = UNICODE_TEXT.format(d="\t").encode("utf-16")
+    (tmp_path / "in.csv.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "sync.toml").write_text('[input]\nencoding = "cp1252"\n')
+    result = run_cli("validate", "in.csv.gz", "--config", "sync.toml", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    assert "1 requests to send" in result.stdout
+    assert "read as utf-16, not as the configured cp1252" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "delimiter"),
+    [("interview_id;contact_name;objective", ";"), ("interview_id|objective", "|")],
+    ids=["semicolon", "pipe"],
+)
+def test_wrong_delimiter_suggests_the_delimiter(
+    tmp_path: Path, header: str, delimiter: str
+) -> None:
+    (tmp_path / "in.csv").write_text(f"{header}\n1{delimiter}Ana{delimiter}x\n")
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    line = assert_one_line(result, 2, "in.csv", "[input] delimiter")
+    assert f'delimiter = \\"{delimiter}\\"' in line  # JSON log line: quotes escaped
+    assert "[columns] interview_id" not in line
+
+
+def test_semicolon_file_with_the_delimiter_set_is_read(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("interview_id;objective\n1;Win, back\n")
+    (tmp_path / "sync.toml").write_text('[input]\ndelimiter = ";"\n')
+    result = run_cli("validate", "in.csv", "--config", "sync.toml", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+
+
+@pytest.mark.parametrize(
+    ("header", "config", "words"),
+    [
+        ("interview_id,Interview_ID ,objective", "",
+         ["'interview_id'", "'Interview_ID '", "both give interview_id"]),
+        ("interview_id,objective,interview_id", "",
+         ["1 'interview_id'", "3 'interview_id'", "both give interview_id"]),
+        ("interview_id,objective,Objective", "",
+         ["'objective'", "'Objective'", "both give objective"]),
+        ("interview_id,Title,context.title", '[context_columns]\ntitle = "Title"\n',
+         ["'Title'", "'context.title'", "both give context.title"]),
+        ("interview_id,Job,Role", '[context_columns]\ntitle = "Job"\nrole = "Job"\n',
+         ["'Job'", "context.title", "context.role"]),
+        ("interview_id,Full Name", '[columns]\ncontact_name = "Full Name"\n'
+         'objective = "Full Name"\n', ["'Full Name'", "contact_name", "objective"]),
+    ],
+    ids=["case-and-space", "exact-duplicate", "duplicate-field", "context-column-and-mapped",
+         "one-header-two-keys", "one-header-two-fields"],
+)  # fmt: skip
+def test_ambiguous_headers_are_refused(
+    tmp_path: Path, header: str, config: str, words: list[str]
+) -> None:
+    width = header.count(",") + 1
+    (tmp_path / "in.csv").write_text(header + "\n" + ",".join(["1"] * width) + "\n")
+    (tmp_path / "sync.toml").write_text(config)
+    result = run_cli("validate", "in.csv", "--config", "sync.toml", cwd=tmp_path)
+    assert_one_line(result, 2, "in.csv", *words)
+
+
+def test_a_canonical_header_is_used_as_it_is_over_the_mapped_one(tmp_path: Path) -> None:
+    """SPEC 5: canonical columns are used as-is when the file has them; the mapping is for files
+    without them. Not silent: a warning names the mapped column left aside."""
+    (tmp_path / "in.csv").write_text("interview_id,Record ID,objective\n1,2,Win\n")
+    (tmp_path / "sync.toml").write_text('[columns]\ninterview_id = "Record ID"\n')
+    result = run_cli("plan", "in.csv", "--config", "sync.toml", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    assert json.loads(result.stdout)["interview_id"] == 1
+    assert "'Record ID' for interview_id is ignored" in result.event("input_warning")["message"]
+
+
+def test_duplicate_headers_of_unused_columns_do_not_matter(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("interview_id,Notes,notes ,objective\n1,a,b,x\n")
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(max_size=300)
+    | st.lists(
+        st.sampled_from(list(b'interview_id,objective\n\r\t;"{}\\ \x00\xef\xbb\xbf\xff\xfe1')),
+        max_size=60,
+    ).map(bytes),
+    suffix=st.sampled_from([".csv", ".csv.gz", ".tsv"]),
+    compress=st.booleans(),
+)
+def test_random_bytes_never_make_a_traceback(data: bytes, suffix: str, compress: bool) -> None:
+    """Whatever the bytes, `validate` ends with 0, 1 or 2, never an exception."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"in{suffix}"
+        path.write_bytes(gzip.compress(data) if compress and suffix.endswith(".gz") else data)
+        result = CliRunner().invoke(main, ["validate", str(path), "--config", os.devnull])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert result.exit_code in (0, 1, 2), result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code", "words"),
+    [
+        ("in.csv", b"", 2, ["in.csv: file is empty"]),
+        ("in.csv", b"\xef\xbb\xbf", 2, ["in.csv: file is empty"]),
+        ("in.csv", b"\n\n\n", 2, ["in.csv: file is empty"]),
+        ("in.csv", b"\xff\xfe", 2, ["in.csv: file is empty"]),
+        ("in.csv", b"interview_id,objective\n1,\"x\n2,y\n", 2,
+         ["in.csv: row 1", "never closed"]),
+        ("in.csv", b"interview_id,objective\n1,\x81\x8d\n", 2,
+         ["in.csv", "neither UTF-8 nor cp1252", "[input] encoding"]),
+        ("in.csv", "interview_id,objective\n1,x\n".encode("utf-16-le"), 2,
+         ["in.csv", "NUL bytes", "utf-16-le"]),
+        ("in.csv.gz", b"interview_id,objective\n1,x\n", 2,
+         ["in.csv.gz", "not a gzip file", "drop the .gz"]),
+        ("in.csv.gz", gzip.compress(b"interview_id,objective\n" + b"1,x\n" * 1000)[:60], 2,
+         ["in.csv.gz"]),
+        ("in.parquet", b"interview_id,objective\n1,x\n", 2,
+         ["in.parquet: cannot read as Parquet"]),
+    ],
+    ids=["empty", "only-bom", "blank-lines", "only-utf16-bom", "unterminated-quote",
+         "neither-utf8-nor-cp1252", "utf16-without-bom", "gz-not-gzip", "gz-truncated",
+         "parquet-that-is-csv"],
+)  # fmt: skip
+def test_unusable_files_are_one_line(
+    tmp_path: Path, name: str, data: bytes, code: int, words: list[str]
+) -> None:
+    (tmp_path / name).write_bytes(data)
+    result = run_cli("validate", name, cwd=tmp_path)
+    assert_one_line(result, code, *words)
+
+
+def test_header_only_file_is_zero_rows(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("interview_id,objective\n")
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    assert "0 rows in 1 file(s)" in result.stdout
+
+
+def test_blank_lines_before_the_header_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text('\n\ninterview_id,objective\n\n1,x\n2,"y\n')
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    assert_one_line(result, 2, "in.csv: row 2: a quote opened there is never closed")
+
+
+def test_quoted_newline_in_the_id_is_an_invalid_row(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text('interview_id,objective\n"1\n2",x\n3,y\n')
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    assert_no_traceback(result, 1)
+    assert "in.csv row 1, column interview_id: interview_id '1\\n2'" in result.stdout
+    assert "2 rows in 1 file(s): 1 requests to send, 1 invalid rows" in result.stdout
+
+
+def test_a_cell_of_megabytes_is_read_whole(tmp_path: Path) -> None:
+    long_text = "x" * 3_000_000  # three of Arrow's default 1 MiB blocks
+    (tmp_path / "in.csv").write_text(f'interview_id,contact_context\n1,"{long_text}"\n2,ok\n')
+    result = run_cli("plan", "in.csv", "--state", "state.sqlite", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    bodies = [_strict_json(line)["body"] for line in result.stdout.splitlines()]
+    assert bodies == [{"contact_context": long_text}, {"contact_context": "ok"}]
+
+
+def test_a_column_named_context_dot_alone_is_named_not_dropped_silently(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_text("interview_id,context.,objective\n1,a,x\n")
+    result = run_cli("validate", "in.csv", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    [warning] = [e for e in result.events() if e["event"] == "input_warning"]
+    assert "column 'context.' names no context key" in warning["message"]
+
+
+def _notes_parquet(path: Path, notes: str) -> Path:
+    return _parquet(path, {
+        "contact_email": pa.array(["a@x.com"]), "notes": pa.array([notes]),
+        "tags": pa.array([[1, 2]]),  # a list column the notes file does not use
+    })  # fmt: skip
+
+
+def test_existing_notes_parquet_with_a_list_column_is_read(tmp_path: Path) -> None:
+    _notes_parquet(tmp_path / "notes.parquet", "old")
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
+              [[1, "a@x.com", "new"]])  # fmt: skip
+    result = run_cli("plan", "in.csv", "--existing-notes", "notes.parquet", "--state",
+                     "state.sqlite", cwd=tmp_path)  # fmt: skip
+    assert_no_traceback(result, 0)
+    [planned] = [_strict_json(line) for line in result.stdout.splitlines()]
+    assert planned["body"] == {"contact_context": "old\n\nnew"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("notes.parquet", None, ["notes.parquet row 1, column notes", "lone surrogate"]),
+        ("notes.csv", "contact_email,Notes,notes \na@x.com,1,2\n",
+         ["notes.csv", "'Notes'", "'notes '", "both give notes"]),
+    ],
+    ids=["lone-surrogate-in-notes", "two-notes-columns"],
+)  # fmt: skip
+def test_unusable_existing_notes_are_one_line(
+    tmp_path: Path, name: str, content: str | None, words: list[str]
+) -> None:
+    if content is None:
+        _notes_parquet(tmp_path / name, '{"a": "\\ud800"}')
+    else:
+        (tmp_path / name).write_text(content)
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
+              [[1, "a@x.com", "new"]])  # fmt: skip
+    result = run_cli("validate", "in.csv", "--existing-notes", name, cwd=tmp_path)
+    assert_one_line(result, 2, *words)
+
+
+def test_existing_notes_id_in_unicode_digits_is_not_an_id(tmp_path: Path) -> None:
+    (tmp_path / "notes.csv").write_text("interview_id,notes\n\u00b2,old\n")
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_context"], [[2, "new"]])
+    result = run_cli("plan", "in.csv", "--existing-notes", "notes.csv", "--state",
+                     "state.sqlite", cwd=tmp_path)  # fmt: skip
+    assert_no_traceback(result, 0)
+    [planned] = [_strict_json(line) for line in result.stdout.splitlines()]
+    assert planned["body"] == {"contact_context": "new"}
+
+
 # -- config, key and numbers -------------------------------------------------------------------
 
 # This section's own imports: each section of the corpus is merged on its own.
-import json  # noqa: E402
 
 from conftest import cli_env  # noqa: E402
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync_worker.merger import Context, MergeRules, fold, merge
+from sync_worker.merger import Context, MergeRules, fold, merge, parse_context
 
 RULES = MergeRules.build("\n\n", ["evaluation_notes"])
 
@@ -105,3 +105,61 @@ def _all_text(value: Any) -> str:
     if isinstance(value, list):
         return "\n".join(_all_text(v) for v in value)
     return ""
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"a": "\\ud800"}', "lone surrogate \\ud800"),
+        ('{"\\udfff": 1}', "lone surrogate \\udfff"),
+        ('{"a": ["x", {"b": "\\udc00"}]}', "lone surrogate \\udc00"),
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": Infinity}', "Infinity is not a JSON number"),
+        ('{"a": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": 1e400}', "1e400 is too large"),
+        ('{"a": -1E+999}', "-1E+999 is too large"),
+        ('{"a": ' + "9" * 5000 + "}", "more than 4300 digits"),
+        ('{"a": ' * 101 + "1" + "}" * 101, "nested deeper than 100"),
+        ('{"a": ' * 5000 + "1" + "}" * 5000, "nested deeper than 100"),
+        ('{"a": 1', "not valid JSON (Expecting"),
+        ("{}" + "x", "not valid JSON (Extra data"),
+    ],
+    ids=["lone-high-surrogate", "surrogate-key", "surrogate-nested", "nan", "infinity",
+         "minus-infinity", "overflow", "overflow-exponent", "huge-integer", "too-deep",
+         "deeper-than-python", "truncated", "extra-data"],
+)  # fmt: skip
+def test_parse_context_takes_only_strict_json(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match="JSON") as error:
+        parse_context(text)
+    assert problem in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # a surrogate pair is one character
+        ('{"a": "\\\\ud800"}', {"a": "\\ud800"}),  # an escaped backslash, then text
+        ('{"a": 1e-400}', {"a": 0.0}),  # underflow is a number
+        ('{"a": ' * 100 + "1" + "}" * 100, json.loads('{"a": ' * 100 + "1" + "}" * 100)),
+        ("NaN", "NaN"),  # plain text, not JSON at all
+    ],
+    ids=["surrogate-pair", "escaped-backslash", "underflow", "deep-but-allowed", "text-nan"],
+)  # fmt: skip
+def test_parse_context_keeps_what_is_strict_json(text: str, value: Context) -> None:
+    assert parse_context(text) == value
+
+
+strict_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+    allow_infinity=False) | st.text(max_size=20)  # fmt: skip
+strict_objects = st.dictionaries(
+    st.text(max_size=5),
+    st.recursive(strict_scalars, lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10),
+    max_size=5,
+)  # fmt: skip
+
+
+@given(value=strict_objects)
+def test_parse_context_reads_back_any_strict_object(value: dict[str, Any]) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        assert parse_context(text) == value

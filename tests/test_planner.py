@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import tempfile
 from dataclasses import astuple
 from pathlib import Path
@@ -234,3 +235,43 @@ def test_every_field_of_the_table_reaches_the_body_by_both_roads(tmp_path: Path,
         [request] = requests_of(plan)
         assert body_of(request) == {name: "some text"}
         assert plan.settled[1].error_code == "no_fields"
+
+
+def _strict_json(body: bytes) -> Any:
+    """RFC 8259 only: UTF-8, no NaN or Infinity, no number beyond a double."""
+
+    def refuse(literal: str) -> Any:
+        raise ValueError(f"not strict JSON: {literal}")
+
+    def finite(literal: str) -> float:
+        if not math.isfinite(float(literal)):
+            refuse(literal)
+        return float(literal)
+
+    return json.loads(body.decode("utf-8"), parse_constant=refuse, parse_float=finite)
+
+
+number_like = st.sampled_from(["NaN", "nan", "Infinity", "-Infinity", "1e400", "null", "{"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(cell_text | number_like, cell_text | number_like), min_size=1,
+                     max_size=6))  # fmt: skip
+def test_the_column_road_only_ever_builds_strict_json(rows: list[tuple[str, str]]) -> None:
+    """The column road quotes text cells and nothing else, so a cell reading NaN is the text
+    "NaN", and every body is strict JSON whatever the cells hold."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["interview_id", "contact_name", "context.k"])
+            writer.writerows([number, *cells] for number, cells in enumerate(rows, start=1))
+        batch = read_batch([str(path)], ReadOptions())
+        plan = build_plan(batch, PlanOptions(), Memory())
+    sent = {request.interview_id: _strict_json(request.body_json) for request in requests_of(plan)}
+    for number, (name, extra) in enumerate(rows, start=1):
+        body = sent.get(number, {})
+        if name in ("NaN", "Infinity", "1e400"):
+            assert body["contact_name"] == name  # text, never a number
+        if extra in ("NaN", "Infinity", "1e400"):
+            assert body["contact_context"] == {"k": extra}

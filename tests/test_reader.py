@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 import gzip
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sync_worker.errors import InputError
-from sync_worker.reader import ReadOptions, read_batch
+from sync_worker.reader import ReadOptions, column_plan, read_batch
 
 
 def rows(path: Path, options: ReadOptions | None = None) -> list[dict[str, object]]:
@@ -163,3 +164,117 @@ def test_frame_is_all_text(tmp_path: Path) -> None:
     assert not frame.drop(columns=["_file", "_row"]).isna().any().any()
     assert all(isinstance(v, str) for v in frame["interview_id"])
     assert isinstance(frame, pd.DataFrame)
+
+
+@pytest.mark.parametrize(
+    ("headers", "options", "problem"),
+    [
+        (["interview_id", " Interview_ID "], ReadOptions(), "both give interview_id"),
+        (["interview_id", "interview_id"], ReadOptions(), "both give interview_id"),
+        (["interview_id", "Context.Stage", "context.Stage"], ReadOptions(),
+         "both give context.Stage"),
+        (["interview_id", "Stage", "context.stage"],
+         ReadOptions(context_columns={"stage": "Stage"}), "both give context.stage"),
+        (["interview_id", "Name"], ReadOptions(columns={"contact_name": "Name"},
+                                              context_columns={"name": "Name"}),
+         "'Name' is mapped to both contact_name and context.name"),
+    ],
+    ids=["case-and-space", "exact", "context-prefix-case",
+         "context-column-and-mapping", "field-and-context-key"],
+)  # fmt: skip
+def test_ambiguous_headers_are_refused(
+    headers: list[str], options: ReadOptions, problem: str
+) -> None:
+    with pytest.raises(InputError) as error:
+        column_plan(headers, "in.csv", options)
+    assert problem in str(error.value) and str(error.value).startswith("in.csv: ")
+
+
+def test_unused_duplicates_and_distinct_context_keys_are_fine() -> None:
+    headers = ["interview_id", "Notes", "notes", "context.stage", "context.Stage"]
+    renames, warnings = column_plan(headers, "in.csv", ReadOptions())
+    assert renames == {"interview_id": "interview_id", "context.stage": "context.stage",
+                       "context.Stage": "context.Stage"}  # fmt: skip
+    assert warnings == []
+
+
+@pytest.mark.parametrize(
+    ("header", "hint"),
+    [("interview_id;name", '";"'), ("interview_id|name", '"|"'), ("Record ID", None)],
+    ids=["semicolon", "pipe", "one-real-column"],
+)
+def test_missing_id_suggests_the_delimiter(header: str, hint: str | None) -> None:
+    with pytest.raises(InputError) as error:
+        column_plan([header], "in.csv", ReadOptions())
+    message = str(error.value)
+    if hint:
+        assert f"[input] delimiter = {hint}" in message
+    else:
+        assert "[columns] interview_id" in message and "delimiter" not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ("interview_id\tcontact_name\r\n1\tJosé\r\n".encode("utf-16"), "José"),
+        (codecs.BOM_UTF16_BE + "interview_id\tcontact_name\n1\tJosé\n".encode("utf-16-be"),
+         "José"),
+        ("interview_id,contact_name\n1,José\n".encode("utf-32"), "José"),
+        (b"\xef\xbb\xbfinterview_id\tcontact_name\n1\tJos\xc3\xa9\n", "José"),
+        (b"interview_id\tcontact_name\n1\tAna, Bo\n", "Ana, Bo"),
+    ],
+    ids=["utf16-le", "utf16-be", "utf32", "utf8-bom-tabs", "tabs-in-a-csv"],
+)  # fmt: skip
+def test_byte_order_marks_and_tabs_are_understood(
+    tmp_path: Path, data: bytes, expected: str
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(data)
+    batch = read_batch([str(path)], ReadOptions())
+    assert batch.frame["contact_name"].tolist() == [expected]
+    assert batch.warnings == ()
+
+
+def test_configured_delimiter_is_never_second_guessed(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("interview_id\tname\n1\tA\n")
+    with pytest.raises(InputError, match=r'delimiter = "\\t"'):
+        read_batch([str(path)], ReadOptions(delimiter=";"))
+
+
+def test_parquet_reads_only_the_columns_it_uses(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({
+        "interview_id": pa.array([1, 2]), "objective": pa.array([float("nan"), 2.5]),
+        "contact_name": pa.array([b"Ana", None]), "tags": pa.array([[1], [2, 3]]),
+        "raw": pa.array([b"\xff", b""]),
+    }), path)  # fmt: skip
+    frame = read_batch([str(path)], ReadOptions()).frame
+    assert frame["objective"].tolist() == ["", "2.5"]  # NaN is never text
+    assert frame["contact_name"].tolist() == ["Ana", ""]
+    assert "tags" not in frame.columns and "raw" not in frame.columns
+
+
+@pytest.mark.parametrize(
+    ("column", "problem"),
+    [
+        (pa.array([[1], [2]]), "holds list<element: int64> values, not text"),
+        (pa.array([{"x": 1}, {"x": 2}]), "holds struct<x: int64> values, not text"),
+        (pa.array([b"ok", b"\xff"]), "holds bytes that are not UTF-8 text (row 2)"),
+        (
+            pa.array([b"\xc3", b"ok"]).view(pa.string()),
+            "holds bytes that are not UTF-8 text (row 1)",
+        ),
+    ],
+    ids=["list", "struct", "binary", "string-of-bad-bytes"],
+)
+def test_parquet_column_used_that_cannot_be_text(
+    tmp_path: Path, column: pa.Array, problem: str
+) -> None:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"interview_id": pa.array(["1", "2"]), "objective": column}), path)
+    with pytest.raises(InputError) as error:
+        read_batch([str(path)], ReadOptions())
+    assert f"in.parquet: column 'objective' {problem}" in str(error.value).replace(
+        str(tmp_path) + "/", ""
+    )
