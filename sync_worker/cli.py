@@ -80,6 +80,12 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("must be a finite number", ctx=ctx, param=param)
+    return value
+
+
 def _refuse_key(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
     if value is not None:
         raise click.UsageError(KEY_FLAG_MESSAGE, ctx=ctx)
@@ -125,6 +131,10 @@ run_options = _options(
     click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
     click.option("--max-duration", type=POSITIVE_NUMBER,
                  help="Stop sending after this many minutes (a cron window); exit 4."),
+    click.option("--max-outage", "max_outage_s", callback=_finite,
+                 type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds the API may not answer at all before the run gives up (exit 3; "
+                 "a re-run resumes) [default: 300]."),
     click.option("--concurrency", type=click.IntRange(min=1),
                  help="Most requests in flight at once [default: enough for the limit at 500 "
                  "ms latency]."),
@@ -259,6 +269,13 @@ def report(ledger: Path) -> None:
     help="Share of requests whose connection is dropped without an answer.",
 )
 @click.option(
+    "--garbage-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered with bytes that are not HTTP, then closed.",
+)
+@click.option(
     "--reset-format",
     type=click.Choice(["unix", "seconds"]),
     default="unix",
@@ -276,6 +293,7 @@ def sandbox(**opts: Any) -> None:
         limit=_sandbox_limit(opts),
         period_s=opts["rate_period"], api_key=opts["api_key"], latency_ms=opts["latency_ms"],
         fail_rate=opts["fail_rate"], drop_rate=opts["drop_rate"],
+        garbage_rate=opts["garbage_rate"],
         reset_format=opts["reset_format"], seed=opts["seed"],
     )  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
@@ -320,6 +338,7 @@ def _settings(opts: dict[str, Any]) -> Settings:
         "api_key_env": opts.get("api_key_env"),
         "concurrency": opts.get("concurrency"),
         "metrics_path": opts.get("metrics_file"),
+        "max_outage_s": opts.get("max_outage_s"),
     }
     try:
         return resolve(opts["config_path"], overrides)

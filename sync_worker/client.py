@@ -1,8 +1,10 @@
 """One PATCH, from the first attempt to its outcome: pacing, classification, retries.
 
 Every answer is classified in one place (`classify`): 2xx ok; 400/404 and other 4xx failed for
-the row; 401/403 fatal for the run; 429 a shared pause; 5xx, timeouts and dropped connections
-retried with exponential backoff and jitter.
+the row; 401/403 fatal for the run; 429 a shared pause; 5xx and answers that are not HTTP
+retried with exponential backoff and jitter (or the server's Retry-After). No answer at all
+(connection refused or dropped, timeout) is retried the same way, unless several in a row show
+the API is gone: then the run waits the outage out (`Outage`) and the row is not charged for it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from yarl import URL
 from sync_worker.clock import now_iso
 from sync_worker.limiter import Pacer, Stopped, sleep_unless_stopped
 from sync_worker.logs import get_logger, redact
+from sync_worker.outage import Outage
 
 MAX_RATE_LIMITED = 8  # 429s one request may meet before it fails
-MAX_PAUSE_S = 300.0  # the longest 429 pause we honour
+MAX_PAUSE_S = 300.0  # the longest 429 pause (or 5xx Retry-After) we honour
+MAX_OUTAGE_S = 300.0  # how long the API may not answer at all before the run gives up
 
 
 class Kind(Enum):
@@ -33,6 +37,7 @@ class Kind(Enum):
     FATAL = "fatal"  # nothing can succeed: stop the run
     RETRY = "retry"  # may pass later: backoff and retry
     RATE_LIMITED = "rate_limited"  # wait for the reset, then retry
+    NO_ANSWER = "no_answer"  # no answer at all: retry, or wait out the API's outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +46,11 @@ class Verdict:
     code: str = ""
     message: str = ""
     api_shaped: bool = True  # the body was the API's error shape (proves we reach the API)
+    sent: bool = True  # the request may have reached the server (False: no connection opened)
 
 
 ACCEPTED = Verdict(Kind.OK)  # every 2xx: one object, not one a request
+NOTHING_SENT = Verdict(Kind.RETRY)  # a row's verdict before its first attempt
 
 
 def classify(status: int, body: bytes) -> Verdict:
@@ -70,7 +77,10 @@ def _api_error(status: int, body: bytes) -> tuple[str, str, bool]:
         return f"http_{status}", f"HTTP {status}" + (f": {text}" if text else ""), False
 
 
-def reset_delay(headers: CIMultiDictProxy[str] | dict[str, str], now: float | None = None) -> float:
+Headers = CIMultiDictProxy[str] | dict[str, str]
+
+
+def reset_delay(headers: Headers, now: float | None = None) -> float:
     """Seconds to wait after a 429: X-RateLimit-Reset (Unix time or seconds), else Retry-After."""
     now = time.time() if now is None else now
     value = headers.get("X-RateLimit-Reset")
@@ -79,11 +89,25 @@ def reset_delay(headers: CIMultiDictProxy[str] | dict[str, str], now: float | No
         delay = _number(value)
         if delay is not None and delay > 1e9:
             delay -= now
-    if delay is None and (retry_after := headers.get("Retry-After")) is not None:
-        delay = _number(retry_after)
-        if delay is None:
-            delay = _http_date(retry_after, now)
+    if delay is None:
+        delay = retry_after(headers, now)
     return min(max(delay if delay is not None else 1.0, 0.0), MAX_PAUSE_S)
+
+
+def retry_after(headers: Headers, now: float | None = None) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), or None if absent or unreadable."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    delay = _number(value)
+    if delay is None:
+        delay = _http_date(value, time.time() if now is None else now)
+    return delay
+
+
+def wait_hint(status: int, headers: Headers) -> float | None:
+    """The server's word on when to try again: a 429's reset, else any Retry-After (a 503's)."""
+    return reset_delay(headers) if status == 429 else retry_after(headers)
 
 
 def _number(value: str) -> float | None:
@@ -105,20 +129,24 @@ class RetryPolicy:
     max_retries: int = 5
     base_s: float = 0.5
     cap_s: float = 30.0
+    hint_cap_s: float = MAX_PAUSE_S  # the longest server hint (Retry-After) honoured
 
-    def delay(self, failures: int) -> float:
-        """Exponential backoff with jitter: half fixed, half random."""
+    def delay(self, failures: int, hint: float | None = None) -> float:
+        """The server's hint when it gave one (capped), else exponential backoff with jitter:
+        half fixed, half random."""
+        if hint is not None:
+            return min(max(hint, 0.0), self.hint_cap_s)
         ceiling = min(self.cap_s, self.base_s * 2.0 ** (failures - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 @dataclass(slots=True)
 class Outcome:
-    status: str  # ok | failed | not_attempted
+    status: str  # ok | failed (the server may have it) | not_attempted (it never reached it)
     http_status: int | None = None
     error_code: str = ""
     error_message: str = ""
-    attempts: int = 0
+    attempts: int = 0  # requests that went out (a connection that never opened is none)
     duration_ms: int = 0
     finished_at: str = ""
     fatal: bool = False  # the run must stop (auth refused)
@@ -127,9 +155,10 @@ class Outcome:
 
 @dataclass
 class Counters:
-    requests: int = 0
-    retries: int = 0
+    requests: int = 0  # requests that got an HTTP answer
+    retries: int = 0  # requests sent again after anything but a 429
     rate_limited: int = 0
+    connection_errors: int = 0  # tries without an HTTP answer: refused, dropped, timed out, garbage
 
 
 class Client:
@@ -142,6 +171,7 @@ class Client:
         pacer: Pacer,
         policy: RetryPolicy,
         stop: asyncio.Event,
+        outage: Outage | None = None,
     ) -> None:
         self._session = session
         base = URL(base_url.rstrip("/"))  # parsed and encoded once: each request's URL is built
@@ -149,7 +179,9 @@ class Client:
         self._pacer = pacer
         self._policy = policy
         self._stop = stop
+        self.outage = outage or Outage(MAX_OUTAGE_S, stop)
         self.counters = Counters()
+        self.started: set[int] = set()  # interview ids whose request went on the wire
         self._log = get_logger()
 
     async def send(self, interview_id: int, body: bytes) -> Outcome:
@@ -167,57 +199,104 @@ class Client:
                          path=f"{path}/interviews/{interview_id}", encoded=True)  # fmt: skip
 
     async def _attempts(self, interview_id: int, body: bytes) -> Outcome:
-        url = self.url(interview_id)
-        failures = rate_limited = attempts = 0
-        verdict, status = Verdict(Kind.RETRY, "interrupted", "stopped before a retry"), None
+        """Tries until an outcome. One loop over locals, longer than most: the hot path (one
+        accepted try) allocates nothing but its Outcome."""
+        url, outage, counters = self.url(interview_id), self.outage, self.counters
+        failures = rate_limited = attempts = unanswered = 0  # attempts: tries that went out
+        status: int | None = None
+        verdict = NOTHING_SENT
         while True:
+            probing = False
             try:
+                if outage.down_since is not None:
+                    failures -= unanswered  # the outage, not the row, left those unanswered
+                    unanswered = 0
+                    probing = await outage.turn()
                 sent_at = await self._pacer.acquire()
             except Stopped:
-                if attempts == 0:
-                    return Outcome("not_attempted")
-                return self._failed(status, verdict, attempts)
-            attempts += 1
-            self.counters.requests += 1
-            status, verdict, wait = await self._attempt(url, body)
-            if verdict.kind is Kind.OK:
+                return self._cut_short(status, verdict, attempts)
+            if not probing and outage.down_since is not None:
+                continue  # the API went away while this waited for its slot: wait with the rest
+            self.started.add(interview_id)
+            status, verdict, hint = await self._attempt(url, body)
+            if verdict is ACCEPTED:
+                counters.requests += 1
+                outage.answered()
                 self._pacer.accepted(sent_at)
-                return Outcome("ok", status, attempts=attempts)
-            if verdict.kind is Kind.RATE_LIMITED:
-                rate_limited += 1
-                self._on_429(interview_id, wait)
-                if rate_limited >= MAX_RATE_LIMITED or self._stop.is_set():
+                return Outcome("ok", status, attempts=attempts + 1)
+            if verdict.kind is Kind.NO_ANSWER:
+                attempts += self._unanswered(interview_id, verdict, attempts)
+                if outage.no_answer(probing, verdict.sent, verdict.code):
+                    counters.retries += 1
+                    continue  # waited out with the whole run, not charged to the row
+                if not verdict.sent and not outage.watching:  # the first request, alone
+                    return self._cut_short(status, verdict, attempts)
+                unanswered += 1
+            else:
+                attempts += 1
+                outage.answered()
+                if verdict.kind is Kind.RATE_LIMITED:
+                    rate_limited += 1
+                    self._on_429(interview_id, hint or 0.0)
+                    if rate_limited >= MAX_RATE_LIMITED or self._stop.is_set():
+                        return self._failed(status, verdict, attempts)
+                    continue
+                self._answered(status, sent_at)
+                if verdict.kind is not Kind.RETRY:
                     return self._failed(status, verdict, attempts)
-                continue
-            if status is not None:
-                self._pacer.accepted(sent_at)
-            if verdict.kind is not Kind.RETRY:
-                return self._failed(status, verdict, attempts)
             failures += 1
             if failures > self._policy.max_retries or self._stop.is_set():
                 return self._failed(status, verdict, attempts)
-            delay = self._policy.delay(failures)
-            self.counters.retries += 1
-            self._log.warning(
-                "retry", interview_id=interview_id, error_code=verdict.code,
-                attempt=attempts, delay_s=round(delay, 2),
-            )  # fmt: skip
-            await sleep_unless_stopped(self._stop, delay)
-            if self._stop.is_set():
-                return self._failed(status, verdict, attempts)
+            await self._back_off(
+                interview_id, verdict, attempts, self._policy.delay(failures, hint)
+            )
 
-    async def _attempt(self, url: URL, body: bytes) -> tuple[int | None, Verdict, float]:
-        """One HTTP exchange: (status, verdict, 429 wait)."""
+    def _unanswered(self, interview_id: int, verdict: Verdict, attempts: int) -> int:
+        """Count a try without an answer; 1 if it went out (it counts as an attempt), else 0."""
+        self.counters.connection_errors += 1
+        if verdict.sent:
+            return 1
+        if attempts == 0:  # no connection opened: the server has never seen this row
+            self.started.discard(interview_id)
+        return 0
+
+    def _answered(self, status: int | None, sent_at: float) -> None:
+        """Any answer but a 429: the server took the request into its window."""
+        if status is None:  # an answer that is not HTTP
+            self.counters.connection_errors += 1
+            return
+        self.counters.requests += 1
+        self._pacer.accepted(sent_at)
+
+    async def _back_off(
+        self, interview_id: int, verdict: Verdict, attempts: int, delay: float
+    ) -> None:
+        self.counters.retries += 1
+        self._log.warning(
+            "retry", interview_id=interview_id, error_code=verdict.code,
+            attempt=attempts, delay_s=round(delay, 2),
+        )  # fmt: skip
+        await sleep_unless_stopped(self._stop, delay)
+
+    async def _attempt(self, url: URL, body: bytes) -> tuple[int | None, Verdict, float | None]:
+        """One HTTP exchange: (status, verdict, the server's hint of when to try again)."""
         try:
             async with self._session.patch(url, data=body) as response:
                 payload = await response.read()
-                wait = reset_delay(response.headers) if response.status == 429 else 0.0
-                return response.status, classify(response.status, payload), wait
+                status = response.status
+                if 200 <= status < 300:
+                    return status, ACCEPTED, None
+                return status, classify(status, payload), wait_hint(status, response.headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return None, _no_answer(exc, sent=False), None  # before the connection opened
         except TimeoutError:
-            return None, Verdict(Kind.RETRY, "timeout", "no answer within the timeout"), 0.0
+            message = "no answer within the timeout"
+            return None, Verdict(Kind.NO_ANSWER, "timeout", message, api_shaped=False), None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            message = redact(str(exc) or type(exc).__name__)
-            return None, Verdict(Kind.RETRY, "connection_error", message), 0.0
+            return None, _no_answer(exc, sent=True), None
+        except aiohttp.ClientResponseError as exc:  # what came back is not HTTP
+            message = f"the answer is not HTTP: {exc.message}".splitlines()[0]
+            return None, Verdict(Kind.RETRY, "bad_response", message, api_shaped=False), None
 
     def _on_429(self, interview_id: int, wait: float) -> None:
         self.counters.rate_limited += 1
@@ -233,6 +312,14 @@ class Client:
             )
 
     @staticmethod
+    def _cut_short(status: int | None, verdict: Verdict, attempts: int) -> Outcome:
+        """The row ends before its outcome (a stop, an abort): `not_attempted` while nothing of
+        it went out, for the server never saw it; else `failed` with what it last got."""
+        if attempts == 0:
+            return Outcome("not_attempted", None, verdict.code, verdict.message)
+        return Client._failed(status, verdict, attempts)
+
+    @staticmethod
     def _failed(status: int | None, verdict: Verdict, attempts: int) -> Outcome:
         return Outcome(
             "failed",
@@ -243,3 +330,8 @@ class Client:
             fatal=verdict.kind is Kind.FATAL,
             api_shaped=verdict.api_shaped,
         )
+
+
+def _no_answer(exc: Exception, sent: bool) -> Verdict:
+    message = redact(str(exc) or type(exc).__name__)
+    return Verdict(Kind.NO_ANSWER, "connection_error", message, api_shaped=False, sent=sent)

@@ -43,6 +43,7 @@ class Settings:
     timeout_s: float = 30.0
     max_retries: int = 5
     backoff_base_s: float = 0.5
+    max_outage_s: float = 300.0  # how long the API may not answer at all before the run stops
     api_key_env: str = "HINDSIGHT_API_KEY"
     encoding: str | None = None
     delimiter: str | None = None
@@ -94,7 +95,7 @@ def _non_negative_int(value: Any) -> int:
 
 def _positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number above 0")
+        raise ValueError("must be a finite number above 0")
     if not math.isfinite(value) or value <= 0:  # TOML has nan and inf
         raise ValueError("must be a finite number above 0")
     return float(value)
@@ -167,6 +168,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "timeout_s": ("timeout_s", _positive_number),
         "max_retries": ("max_retries", _non_negative_int),
         "backoff_base_s": ("backoff_base_s", _positive_number),
+        "max_outage_s": ("max_outage_s", _positive_number),
         "api_key_env": ("api_key_env", _env_name),
     },
     "input": {"encoding": ("encoding", _encoding), "delimiter": ("delimiter", _delimiter)},

@@ -8,6 +8,9 @@ Three parts, all on the event loop's clock:
   very first second, whatever the bucket lets out;
 - one shared pause: a 429 stops every worker until the server's reset, after which sends go
   out at the bucket's pace again.
+Every wait ends at once when the run is told to stop (Stopped): aiolimiter's own wait can only
+be cancelled, so it is raced against the stop event. No slot is granted once the stop is set or
+the run's deadline (--max-duration) has passed.
 From the 429s the pacer also learns when the server allows less than it was told (a lower limit
 or a longer window) and adds the server's own window as a second guard.
 """
@@ -17,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import math
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from aiolimiter import AsyncLimiter
 
@@ -71,6 +77,24 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def unless_stopped(stop: asyncio.Event, awaitable: Awaitable[Any]) -> bool:
+    """Await `awaitable` unless the run is told to stop first; the loser is cancelled.
+
+    For waits that cannot be told to stop (aiolimiter's acquire, an event): True if it finished.
+    Two tasks a call, so only for waits, never for the path that does not wait."""
+    task = asyncio.ensure_future(awaitable)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        finished = task.done()
+        task.cancel()
+        stopping.cancel()
+    if finished:
+        task.result()  # its exception, if it ended with one
+    return finished
+
+
 class Stopped(Exception):
     """The run was told to stop while a send waited for its slot."""
 
@@ -87,6 +111,7 @@ class Pacer:
         "_paused_until",
         "_resuming",
         "_stop",
+        "deadline",
         "learned",
         "limit",
         "period",
@@ -94,6 +119,7 @@ class Pacer:
 
     def __init__(self, limit: int, period: float, stop: asyncio.Event | None = None) -> None:
         self._stop = stop or asyncio.Event()  # set: waiting sends give up (raise Stopped)
+        self.deadline = math.inf  # loop time from which no slot is granted (--max-duration)
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, once known
         self.limit = limit  # requests per period, as configured
         self.period = period  # seconds
@@ -114,12 +140,13 @@ class Pacer:
     async def acquire(self) -> float:
         """Wait for a slot and claim it; returns the send time (loop clock).
 
-        Raises Stopped if the run is told to stop while waiting for a pause or a window."""
-        await self._bucket.acquire()
+        Raises Stopped if the run is told to stop while waiting, or is past its deadline."""
+        await self._take_bucket(1)
         while True:
-            if self._stop.is_set():
-                raise Stopped
             now = self._now()
+            if self._stop.is_set() or now >= self.deadline:
+                self._stop.set()  # at the deadline, before its timer: no send starts after it
+                raise Stopped
             if now < self._paused_until:
                 await self._sleep(self._paused_until - now)
                 await self._resume()
@@ -131,6 +158,14 @@ class Pacer:
                 return now
             await self._sleep(wait)
 
+    async def _take_bucket(self, amount: int) -> None:
+        """The bucket's room: at once when it has it (the hot path), else raced against stop."""
+        bucket = self._bucket
+        if bucket.has_capacity(amount):
+            await bucket.acquire(amount)  # returns without waiting
+        elif not await unless_stopped(self._stop, bucket.acquire(amount)):
+            raise Stopped
+
     async def _sleep(self, seconds: float) -> None:
         await sleep_unless_stopped(self._stop, seconds)
 
@@ -139,9 +174,9 @@ class Pacer:
         whole bucket, so the drained room cannot let a burst out at the reset."""
         if self._resuming:
             self._resuming = False
-            await self._bucket.acquire(BUCKET_ROOM)
+            await self._take_bucket(BUCKET_ROOM)
         else:
-            await self._bucket.acquire()
+            await self._take_bucket(1)
 
     def accepted(self, sent_at: float) -> None:
         """The server took a request sent at `sent_at` (any answer but 429)."""

@@ -274,6 +274,8 @@ async def _send(
         period_s=settings.rate_period_s, workers=settings.workers,
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
+        max_outage_s=settings.max_outage_s,
+        max_duration_s=None if options.max_duration_min is None else options.max_duration_min * 60,
     )  # fmt: skip
     return await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
 

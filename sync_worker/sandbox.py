@@ -4,7 +4,8 @@ Same shapes and errors as the real API (../shared/api): bearer-key check, 400 fo
 invalid body, 404 for unknown ids, a strict sliding-window limit answered with 429 and
 X-RateLimit-Reset. It keeps each contact's notes in memory and shows them, with a record of
 every request's arrival, under /_sandbox/. On request it misbehaves: latency, random 5xx,
-dropped connections, a lower limit or longer window than the client was told.
+dropped connections, answers that are not HTTP, a lower limit or longer window than the client
+was told.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 from sync_worker.fields import CONTACT_FIELDS, CONTEXT, FIELDS, SENT_FIELDS, Kind
 
 UNKNOWN_IDS_FROM = 900_000_000  # ids from here up do not exist (404)
+NOT_HTTP = b"HTTP/1.1 2OO OK\r\n\r\n"  # what a garbled answer looks like on the wire
 
 
 @dataclass
@@ -33,6 +35,7 @@ class SandboxConfig:
     latency_ms: float = 0.0
     fail_rate: float = 0.0
     drop_rate: float = 0.0
+    garbage_rate: float = 0.0  # share of answers that are not HTTP (raw bytes, then closed)
     reset_format: str = "unix"  # unix: absolute Unix seconds; seconds: seconds to wait
     seed: int | None = None
 
@@ -135,6 +138,13 @@ async def _patch(
         return _too_many(config, wait, entry["t"])
     if sandbox.random.random() < config.drop_rate:
         if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=499)
+    # drawn only when asked for, so seeded runs without it meet the same failures as before
+    if config.garbage_rate and sandbox.random.random() < config.garbage_rate:
+        entry["not_http"] = True
+        if request.transport is not None:
+            request.transport.write(NOT_HTTP)
             request.transport.close()
         return web.Response(status=499)
     if config.latency_ms:

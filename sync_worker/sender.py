@@ -2,7 +2,8 @@
 
 Each worker takes a whole contact chain and sends its requests one after another, so no row's
 context overwrites another's. The run stops taking new requests when `stop` is set (a signal,
---max-duration, or a refused key); requests in flight then get a bounded time to finish.
+--max-duration, a refused key, or an outage longer than max_outage_s); requests in flight then
+get a bounded time to finish, and those still waiting for their slot end at once.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from sync_worker import __version__
-from sync_worker.client import Client, Counters, Outcome, RetryPolicy
+from sync_worker.client import MAX_OUTAGE_S, Client, Counters, Outcome, RetryPolicy
+from sync_worker.clock import now_iso
 from sync_worker.errors import FatalApiError
 from sync_worker.limiter import Pacer
-from sync_worker.logs import get_logger
+from sync_worker.logs import get_logger, redact
+from sync_worker.outage import Outage
 from sync_worker.request_table import ChainQueue, Request
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
@@ -33,13 +36,15 @@ class SendConfig:
     workers: int
     timeout_s: float
     policy: RetryPolicy
+    max_outage_s: float = MAX_OUTAGE_S  # how long the API may not answer before the run stops
+    max_duration_s: float | None = None  # no request starts later than this after the start
 
 
 @dataclass
 class SendReport:
     counters: Counters
     fatal: FatalApiError | None = None
-    started: set[int] = field(default_factory=set)  # interview ids whose send began
+    started: set[int] = field(default_factory=set)  # interview ids whose request went out
     elapsed_s: float = 0.0
     learned_per_minute: float | None = None
 
@@ -51,17 +56,21 @@ class Sender:
         self._stop = stop
         self._log = get_logger()
         self._fatal: FatalApiError | None = None
-        self._started: set[int] = set()
 
     async def run(self, queue: ChainQueue) -> SendReport:
         loop = asyncio.get_running_loop()
         begin = loop.time()
-        pacer = Pacer(self._config.limit, self._config.period_s, self._stop)
+        config = self._config
+        pacer = Pacer(config.limit, config.period_s, self._stop)
+        if config.max_duration_s is not None:
+            pacer.deadline = begin + config.max_duration_s
+        outage = Outage(config.max_outage_s, self._stop, self._gave_up)
         async with self._session() as session:
-            client = Client(session, self._config.base_url, pacer, self._config.policy, self._stop)
+            client = Client(session, config.base_url, pacer, config.policy, self._stop, outage)
             if await self._probe(client, queue):
+                outage.watching = True  # the pool's no-answers may mean the API is gone
                 await self._pool(client, queue)
-        report = SendReport(client.counters, self._fatal, self._started, loop.time() - begin)
+        report = SendReport(client.counters, self._fatal, client.started, loop.time() - begin)
         if pacer.learned is not None:
             report.learned_per_minute = pacer.learned.per_minute
         return report
@@ -86,8 +95,10 @@ class Sender:
             request = chain.popleft()
             queue.appendleft(chain)
             outcome = await self._send(client, request)
+            if self._stop.is_set():  # a signal, --max-duration or a refused key: not unreachable
+                return False
             if outcome.status == "ok" or (outcome.api_shaped and outcome.http_status is not None):
-                return not self._stop.is_set()
+                return True
             if outcome.http_status is None or outcome.http_status == 404:
                 self._abort(_unreachable(self._config.base_url, outcome), outcome.error_code)
                 return False
@@ -118,8 +129,10 @@ class Sender:
                     return
 
     async def _send(self, client: Client, request: Request) -> Outcome:
-        self._started.add(request.interview_id)
-        outcome = await client.send(request.interview_id, request.body_json)
+        try:
+            outcome = await client.send(request.interview_id, request.body_json)
+        except Exception as exc:  # a surprise in one request must not kill the worker: record it
+            outcome = self._unexpected(client, request, exc)
         self._sink(request, outcome)
         if outcome.fatal:
             message = (
@@ -129,6 +142,23 @@ class Sender:
             self._abort(message, outcome.error_code, outcome.http_status)
         return outcome
 
+    def _unexpected(self, client: Client, request: Request, exc: Exception) -> Outcome:
+        """`failed` whether or not it went out: where it broke is unknown, and a surprise must
+        not let the run end 0."""
+        message = redact(f"{type(exc).__name__}: {exc}")
+        self._log.error("request_error", interview_id=request.interview_id, error=message)
+        went_out = int(request.interview_id in client.started)
+        return Outcome("failed", error_code="internal_error", error_message=message,
+                       attempts=went_out, finished_at=now_iso())  # fmt: skip
+
+    def _gave_up(self, down_s: float) -> None:
+        message = (
+            f"the API at {self._config.base_url} did not answer for {down_s:.0f} s "
+            f"(max_outage_s {self._config.max_outage_s:g}): the run stopped sending; "
+            "a re-run resumes where it stopped"
+        )
+        self._abort(message, "api_unreachable")
+
     def _abort(self, message: str, code: str, http_status: int | None = None) -> None:
         if self._fatal is None:
             self._fatal = FatalApiError(message, code=code, http_status=http_status)
@@ -137,6 +167,11 @@ class Sender:
 
 
 def _unreachable(base_url: str, outcome: Outcome) -> str:
+    if outcome.error_code == "bad_response":
+        return (
+            f"{base_url} does not answer like the Hindsight API (the answer is not HTTP); "
+            "check --base-url"
+        )
     if outcome.http_status is None:
         return (
             f"cannot reach the API at {base_url} ({outcome.error_code}: {outcome.error_message}); "

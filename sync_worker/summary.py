@@ -42,6 +42,7 @@ def summary(
         "counts": dict(sorted(counts.items())),
         "requests_sent": counters.requests,
         "retries": counters.retries,
+        "connection_errors": counters.connection_errors,
         "rate_limited_429": counters.rate_limited,
         "effective_requests_per_minute": round(per_minute, 1),
         "server_limit_learned_per_minute": (

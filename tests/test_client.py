@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from email.utils import formatdate
 
 import pytest
 from yarl import URL
 
-from sync_worker.client import MAX_PAUSE_S, Kind, RetryPolicy, classify, reset_delay
+from sync_worker.client import (
+    MAX_PAUSE_S,
+    Client,
+    Kind,
+    Outcome,
+    RetryPolicy,
+    classify,
+    reset_delay,
+    retry_after,
+)
 
 
 def api_error(code: str, message: str = "m") -> bytes:
@@ -130,3 +140,143 @@ def test_request_url(base_url: str, expected: str) -> None:
     url = client.url(42)
     assert str(url) == expected
     assert url == URL(expected)  # what aiohttp would have made of the text
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"),
+    [(3.0, 3.0), (0.0, 0.0), (-4.0, 0.0), (100_000.0, MAX_PAUSE_S)],
+    ids=["retry-after", "zero", "past", "capped"],
+)
+def test_a_server_hint_replaces_the_backoff(hint: float, expected: float) -> None:
+    assert RetryPolicy(base_s=0.5).delay(3, hint) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [({"Retry-After": "2"}, 2.0), ({"Retry-After": formatdate(NOW + 10, usegmt=True)}, 10.0),
+     ({"Retry-After": "later"}, None), ({}, None)],
+    ids=["seconds", "date", "unreadable", "absent"],
+)  # fmt: skip
+def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    got = retry_after(headers, NOW)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+async def _raw_server(answers: list[bytes]) -> tuple[asyncio.AbstractServer, str, list[float]]:
+    """A TCP server writing the next raw answer for each request, then closing: HTTP or not."""
+    arrivals: list[float] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrivals.append(asyncio.get_running_loop().time())
+        writer.write(answers.pop(0) if len(answers) > 1 else answers[0])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}", arrivals
+
+
+def _http(status: str, body: bytes = b"{}", *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _send_one(base_url: str, policy: RetryPolicy, watching: bool = True) -> Client:
+    import aiohttp
+
+    from sync_worker.limiter import Pacer
+    from sync_worker.outage import Outage
+
+    stop = asyncio.Event()
+    outage = Outage(60.0, stop)
+    outage.watching = watching
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, base_url, Pacer(1000, 1.0, stop), policy, stop, outage)
+        client.last = await client.send(7, b'{"objective":"x"}')  # type: ignore[attr-defined]
+    return client
+
+
+def test_a_503_retry_after_is_waited_out() -> None:
+    async def scenario() -> tuple[Outcome, list[float]]:
+        server, url, arrivals = await _raw_server(
+            [_http("503 Service Unavailable", b"", "Retry-After: 0.3"), _http("200 OK")]
+        )
+        async with server:
+            client = await _send_one(url, RetryPolicy(base_s=0.001))
+        return client.last, arrivals  # type: ignore[attr-defined]
+
+    outcome, arrivals = asyncio.run(scenario())
+    assert (outcome.status, outcome.attempts) == ("ok", 2)
+    assert arrivals[1] - arrivals[0] >= 0.3  # the server's word, not the 1 ms backoff
+
+
+def test_an_answer_that_is_not_http_is_retried_then_fails_the_row() -> None:
+    async def scenario() -> Client:
+        server, url, _arrivals = await _raw_server([b"HTTP/1.1 2OO OK\r\n\r\n"])
+        async with server:
+            return await _send_one(url, RetryPolicy(max_retries=2, base_s=0.001))
+
+    client = asyncio.run(scenario())
+    outcome: Outcome = client.last  # type: ignore[attr-defined]
+    assert (outcome.status, outcome.error_code, outcome.attempts) == ("failed", "bad_response", 3)
+    assert outcome.http_status is None and "not HTTP" in outcome.error_message
+    assert (client.counters.requests, client.counters.connection_errors) == (0, 3)
+
+
+def test_a_connection_never_opened_is_not_attempted_and_not_on_the_wire() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = asyncio.run(_send_one(f"http://127.0.0.1:{port}", RetryPolicy(), watching=False))
+    outcome: Outcome = client.last  # type: ignore[attr-defined]
+    assert (outcome.status, outcome.error_code, outcome.attempts) == (
+        "not_attempted", "connection_error", 0,
+    )  # fmt: skip
+    assert client.started == set() and client.counters.retries == 0
+
+
+def test_rows_wait_out_an_outage_without_spending_retries() -> None:
+    """The API stops listening mid-run and comes back on the same port: with only the retries
+    that drops cut off in flight may spend before the outage shows, every row still ends ok."""
+    import aiohttp
+    from aiohttp import web
+
+    from sync_worker.limiter import Pacer
+    from sync_worker.outage import OUTAGE_AFTER, Outage
+
+    async def accept(_request: web.Request) -> web.Response:
+        return web.json_response({"interview_request_id": 1})
+
+    async def listen(port: int) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_patch("/interviews/{id}", accept)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    async def scenario() -> tuple[list[Outcome], int]:
+        runner = await listen(0)
+        port = runner.addresses[0][1]
+        stop = asyncio.Event()
+        outage = Outage(30.0, stop)
+        outage.watching = True
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, f"http://127.0.0.1:{port}", Pacer(100, 1.0, stop),
+                            RetryPolicy(OUTAGE_AFTER - 1, base_s=0.001), stop, outage)  # fmt: skip
+            sends = [asyncio.ensure_future(client.send(i, b"{}")) for i in range(1, 41)]
+            await asyncio.sleep(0.1)
+            await runner.cleanup()
+            await asyncio.sleep(0.3)
+            runner = await listen(port)
+            outcomes = await asyncio.gather(*sends)
+        await runner.cleanup()
+        return outcomes, client.counters.connection_errors
+
+    outcomes, connection_errors = asyncio.run(scenario())
+    assert {o.status for o in outcomes} == {"ok"}
+    assert connection_errors > 0  # the outage did happen

@@ -256,3 +256,21 @@ def test_config_file_with_bom_or_not_utf8(tmp_path: Path) -> None:
 
 def test_default_concurrency_survives_an_extreme_window() -> None:
     assert Settings(rate_limit=1000, rate_period_s=1e-300).workers == 256
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", 300.0), ("[api]\nmax_outage_s = 2", 2.0), ("[api]\nmax_outage_s = 0.5", 0.5)],
+    ids=["default", "whole", "fraction"],
+)
+def test_max_outage_s(tmp_path: Path, text: str, expected: float) -> None:
+    assert resolve(write(tmp_path, text), {}, {}).max_outage_s == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "-1", "inf", "nan", '"60"', "true"],
+    ids=["zero", "negative", "inf", "nan", "text", "bool"],
+)  # fmt: skip
+def test_max_outage_s_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[api\] max_outage_s must be a finite number above 0"):
+        load_file(write(tmp_path, f"[api]\nmax_outage_s = {value}"))

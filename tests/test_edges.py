@@ -12,7 +12,12 @@ import gzip
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -699,3 +704,163 @@ def test_a_ledger_that_cannot_be_written_mid_run_stops_the_run(
     assert len(error) == 1 and "No space left on device" in error[0]
     assert "cannot write the results" in error[0]
     assert len(sandbox.requests()) < 200  # it stopped sending
+
+
+def _server_rows(tmp_path: Path, count: int) -> None:
+    from conftest import write_csv
+
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
+              [[i, f"N{i}"] for i in range(1, count + 1)])  # fmt: skip
+    (tmp_path / "fast.toml").write_text("[api]\nbackoff_base_s = 0.02\nmax_retries = 2\n")
+
+
+def _server_run(server: SandboxServer, *args: str) -> list[str]:
+    return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
+            "--ledger", "ledger.csv", "--config", "fast.toml", "--rate-limit", "1000",
+            "--rate-period", "1", *args]  # fmt: skip
+
+
+def _started_run(tmp_path: Path, args: list[str]) -> subprocess.Popen[str]:
+    from conftest import cli_env
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", *args], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _arrivals(server: SandboxServer, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(server.requests()) < count:
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.02)
+
+
+def test_not_http_on_the_first_request_aborts_naming_the_base_url(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--garbage-rate", "1")
+    _server_rows(tmp_path, 5)
+    result = run_cli(*_server_run(server), cwd=tmp_path)
+    assert_no_traceback(result, 3)
+    aborted = [e for e in result.events() if e["event"] == "run_aborted"]
+    assert len(aborted) == 1
+    assert "does not answer like the Hindsight API" in aborted[0]["reason"]
+    assert "check --base-url" in aborted[0]["reason"]
+    ledger = assert_ledger_rows(tmp_path / "ledger.csv", 5)
+    assert Counter((x["status"], x["error_code"]) for x in ledger) == {
+        ("failed", "bad_response"): 1, ("not_attempted", ""): 4,
+    }  # fmt: skip
+    assert ledger[0]["attempts"] == "3"  # retried like any other error, then given up
+
+
+def test_not_http_inside_the_pool_is_retried_and_kills_no_worker(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--garbage-rate", "0.3", "--seed", "3")
+    _server_rows(tmp_path, 40)
+    (tmp_path / "fast.toml").write_text("[api]\nbackoff_base_s = 0.01\nmax_retries = 10\n")
+    result = run_cli(*_server_run(server, "--concurrency", "4"), cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    assert {x["status"] for x in assert_ledger_rows(tmp_path / "ledger.csv", 40)} == {"ok"}
+    garbled = sum(1 for r in server.requests() if r.get("not_http"))
+    retried = [e for e in result.events() if e["event"] == "retry"]
+    assert garbled > 0 and {e["error_code"] for e in retried} == {"bad_response"}
+    summary = result.event("run_finished")
+    assert (summary["requests_sent"], summary["connection_errors"]) == (40, garbled)
+
+
+def test_garbage_for_every_row_in_the_pool_fails_rows_not_workers(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    """Seed 1: the first request gets through within its retries, then most tries do not."""
+    server = sandbox_factory("--garbage-rate", "0.8", "--seed", "1")
+    _server_rows(tmp_path, 12)
+    result = run_cli(*_server_run(server, "--concurrency", "3"), cwd=tmp_path)
+    assert_no_traceback(result, 1)
+    ledger = assert_ledger_rows(tmp_path / "ledger.csv", 12)
+    statuses = Counter((x["status"], x["error_code"]) for x in ledger)
+    assert set(statuses) <= {("ok", ""), ("failed", "bad_response")}
+    assert statuses[("failed", "bad_response")] > 0
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "sigint"]
+)
+def test_stop_while_sends_wait_for_their_slot(
+    tmp_path: Path, sandbox: SandboxServer, sig: signal.Signals, code: int
+) -> None:
+    """One request every 5 s: after the first answers, every other send waits in the pacer."""
+    _server_rows(tmp_path, 20)
+    process = _started_run(tmp_path, _server_run(sandbox, "--rate-limit", "2",
+                                                 "--rate-period", "10"))  # fmt: skip
+    _arrivals(sandbox, 1)
+    time.sleep(0.2)
+    process.send_signal(sig)
+    _out, err = process.communicate(timeout=5)  # not the 10 s grace for requests in flight
+    assert "Traceback" not in err
+    assert process.returncode == code, err
+    ledger = assert_ledger_rows(tmp_path / "ledger.csv", 20)
+    statuses = Counter(x["status"] for x in ledger)
+    assert set(statuses) == {"ok", "not_attempted"}  # never "failed / interrupted"
+    assert statuses["ok"] == len(sandbox.requests())
+
+
+def test_max_duration_while_sends_wait_for_their_slot(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    _server_rows(tmp_path, 20)
+    args = _server_run(sandbox, "--rate-limit", "2", "--rate-period", "10")
+    result = run_cli(*args, "--max-duration", "0.01", cwd=tmp_path, timeout=8)  # 0.6 s
+    assert_no_traceback(result, 4)
+    statuses = Counter(x["status"] for x in assert_ledger_rows(tmp_path / "ledger.csv", 20))
+    assert set(statuses) == {"ok", "not_attempted"}
+    assert statuses["ok"] == len(sandbox.requests()) <= 2  # the bucket's room, nothing later
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "max-duration"])
+def test_stop_during_the_first_request_is_not_an_abort(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer], stop: str
+) -> None:
+    """Every connection dropped: the first request is in its retries when the stop comes."""
+    server = sandbox_factory("--drop-rate", "1")
+    _server_rows(tmp_path, 5)
+    (tmp_path / "fast.toml").write_text("[api]\nbackoff_base_s = 2\n")
+    args = _server_run(server)
+    if stop == "sigterm":
+        process = _started_run(tmp_path, args)
+        _arrivals(server, 1)
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=10)
+        code, events = process.returncode, err
+    else:
+        result = run_cli(*args, "--max-duration", "0.005", cwd=tmp_path)  # 0.3 s
+        code, events = result.code, result.stderr
+    assert (code, "Traceback" in events) == ((143 if stop == "sigterm" else 4), False), events
+    assert "run_aborted" not in events
+    ledger = assert_ledger_rows(tmp_path / "ledger.csv", 5)
+    assert Counter((x["status"], x["error_code"]) for x in ledger) == {
+        ("failed", "connection_error"): 1, ("not_attempted", ""): 4,  # the drop reached it
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("option", "0"), ("option", "nan"), ("option", "inf"), ("config", "0"),
+     ("config", "inf"), ("config", "-5"), ("config", '"300"')],
+    ids=["option-zero", "option-nan", "option-inf", "config-zero", "config-inf",
+         "config-negative", "config-text"],
+)  # fmt: skip
+def test_max_outage_must_be_finite_and_positive(
+    tmp_path: Path, sandbox: SandboxServer, where: str, value: str
+) -> None:
+    _server_rows(tmp_path, 3)
+    if where == "option":
+        result = run_cli(*_server_run(sandbox, "--max-outage", value), cwd=tmp_path)
+        assert_no_traceback(result, 2)
+        assert "--max-outage" in result.stderr
+    else:
+        (tmp_path / "fast.toml").write_text(f"[api]\nmax_outage_s = {value}\n")
+        result = run_cli(*_server_run(sandbox), cwd=tmp_path)
+        assert_one_line(result, 2, "fast.toml", "[api] max_outage_s", "finite number above 0")
+    assert sandbox.requests() == []

@@ -8,7 +8,7 @@ from collections import deque
 
 import pytest
 
-from sync_worker.limiter import BUCKET_ROOM, Pacer, Window, window_margin
+from sync_worker.limiter import BUCKET_ROOM, Pacer, Stopped, Window, window_margin
 
 
 def most_in_any_window(times: list[float], span: float) -> int:
@@ -125,3 +125,42 @@ def test_does_not_learn_from_a_few_samples() -> None:
         return pacer
 
     assert asyncio.run(scenario()).learned is None
+
+
+@pytest.mark.parametrize("waiting_for", ["bucket", "bucket-after-429"])
+def test_a_stop_ends_a_wait_for_a_slot_at_once(waiting_for: str) -> None:
+    """aiolimiter's wait cannot be told to stop: it is raced against the stop event."""
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        pacer = Pacer(2, 20.0, stop)  # past its room, the bucket lets one out every 10 s
+        loop = asyncio.get_running_loop()
+        if waiting_for == "bucket":
+            for _ in range(BUCKET_ROOM):
+                await pacer.acquire()
+        else:  # the first send after a pause takes the whole bucket: ~10 s from here
+            await pacer.acquire()
+            pacer.rate_limited(0.01)
+        loop.call_later(0.05, stop.set)
+        begin = loop.time()
+        with pytest.raises(Stopped):
+            await pacer.acquire()
+        return loop.time() - begin
+
+    assert asyncio.run(scenario()) < 1.0  # not the bucket's 10 s
+
+
+def test_no_slot_is_granted_past_the_deadline() -> None:
+    async def scenario() -> tuple[list[float], float, bool]:
+        stop = asyncio.Event()
+        pacer = Pacer(10, 1.0, stop)  # a slot every 0.1 s
+        pacer.deadline = asyncio.get_running_loop().time() + 0.25
+        granted = []
+        with pytest.raises(Stopped):
+            while True:
+                granted.append(await pacer.acquire())
+        return granted, pacer.deadline, stop.is_set()
+
+    granted, deadline, stopped = asyncio.run(scenario())
+    assert granted and all(t < deadline for t in granted)
+    assert stopped  # the others stop too, without waiting for the deadline's timer

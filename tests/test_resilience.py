@@ -238,8 +238,10 @@ def test_unreachable_base_url_aborts(tmp_path: Path) -> None:
     assert result.code == 3
     assert "cannot reach the API" in result.event("run_aborted")["reason"]
     lines = read_ledger(tmp_path / "ledger.csv")
-    assert Counter(x["status"] for x in lines) == {"failed": 1, "not_attempted": 4}
-    assert lines[0]["error_code"] == "connection_error" and lines[0]["attempts"] == "2"
+    # no connection ever opened: the server never saw a row, so none is failed; no retries
+    assert Counter(x["status"] for x in lines) == {"not_attempted": 5}
+    assert lines[0]["error_code"] == "connection_error" and lines[0]["attempts"] == "0"
+    assert not any(e["event"] == "retry" for e in result.events())
 
 
 def test_sigterm_during_a_429_pause_stops_at_once(
@@ -258,3 +260,70 @@ def test_sigterm_during_a_429_pause_stops_at_once(
     assert statuses["ok"] == 5 and sum(statuses.values()) == 20
     assert statuses["not_attempted"] >= 13  # never sent: not "interrupted in flight"
     assert len(server.requests()) <= 7
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _outage_run(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer], *args: str
+) -> tuple[SandboxServer, subprocess.Popen[str], list[str]]:
+    """A sandbox on a known port, killed (-9) mid-run: the run sees the API go away."""
+    port = _free_port()
+    server = sandbox_factory("--port", str(port), "--rate-limit", "1000", "--rate-period", "1")
+    rows_csv(tmp_path, 30)
+    process = start_run(tmp_path, run_args(server, "--rate-limit", "40", "--rate-period", "1",
+                                           "--concurrency", "4", *args))  # fmt: skip
+    wait_for_arrivals(server, 8)
+    server.process.kill()
+    server.process.wait()
+    return server, process, ["--port", str(port), "--rate-limit", "1000", "--rate-period", "1"]
+
+
+def test_api_away_then_back_loses_no_row(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    _gone, process, same_port = _outage_run(tmp_path, sandbox_factory)
+    time.sleep(0.5)  # and the sandbox takes a second or two to start again
+    back = sandbox_factory(*same_port)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "api_unreachable" in names and "api_reachable" in names
+    assert names.count("retry") <= 4  # no retry storm: the outage is waited out, not retried
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert sorted(int(x["source_row"]) for x in lines) == list(range(1, 31))
+    assert {x["status"] for x in lines} == {"ok"}  # no row failed for the outage
+    assert {r["status"] for r in back.requests()} == {200} and len(back.requests()) >= 15
+    summary = json.loads((tmp_path / "ledger.csv.summary.json").read_text())
+    assert summary["connection_errors"] > 0 and summary["exit_code"] == 0
+
+
+def test_api_away_past_max_outage_stops_with_3(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    _gone, process, _port = _outage_run(tmp_path, sandbox_factory, "--max-outage", "2")
+    killed = time.monotonic()
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 3, err
+    assert time.monotonic() - killed < 2 + 5  # the limit, not every row's retries (was 78 s)
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    aborted = next(e for e in events if e["event"] == "run_aborted")
+    assert "did not answer for 2 s" in aborted["reason"] and "re-run resumes" in aborted["reason"]
+    assert [e["event"] for e in events].count("retry") <= 4
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert sorted(int(x["source_row"]) for x in lines) == list(range(1, 31))
+    statuses = Counter((x["status"], x["error_code"]) for x in lines)
+    assert statuses[("ok", "")] >= 8 and statuses[("not_attempted", "")] > 0
+    # failed only what a dropped connection may have delivered (at most one a worker)
+    assert statuses[("failed", "connection_error")] <= 4
+    assert set(statuses) <= {("ok", ""), ("not_attempted", ""),
+                             ("not_attempted", "connection_error"),
+                             ("failed", "connection_error")}  # fmt: skip

@@ -96,3 +96,28 @@ def test_misbehaves_on_request(sandbox_factory: Callable[..., SandboxServer]) ->
     started = time.monotonic()
     assert call(slow, "PATCH", "/interviews/1", {"objective": "x"})[0] == 200
     assert time.monotonic() - started >= 0.3
+
+
+def test_answers_that_are_not_http_on_request(
+    sandbox_factory: Callable[..., SandboxServer],
+) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    from sync_worker.sandbox import NOT_HTTP
+
+    garbling = sandbox_factory("--garbage-rate", "1")
+    address = urlsplit(garbling.root)
+    body = b'{"objective": "x"}'
+    request = (
+        f"PATCH /api/v1/interviews/1 HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection((address.hostname, address.port), timeout=5) as conn:
+        conn.sendall(request)
+        received = b""
+        while chunk := conn.recv(4096):  # the sandbox closes after the garbage
+            received += chunk
+    assert received == NOT_HTTP
+    assert [r.get("not_http") for r in garbling.requests()] == [True]
