@@ -396,7 +396,9 @@ def _read_parquet(path: Path, wanted: HeaderFilter | None) -> pd.DataFrame:
 
 def _column_as_text(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
     """Integral floats become "4821", not "4821.0"; nulls and NaN become ""; bytes become
-    text only when they are UTF-8. A list, struct or map column cannot be one text cell."""
+    text only when they are UTF-8. A list, struct or map column cannot be one text cell.
+    large_string (how pandas 3 writes its text columns) becomes string, whose 32-bit offsets
+    the planner reads."""
     kind = column.type
     if pa.types.is_dictionary(kind):
         column, kind = pc.cast(column, kind.value_type), kind.value_type

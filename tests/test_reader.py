@@ -278,3 +278,37 @@ def test_parquet_column_used_that_cannot_be_text(
     assert f"in.parquet: column 'objective' {problem}" in str(error.value).replace(
         str(tmp_path) + "/", ""
     )
+
+
+TEXT = pd.ArrowDtype(pa.string())
+
+
+def test_parquet_large_strings_read_as_text(tmp_path: Path) -> None:
+    """pandas 3 writes its default `str` columns as Arrow large_string."""
+    path = tmp_path / "pandas3.parquet"
+    table = pa.table({
+        "interview_id": pa.array(["004821", None], pa.large_string()),
+        "contact_name": pa.array([" Ana ", "Bo"], pa.large_string()),
+    })  # fmt: skip
+    pq.write_table(table, path)
+    frame = read_batch([str(path)], ReadOptions()).frame
+    assert frame["interview_id"].tolist() == ["004821", ""]
+    assert frame["contact_name"].tolist() == [" Ana ", "Bo"]
+    assert frame["interview_id"].dtype == TEXT and frame["contact_name"].dtype == TEXT
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["a.csv"], ["a.csv", "b.parquet"], ["b.parquet"]],
+    ids=["csv", "csv-then-parquet", "parquet"],
+)
+def test_text_columns_are_arrow_strings(tmp_path: Path, names: list[str]) -> None:
+    """Arrow `string` (32-bit offsets), whatever pandas defaults to: the planner reads the
+    columns back as Arrow without a copy and reads their offsets as int32."""
+    (tmp_path / "a.csv").write_text("interview_id,contact_name\n1,Ana\n")
+    pq.write_table(pa.table({"interview_id": pa.array(["2"], pa.large_string())}),
+                   tmp_path / "b.parquet")  # fmt: skip
+    frame = read_batch([str(tmp_path / n) for n in names], ReadOptions()).frame
+    text_columns = frame.columns.drop(["_file", "_row"])
+    assert {str(c): frame[c].dtype for c in text_columns} == dict.fromkeys(text_columns, TEXT)
+    assert pa.array(frame["interview_id"]).type == pa.string()
