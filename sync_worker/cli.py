@@ -7,7 +7,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -16,6 +16,9 @@ from sync_worker import __version__
 from sync_worker.config import TIER_LIMITS, Settings, check_rate, resolve
 from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
+
+if TYPE_CHECKING:
+    from sync_worker.sandbox import SandboxConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_FLAG_MESSAGE = (
@@ -108,7 +111,7 @@ shared_options = _options(
     click.option("--existing-notes", type=click.Path(dir_okay=False, path_type=str),
                  help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
                  "implies --merge."),
-    click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=str),
+    click.option("--state", "state_path", type=click.Path(path_type=str),  # a folder: one line
                  help="State database [default: state/sync-state.sqlite]."),
     click.option("--force", is_flag=True, help="Send rows even when unchanged since the last "
                  "successful send."),
@@ -126,7 +129,7 @@ run_options = _options(
                  "[default: HINDSIGHT_API_KEY]."),
     click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=str),
                  help="Read the API key from this file instead."),
-    click.option("--ledger", type=click.Path(dir_okay=False, path_type=str),
+    click.option("--ledger", type=click.Path(path_type=str),  # a folder: our one line
                  help="Ledger file, .csv or .jsonl [default: ledgers/sync-<run_id>.csv]."),
     click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
     click.option("--max-duration", type=POSITIVE_NUMBER,
@@ -210,11 +213,12 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
 
 
 @main.command()
-@click.argument("ledger", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("ledger", type=click.Path(path_type=Path))  # missing or a folder: our one line
 def report(ledger: Path) -> None:
     """Summarise a ledger: counts by status and error code, failed rows, what to do next."""
     from sync_worker.report import render
 
+    configure("auto")
     _finish(lambda: _echo(render(ledger)))
 
 
@@ -285,10 +289,9 @@ def report(ledger: Path) -> None:
 @click.option("--seed", type=int, help="Seed for the random failures, for repeatable runs.")
 def sandbox(**opts: Any) -> None:
     """Run the local simulated API on 127.0.0.1 (for the demo, tests and trying a mapping)."""
-    import asyncio
+    from sync_worker.sandbox import SandboxConfig
 
-    from sync_worker.sandbox import SandboxConfig, serve
-
+    configure("auto")
     config = SandboxConfig(
         limit=_sandbox_limit(opts),
         period_s=opts["rate_period"], api_key=opts["api_key"], latency_ms=opts["latency_ms"],
@@ -296,8 +299,18 @@ def sandbox(**opts: Any) -> None:
         garbage_rate=opts["garbage_rate"],
         reset_format=opts["reset_format"], seed=opts["seed"],
     )  # fmt: skip
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(serve(config, opts["port"], _announce))
+    _finish(lambda: _serve_sandbox(config, opts["port"]))
+
+
+def _serve_sandbox(config: SandboxConfig, port: int) -> int:
+    """Serve until SIGINT or SIGTERM, then exit 0: stopping the sandbox is its normal end."""
+    import asyncio
+
+    from sync_worker.sandbox import serve
+
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # a signal at start-up
+        asyncio.run(serve(config, port, _announce))
+    return 0
 
 
 def _sandbox_limit(opts: dict[str, Any]) -> int:

@@ -7,14 +7,16 @@ SHA-256). A CSV cell that a spreadsheet would run as a formula is escaped with a
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from sync_worker.errors import ConfigError
+from sync_worker.errors import ConfigError, InputError
 from sync_worker.logs import redact
-from sync_worker.private_files import create_private
+from sync_worker.paths import check_writable, open_private, unwritable
 
 
 class Where(NamedTuple):
@@ -59,11 +61,17 @@ def ledger_path(template: str | None, run_id: str, date: str) -> Path:
     gets this run's id added."""
     text = template or DEFAULT_PATH
     path = Path(text.replace("{run_id}", run_id).replace("{date}", date))
+    if path.is_dir():
+        raise unwritable(path, "ledger", "--ledger", IsADirectoryError(errno.EISDIR, "", text))
     if not path.exists() and not path.is_symlink():
         return path
     if "{run_id}" in text or "{date}" in text:
         return path.with_name(f"{path.stem}-{run_id}{path.suffix}")
-    raise ConfigError(
+    raise _exists(path)
+
+
+def _exists(path: Path) -> ConfigError:
+    return ConfigError(
         f"ledger {path} already exists: a ledger never mixes two runs; give a new --ledger "
         f"path, or put {{run_id}} or {{date}} in it (e.g. ledgers/sync-{{date}}-{{run_id}}.csv)"
     )
@@ -83,12 +91,18 @@ class Ledger:
             raise ConfigError(f"ledger {path}: use a .csv or .jsonl file name")
         self.path = path
         self._jsonl = suffix == ".jsonl"
-        existed = path.exists() and path.stat().st_size > 0
-        create_private(path)
-        self._file: IO[str] = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
-        os.chmod(path, 0o600)
+        check_writable(summary_path(path), "ledger summary", "--ledger")
+        if path.exists() or path.is_symlink():  # made since ledger_path chose it
+            raise _exists(path)
+        fd = open_private(path, "ledger", "--ledger", os.O_WRONLY | os.O_APPEND)
+        self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8", newline="")
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError as exc:
+            self._file.close()
+            raise unwritable(path, "ledger", "--ledger", exc) from None
         self._csv = csv.writer(self._file, lineterminator="\n")
-        if not self._jsonl and not existed:
+        if not self._jsonl:
             self._csv.writerow(COLUMNS)
         self.lines = 0
 
@@ -117,9 +131,93 @@ class Ledger:
             self._file.close()
 
 
+def summary_path(ledger_path: Path) -> Path:
+    """`<ledger>.summary.json`, beside the ledger."""
+    return ledger_path.with_name(ledger_path.name + ".summary.json")
+
+
+class LoadedLedger(NamedTuple):
+    rows: list[dict[str, Any]]
+    cut_off: bool  # its last line was cut short (the run was killed writing it): left out
+
+
 def read_ledger(path: Path) -> list[dict[str, Any]]:
     """Read a ledger back (for `report` and the tests)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        if path.suffix.lower() == ".jsonl":
-            return [json.loads(line) for line in handle if line.strip()]
-        return list(csv.DictReader(handle))
+    return load_ledger(path).rows
+
+
+def load_ledger(path: Path) -> LoadedLedger:
+    """A ledger's lines, by content (JSON lines, else CSV); InputError says what is wrong."""
+    text = _ledger_text(path)
+    cut = not text.endswith("\n")  # a whole line always ends with one
+    if text.lstrip().startswith("{"):
+        return _jsonl_rows(path, text, cut)
+    return _csv_rows(path, text, cut)
+
+
+def _not_a_ledger(path: Path, why: str) -> InputError:
+    return InputError(
+        f"ledger {path}: {why}; give report the .csv or .jsonl ledger that a run wrote "
+        "(ledgers/sync-<run_id>.csv by default)"
+    )
+
+
+def _ledger_text(path: Path) -> str:
+    if path.is_dir():
+        raise _not_a_ledger(path, "it is a folder")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _not_a_ledger(path, "no such file") from None
+    except OSError as exc:
+        raise _not_a_ledger(path, f"cannot be read ({exc.strerror})") from None
+    if b"\0" in data:
+        raise _not_a_ledger(path, "a binary file, not a ledger")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_a_ledger(path, "not UTF-8 text, so not a ledger") from None
+    if not text.strip():
+        raise _not_a_ledger(path, "the file is empty")
+    return text
+
+
+def _csv_rows(path: Path, text: str, cut: bool) -> LoadedLedger:
+    try:
+        records = [record for record in csv.reader(io.StringIO(text, newline="")) if record]
+    except csv.Error as exc:
+        raise _not_a_ledger(path, f"not a CSV file ({exc})") from None
+    header, lines = records[0], records[1:]
+    missing = [column for column in COLUMNS if column not in header]
+    if missing:
+        found = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
+        raise _not_a_ledger(path, f"no column {', '.join(missing[:3])} (its columns: {found})")
+    rows: list[dict[str, Any]] = []
+    for number, record in enumerate(lines, 2):
+        if len(record) != len(header):
+            if cut and number == len(records):
+                return LoadedLedger(rows, cut_off=True)
+            raise _not_a_ledger(
+                path, f"record {number} has {len(record)} cells where the header has {len(header)}"
+            )
+        rows.append(dict(zip(header, record, strict=True)))
+    return LoadedLedger(rows, cut_off=False)
+
+
+def _jsonl_rows(path: Path, text: str, cut: bool) -> LoadedLedger:
+    lines = text.split("\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            if cut and number == len(lines):
+                return LoadedLedger(rows, cut_off=True)
+            raise _not_a_ledger(path, f"line {number} is not JSON ({exc})") from None
+        missing = [column for column in COLUMNS if not isinstance(row, dict) or column not in row]
+        if missing:
+            raise _not_a_ledger(path, f"line {number} is not a ledger line (no {missing[0]})")
+        rows.append(row)
+    return LoadedLedger(rows, cut_off=False)

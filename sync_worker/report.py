@@ -6,16 +6,19 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from sync_worker.ledger import read_ledger
+from sync_worker.ledger import load_ledger, summary_path
 
 FAILED_SHOWN = 10
 
 
 def render(path: Path) -> str:
-    rows = read_ledger(path)
+    """The report; InputError (exit 2, one line) for a file that is not a ledger."""
+    rows, cut_off = load_ledger(path)
     statuses = Counter(str(r["status"]) for r in rows)
     codes = Counter(str(r["error_code"]) for r in rows if r.get("error_code"))
     lines = [f"ledger {path}: {len(rows)} rows"]
+    if cut_off:
+        lines.append("  (its last line was cut short, as when a run is killed: left out)")
     lines += [f"  {status:<18} {count:>8}" for status, count in sorted(statuses.items())]
     if codes:
         lines.append("error codes:")
@@ -38,10 +41,17 @@ def _describe(row: dict[str, object]) -> str:
 
 
 def _rate(path: Path) -> list[str]:
-    summary_path = path.with_name(path.name + ".summary.json")
-    if not summary_path.exists():
+    """The figures of the summary beside the ledger; none (a killed run) is fine, and one that
+    cannot be read is said so without hiding the rest of the report."""
+    summary_file = summary_path(path)
+    if not summary_file.exists():
         return []
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"summary {summary_file}: cannot be read ({exc}); its figures are left out"]
+    if not isinstance(summary, dict):
+        return [f"summary {summary_file}: not a JSON object; its figures are left out"]
     return [
         f"requests sent: {summary.get('requests_sent')}, retries: {summary.get('retries')}, "
         f"429s: {summary.get('rate_limited_429')}, effective rate: "
@@ -63,6 +73,8 @@ def _next_steps(statuses: Counter[str]) -> list[str]:
             f"next: fix the {statuses['invalid']} invalid rows in the export (see error_message), "
             "then re-run"
         )
+    if not steps and not statuses:
+        steps.append("nothing to do: the ledger has no rows (the run had no input rows)")
     if not steps:
         steps.append("nothing to do: every row is ok, unchanged or a dry run")
     return steps

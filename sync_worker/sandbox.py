@@ -11,16 +11,21 @@ was told.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
 import random
+import signal
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from sync_worker.errors import ConfigError
 from sync_worker.fields import CONTACT_FIELDS, CONTEXT, FIELDS, SENT_FIELDS, Kind
 
 UNKNOWN_IDS_FROM = 900_000_000  # ids from here up do not exist (404)
@@ -293,14 +298,41 @@ def make_app(config: SandboxConfig) -> web.Application:
 
 
 async def serve(config: SandboxConfig, port: int, announce: Any = print) -> None:
-    """Serve until cancelled or signalled; announces the base URL once listening."""
-    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    announce(f"sandbox listening on http://127.0.0.1:{bound}/api/v1")
+    """Serve until cancelled, SIGINT or SIGTERM (a normal end: it returns, after cleaning up);
+    announces the base URL once listening. A port that cannot be had is a ConfigError."""
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    with _stop_on_signals() as stop:  # before the announcement: a stop may follow it at once
+        await runner.setup()
+        try:
+            await _listen(runner, port)
+            announce(f"sandbox listening on http://127.0.0.1:{runner.addresses[0][1]}/api/v1")
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+async def _listen(runner: web.AppRunner, port: int) -> None:
     try:
-        await asyncio.Event().wait()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except OSError as exc:
+        problem = (
+            "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+        )
+        raise ConfigError(
+            f"sandbox: port {port} on 127.0.0.1 {problem}; stop what listens there, or pick "
+            "another with --port (0: any free port)"
+        ) from None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM, for as long as the block runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
     finally:
-        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,4 +1,4 @@
-"""The state database (SQLite) and the one-run-at-a-time lock beside it.
+"""The state database (SQLite) and the one-run-at-a-time lock on it.
 
 It remembers, for every interview sent successfully, the payload hash, and for every contact the
 context last sent. A row whose payload equals the last one sent is skipped, so a re-run after a
@@ -10,6 +10,9 @@ folded into the keyed tables `sent` and `contacts` when the state is closed, or,
 when it is next opened; readers see the keyed tables with the journal laid over them. Appending
 writes one page per commit, where upserting interviews in contact order dirtied a page per row
 (about 12 us a request, most of the run's own cost when the rate is not the limit).
+
+A file that is not a state this version can use (garbage, a damaged or foreign database, a newer
+layout), or one that cannot be written, is one ConfigError (exit 2) naming it and the fix.
 """
 
 from __future__ import annotations
@@ -17,14 +20,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from functools import cache
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from sync_worker.clock import now_iso
-from sync_worker.errors import LockedError, SyncWorkerError
+from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
 from sync_worker.merger import Context
-from sync_worker.private_files import create_private
+from sync_worker.paths import create_private, open_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -55,7 +63,27 @@ CREATE TABLE IF NOT EXISTS journal (
     run_id TEXT NOT NULL,
     sent_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS lock_holder (
+    slot INTEGER PRIMARY KEY CHECK (slot = 1),
+    pid INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
 """
+# PRAGMA user_version this version writes. A state written by a newer version (a higher number)
+# is refused rather than misread; older ones (0: before the number) are read and upgraded.
+SCHEMA_VERSION = 1
+CORE_TABLES = frozenset({"sent", "contacts", "runs"})  # a database with none of them is not ours
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",  # survives kill -9; only power loss can undo
+    "PRAGMA wal_autocheckpoint=20000",  # fold the WAL in rarely: no stalls
+)
+# How long to wait for another program's lock on the file. Sync-worker runs exclude each other
+# with RunLock and WAL readers never block the writer, so a longer wait means another program
+# (an sqlite3 shell, a backup) holds the file: say so instead of hanging.
+BUSY_TIMEOUT_S = 1.0
+HOLDER_WAIT_S = (0.05, 10)  # a refused run waits up to 10 x 50 ms for the holder to sign in
 FOLD = (
     "INSERT OR REPLACE INTO sent SELECT interview_id, payload_sha256, contact, run_id, sent_at "
     "FROM journal ORDER BY rowid",
@@ -63,6 +91,10 @@ FOLD = (
     "FROM journal WHERE context_json IS NOT NULL ORDER BY rowid",
     "DELETE FROM journal",
 )
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF) that say "in use" and
+# "cannot write here"; every other error reading a state means the file is not a usable state.
+SQLITE_IN_USE = frozenset({5, 6})  # BUSY, LOCKED
+SQLITE_CANNOT_WRITE = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR, FULL, CANTOPEN
 
 
 class Success(NamedTuple):
@@ -76,64 +108,217 @@ class Success(NamedTuple):
     sent_at: str
 
 
+def not_a_state(path: Path, why: str) -> ConfigError:
+    """The one line for a state file this version cannot use, with how to move it aside."""
+    aside = f"mv {shlex.quote(str(path))} {shlex.quote(str(path) + '.bad')}"
+    return ConfigError(
+        f"state database {path}: not a sync-worker state this version can use ({why}); if "
+        f"--state names the wrong file, correct it; if this is the damaged state, move it aside "
+        f"({aside}) and re-run: a new state is made, and as it remembers nothing sent, "
+        "unchanged rows are sent again"
+    )
+
+
+def database_error(path: Path, exc: sqlite3.Error) -> SyncWorkerError:
+    """What an SQLite error on the state file means to the user."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in SQLITE_IN_USE:
+        return LockedError(
+            f"state database {path} is locked by another program (no sync-worker run holds "
+            f"it: {exc}); wait until that program lets go of it, then re-run"
+        )
+    if code in SQLITE_CANNOT_WRITE:
+        return ConfigError(
+            f"state database {path}: cannot be used here ({exc}); --state needs a file in a "
+            "folder you can write"
+        )
+    return not_a_state(path, str(exc))
+
+
+@cache
+def expected_columns() -> dict[str, frozenset[str]]:
+    """Table -> columns, read from SCHEMA itself (one place for the layout)."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    return _columns(db, _tables(db))
+
+
+def _tables(db: sqlite3.Connection) -> frozenset[str]:
+    rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return frozenset(name for (name,) in rows if not name.startswith("sqlite_"))
+
+
+def _columns(db: sqlite3.Connection, tables: frozenset[str]) -> dict[str, frozenset[str]]:
+    return {
+        table: frozenset(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+        for table in tables
+    }
+
+
+def check_schema(db: sqlite3.Connection, path: Path) -> frozenset[str]:
+    """The tables of ours the file holds; ConfigError for a newer, foreign or damaged layout.
+    An empty database (a new or 0-byte file) is a state with nothing in it yet."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"state database {path}: written by a newer sync-worker (schema {version}; this one "
+            f"reads up to {SCHEMA_VERSION}): run the newer version, or use another --state"
+        )
+    tables = _tables(db)
+    if tables and not tables & CORE_TABLES:
+        listed = ", ".join(sorted(tables)[:5])
+        raise ConfigError(
+            f"state database {path}: another program's SQLite database (tables: {listed}), not "
+            "a sync-worker state; give --state another path (this file is left alone)"
+        )
+    expected = expected_columns()
+    ours = tables & expected.keys()
+    for table, columns in sorted(_columns(db, ours).items()):
+        missing = expected[table] - columns
+        if missing:
+            raise not_a_state(path, f"table {table} has no column {', '.join(sorted(missing))}")
+    return ours
+
+
+def refuse_hard_links(path: Path) -> None:
+    """SQLite names its write-ahead log after the path it opens, so a run through a second
+    name (a hard link) of the file misses the log a killed run left under the first name, and
+    its writes then corrupt the file (seen: `database disk image is malformed`). A symlink is
+    fine: SQLite follows it to the file's own name."""
+    try:
+        links = path.stat().st_nlink
+    except OSError as exc:
+        raise ConfigError(f"state database {path}: cannot be read ({exc.strerror})") from None
+    if links > 1:
+        raise ConfigError(
+            f"state database {path}: the file has {links} names (hard links), and SQLite keeps "
+            "its write-ahead log beside the name it is opened by, so a second name loses or "
+            f"corrupts what was sent; remove the other names (find / -samefile "
+            f"{shlex.quote(str(path))}) or use a symlink instead"
+        )
+
+
+def _connect_writable(path: Path) -> sqlite3.Connection:
+    """A read-write connection on a checked, up-to-date state (created if new)."""
+    create_private(path, "state database", "--state")
+    refuse_hard_links(path)
+    try:
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+        )
+    except sqlite3.Error as exc:
+        raise database_error(path, exc) from None
+    try:
+        _upgrade(db, path)
+    except BaseException as exc:
+        db.close()
+        if isinstance(exc, sqlite3.Error):
+            raise database_error(path, exc) from None
+        raise
+    return db
+
+
+def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+    check_schema(db, path)
+    for pragma in PRAGMAS:
+        db.execute(pragma)
+    db.executescript(SCHEMA)
+    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Read what exists, change nothing."""
+    if path.is_dir():
+        raise ConfigError(f"state database {path}: it is a folder; --state needs a file name")
+    refuse_hard_links(path)
+    return _read_only_connection(path)
+
+
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    uri = path.absolute().as_uri() + "?mode=ro"  # as_uri escapes '?', '#' and '%' in the path
+    try:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise database_error(path, exc) from None
+
+
 class State:
     """One SQLite file; open it with `State.open` (read-write) or `State.read_only`."""
 
-    def __init__(self, connection: sqlite3.Connection | None, writable: bool = False) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection | None,
+        writable: bool = False,
+        path: Path = Path("state"),
+        tables: frozenset[str] = frozenset(),
+    ) -> None:
         self._db = connection
         self._writable = writable
+        self._path = path  # for messages
+        self._tables = tables  # ours that the file holds (a state from before the journal...)
         self._pending: list[Success] = []
 
     @classmethod
     def open(cls, path: Path) -> State:
-        create_private(path)
-        try:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # survives kill -9; only power loss can undo
-            db.execute("PRAGMA wal_autocheckpoint=20000")  # fold the WAL in rarely: no stalls
-            db.executescript(SCHEMA)
-            state = cls(db, writable=True)
+        db = _connect_writable(path)
+        state = cls(db, writable=True, path=path, tables=frozenset(expected_columns()))
+        with state._errors_named():
             state.fold()  # what a killed run left in the journal
-        except sqlite3.DatabaseError as exc:
-            raise SyncWorkerError(f"{path}: cannot open the state database ({exc})") from None
         return state
 
     @classmethod
     def read_only(cls, path: Path) -> State:
-        """For `plan`: read what exists, create nothing."""
+        """For `plan` and dry runs: read what exists, create and change nothing."""
         if not path.exists():
-            return cls(None)
+            return cls(None, path=path)
+        db = _connect_read_only(path)
+        state = cls(db, path=path)
+        with state._errors_named():
+            state._tables = check_schema(db, path)
+        return state
+
+    @contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """SQLite errors (a damaged page found late, a lock) as the user's one line."""
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            db.execute("SELECT 1 FROM sent LIMIT 1")
-        except sqlite3.DatabaseError as exc:
-            raise SyncWorkerError(f"{path}: cannot read the state database ({exc})") from None
-        return cls(db)
+            yield
+        except sqlite3.Error as exc:
+            self._close_quietly()
+            raise database_error(self._path, exc) from None
+        except SyncWorkerError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            with suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     def sent_hashes(self) -> dict[int, str]:
-        return self._latest(
-            "SELECT interview_id, payload_sha256 FROM sent",
-            "SELECT interview_id, payload_sha256 FROM journal ORDER BY rowid",
-        )
+        return self._latest("sent", "interview_id, payload_sha256")
 
     def contexts(self) -> dict[str, Context]:
-        texts = self._latest(
-            "SELECT contact, context_json FROM contacts",
-            "SELECT contact, context_json FROM journal WHERE context_json IS NOT NULL "
-            "ORDER BY rowid",
-        )
-        return {contact: json.loads(text) for contact, text in texts.items()}
+        texts = self._latest("contacts", "contact, context_json", "WHERE context_json IS NOT NULL")
+        try:
+            return {contact: json.loads(text) for contact, text in texts.items()}
+        except (TypeError, ValueError):
+            self._close_quietly()
+            raise not_a_state(self._path, "a context that is not JSON") from None
 
-    def _latest(self, keyed: str, journal: str) -> dict[Any, Any]:
+    def _latest(self, table: str, columns: str, where: str = "") -> dict[Any, Any]:
         """Pairs from a keyed table, with the sends not folded yet (a killed run's, or a running
         one's) laid over them in arrival order."""
         if self._db is None:
             return {}
-        pairs = dict(self._db.execute(keyed))
-        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'"
-        if self._db.execute(query).fetchone() is not None:  # none in a state from before it
-            pairs.update(self._db.execute(journal))
+        db = self._db
+        with self._errors_named():
+            pairs = (
+                dict(db.execute(f"SELECT {columns} FROM {table}")) if table in self._tables else {}
+            )
+            if "journal" in self._tables:  # none in a state from before it
+                pairs.update(db.execute(f"SELECT {columns} FROM journal {where} ORDER BY rowid"))
         return pairs
 
     def add(self, successes: list[Success]) -> None:
@@ -159,14 +344,15 @@ class State:
                 self._db.execute(statement)
 
     def run_started(self, run_id: str, started_at: str) -> None:
-        if self._db is not None:
+        """Bookkeeping of real runs only: a read-only state (a dry run) records nothing."""
+        if self._db is not None and self._writable:
             self._db.execute(
                 "INSERT INTO runs (run_id, started_at) VALUES (?, ?)", (run_id, started_at)
             )
 
     def run_finished(self, run_id: str, exit_code: int, summary: dict[str, Any]) -> None:
         self.flush()
-        if self._db is not None:
+        if self._db is not None and self._writable:
             self._db.execute(
                 "UPDATE runs SET finished_at = ?, exit_code = ?, summary_json = ? WHERE run_id = ?",
                 (now_iso(), exit_code, json.dumps(summary), run_id),
@@ -180,43 +366,101 @@ class State:
             self._db = None
 
 
+class Holder(NamedTuple):
+    """The run holding a state database, as the refused one names it."""
+
+    pid: int | str
+    run_id: str
+    started_at: str
+
+
+UNKNOWN_HOLDER = Holder("?", "?", "?")
+
+
 class RunLock:
-    """An flock on `<state>.lock`: released by the kernel when the holder dies, so a lock left
-    by a killed run never blocks the next one."""
+    """One run at a time per state database: an flock on the database file itself, so every
+    path that names it (a symlink, a hard link, `x/../state.sqlite`) meets the same lock. The
+    kernel releases it when the holder dies, so a lock left by a killed run never blocks the
+    next one. The holder signs in to the `lock_holder` table, so a refused run can name it.
+
+    Why flock on the file and not a `<state>.lock` beside it: a lock file named after the path
+    given is one lock per name (two runs through a symlink sent 139 of 200 rows twice), and
+    even one named after the resolved path misses hard links. On Linux an flock is independent
+    of the POSIX locks SQLite takes on the same file (except on NFS, which emulates flock with
+    them). Closing any descriptor of the file drops this process's POSIX locks, so `release`
+    must come after the State is closed, as the pipeline does.
+    """
 
     def __init__(self, state_path: Path) -> None:
         self.state_path = state_path
-        self.path = state_path.with_name(state_path.name + ".lock")
-        self._file: IO[str] | None = None
+        self._fd: int | None = None  # held for the whole run: the lock lives with it
 
     def acquire(self, run_id: str) -> None:
-        create_private(self.path)
-        handle = open(self.path, "r+", encoding="utf-8")  # noqa: SIM115 (held for the whole run)
+        fd = open_private(self.state_path, "state database", "--state", os.O_RDWR)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = handle.read().strip() or "{}"
-            handle.close()
-            raise LockedError(self._held_message(holder)) from None
-        handle.truncate(0)
-        handle.write(json.dumps({"pid": os.getpid(), "run_id": run_id, "started_at": now_iso()}))
-        handle.flush()
-        self._file = handle
-
-    def _held_message(self, holder: str) -> str:
+            os.close(fd)
+            raise LockedError(self._held_message(read_holder(self.state_path))) from None
+        self._fd = fd
         try:
-            info = json.loads(holder)
-        except json.JSONDecodeError:
-            info = {}
+            _sign(self.state_path, Holder(os.getpid(), run_id, now_iso()))
+        except BaseException:
+            self.release()
+            raise
+
+    def _held_message(self, holder: Holder) -> str:
         return (
-            f"another run holds the state database {self.state_path}: "
-            f"run {info.get('run_id', '?')}, pid {info.get('pid', '?')}, "
-            f"started {info.get('started_at', '?')}; wait for it to finish, or use another --state"
+            f"another run holds the state database {self.state_path}: run {holder.run_id}, "
+            f"pid {holder.pid}, started {holder.started_at}; wait for it to finish, or use "
+            "another --state"
         )
 
     def release(self) -> None:
-        if self._file is not None:
-            self._file.truncate(0)
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._fd is None:
+            return
+        with suppress(SyncWorkerError):  # a state that cannot be signed out of was reported
+            _sign(self.state_path, None)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def _sign(path: Path, holder: Holder | None) -> None:
+    """Sign the holder in (or out, with None) in its own short transaction."""
+    db = _connect_writable(path)
+    try:
+        with db:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM lock_holder")
+            if holder is not None:
+                db.execute("INSERT INTO lock_holder VALUES (1, ?, ?, ?)", holder)
+    except sqlite3.Error as exc:
+        raise database_error(path, exc) from None
+    finally:
+        db.close()
+
+
+def read_holder(path: Path) -> Holder:
+    """Who holds the lock. A holder that took it a moment ago may not have signed in yet."""
+    pause, tries = HOLDER_WAIT_S
+    for _ in range(tries):
+        holder = _read_signed(path)
+        if holder is not None:
+            return holder
+        time.sleep(pause)
+    return UNKNOWN_HOLDER
+
+
+def _read_signed(path: Path) -> Holder | None:
+    """Read through any name of the file: the holder signs in with the only connection it has
+    open, whose close folds the write-ahead log into the file itself."""
+    try:
+        db = _read_only_connection(path)
+        try:
+            row = db.execute("SELECT pid, run_id, started_at FROM lock_holder").fetchone()
+        finally:
+            db.close()
+    except (sqlite3.Error, SyncWorkerError):
+        return None
+    return Holder(*row) if row is not None else None

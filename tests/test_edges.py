@@ -625,6 +625,306 @@ def test_tier_and_config_files_that_work(
 
 # -- paths, state, ledger and report -----------------------------------------------------------
 
+# Each section imports what it uses, so the sections merge apart.
+import sqlite3  # noqa: E402
+
+import pytest  # noqa: E402
+from conftest import start_sandbox  # noqa: E402
+
+from sync_worker.ledger import COLUMNS  # noqa: E402
+from sync_worker.state import SCHEMA, State  # noqa: E402
+
+NO_KEY = {"HINDSIGHT_API_KEY": ""}
+
+
+def _rows(folder: Path, count: int, tag: str = "N", name: str = "in.csv") -> Path:
+    return write_csv(folder / name, ["interview_id", "contact_name"],
+                     [[i, f"{tag}{i}"] for i in range(1, count + 1)])  # fmt: skip
+
+
+def _run_args(server: SandboxServer, state: str = "state.sqlite", ledger: str = "ledger.csv",
+              *args: str) -> list[str]:  # fmt: skip
+    return ["run", "in.csv", "--base-url", server.base_url, "--state", state, "--ledger", ledger,
+            "--rate-limit", "1000", "--rate-period", "1", *args]  # fmt: skip
+
+
+def _start(folder: Path, args: list[str]) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "sync_worker", *args]
+    return subprocess.Popen(command, cwd=folder, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for_requests(server: SandboxServer, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.requests()) < count:
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.05)
+
+
+def test_dry_run_after_a_real_run_changes_nothing(tmp_path: Path, sandbox: SandboxServer) -> None:
+    """It crashed (`attempt to write a readonly database`, a ledger with only its header)."""
+    _rows(tmp_path, 5)
+    assert run_cli(*_run_args(sandbox), cwd=tmp_path).code == 0
+    state = tmp_path / "state.sqlite"
+    before = (state.read_bytes(), state.stat().st_mtime_ns)
+    _rows(tmp_path, 5, tag="Changed")
+    dry = run_cli(*_run_args(sandbox, "state.sqlite", "dry.csv", "--dry-run"), cwd=tmp_path,
+                  env=cli_env(**NO_KEY))  # fmt: skip
+    assert_no_traceback(dry, 0)
+    assert {line["status"] for line in assert_ledger_rows(tmp_path / "dry.csv", 5)} == {"dry_run"}
+    assert (state.read_bytes(), state.stat().st_mtime_ns) == before
+    assert len(sandbox.requests()) == 5  # the real run's only
+
+
+def _file_in_the_way(folder: Path) -> None:
+    (folder / "blocker").write_text("a file, not a folder\n")
+
+
+def _folders(folder: Path) -> None:
+    (folder / "state-dir").mkdir()
+    (folder / "ledger-dir.csv").mkdir()
+    (folder / "ledger.csv.summary.json").mkdir()
+
+
+@pytest.mark.parametrize(
+    ("make", "state", "ledger", "words"),
+    [(_file_in_the_way, "blocker/state.sqlite", "ledger.csv", ("blocker is a file", "--state")),
+     (_folders, "state-dir", "ledger2.csv", ("state database state-dir", "it is a folder")),
+     (_file_in_the_way, "state.sqlite", "blocker/l.csv", ("blocker is a file", "--ledger")),
+     (_folders, "state.sqlite", "ledger-dir.csv", ("ledger ledger-dir.csv", "it is a folder")),
+     (_folders, "state.sqlite", "ledger.csv", ("ledger.csv.summary.json", "it is a folder")),
+     (_folders, "state.sqlite", "in.csv", ("ledger in.csv already exists", "new --ledger path"))],
+    ids=["state-under-a-file", "state-is-a-folder", "ledger-under-a-file", "ledger-is-a-folder",
+         "summary-is-a-folder", "ledger-is-the-input"],
+)  # fmt: skip
+def test_a_path_that_cannot_be_written_stops_before_sending(
+    tmp_path: Path, sandbox: SandboxServer, make: Callable[[Path], None], state: str,
+    ledger: str, words: tuple[str, ...],
+) -> None:  # fmt: skip
+    before = _rows(tmp_path, 3).read_bytes()
+    make(tmp_path)
+    result = run_cli(*_run_args(sandbox, state, ledger), cwd=tmp_path)
+    assert_one_line(result, 2, *words)
+    assert sandbox.requests() == []
+    assert (tmp_path / "in.csv").read_bytes() == before
+
+
+JSONL_LINE = (json.dumps(dict.fromkeys(COLUMNS, "")) + "\n").encode()
+
+
+def _ledger_text(rows: int) -> str:
+    lines = [",".join(COLUMNS)]
+    lines += [f"r1,in.csv,{row},{row},,ok,200,,,1,off,,," for row in range(1, rows + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [("in.csv", b"interview_id,contact_name\n1,Ana\n", "no column run_id"),
+     ("photo.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file"),
+     ("ledger.jsonl", JSONL_LINE + b"{oops\n" + JSONL_LINE, "line 2 is not JSON"),
+     ("other.jsonl", b'{"id": 1}\n', "line 1 is not a ledger line (no run_id)"),
+     ("empty.csv", b"", "the file is empty"),
+     ("missing.csv", None, "no such file"),
+     ("folder.csv", "folder", "it is a folder")],
+    ids=["another-csv", "binary", "jsonl-bad-line", "other-jsonl", "empty", "missing", "folder"],
+)  # fmt: skip
+def test_report_on_what_is_not_a_ledger(
+    tmp_path: Path, name: str, content: bytes | str | None, words: str
+) -> None:
+    if isinstance(content, bytes):
+        (tmp_path / name).write_bytes(content)
+    elif content == "folder":
+        (tmp_path / name).mkdir()
+    assert_one_line(run_cli("report", name, cwd=tmp_path), 2, name, words)
+
+
+def test_report_reads_past_a_corrupt_summary_and_a_cut_line(tmp_path: Path) -> None:
+    (tmp_path / "ledger.csv").write_text(_ledger_text(3) + "r1,in.csv,4,4,,o")  # killed mid-line
+    (tmp_path / "ledger.csv.summary.json").write_text('{"requests_sent": 3, "retr')
+    result = run_cli("report", "ledger.csv", cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    assert result.stdout.startswith("ledger ledger.csv: 3 rows")
+    assert "last line was cut short" in result.stdout
+    assert "summary ledger.csv.summary.json: cannot be read" in result.stdout
+
+
+def test_sandbox_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    first = start_sandbox()
+    try:
+        port = first.root.rsplit(":", 1)[1]
+        result = run_cli("sandbox", "--port", port, cwd=tmp_path, timeout=20)
+        assert_one_line(result, 2, f"port {port}", "in use", "--port")
+    finally:
+        first.stop()
+
+
+def test_sandbox_stopped_by_sigint_or_sigterm_exits_0() -> None:
+    """Stopping it is its normal end (SIGTERM exited 1 through aiohttp's GracefulExit)."""
+    servers = {sig: start_sandbox() for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, server in servers.items():
+        server.process.send_signal(sig)
+    for sig, server in servers.items():
+        _out, err = server.process.communicate(timeout=10)
+        assert server.process.returncode == 0, (sig.name, err)
+        assert "Traceback" not in err
+
+
+def test_a_symlink_to_the_state_meets_the_running_one(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Two runs through a symlink once sent 139 of 200 rows twice: each name had its own lock
+    file. The lock is on the database file now, and a killed holder never blocks the next run."""
+    _rows(tmp_path, 40)
+    slow = ("--rate-limit", "2")  # 20 s of sending: still running however slow the machine
+    first = _start(tmp_path, _run_args(sandbox, "state.sqlite", "first.csv", *slow))
+    try:
+        _wait_for_requests(sandbox, 2)
+        (tmp_path / "alias.sqlite").symlink_to("state.sqlite")
+        second = run_cli(*_run_args(sandbox, "alias.sqlite", "second.csv"), cwd=tmp_path)
+        assert_one_line(second, 75, "another run holds", f"pid {first.pid}", "run 20")
+    finally:
+        first.kill()
+        first.wait()
+    third = run_cli(*_run_args(sandbox, "alias.sqlite", "third.csv"), cwd=tmp_path)
+    assert_no_traceback(third, 0)
+    assert_ledger_rows(tmp_path / "third.csv", 40)
+    sent = Counter(r["id"] for r in sandbox.requests())
+    assert set(sent) == {str(i) for i in range(1, 41)}
+    assert sum(sent.values()) - 40 <= 2  # at most what was in flight at the kill sent again
+
+
+def test_a_hard_linked_state_is_refused(tmp_path: Path, sandbox: SandboxServer) -> None:
+    """SQLite names its write-ahead log after the path: after a killed run, a run through a
+    second name missed the first name's log and its writes corrupted the file (`database disk
+    image is malformed`). A run while another holds the file through either name gets 75."""
+    _rows(tmp_path, 3)
+    State.open(tmp_path / "state.sqlite").close()
+    os.link(tmp_path / "state.sqlite", tmp_path / "hard.sqlite")
+    result = run_cli(*_run_args(sandbox, "hard.sqlite"), cwd=tmp_path)
+    assert_one_line(result, 2, "hard.sqlite", "2 names (hard links)", "symlink")
+    assert sandbox.requests() == []
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(4096))
+
+
+def _text(path: Path) -> None:
+    path.write_text("interview_id,contact_name\n1,Ana\n")
+
+
+def _truncated(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.executemany("INSERT INTO sent VALUES (?, ?, 'c', 'r', 't')",
+                   [(i, "h" * 64) for i in range(1, 3001)])  # fmt: skip
+    db.commit()
+    db.close()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _foreign(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
+    db.close()
+
+
+def _future(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+
+
+BROKEN_STATES = pytest.mark.parametrize(
+    ("make", "words"),
+    [(_garbage, ("mv state.sqlite state.sqlite.bad", "unchanged rows are sent again",
+                 "if --state names the wrong file")),
+     (_text, ("mv state.sqlite state.sqlite.bad", "file is not a database")),
+     (_truncated, ("mv state.sqlite state.sqlite.bad", "malformed")),
+     (_foreign, ("another program's SQLite database", "invoices", "--state")),
+     (_future, ("written by a newer sync-worker", "schema 99"))],
+    ids=["garbage", "text-file", "truncated-sqlite", "unrelated-sqlite", "future-schema"],
+)  # fmt: skip
+
+
+@BROKEN_STATES
+def test_a_state_that_is_not_one_stops_run_with_2(
+    tmp_path: Path, sandbox: SandboxServer, make: Callable[[Path], None], words: tuple[str, ...]
+) -> None:
+    _rows(tmp_path, 3)
+    make(tmp_path / "state.sqlite")
+    before = (tmp_path / "state.sqlite").read_bytes()
+    assert_one_line(run_cli(*_run_args(sandbox), cwd=tmp_path), 2, "state.sqlite", *words)
+    assert sandbox.requests() == []
+    assert (tmp_path / "state.sqlite").read_bytes() == before
+
+
+@BROKEN_STATES
+def test_a_state_that_is_not_one_stops_plan(
+    tmp_path: Path, make: Callable[[Path], None], words: tuple[str, ...]
+) -> None:
+    _rows(tmp_path, 3)
+    make(tmp_path / "state.sqlite")
+    plan = run_cli("plan", "in.csv", "--state", "state.sqlite", cwd=tmp_path)
+    assert_one_line(plan, 2, "state.sqlite", *words)
+
+
+def test_plan_refuses_a_broken_state_that_validate_ignores(tmp_path: Path) -> None:
+    _rows(tmp_path, 3)
+    _garbage(tmp_path / "state.sqlite")
+    plan = run_cli("plan", "in.csv", "--state", "state.sqlite", cwd=tmp_path)
+    assert_one_line(plan, 2, "state.sqlite", "mv state.sqlite state.sqlite.bad")
+    validate = run_cli("validate", "in.csv", "--state", "state.sqlite", cwd=tmp_path)
+    assert_no_traceback(validate, 0)  # validate checks the files and ignores the state
+    assert "3 rows in 1 file(s)" in validate.stdout
+
+
+HOLD_EXCLUSIVE = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.executescript(sys.argv[2])
+db.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_state_locked_by_another_program_is_75(tmp_path: Path, sandbox: SandboxServer) -> None:
+    """An sqlite3 shell or a backup in an exclusive transaction (a rollback-journal file, so even
+    reading waits): a short wait, then one line, not a hang or a traceback."""
+    _rows(tmp_path, 3)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, "state.sqlite", SCHEMA],
+                              cwd=tmp_path, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = run_cli(*_run_args(sandbox), cwd=tmp_path)
+        assert_one_line(result, 75, "state.sqlite", "locked by another program")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sandbox.requests() == []
+
+
+def test_new_folders_odd_names_and_an_upper_case_suffix(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Folders that do not exist yet are made; '?', '#' and '%' in the state's name once made
+    `plan` read another file."""
+    _rows(tmp_path, 4)
+    state, ledger = "new state/st?a#b%20.sqlite", "new/ledgers/RUN.CSV"
+    assert_no_traceback(run_cli(*_run_args(sandbox, state, ledger), cwd=tmp_path), 0)
+    assert_ledger_rows(tmp_path / ledger, 4)
+    assert (tmp_path / state).is_file()
+    plan = run_cli("plan", "in.csv", "--state", state, cwd=tmp_path, env=cli_env(**NO_KEY))
+    assert_no_traceback(plan, 0)
+    assert plan.stdout == ""  # everything was sent: nothing left to plan
+    report = run_cli("report", ledger, cwd=tmp_path)
+    assert_no_traceback(report, 0)
+    assert "  ok                        4" in report.stdout.splitlines()
+
+
 # -- the server: outages, garbage, stops -------------------------------------------------------
 
 # -- the run: one ledger a run, deadlines, recording -------------------------------------------

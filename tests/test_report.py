@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import write_line
 
-from sync_worker.ledger import Ledger
+from sync_worker.errors import InputError
+from sync_worker.ledger import COLUMNS, Ledger
 from sync_worker.report import render
 
 BASE = {"run_id": "r1", "source_file": "in.csv", "contact_email": "", "merge": "off",
@@ -42,3 +43,55 @@ def test_report_on_a_known_ledger(tmp_path: Path, suffix: str) -> None:
     assert "effective rate: 299.1 requests/minute" in text
     assert "re-run the same command to retry the 1 failed and 1 not attempted rows" in text
     assert "fix the 1 invalid rows" in text
+
+
+def _ledger_with_rows(path: Path, rows: int) -> None:
+    ledger = Ledger(path)
+    for row in range(1, rows + 1):
+        write_line(ledger, {**BASE, "source_row": row, "interview_id": str(row), "status": "ok"})
+    ledger.close()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_last_line_cut_short_is_left_out_and_said(tmp_path: Path, suffix: str) -> None:
+    """A run killed while writing leaves half a line: the rest of the ledger still reports."""
+    path = tmp_path / f"ledger{suffix}"
+    _ledger_with_rows(path, 3)
+    path.write_bytes(path.read_bytes()[:-9])
+    text = render(path)
+    assert text.splitlines()[0] == f"ledger {path}: 2 rows"
+    assert "last line was cut short" in text
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [b"{not json", b"\xff\xfe", b"[1, 2]", b""],
+    ids=["bad-json", "not-utf8", "not-an-object", "empty"],
+)
+def test_a_summary_that_cannot_be_read_is_said_and_the_report_goes_on(
+    tmp_path: Path, summary: bytes
+) -> None:
+    path = tmp_path / "ledger.csv"
+    _ledger_with_rows(path, 2)
+    (tmp_path / "ledger.csv.summary.json").write_bytes(summary)
+    text = render(path)
+    assert "  ok                        2" in text.splitlines()
+    assert f"summary {path}.summary.json: " in text and "figures are left out" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"", "the file is empty"), (b"\x00\x01PK\x03\x04", "a binary file"),
+     (b"caf\xe9,x\n", "not UTF-8"), (b"interview_id,name\n1,a\n", "no column run_id"),
+     (b'{"status": "ok"}\nnot json\n{"status": "ok"}\n', "line 1 is not a ledger line"),
+     (",".join(COLUMNS).encode() + b"\nr1,in.csv\nr1\n", "record 2 has 2 cells")],
+    ids=["empty", "binary", "not-utf8", "another-csv", "jsonl-without-columns", "short-row"],
+)  # fmt: skip
+def test_what_is_not_a_ledger_is_one_input_error(
+    tmp_path: Path, content: bytes, words: str
+) -> None:
+    path = tmp_path / "ledger.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=words) as error:
+        render(path)
+    assert error.value.exit_code == 2 and str(path) in str(error.value)

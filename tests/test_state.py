@@ -2,18 +2,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sync_worker.errors import LockedError
-from sync_worker.state import SCHEMA, RunLock, State, Success, now_iso
+from sync_worker.clock import now_iso
+from sync_worker.errors import ConfigError, LockedError
+from sync_worker.state import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    RunLock,
+    State,
+    Success,
+    read_holder,
+)
 
 
 def test_remembers_confirmed_sends(tmp_path: Path) -> None:
@@ -108,7 +118,109 @@ def test_second_run_refused_and_stale_lock_taken_over(tmp_path: Path) -> None:
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
-    lock = RunLock(path)  # the killed holder's lock file is still there, but stale
+    lock = RunLock(path)  # the killed holder's sign-in is still there, but its flock went
     lock.acquire("third")
-    assert json.loads(lock.path.read_text())["run_id"] == "third"
+    assert read_holder(path).run_id == "third"
     lock.release()
+
+
+def test_every_name_of_the_file_meets_the_same_lock(tmp_path: Path) -> None:
+    """A lock file beside the name given was one lock per name: two runs through a symlink
+    sent rows twice. The flock is on the file itself."""
+    path = tmp_path / "state.sqlite"
+    (tmp_path / "alias.sqlite").symlink_to(path)
+    (tmp_path / "sub").mkdir()
+    holder = RunLock(path)
+    holder.acquire("holder-run")
+    os.link(path, tmp_path / "hard.sqlite")  # refused when free (see State), 75 while held
+    try:
+        for name in ("alias.sqlite", "sub/../state.sqlite", "hard.sqlite"):
+            with pytest.raises(LockedError, match=f"run holder-run, pid {os.getpid()}"):
+                RunLock(tmp_path / name).acquire("second")
+    finally:
+        holder.release()
+    (tmp_path / "hard.sqlite").unlink()
+    after = RunLock(tmp_path / "alias.sqlite")
+    after.acquire("after")  # released: free again
+    after.release()
+
+
+def test_read_only_state_records_no_runs_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    state = State.open(path)
+    state.add([Success(1, "h1", "a@x.com", None, "r1", "t")])
+    state.close()
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    dry = State.read_only(path)
+    dry.run_started("dry", now_iso())
+    dry.run_finished("dry", 0, {})
+    assert dry.sent_hashes() == {1: "h1"}
+    dry.close()
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(bytes(range(256)) * 8)
+
+
+def _foreign(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER, name TEXT)")
+    db.close()
+
+
+def _future(path: Path) -> None:
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+
+
+def _old_columns(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE sent (interview_id INTEGER, hash TEXT)")
+    db.close()
+
+
+def _hard_link(path: Path) -> None:
+    State.open(path).close()
+    os.link(path, path.with_name("second-name.sqlite"))
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [(_garbage, "mv "), (_foreign, "another program's SQLite database (tables: customers)"),
+     (_future, "written by a newer sync-worker"), (_old_columns, "table sent has no column"),
+     (_hard_link, "2 names (hard links)")],
+    ids=["garbage", "foreign-database", "future-schema", "missing-columns", "hard-link"],
+)  # fmt: skip
+@pytest.mark.parametrize("opener", [State.open, State.read_only], ids=["open", "read-only"])
+def test_a_file_that_is_no_usable_state_is_one_config_error(
+    tmp_path: Path, make: Callable[[Path], None], words: str, opener: Callable[[Path], State]
+) -> None:
+    path = tmp_path / "state.sqlite"
+    make(path)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=re.escape(words)) as error:
+        opener(path)
+    assert error.value.exit_code == 2 and str(path) in str(error.value)
+    assert path.read_bytes() == before  # refused, not "repaired"
+
+
+def test_an_empty_file_is_a_new_state(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    path.touch()
+    assert State.read_only(path).sent_hashes() == {}
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
+
+
+def test_odd_characters_in_the_path_name_the_file(tmp_path: Path) -> None:
+    """The read-only URI escapes them: '?' once cut the name short and read another file."""
+    path = tmp_path / "a dir" / "st?a#b%20.sqlite"
+    state = State.open(path)
+    state.add([Success(1, "h1", "a@x.com", None, "r1", "t")])
+    state.close()
+    assert State.read_only(path).sent_hashes() == {1: "h1"}
