@@ -10,6 +10,8 @@ import pytest
 
 from sync_worker.limiter import BUCKET_ROOM, Pacer, Stopped, Window, window_margin
 
+pytestmark = pytest.mark.timing  # real loop, shrunk windows: run alone (make test)
+
 
 def most_in_any_window(times: list[float], span: float) -> int:
     return max(sum(1 for t in times if start <= t < start + span) for start in times)

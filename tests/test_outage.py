@@ -10,6 +10,8 @@ import pytest
 from sync_worker.limiter import Stopped
 from sync_worker.outage import OUTAGE_AFTER, PROBE_BASE_S, Outage, probe_delay
 
+pytestmark = pytest.mark.timing  # real loop, shrunk windows: run alone (make test)
+
 
 def watching(max_s: float = 60.0) -> tuple[Outage, asyncio.Event, list[float]]:
     stop, gave_up = asyncio.Event(), []

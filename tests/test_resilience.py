@@ -101,6 +101,7 @@ def _assert_recovers(server: SandboxServer, count: int, limit: int, span: float)
     [("15", "1", 75), ("20", "2", 60)],
     ids=["server-limit-lower", "server-window-longer"],
 )
+@pytest.mark.timing
 def test_server_allowing_less_than_told(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer], server_limit: str,
     server_period: str, count: int,
@@ -116,6 +117,7 @@ def test_server_allowing_less_than_told(
     assert any(e["event"] == "rate_limit_pause" for e in result.events())
 
 
+@pytest.mark.timing
 def test_unix_and_seconds_reset_both_honoured(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
@@ -244,6 +246,7 @@ def test_unreachable_base_url_aborts(tmp_path: Path) -> None:
     assert not any(e["event"] == "retry" for e in result.events())
 
 
+@pytest.mark.timing
 def test_sigterm_during_a_429_pause_stops_at_once(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
@@ -306,6 +309,7 @@ def test_api_away_then_back_loses_no_row(
     assert summary["connection_errors"] > 0 and summary["exit_code"] == 0
 
 
+@pytest.mark.timing
 def test_api_away_past_max_outage_stops_with_3(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:

@@ -90,6 +90,7 @@ def test_rerun_skips_unchanged_and_force_resends(tmp_path: Path, sandbox: Sandbo
     assert len(sandbox.requests()) == 11
 
 
+@pytest.mark.timing
 def test_window_is_never_exceeded(tmp_path: Path, sandbox_factory: object) -> None:
     """The sandbox's strict window of 20 per second, over four windows: zero 429s."""
     server = sandbox_factory("--rate-limit", "20", "--rate-period", "1")  # type: ignore[operator]

@@ -70,6 +70,7 @@ def test_keeps_notes_per_contact(sandbox: SandboxServer) -> None:
 
 
 @pytest.mark.parametrize("reset_format", ["unix", "seconds"])
+@pytest.mark.timing
 def test_strict_window_answers_429_with_reset(
     sandbox_factory: Callable[..., SandboxServer], reset_format: str
 ) -> None:
