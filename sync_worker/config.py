@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS
+from sync_worker.network import check_proxy
 
 DEFAULT_CONFIG = Path("config/sync.toml")
 DEFAULT_BASE_URL = "https://app.usehindsight.com/api/v1"
@@ -44,6 +45,8 @@ class Settings:
     max_retries: int = 5
     backoff_base_s: float = 0.5
     max_outage_s: float = 300.0  # how long the API may not answer at all before the run stops
+    proxy: str | None = None  # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment
+    ca_bundle: str | None = None  # None: the system's CA store (or SSL_CERT_FILE)
     api_key_env: str = "HINDSIGHT_API_KEY"
     encoding: str | None = None
     delimiter: str | None = None
@@ -169,6 +172,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "max_retries": ("max_retries", _non_negative_int),
         "backoff_base_s": ("backoff_base_s", _positive_number),
         "max_outage_s": ("max_outage_s", _positive_number),
+        "proxy": ("proxy", check_proxy),
+        "ca_bundle": ("ca_bundle", _text),
         "api_key_env": ("api_key_env", _env_name),
     },
     "input": {"encoding": ("encoding", _encoding), "delimiter": ("delimiter", _delimiter)},

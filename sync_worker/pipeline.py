@@ -31,6 +31,7 @@ from sync_worker.ledger import Ledger, ledger_path
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.metrics import check_writable, write_metrics
+from sync_worker.network import tls_context
 from sync_worker.notes import read_notes
 from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
@@ -151,7 +152,7 @@ def _run(
 ) -> dict[str, Any]:
     started_at = now_iso()
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
-    api_key = "" if options.dry_run else load_key(settings, key_file)
+    send = None if options.dry_run else _send_config(settings, options, key_file)
     batch = read_inputs(settings, options.inputs)
     state_path = Path(settings.state_path)
     lock = RunLock(state_path)
@@ -159,7 +160,7 @@ def _run(
         lock.acquire(run_id)
     try:
         with StopSignal().installed() as stopper:
-            return _run_locked(settings, options, batch, run_id, started_at, api_key, stopper,
+            return _run_locked(settings, options, batch, run_id, started_at, send, stopper,
                                ledger)  # fmt: skip
     finally:
         lock.release()
@@ -167,7 +168,7 @@ def _run(
 
 def _run_locked(
     settings: Settings, options: RunOptions, batch: Batch, run_id: str, started_at: str,
-    api_key: str, stopper: StopSignal, ledger_path: Path,
+    send: SendConfig | None, stopper: StopSignal, ledger_path: Path,
 ) -> dict[str, Any]:  # fmt: skip
     state = (
         State.read_only(Path(settings.state_path))
@@ -185,7 +186,7 @@ def _run_locked(
                 recorder.settled(position, outcome)
             recorder.flush()
             _log_start(settings, options, batch, plan, ledger_path)
-            report = _send_or_dry_run(settings, options, plan, recorder, api_key, stopper)
+            report = _send_or_dry_run(options, plan, recorder, send, stopper)
             recorder.check()
             if stopper.reason is not None:
                 get_logger().warning("stopped", reason=stopper.reason)
@@ -230,10 +231,10 @@ def _duration(minutes: float) -> str:
 
 
 def _send_or_dry_run(
-    settings: Settings, options: RunOptions, plan: Plan, recorder: Recorder, api_key: str,
+    options: RunOptions, plan: Plan, recorder: Recorder, send: SendConfig | None,
     stopper: StopSignal,
 ) -> SendReport:  # fmt: skip
-    if options.dry_run:
+    if send is None:
         for request in plan.table:
             recorder.result(request, Outcome("dry_run", finished_at=now_iso()))
         return SendReport(Counters())
@@ -243,7 +244,7 @@ def _send_or_dry_run(
         _collector_ignoring_the_plan(),
     ):
         recorder.progress = bar if show else None
-        return asyncio.run(_send(settings, options, plan, recorder, api_key, stopper))
+        return asyncio.run(_send(send, options, plan, recorder, stopper))
 
 
 @contextmanager
@@ -260,23 +261,27 @@ def _collector_ignoring_the_plan() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def _send(
-    settings: Settings, options: RunOptions, plan: Plan, recorder: Recorder, api_key: str,
-    stopper: StopSignal,
-) -> SendReport:  # fmt: skip
-    stop = asyncio.Event()
-    stopper.bind(stop)
-    loop = asyncio.get_running_loop()
-    if options.max_duration_min is not None:
-        loop.call_later(options.max_duration_min * 60, stopper.request, "max_duration")
-    config = SendConfig(
-        base_url=settings.base_url, api_key=api_key, limit=settings.limit,
+def _send_config(settings: Settings, options: RunOptions, key_file: str | None) -> SendConfig:
+    """How to send, settled before anything is read: a bad key or CA bundle stops the run first."""
+    return SendConfig(
+        base_url=settings.base_url, api_key=load_key(settings, key_file), limit=settings.limit,
         period_s=settings.rate_period_s, workers=settings.workers,
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
         max_outage_s=settings.max_outage_s,
         max_duration_s=None if options.max_duration_min is None else options.max_duration_min * 60,
+        proxy=settings.proxy, tls=tls_context(settings.ca_bundle),
     )  # fmt: skip
+
+
+async def _send(
+    config: SendConfig, options: RunOptions, plan: Plan, recorder: Recorder, stopper: StopSignal
+) -> SendReport:
+    stop = asyncio.Event()
+    stopper.bind(stop)
+    loop = asyncio.get_running_loop()
+    if options.max_duration_min is not None:
+        loop.call_later(options.max_duration_min * 60, stopper.request, "max_duration")
     return await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
 
 

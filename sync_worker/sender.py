@@ -9,6 +9,7 @@ get a bounded time to finish, and those still waiting for their slot end at once
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ class SendConfig:
     policy: RetryPolicy
     max_outage_s: float = MAX_OUTAGE_S  # how long the API may not answer before the run stops
     max_duration_s: float | None = None  # no request starts later than this after the start
+    proxy: str | None = None  # None: the environment's HTTPS_PROXY / HTTP_PROXY / NO_PROXY
+    tls: ssl.SSLContext | None = None  # None: the system's CA store
 
 
 @dataclass
@@ -77,9 +80,13 @@ class Sender:
 
     def _session(self) -> aiohttp.ClientSession:
         config = self._config
-        connector = aiohttp.TCPConnector(limit=config.workers, limit_per_host=config.workers)
+        tls = config.tls if config.tls is not None else True
+        connector = aiohttp.TCPConnector(limit=config.workers, limit_per_host=config.workers,
+                                         ssl=tls)  # fmt: skip
         return aiohttp.ClientSession(
             connector=connector,
+            trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as curl and pip read them
+            proxy=config.proxy,
             timeout=aiohttp.ClientTimeout(total=config.timeout_s),
             headers={
                 "Authorization": f"Bearer {config.api_key}",
@@ -175,7 +182,8 @@ def _unreachable(base_url: str, outcome: Outcome) -> str:
     if outcome.http_status is None:
         return (
             f"cannot reach the API at {base_url} ({outcome.error_code}: {outcome.error_message}); "
-            "check --base-url and the network"
+            "check --base-url and the network, and whether this machine needs a proxy "
+            "(HTTPS_PROXY, or [api] proxy in the config)"
         )
     return (
         f"{base_url} does not answer like the Hindsight API (HTTP {outcome.http_status} "

@@ -108,7 +108,11 @@ class Result:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HINDSIGHT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HINDSIGHT_") and not k.lower().endswith("_proxy")
+    }  # hermetic
     env["HINDSIGHT_API_KEY"] = API_KEY
     env.update(extra)
     return env
