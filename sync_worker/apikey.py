@@ -20,9 +20,15 @@ BOM = "\ufeff"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Notepad's "Unicode" saves a UTF-16 file with one
 
 
-def load_key(settings: Settings, key_file: str | None) -> str:
-    """The API key, from a file or the environment, never from the command line."""
-    if key_file:
+def load_key(settings: Settings, key_file: str | None, given: str | None = None) -> str:
+    """The API key: given directly (the Python API), else from a file or the environment; never
+    from the command line."""
+    if given is not None:
+        where = "api_key="
+        key = clean_key(given)
+        if not key:
+            raise ConfigError("api_key= is empty")
+    elif key_file:
         where = f"--api-key-file {key_file}"
         key = clean_key(_read_key_file(Path(key_file), where))
         if not key:

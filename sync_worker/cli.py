@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from sync_worker import __version__
-from sync_worker.config import TIER_LIMITS, Settings, check_rate, resolve
+from sync_worker.config import FLAGS, TIER_LIMITS, Settings, check_rate, resolve
 from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
 
@@ -161,11 +161,18 @@ def main() -> None:
 @run_options
 def run(inputs: tuple[str, ...], **opts: Any) -> None:
     """Sync rows to the API and write a ledger."""
-    settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker import pipeline
+    from sync_worker.api import sync
 
-    options = _run_options(inputs, opts)
-    _finish(lambda: pipeline.run(settings, options, opts["api_key_file"]))
+    _finish(lambda: sync(
+        inputs, config=opts["config_path"], tier=opts["tier"], rate_limit=opts["rate_limit"],
+        rate_period=opts["rate_period_s"], base_url=opts["base_url"],
+        api_key_env=opts["api_key_env"], api_key_file=opts["api_key_file"], merge=opts["merge"],
+        existing_notes=opts["existing_notes"], ledger=opts["ledger"], state=opts["state_path"],
+        force=opts["force"], dry_run=opts["dry_run"], max_rows=opts["max_rows"],
+        max_duration=opts["max_duration"], concurrency=opts["concurrency"],
+        max_outage=opts["max_outage_s"], metrics_file=opts["metrics_file"],
+        log_format=opts["log_format"], progress=not opts["no_progress"], option_names=FLAGS,
+    ).exit_code)  # fmt: skip
 
 
 @main.command()
@@ -360,7 +367,7 @@ def _settings(opts: dict[str, Any]) -> Settings:
 
 
 def _run_options(inputs: tuple[str, ...], opts: dict[str, Any]) -> Any:
-    from sync_worker.pipeline import RunOptions
+    from sync_worker.config import RunOptions
 
     return RunOptions(
         inputs=inputs,

@@ -73,6 +73,20 @@ class Settings:
         return max(2, min(256, math.ceil(min(per_second * 0.5 * 1.5, 256.0)) + 1))
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What one invocation asks for beyond the settings: its inputs and run limits."""
+
+    inputs: tuple[str, ...]
+    existing_notes: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    max_rows: int | None = None
+    max_duration_min: float | None = None
+    ledger: str | None = None
+    progress: bool = True
+
+
 # A validator takes the raw value and returns the clean one, or raises ValueError(why).
 Validator = Callable[[Any], Any]
 # Where each setting came from, as the user would name it: "sync.toml: [api] tier", "--tier".
@@ -84,19 +98,19 @@ class Unechoed(ValueError):
     message never repeats the value."""
 
 
-def _positive_int(value: Any) -> int:
+def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("must be a positive whole number")
     return value
 
 
-def _non_negative_int(value: Any) -> int:
+def non_negative_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("must be a whole number, 0 or more")
     return value
 
 
-def _positive_number(value: Any) -> float:
+def positive_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a finite number above 0")
     if not math.isfinite(value) or value <= 0:  # TOML has nan and inf
@@ -131,7 +145,7 @@ def _env_name(value: Any) -> str:
     return value
 
 
-def _tier(value: Any) -> str:
+def tier_name(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in TIER_LIMITS:
         raise ValueError(f"must be one of {', '.join(TIER_LIMITS)}")
     return value.lower()
@@ -164,14 +178,14 @@ def _encoding(value: Any) -> str:
 SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
     "api": {
         "base_url": ("base_url", _text),
-        "tier": ("tier", _tier),
-        "rate_limit": ("rate_limit", _positive_int),
-        "rate_period_s": ("rate_period_s", _positive_number),
-        "concurrency": ("concurrency", _positive_int),
-        "timeout_s": ("timeout_s", _positive_number),
-        "max_retries": ("max_retries", _non_negative_int),
-        "backoff_base_s": ("backoff_base_s", _positive_number),
-        "max_outage_s": ("max_outage_s", _positive_number),
+        "tier": ("tier", tier_name),
+        "rate_limit": ("rate_limit", positive_int),
+        "rate_period_s": ("rate_period_s", positive_number),
+        "concurrency": ("concurrency", positive_int),
+        "timeout_s": ("timeout_s", positive_number),
+        "max_retries": ("max_retries", non_negative_int),
+        "backoff_base_s": ("backoff_base_s", positive_number),
+        "max_outage_s": ("max_outage_s", positive_number),
         "proxy": ("proxy", check_proxy),
         "ca_bundle": ("ca_bundle", _text),
         "api_key_env": ("api_key_env", _env_name),
@@ -287,6 +301,7 @@ def resolve(
     config_path: Path | None,
     overrides: Mapping[str, Any],
     environ: Mapping[str, str] = os.environ,
+    names: Mapping[str, str] = FLAGS,
 ) -> Settings:
     """Apply precedence: command line > environment > config file > defaults.
 
@@ -296,17 +311,17 @@ def resolve(
     """
     values: dict[str, Any] = {}
     sources: Sources = {}
-    for layer, names in (
+    for layer, layer_sources in (
         _file_layer(config_path),
         _env_layer(environ),
-        _flag_layer(overrides),
+        _flag_layer(overrides, names),
     ):
         if "tier" in layer:
             for name in ("rate_limit", "rate_period_s"):
                 values.pop(name, None)
                 sources.pop(name, None)
         values.update(layer)
-        sources.update(names)
+        sources.update(layer_sources)
     settings = replace(Settings(), **values)
     check_rate(settings, sources)
     check_base_url(settings.base_url, sources.get("base_url", "the default base URL"))
@@ -327,9 +342,12 @@ def _env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], Sources]:
     return {"base_url": environ[BASE_URL_ENV]}, {"base_url": f"environment variable {BASE_URL_ENV}"}
 
 
-def _flag_layer(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], Sources]:
+def _flag_layer(
+    overrides: Mapping[str, Any], names: Mapping[str, str]
+) -> tuple[dict[str, Any], Sources]:
+    """The command line's values (or the Python API's), each named as its caller wrote it."""
     values = {name: value for name, value in overrides.items() if value is not None}
-    sources = {name: FLAGS.get(name, name) for name in values}
+    sources = {name: names.get(name, name) for name in values}
     if "api_key_env" in values:
         values["api_key_env"] = check(sources["api_key_env"], _env_name, values["api_key_env"])
     return values, sources

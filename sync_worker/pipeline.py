@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from sync_worker.apikey import load_key
 from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
-from sync_worker.config import Settings
+from sync_worker.config import RunOptions, Settings
 from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, ledger_path
 from sync_worker.logs import get_logger
@@ -44,18 +43,6 @@ from sync_worker.summary import exit_code, write_summary
 from sync_worker.summary import summary as make_summary
 
 INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    inputs: tuple[str, ...]
-    existing_notes: str | None = None
-    force: bool = False
-    dry_run: bool = False
-    max_rows: int | None = None
-    max_duration_min: float | None = None
-    ledger: str | None = None
-    progress: bool = True
 
 
 def new_run_id() -> str:
@@ -118,9 +105,11 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
         )
 
 
-def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
-    """`sync-worker run`: returns the exit code. Metrics, when asked for, are written however
-    the run ends."""
+def run(
+    settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None = None
+) -> dict[str, Any]:
+    """`sync-worker run` and `sync_worker.sync`: returns the run's summary (its `exit_code`
+    among it). Metrics, when asked for, are written however the run ends."""
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     began = time.monotonic()
@@ -128,15 +117,16 @@ def run(settings: Settings, options: RunOptions, key_file: str | None) -> int:
     try:
         if metrics is not None:
             check_writable(metrics)
-        summary = _run(settings, options, key_file, run_id)
+        summary = _run(settings, options, key_file, api_key, run_id)
     except SyncWorkerError as exc:
         if metrics is not None:
             _write_metrics(metrics, {"run_id": run_id, "exit_code": exc.exit_code}, began)
         raise
+    finally:
+        structlog.contextvars.unbind_contextvars("run_id")
     if metrics is not None:
         _write_metrics(metrics, summary, began)
-    code: int = summary["exit_code"]
-    return code
+    return summary
 
 
 def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
@@ -148,11 +138,12 @@ def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
 
 
 def _run(
-    settings: Settings, options: RunOptions, key_file: str | None, run_id: str
-) -> dict[str, Any]:
+    settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None,
+    run_id: str,
+) -> dict[str, Any]:  # fmt: skip
     started_at = now_iso()
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
-    send = None if options.dry_run else _send_config(settings, options, key_file)
+    send = None if options.dry_run else _send_config(settings, options, key_file, api_key)
     batch = read_inputs(settings, options.inputs)
     state_path = Path(settings.state_path)
     lock = RunLock(state_path)
@@ -197,6 +188,7 @@ def _run_locked(
             summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
                                    options.inputs, settings.rate_period_s)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
+            summary["ledger"] = str(ledger_path)
             write_summary(ledger_path, summary)
             state.run_finished(run_id, code, summary)
         finally:
@@ -261,10 +253,13 @@ def _collector_ignoring_the_plan() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _send_config(settings: Settings, options: RunOptions, key_file: str | None) -> SendConfig:
+def _send_config(
+    settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None
+) -> SendConfig:
     """How to send, settled before anything is read: a bad key or CA bundle stops the run first."""
     return SendConfig(
-        base_url=settings.base_url, api_key=load_key(settings, key_file), limit=settings.limit,
+        base_url=settings.base_url, api_key=load_key(settings, key_file, api_key),
+        limit=settings.limit,
         period_s=settings.rate_period_s, workers=settings.workers,
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +32,11 @@ class StopSignal:
 
     @contextmanager
     def installed(self) -> Iterator[StopSignal]:
+        """The handlers for the run, the previous ones put back after. Off the main thread
+        (a task runner's worker) Python allows no handler: the host's signals are its own."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
         handlers = {
             sig: signal.signal(sig, lambda s, _f: self.request(signal.Signals(s).name))
             for sig in (signal.SIGINT, signal.SIGTERM)
