@@ -72,10 +72,11 @@ class ValidationResult:
     files: tuple[str, ...]
     requests: int  # requests a run would send
     invalid: tuple[str, ...]  # one line per invalid row: file, row, column, what, [code]
+    notes_problems: tuple[str, ...] = ()  # --existing-notes rows that cannot be used
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.invalid else 0
+        return 1 if self.invalid or self.notes_problems else 0
 
 
 def sync(
@@ -121,10 +122,11 @@ def validate(
     options = _options(inputs, existing_notes, False, False, None, None, None, False)
     from sync_worker import pipeline
 
-    batch, plan = pipeline.validate(settings, options)
+    batch, plan, notes_problems = pipeline.validate(settings, options)
     invalid = tuple(f"{s.error_message} [{s.error_code}]"
                     for _p, s in sorted(plan.settled.items()) if s.status == "invalid")  # fmt: skip
-    return ValidationResult(len(batch), batch.files, len(plan.table), invalid)
+    return ValidationResult(len(batch), batch.files, len(plan.table), invalid,
+                            tuple(notes_problems))  # fmt: skip
 
 
 def _checked(given: Mapping[str, Any]) -> dict[str, Any]:

@@ -83,12 +83,6 @@ def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter("must be a finite number", ctx=ctx, param=param)
-    return value
-
-
 def _refuse_key(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
     if value is not None:
         raise click.UsageError(KEY_FLAG_MESSAGE, ctx=ctx)
@@ -97,32 +91,44 @@ def _refuse_key(ctx: click.Context, _param: click.Parameter, value: Any) -> None
 inputs_argument = click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str)
 )
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file [default: config/sync.toml if it exists].")  # fmt: skip
+tier_option = click.option(
+    "--tier", type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
+    help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth].")  # fmt: skip
+rate_limit_option = click.option(
+    "--rate-limit", type=click.IntRange(min=1),
+    help="Requests per rate period; overrides the tier.")  # fmt: skip
+rate_period_option = click.option(
+    "--rate-period", "rate_period_s", type=POSITIVE_NUMBER,
+    help="Seconds the limit is counted in [default: 60].")  # fmt: skip
+state_option = click.option(
+    "--state", "state_path", type=click.Path(path_type=str),  # a folder: our one line
+    help="State database [default: state/sync-state.sqlite].")  # fmt: skip
+log_format_option = click.option(
+    "--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
+    show_default=True, help="auto: console lines on a terminal, JSON lines otherwise.")  # fmt: skip
+refuse_key_option = click.option(
+    "--api-key", hidden=True, expose_value=False, callback=_refuse_key,
+    help="Refused: see --api-key-env.")  # fmt: skip
 shared_options = _options(
-    click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                 help="TOML config file [default: config/sync.toml if it exists]."),
-    click.option("--tier", type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
-                 help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth]."),
-    click.option("--rate-limit", type=click.IntRange(min=1),
-                 help="Requests per rate period; overrides the tier."),
-    click.option("--rate-period", "rate_period_s", type=POSITIVE_NUMBER,
-                 help="Seconds the limit is counted in [default: 60]."),
+    config_option, tier_option, rate_limit_option, rate_period_option,
     click.option("--merge/--no-merge", default=None,
                  help="Merge new context into the contact's existing notes [default: off]."),
     click.option("--existing-notes", type=click.Path(dir_okay=False, path_type=str),
                  help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
                  "implies --merge."),
-    click.option("--state", "state_path", type=click.Path(path_type=str),  # a folder: one line
-                 help="State database [default: state/sync-state.sqlite]."),
+    state_option,
     click.option("--force", is_flag=True, help="Send rows even when unchanged since the last "
                  "successful send."),
     click.option("--max-rows", type=click.IntRange(min=0),
                  help="Send at most N requests (a trial run); the rest are not_attempted."),
-    click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
-                 show_default=True, help="auto: console lines on a terminal, JSON lines "
-                 "otherwise."),
-    click.option("--api-key", hidden=True, expose_value=False, callback=_refuse_key,
-                 help="Refused: see --api-key-env."),
+    log_format_option, refuse_key_option,
 )  # fmt: skip
+# `revert`: the options of `run` that apply to putting a run back
+limit_options = _options(config_option, tier_option, rate_limit_option, rate_period_option,
+                         state_option, log_format_option, refuse_key_option)  # fmt: skip
 run_options = _options(
     click.option("--base-url", help="API base URL [default: https://app.usehindsight.com/api/v1]."),
     click.option("--api-key-env", help="Environment variable holding the API key "
@@ -134,8 +140,7 @@ run_options = _options(
     click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
     click.option("--max-duration", type=POSITIVE_NUMBER,
                  help="Stop sending after this many minutes (a cron window); exit 4."),
-    click.option("--max-outage", "max_outage_s", callback=_finite,
-                 type=click.FloatRange(min=0, min_open=True),
+    click.option("--max-outage", "max_outage_s", type=POSITIVE_NUMBER,
                  help="Seconds the API may not answer at all before the run gives up (exit 3; "
                  "a re-run resumes) [default: 300]."),
     click.option("--concurrency", type=click.IntRange(min=1),
@@ -206,17 +211,82 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
     options = _run_options(inputs, opts)
 
     def check_files() -> int:
-        batch, plan = pipeline.validate(settings, options)
+        batch, plan, notes_problems = pipeline.validate(settings, options)
         invalid = [s for _p, s in sorted(plan.settled.items()) if s.status == "invalid"]
         for settled in invalid:
             click.echo(f"{settled.error_message} [{settled.error_code}]")
+        for problem in notes_problems:
+            click.echo(f"{problem} [notes_row_unusable]")
+        notes = f", {len(notes_problems)} unusable notes rows" if notes_problems else ""
         click.echo(
             f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.table)} requests "
-            f"to send, {len(invalid)} invalid rows"
+            f"to send, {len(invalid)} invalid rows{notes}"
         )
-        return 1 if invalid else 0
+        return 1 if invalid or notes_problems else 0
 
     _finish(check_files)
+
+
+@main.command()
+@click.argument("run_id")
+@limit_options
+@run_options
+@click.option("--force", is_flag=True, help="Put back fields a later run changed again too.")
+def revert(run_id: str, **opts: Any) -> None:
+    """Put back what a run changed (its history in the state); a revert is itself a run."""
+    from sync_worker import pipeline
+    from sync_worker.config import RunOptions
+    from sync_worker.revert import RevertJob
+
+    settings = _settings(opts)
+    options = RunOptions(
+        inputs=(), dry_run=opts["dry_run"], max_duration_min=opts["max_duration"],
+        ledger=opts["ledger"] or settings.ledger_path or "ledgers/revert-{run_id}.csv",
+        progress=not opts["no_progress"],
+    )  # fmt: skip
+    job = RevertJob(settings, run_id.strip(), force=opts["force"])
+    _finish(lambda: pipeline.launch(settings, options, opts["api_key_file"], job)["exit_code"])
+
+
+@main.command()
+@click.option("--email", help="The contact's email.")
+@click.option(
+    "--interview",
+    "interview_id",
+    type=click.IntRange(min=1),
+    help="The interview id (its objective, and its contact's notes and name).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="State database [default: state/sync-state.sqlite, or the config's].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file [default: config/sync.toml if it exists].",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+def history(email: str | None, interview_id: int | None, state_path: Path | None,
+            config_path: Path | None, as_json: bool) -> None:  # fmt: skip
+    """Versions of a contact's notes and name (and an interview's objective), newest first."""
+    from sync_worker import history_report
+
+    settings = _settings({"log_format": "auto", "config_path": config_path, "tier": None,
+                          "rate_limit": None, "rate_period_s": None, "merge": None,
+                          "state_path": str(state_path) if state_path else None})  # fmt: skip
+    if (email is None) == (interview_id is None):
+        _fail(ConfigError("history: give exactly one of --email E or --interview N"))
+
+    def show() -> int:
+        found = history_report.versions(Path(settings.state_path), email, interview_id)
+        subject = f"contact {email}" if email is not None else f"interview {interview_id}"
+        text = history_report.as_json(found) if as_json else history_report.as_text(found, subject)
+        return _echo(text)
+
+    _finish(show)
 
 
 @main.command()
@@ -352,7 +422,7 @@ def _settings(opts: dict[str, Any]) -> Settings:
         "tier": opts["tier"].lower() if opts["tier"] else None,
         "rate_limit": opts["rate_limit"],
         "rate_period_s": opts["rate_period_s"],
-        "merge": opts["merge"],
+        "merge": opts.get("merge"),
         "state_path": opts["state_path"],
         "base_url": opts.get("base_url"),
         "api_key_env": opts.get("api_key_env"),

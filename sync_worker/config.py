@@ -58,6 +58,7 @@ class Settings:
     ledger_path: str | None = None
     state_path: str = "state/sync-state.sqlite"
     metrics_path: str | None = None  # Prometheus textfile written at the end of every run
+    history_days: int = 90  # versions kept in the state's history (SPEC section 12)
 
     @property
     def limit(self) -> int:
@@ -197,7 +198,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "append_keys": ("append_keys", _text_list),
     },
     "ledger": {"path": ("ledger_path", _text)},
-    "state": {"path": ("state_path", _text)},
+    "state": {"path": ("state_path", _text), "history_days": ("history_days", positive_int)},
     "metrics": {"path": ("metrics_path", _text)},
 }
 MAPPING_SECTIONS = ("columns", "context_columns")

@@ -1,8 +1,19 @@
-"""Read an export of the contacts' current notes (`--existing-notes`), keyed by email or id."""
+"""Read an export of the contacts' current notes (`--existing-notes`), keyed by email or id.
+
+Nothing in it is dropped without a word (SPEC section 6): a row that cannot be used (a bad id,
+bad JSON, neither key, a bad `updated_at`) is reported with file, row and reason, and the other
+rows go on. Every usable row carries its time for the freshness rule: its `updated_at` cell,
+else the file's modification time, but a row whose notes were seen in an earlier notes file
+keeps the time of that first sighting (a stale export copied afresh is still stale).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -11,31 +22,71 @@ from sync_worker.config import Settings
 from sync_worker.errors import InputError
 from sync_worker.fields import CONTACT_KEY, ID
 from sync_worker.merger import Context, parse_context
+from sync_worker.plan.model import Note
+from sync_worker.plan.rows import canonical
 from sync_worker.reader import ReadOptions, read_raw
 
-NotesByEmail = dict[str, Context]
-NotesById = dict[int, Context]
-NOTES_COLUMNS = ("notes", "contact_email", "interview_id")
+UPDATED_AT = "updated_at"
+NOTES_COLUMNS = ("notes", CONTACT_KEY, ID, UPDATED_AT)  # only these columns are read
+ID_PATTERN = re.compile(r"[0-9]{1,19}")
+MAX_ID = 2**63 - 1
 
 
-def read_notes(path: Path, settings: Settings) -> tuple[NotesByEmail, NotesById]:
-    """Columns `notes` and `contact_email` and/or `interview_id`; notes text or a JSON object."""
+@dataclass
+class NotesFile:
+    by_email: dict[str, list[Note]] = field(default_factory=dict)
+    by_interview: dict[int, list[Note]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # "<file> row N: reason", one per row
+    warnings: list[str] = field(default_factory=list)  # about the whole file (its encoding)
+    sightings: list[tuple[str, str]] = field(default_factory=list)  # new: (digest, time)
+
+
+class _Unusable(ValueError):
+    pass
+
+
+def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = None) -> NotesFile:
+    """Columns `notes` and `contact_email` and/or `interview_id`, optional `updated_at`; notes
+    text or a JSON object. `seen`: digests of rows seen in earlier notes files -> first seen."""
     options = ReadOptions(settings.encoding, settings.delimiter)
-    raw, _warnings = read_raw(path, options, lambda headers: _notes_headers(headers, path))
+    raw, warnings = read_raw(path, options, lambda headers: _notes_headers(headers, path))
     columns = _columns(raw, path)
-    by_email: NotesByEmail = {}
-    by_id: NotesById = {}
+    notes = NotesFile(warnings=list(warnings))
     blank = [""] * len(raw)
     emails = _texts(raw, columns.get(CONTACT_KEY)) or blank
     ids = _texts(raw, columns.get(ID)) or blank
-    texts = _texts(raw, columns["notes"])
-    for index, (text, email, raw_id) in enumerate(zip(texts, emails, ids, strict=True)):
-        notes = _parse(text.strip(), path, index + 1)
-        if email.strip():
-            by_email[email.strip().lower()] = notes
-        if raw_id.strip().isascii() and raw_id.strip().isdigit():
-            by_id[int(raw_id)] = notes
-    return by_email, by_id
+    times = _texts(raw, columns.get(UPDATED_AT)) or blank
+    file_time = _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
+    cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
+    for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
+        try:
+            _add_row(notes, row, text, email.strip().lower(), _interview_id(raw_id),
+                     _time(updated) or file_time, seen or {})  # fmt: skip
+        except _Unusable as problem:
+            notes.problems.append(f"{path} row {row}: {problem}; the row is not used")
+    return notes
+
+
+def _add_row(
+    notes: NotesFile, row: int, text: str, email: str, interview_id: int | None, time: str,
+    seen: Mapping[str, str],
+) -> None:  # fmt: skip
+    if not email and interview_id is None:
+        raise _Unusable(f"neither {CONTACT_KEY} nor {ID} is filled")
+    try:
+        context = parse_context(text.strip())
+    except ValueError as problem:
+        raise _Unusable(f"column notes: {problem}") from None
+    digest = sighting_digest(email or f"interview:{interview_id}", context)
+    if digest in seen:
+        time = seen[digest]
+    else:
+        notes.sightings.append((digest, time))
+    note = Note(row, context, time)
+    if email:
+        notes.by_email.setdefault(email, []).append(note)
+    if interview_id is not None:
+        notes.by_interview.setdefault(interview_id, []).append(note)
 
 
 def _notes_headers(headers: Sequence[str], path: Path) -> list[str]:
@@ -65,12 +116,39 @@ def _columns(raw: pd.DataFrame, path: Path) -> dict[str, str]:
     return columns
 
 
+def sighting_digest(contact: str, context: Context) -> str:
+    return hashlib.sha256(canonical([contact, context]).encode("utf-8")).hexdigest()
+
+
+def _interview_id(text: str) -> int | None:
+    """The main input's rule: a whole positive number that fits in 64 bits (`4.0` is not)."""
+    text = text.strip()
+    if not text:
+        return None
+    if not ID_PATTERN.fullmatch(text) or not 0 < int(text) <= MAX_ID:
+        raise _Unusable(f"column {ID}: {text!r} is not a positive whole number")
+    return int(text)
+
+
+def _time(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        stamp = pd.Timestamp(text)
+        valid = not pd.isna(stamp)
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise _Unusable(f"column {UPDATED_AT}: {text!r} is not a date and time")
+    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+    return _iso(stamp.to_pydatetime())
+
+
+def _iso(moment: datetime) -> str:
+    """The state's timestamp format (clock.now_iso), so times compare as text."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def _texts(raw: pd.DataFrame, column: str | None) -> list[str]:
     return [str(v) for v in raw[column].tolist()] if column is not None else []
-
-
-def _parse(text: str, path: Path, row: int) -> Context:
-    try:
-        return parse_context(text)
-    except ValueError as problem:
-        raise InputError(f"{path} row {row}, column notes: {problem}") from None

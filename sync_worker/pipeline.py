@@ -2,7 +2,9 @@
 
 `run`, `plan` and `validate` each go as far along the pipeline as they need; the stages live in
 their own modules (reader, plan, sender, recorder, summary) and this one only strings them
-together, with the lock, the signals and the key around a run."""
+together, with the lock, the signals and the key around a run. `launch` runs any job that can
+plan with the state open: the rows of input files (`InputJob`), or a run's history put back
+(revert.py's `RevertJob`)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from tqdm import tqdm
 
+from sync_worker import history
 from sync_worker.apikey import load_key
 from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
@@ -31,8 +35,9 @@ from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.metrics import check_writable, write_metrics
 from sync_worker.network import tls_context
-from sync_worker.notes import read_notes
+from sync_worker.notes import NotesFile, read_notes
 from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.changes import Changes, plan_changes
 from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
 from sync_worker.recorder import Recorder
 from sync_worker.request_table import ChainQueue
@@ -64,15 +69,27 @@ def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
 def make_plan(
     settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
 ) -> Plan:
+    plan, _notes = plan_with_notes(settings, options, batch, state, for_sending)
+    return plan
+
+
+def plan_with_notes(
+    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
+) -> tuple[Plan, NotesFile]:
+    """The plan, and the notes file it used (its problems are logged here)."""
     merge = settings.merge or options.existing_notes is not None
-    notes_by_email, notes_by_interview = (
-        read_notes(Path(options.existing_notes), settings) if options.existing_notes else ({}, {})
+    notes = (
+        read_notes(Path(options.existing_notes), settings, history.seen_notes(state.database))
+        if options.existing_notes
+        else NotesFile()
     )
+    _log_notes_problems(notes)
     memory = Memory(
         sent_hashes=state.sent_hashes(),
         state_contexts=state.contexts() if merge else {},
-        notes_by_email=notes_by_email,
-        notes_by_interview=notes_by_interview,
+        state_times=state.context_times() if merge else {},
+        notes_by_email=notes.by_email,
+        notes_by_interview=notes.by_interview,
     )
     plan_options = PlanOptions(
         merge=merge,
@@ -83,7 +100,20 @@ def make_plan(
     )
     plan = build_plan(batch, plan_options, memory)
     _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
-    return plan
+    return plan, notes
+
+
+def _log_notes_problems(notes: NotesFile) -> None:
+    log = get_logger()
+    for warning in notes.warnings:
+        log.warning("input_warning", message=warning)
+    for problem in notes.problems[:INVALID_LOGGED]:
+        log.warning("notes_row_unusable", message=problem)
+    if len(notes.problems) > INVALID_LOGGED:
+        log.warning(
+            "notes_rows_unusable", count=len(notes.problems), logged=INVALID_LOGGED,
+            message="`sync-worker validate ... --existing-notes FILE` lists every one",
+        )  # fmt: skip
 
 
 def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
@@ -105,11 +135,68 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
         )
 
 
+@dataclass
+class Prepared:
+    """What a run sends, planned with the state open: the rows (one ledger line each), the
+    requests, and each request's changes for the history."""
+
+    batch: Batch
+    plan: Plan
+    changes: Changes
+    unresolved: int = 0  # changes a revert leaves (not_restorable, conflict): exit 1
+    inputs: tuple[str, ...] = ()
+    notes: NotesFile | None = None
+    remarks: dict[int, tuple[str, str]] = field(default_factory=dict)  # ok lines' code, message
+
+
+class Job(Protocol):
+    """A run's own part: `run` reads its inputs, `revert` reads a run's history."""
+
+    def load(self) -> None:
+        """Read what can be read before the lock (an unusable input: exit 2, nothing sent)."""
+
+    def prepare(self, state: State, options: RunOptions) -> Prepared:
+        """Plan with the state open (read-only for a dry run)."""
+
+
+@dataclass
+class InputJob:
+    """`sync-worker run`: the rows of the input files."""
+
+    settings: Settings
+    options: RunOptions
+    batch: Batch | None = None
+
+    def load(self) -> None:
+        self.batch = read_inputs(self.settings, self.options.inputs)
+
+    def prepare(self, state: State, options: RunOptions) -> Prepared:
+        assert self.batch is not None
+        plan, notes = plan_with_notes(self.settings, options, self.batch, state)
+        changes = {} if options.dry_run else plan_changes(plan, _last_values(state, plan))
+        return Prepared(self.batch, plan, changes, inputs=options.inputs, notes=notes)
+
+
+def _last_values(state: State, plan: Plan) -> dict[history.FieldKey, str]:
+    """The state's last values of the fields this plan sends (its contacts and interviews)."""
+    contacts = set(plan.table.contact.to_pylist())
+    return history.last_values(state.database, contacts | set(map(str, plan.table.interview_id)))
+
+
 def run(
     settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None = None
 ) -> dict[str, Any]:
     """`sync-worker run` and `sync_worker.sync`: returns the run's summary (its `exit_code`
-    among it). Metrics, when asked for, are written however the run ends."""
+    among it)."""
+    return launch(settings, options, key_file, InputJob(settings, options), api_key)
+
+
+def launch(
+    settings: Settings, options: RunOptions, key_file: str | None, job: Job,
+    api_key: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A run of any job (`run`, `revert`): key, lock, signals, then plan, send and record.
+    Returns its summary. Metrics, when asked for, are written however the run ends."""
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     began = time.monotonic()
@@ -117,7 +204,7 @@ def run(
     try:
         if metrics is not None:
             check_writable(metrics)
-        summary = _run(settings, options, key_file, api_key, run_id)
+        summary = _run(settings, options, key_file, api_key, run_id, job)
     except SyncWorkerError as exc:
         if metrics is not None:
             _write_metrics(metrics, {"run_id": run_id, "exit_code": exc.exit_code}, began)
@@ -139,26 +226,26 @@ def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
 
 def _run(
     settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None,
-    run_id: str,
+    run_id: str, job: Job,
 ) -> dict[str, Any]:  # fmt: skip
     started_at = now_iso()
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
     send = None if options.dry_run else _send_config(settings, options, key_file, api_key)
-    batch = read_inputs(settings, options.inputs)
+    job.load()
     state_path = Path(settings.state_path)
     lock = RunLock(state_path)
     if not options.dry_run:
         lock.acquire(run_id)
     try:
         with StopSignal().installed() as stopper:
-            return _run_locked(settings, options, batch, run_id, started_at, send, stopper,
+            return _run_locked(settings, options, job, run_id, started_at, send, stopper,
                                ledger)  # fmt: skip
     finally:
         lock.release()
 
 
 def _run_locked(
-    settings: Settings, options: RunOptions, batch: Batch, run_id: str, started_at: str,
+    settings: Settings, options: RunOptions, job: Job, run_id: str, started_at: str,
     send: SendConfig | None, stopper: StopSignal, ledger_path: Path,
 ) -> dict[str, Any]:  # fmt: skip
     state = (
@@ -167,12 +254,16 @@ def _run_locked(
         else State.open(Path(settings.state_path))
     )
     try:
-        plan = make_plan(settings, options, batch, state)
+        prepared = job.prepare(state, options)
+        batch, plan = prepared.batch, prepared.plan
         ledger = Ledger(ledger_path)
         state.run_started(run_id, started_at)
+        _remember_notes(state, prepared, options)
+        _plan_history(state, run_id, prepared, options)
         try:
             recorder = Recorder(run_id, batch, ledger, None if options.dry_run else state,
-                                on_failure=stopper.request)  # fmt: skip
+                                on_failure=stopper.request,
+                                remarks=prepared.remarks)  # fmt: skip
             for position, outcome in sorted(plan.settled.items()):
                 recorder.settled(position, outcome)
             recorder.flush()
@@ -185,18 +276,42 @@ def _run_locked(
             unsent = recorder.fill_unwritten(plan, report.started)
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason, unsent)
+            if code == 0 and prepared.unresolved:
+                code = 1  # a revert that could not put everything back
             summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
-                                   options.inputs, settings.rate_period_s)  # fmt: skip
+                                   prepared.inputs, settings.rate_period_s)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             summary["ledger"] = str(ledger_path)
             write_summary(ledger_path, summary)
             state.run_finished(run_id, code, summary)
+            _prune_history(state, settings, options)
         finally:
             ledger.close()
         get_logger().info("run_finished", **summary)
         return summary
     finally:
         state.close()
+
+
+def _remember_notes(state: State, prepared: Prepared, options: RunOptions) -> None:
+    """Notes-file rows seen for the first time: their time is kept for later notes files."""
+    db = state.database
+    if prepared.notes is not None and prepared.notes.sightings and db and not options.dry_run:
+        history.remember_notes(db, prepared.notes.sightings)
+
+
+def _plan_history(state: State, run_id: str, prepared: Prepared, options: RunOptions) -> None:
+    """The changes each send will make, written before anything is sent: the journal's
+    confirmed sends become history rows when it is folded (history.py)."""
+    db = state.database
+    if db is not None and prepared.changes and not options.dry_run:
+        history.plan(db, run_id, prepared.changes)
+
+
+def _prune_history(state: State, settings: Settings, options: RunOptions) -> None:
+    db = state.database
+    if db is not None and not options.dry_run:
+        history.prune(db, settings.history_days)
 
 
 def _log_start(
@@ -291,8 +406,9 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
     return plan_lines(plan, batch)
 
 
-def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan]:
-    """`sync-worker validate`: the batch and its plan with state ignored."""
+def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str]]:
+    """`sync-worker validate`: the batch, its plan with state ignored, and the notes file's
+    unusable rows."""
     batch = read_inputs(settings, options.inputs)
-    plan = make_plan(settings, options, batch, State(None))
-    return batch, plan
+    plan, notes = plan_with_notes(settings, options, batch, State(None))
+    return batch, plan, notes.problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ class Recorder:
     counts: Counter[str] = field(default_factory=Counter)  # status -> rows written
     written: set[int] = field(default_factory=set)  # row positions with their ledger line
     on_failure: Callable[[str], None] | None = None  # told when a scheduled flush fails
+    remarks: Mapping[int, tuple[str, str]] = field(default_factory=dict)  # revert: fields left
     failure: Exception | None = None  # what a scheduled flush met: the run stops on it
     _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
@@ -73,6 +74,9 @@ class Recorder:
                 attempts=outcome.attempts, merge=request.merge, payload_sha256=request.sha256,
                 finished_at=outcome.finished_at, duration_ms=outcome.duration_ms,
             )  # fmt: skip
+            if self.remarks and outcome.status == "ok" and request.interview_id in self.remarks:
+                code, message = self.remarks[request.interview_id]
+                result = result._replace(error_code=code, error_message=message)
             self._lines(request.rows, result)
             if outcome.status == "ok":
                 successes.append(Success(request.interview_id, request.sha256, request.contact,

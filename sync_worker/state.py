@@ -13,6 +13,10 @@ writes one page per commit, where upserting interviews in contact order dirtied 
 
 A file that is not a state this version can use (garbage, a damaged or foreign database, a newer
 layout), or one that cannot be written, is one ConfigError (exit 2) naming it and the fix.
+
+The history of the values runs changed (history.py) lives in the same file: a run writes its
+planned changes before sending, and the fold turns the journal's confirmed sends into history
+rows, so the history adds nothing to the hot path.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from sync_worker import history
 from sync_worker.clock import now_iso
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
 from sync_worker.merger import Context
@@ -140,6 +145,7 @@ def expected_columns() -> dict[str, frozenset[str]]:
     """Table -> columns, read from SCHEMA itself (one place for the layout)."""
     db = sqlite3.connect(":memory:")
     db.executescript(SCHEMA)
+    db.executescript(history.SCHEMA)
     return _columns(db, _tables(db))
 
 
@@ -223,6 +229,7 @@ def _upgrade(db: sqlite3.Connection, path: Path) -> None:
     for pragma in PRAGMAS:
         db.execute(pragma)
     db.executescript(SCHEMA)
+    db.executescript(history.SCHEMA)
     if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -307,6 +314,11 @@ class State:
             self._close_quietly()
             raise not_a_state(self._path, "a context that is not JSON") from None
 
+    def context_times(self) -> dict[str, str]:
+        """Contact -> when its context was last confirmed sent (the state's side of the
+        freshness rule, SPEC section 6)."""
+        return self._latest("contacts", "contact, sent_at", "WHERE context_json IS NOT NULL")
+
     def _latest(self, table: str, columns: str, where: str = "") -> dict[Any, Any]:
         """Pairs from a keyed table, with the sends not folded yet (a killed run's, or a running
         one's) laid over them in arrival order."""
@@ -325,6 +337,11 @@ class State:
         """Queue confirmed sends; `flush` commits everything queued."""
         self._pending.extend(successes)
 
+    @property
+    def database(self) -> sqlite3.Connection | None:
+        """The connection, for the history queries (history.py); None: no state file."""
+        return self._db
+
     def flush(self) -> None:
         """Commit the queued sends to the journal: one append, one page or so per commit."""
         if not self._pending or self._db is None:
@@ -335,13 +352,16 @@ class State:
             self._db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?)", pending)
 
     def fold(self) -> None:
-        """Move the journal into the keyed tables, in arrival order (the last send wins)."""
+        """Move the journal into the keyed tables, in arrival order (the last send wins), and its
+        sends' planned changes into the history."""
         if self._db is None or not self._writable:
             return
         with self._db:
             self._db.execute("BEGIN")
+            history.materialize(self._db)
             for statement in FOLD:
                 self._db.execute(statement)
+            history.fold(self._db)
 
     def run_started(self, run_id: str, started_at: str) -> None:
         """Bookkeeping of real runs only: a read-only state (a dry run) records nothing."""

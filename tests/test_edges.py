@@ -402,26 +402,22 @@ def test_existing_notes_parquet_with_a_list_column_is_read(tmp_path: Path) -> No
     assert planned["body"] == {"contact_context": "old\n\nnew"}
 
 
-@pytest.mark.parametrize(
-    ("name", "content", "words"),
-    [
-        ("notes.parquet", None, ["notes.parquet row 1, column notes", "lone surrogate"]),
-        ("notes.csv", "contact_email,Notes,notes \na@x.com,1,2\n",
-         ["notes.csv", "'Notes'", "'notes '", "both give notes"]),
-    ],
-    ids=["lone-surrogate-in-notes", "two-notes-columns"],
-)  # fmt: skip
-def test_unusable_existing_notes_are_one_line(
-    tmp_path: Path, name: str, content: str | None, words: list[str]
-) -> None:
-    if content is None:
-        _notes_parquet(tmp_path / name, '{"a": "\\ud800"}')
-    else:
-        (tmp_path / name).write_text(content)
+def test_an_existing_notes_file_with_two_notes_columns_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.csv").write_text("contact_email,Notes,notes \na@x.com,1,2\n")
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
               [[1, "a@x.com", "new"]])  # fmt: skip
-    result = run_cli("validate", "in.csv", "--existing-notes", name, cwd=tmp_path)
-    assert_one_line(result, 2, *words)
+    result = run_cli("validate", "in.csv", "--existing-notes", "notes.csv", cwd=tmp_path)
+    assert_one_line(result, 2, "notes.csv", "'Notes'", "'notes '", "both give notes")
+
+
+def test_a_notes_row_that_is_not_strict_json_is_named_and_left_out(tmp_path: Path) -> None:
+    """SPEC 6: an unusable notes row is reported with file, row and reason; the others go on."""
+    _notes_parquet(tmp_path / "notes.parquet", '{"a": "\\ud800"}')
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
+              [[1, "a@x.com", "new"]])  # fmt: skip
+    result = run_cli("validate", "in.csv", "--existing-notes", "notes.parquet", cwd=tmp_path)
+    assert_no_traceback(result, 1)
+    assert "notes.parquet row 1: column notes: not valid JSON (lone surrogate" in result.stdout
 
 
 def test_existing_notes_id_in_unicode_digits_is_not_an_id(tmp_path: Path) -> None:
@@ -1164,3 +1160,68 @@ def test_max_outage_must_be_finite_and_positive(
         result = run_cli(*_server_run(sandbox), cwd=tmp_path)
         assert_one_line(result, 2, "fast.toml", "[api] max_outage_s", "finite number above 0")
     assert sandbox.requests() == []
+
+
+# -- revert and history ------------------------------------------------------------------------
+
+
+def _revert(tmp_path: Path, *args: str) -> Result:
+    return run_cli("revert", *args, "--base-url", "http://127.0.0.1:9/api/v1", "--state",
+                   "state.sqlite", "--ledger", "r.csv", cwd=tmp_path)  # fmt: skip
+
+
+def _state_with_one_run(tmp_path: Path, server: SandboxServer) -> str:
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
+    assert _run(tmp_path, server, "--ledger", "first.csv").code == 0
+    return str(read_ledger(tmp_path / "first.csv")[0]["run_id"])
+
+
+def test_revert_of_an_unknown_run_names_it(tmp_path: Path, sandbox: SandboxServer) -> None:
+    _state_with_one_run(tmp_path, sandbox)
+    result = _revert(tmp_path, "20200101T000000Z-abcdef")
+    assert_one_line(result, 2, "run 20200101T000000Z-abcdef is not in", "--state")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_revert_refuses_a_key_on_the_command_line(tmp_path: Path) -> None:
+    result = _revert(tmp_path, "x", "--api-key", "sk-live-abcdef123")
+    assert_no_traceback(result, 2)  # click's usage error, as for `run`
+    assert "never taken on the command line" in result.stderr
+
+
+def test_revert_without_a_state_names_it(tmp_path: Path) -> None:
+    result = _revert(tmp_path, "20200101T000000Z-abcdef")
+    assert_one_line(result, 2, "state state.sqlite not found", "--state")
+    assert not (tmp_path / "state.sqlite").exists()  # no empty state left behind
+
+
+def test_revert_of_a_run_that_changed_nothing_is_done_at_once(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    _state_with_one_run(tmp_path, sandbox)
+    assert _run(tmp_path, sandbox, "--ledger", "second.csv").code == 0  # all skipped_unchanged
+    second = str(read_ledger(tmp_path / "second.csv")[0]["run_id"])
+    result = run_cli("revert", second, "--base-url", sandbox.base_url, "--state", "state.sqlite",
+                     "--ledger", "r.csv", cwd=tmp_path)  # fmt: skip
+    assert_no_traceback(result, 0)
+    assert_ledger_rows(tmp_path / "r.csv", 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [((), ("exactly one of --email E or --interview N",)),
+     (("--email", "a@x.com", "--interview", "1"), ("exactly one of",)),
+     (("--email", "a@x.com", "--state", "missing.sqlite"), ("missing.sqlite not found",))],
+    ids=["neither", "both", "no-state"],
+)  # fmt: skip
+def test_history_needs_one_subject_and_a_state(
+    tmp_path: Path, args: tuple[str, ...], words: tuple[str, ...]
+) -> None:
+    result = run_cli("history", *args, cwd=tmp_path)
+    assert_one_line(result, 2, *words)
+
+
+def test_history_days_must_be_a_positive_whole_number(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text("[state]\nhistory_days = 0\n")
+    result = run_cli("history", "--email", "a@x.com", "--config", "c.toml", cwd=tmp_path)
+    assert_one_line(result, 2, "c.toml", "[state] history_days", "positive whole number")

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sync_worker.fields import SENT_FIELDS
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.model import Note
 from sync_worker.reader import Batch, ReadOptions, read_batch
 from sync_worker.request_table import ChainQueue, Request
 
@@ -165,8 +166,8 @@ def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
 def test_notes_file_wins_over_state(tmp_path: Path) -> None:
     memory = Memory(
         state_contexts={"x@y.com": "from state"},
-        notes_by_email={"x@y.com": {"stage": "lost"}},
-        notes_by_interview={2: "by id"},
+        notes_by_email={"x@y.com": [Note(1, {"stage": "lost"}, "2026-01-01T00:00:00.000Z")]},
+        notes_by_interview={2: [Note(2, "by id", "2026-01-01T00:00:00.000Z")]},
     )
     options = PlanOptions(merge=True, rules=MergeRules.build("\n", []))
     _b, plan = plan_for(tmp_path, "1,,,new,X@Y.com,\n2,,,other,,\n", options, memory)

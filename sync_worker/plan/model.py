@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sync_worker.merger import Context, MergeRules
 from sync_worker.reader import Batch
@@ -33,12 +34,28 @@ def invalid(batch: Batch, position: int, code: str, column: str, message: str) -
     return Settled(INVALID, code, f"{where}: {message}")
 
 
+class Known(NamedTuple):
+    """A contact's notes before the run, as merging chose them (SPEC section 6)."""
+
+    context: Context
+    source: str  # notes_file | earlier_send (history.py)
+
+
+class Note(NamedTuple):
+    """A usable row of the notes file."""
+
+    row: int  # 1-based data row in the notes file
+    context: Context
+    time: str  # ISO time: its updated_at, the file's mtime, or its first sighting
+
+
 @dataclass
 class Plan:
     table: RequestTable  # the requests to send, in file order
     settled: dict[int, Settled]  # row position -> outcome decided up front
     contacts_merged: int = 0
     contacts_no_existing: int = 0
+    known_before: dict[str, Known] = field(default_factory=dict)  # contact -> notes merged onto
 
     def rows_to_send(self) -> int:
         return self.table.row_count()
@@ -63,5 +80,6 @@ class Memory:
 
     sent_hashes: Mapping[int, str] = field(default_factory=dict)
     state_contexts: Mapping[str, Context] = field(default_factory=dict)
-    notes_by_email: Mapping[str, Context] = field(default_factory=dict)
-    notes_by_interview: Mapping[int, Context] = field(default_factory=dict)
+    state_times: Mapping[str, str] = field(default_factory=dict)  # contact -> last confirmed send
+    notes_by_email: Mapping[str, Sequence[Note]] = field(default_factory=dict)
+    notes_by_interview: Mapping[int, Sequence[Note]] = field(default_factory=dict)

@@ -15,9 +15,10 @@ from typing import Any
 import pyarrow as pa
 
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
-from sync_worker.merger import Context, fold, parse_context
+from sync_worker.history import EARLIER_SEND, NOTES_FILE
+from sync_worker.merger import Context, MergeRules, fold, parse_context
 from sync_worker.plan.cells import Cells
-from sync_worker.plan.model import Memory, Plan, PlanOptions, Settled, invalid
+from sync_worker.plan.model import Known, Memory, Note, Plan, PlanOptions, Settled, invalid
 from sync_worker.reader import Batch
 from sync_worker.request_table import Ints, Request, sha256_hex
 
@@ -131,12 +132,14 @@ def _contact_requests(
     contexts = [r.context for i in members for r in i.rows if r.context is not None]
     if not contexts:
         return [_request(i, contact, None, "off") for i in members]
-    existing = _existing_notes(contact, members, memory)
+    known = _existing_notes(contact, members, memory, options.rules)
+    existing = known.context if known is not None else None
     label = "no_existing" if existing is None else "merged"
-    if existing is None:
+    if known is None:
         plan.contacts_no_existing += 1
     else:
         plan.contacts_merged += 1
+        plan.known_before[contact] = known
     combined = fold(existing or None, contexts, options.rules)
     return [_request(i, contact, combined, label) for i in members]
 
@@ -146,14 +149,30 @@ def _last_context(interview: _Interview) -> Context | None:
     return contexts[-1] if contexts else None
 
 
-def _existing_notes(contact: str, members: list[_Interview], memory: Memory) -> Context | None:
-    """The notes file wins over the state; '' means known to be empty."""
-    if members[0].email and members[0].email in memory.notes_by_email:
-        return memory.notes_by_email[members[0].email]
+def _existing_notes(
+    contact: str, members: list[_Interview], memory: Memory, rules: MergeRules
+) -> Known | None:
+    """The notes file and the state: the newer wins (a file row is as old as its updated_at, its
+    file, or its first sighting; the state as its last confirmed send). The contact's file rows,
+    by email and by each interview's id, are combined in file order; '' means known empty."""
+    state = memory.state_contexts.get(contact)
+    notes = _file_notes(members, memory)
+    if notes:
+        state_time = memory.state_times.get(contact)
+        if state is None or state_time is None or max(n.time for n in notes) > state_time:
+            combined = fold(None, [n.context for n in notes], rules)
+            return Known(combined if combined is not None else "", NOTES_FILE)
+    return Known(state, EARLIER_SEND) if state is not None else None
+
+
+def _file_notes(members: list[_Interview], memory: Memory) -> list[Note]:
+    """The contact's notes-file rows, each once, in file order."""
+    found: dict[int, Note] = {}
+    if members[0].email:
+        found.update((n.row, n) for n in memory.notes_by_email.get(members[0].email, ()))
     for interview in members:
-        if interview.interview_id in memory.notes_by_interview:
-            return memory.notes_by_interview[interview.interview_id]
-    return memory.state_contexts.get(contact)
+        found.update((n.row, n) for n in memory.notes_by_interview.get(interview.interview_id, ()))
+    return [found[row] for row in sorted(found)]
 
 
 def _request(interview: _Interview, contact: str, context: Context | None, merge: str) -> Request:

@@ -1,0 +1,310 @@
+"""The history of the values runs wrote (SPEC section 12), kept in the state database.
+
+For every field a confirmed send changed (a contact's notes and name, an interview's objective)
+a `history` row holds the value before (canonical JSON, NULL when never known), the value sent,
+the run, the time and where the value before came from.
+
+The values before are known at plan time, so a run writes its planned changes (`planned`) before
+it sends anything, and the hot path adds nothing: the journal already records each confirmed
+send. When the journal is folded (the state closed, or opened after a kill) its sends are joined
+with the planned changes into history rows, in the order the server confirmed them; a planned
+change whose send was never confirmed leaves no trace.
+
+`field_values` remembers the last value sent per field, so a later run knows its values before
+and `revert` can tell whether a later run wrote something else since. It is folded from the
+history when the state is closed (or next opened, after a kill), like the journal: an append per
+send, not an upsert. A row with `changed = 0` only moves that last value (a value equal to the
+notes file's, which the state had not seen); it is no version and is never shown or reverted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
+
+from sync_worker.fields import CONTACT_FIELDS, CONTEXT, SENT_FIELDS
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    run_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    level TEXT NOT NULL,
+    key TEXT NOT NULL,
+    interview_id INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    before_json TEXT,
+    sent_json TEXT NOT NULL,
+    source TEXT NOT NULL,
+    changed INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS planned (
+    run_id TEXT NOT NULL,
+    interview_id INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    key TEXT NOT NULL,
+    field TEXT NOT NULL,
+    before_json TEXT,
+    sent_json TEXT NOT NULL,
+    source TEXT NOT NULL,
+    changed INTEGER NOT NULL,
+    shared INTEGER NOT NULL,
+    PRIMARY KEY (run_id, interview_id, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS field_values (
+    level TEXT NOT NULL,
+    key TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (level, key, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_folded (upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notes_seen (
+    digest TEXT PRIMARY KEY,
+    first_seen TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+NOTES_FILE = "notes_file"  # the value before came from the --existing-notes file
+EARLIER_SEND = "earlier_send"  # from what this worker itself sent earlier
+UNKNOWN = "unknown"  # never known: a revert cannot put it back
+
+FieldKey = tuple[str, str, str]  # (level, key, field): key is the contact or the interview id
+
+
+def level_of(field: str) -> str:
+    return "contact" if field in CONTACT_FIELDS else "interview"
+
+
+class Change(NamedTuple):
+    """One field of one planned request: known before the send, recorded once confirmed."""
+
+    level: str
+    key: str  # the contact (email, or interview:<id>) or the interview id, as text
+    interview_id: int  # the interview whose PATCH carries it
+    field: str
+    before_json: str | None
+    sent_json: str
+    source: str
+    changed: int  # 1: a version (shown, revertible); 0: only moves the last value
+    shared: bool  # several requests of the plan send this field (a contact's interviews)
+
+
+class Version(NamedTuple):
+    """A history row as read back."""
+
+    run_id: str
+    at: str
+    level: str
+    key: str
+    interview_id: int
+    field: str
+    before_json: str | None
+    sent_json: str
+    source: str
+
+
+HistoryRow = tuple[str, str, str, str, int, str, str | None, str, str, int]
+
+
+def row_of(run_id: str, at: str, change: Change) -> HistoryRow:
+    return (run_id, at, change.level, change.key, change.interview_id, change.field,
+            change.before_json, change.sent_json, change.source, change.changed)  # fmt: skip
+
+
+class RunHistory:
+    """A run's history rows, a field changed by several requests of the run (a contact's
+    interviews) chained so each row's value before is what the run itself wrote just before."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._written: dict[FieldKey, str] = {}  # shared fields: the value this run last wrote
+
+    def rows(self, changes: Iterable[Change], at: str) -> list[HistoryRow]:
+        rows: list[HistoryRow] = []
+        for change in changes:
+            if change.shared:
+                field_key = (change.level, change.key, change.field)
+                prior = self._written.get(field_key)
+                self._written[field_key] = change.sent_json
+                if prior == change.sent_json:
+                    continue  # another interview of the contact already wrote this value
+                if prior is not None:
+                    change = change._replace(before_json=prior, source=EARLIER_SEND, changed=1)
+            rows.append(row_of(self.run_id, at, change))
+        return rows
+
+
+def insert(db: sqlite3.Connection, rows: list[HistoryRow]) -> None:
+    db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def plan(db: sqlite3.Connection, run_id: str, changes: Mapping[int, tuple[Change, ...]]) -> None:
+    """Write a run's planned changes before it sends (one commit, off the hot path)."""
+    rows = (
+        (run_id, c.interview_id, c.level, c.key, c.field, c.before_json, c.sent_json, c.source,
+         c.changed, int(c.shared))
+        for found in changes.values() for c in found
+    )  # fmt: skip
+    with db:
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO planned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def materialize(db: sqlite3.Connection) -> None:
+    """The journal's confirmed sends joined with their planned changes, in arrival order, into
+    history rows (inside the caller's transaction, before the journal is emptied)."""
+    joined = db.execute(
+        "SELECT j.run_id, j.sent_at, p.level, p.key, p.interview_id, p.field, p.before_json, "
+        "p.sent_json, p.source, p.changed, p.shared FROM journal AS j JOIN planned AS p "
+        "ON p.run_id = j.run_id AND p.interview_id = j.interview_id ORDER BY j.rowid, p.field"
+    )
+    runs: dict[str, RunHistory] = {}
+    rows: list[HistoryRow] = []
+    for run_id, at, level, key, interview_id, name, before, sent, source, changed, shared in joined:
+        run = runs.get(run_id) or runs.setdefault(run_id, RunHistory(run_id))
+        change = Change(level, key, interview_id, name, before, sent, source, changed, bool(shared))
+        rows.extend(run.rows((change,), at))
+    insert(db, rows)
+    db.execute("DELETE FROM planned")  # the runs are over: what was not confirmed was not sent
+
+
+def fold(db: sqlite3.Connection) -> None:
+    """Move the values of the rows appended since the last fold into `field_values` (inside the
+    caller's transaction)."""
+    upto = _folded_upto(db)
+    db.execute(
+        "INSERT OR REPLACE INTO field_values SELECT level, key, field, sent_json, run_id, at "
+        "FROM history WHERE rowid > ? ORDER BY rowid",
+        (upto,),
+    )
+    last = db.execute("SELECT coalesce(max(rowid), 0) FROM history").fetchone()[0]
+    db.execute("DELETE FROM history_folded")
+    db.execute("INSERT INTO history_folded VALUES (?)", (max(last, upto),))
+
+
+def _folded_upto(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT upto FROM history_folded").fetchone()
+    return int(row[0]) if row else 0
+
+
+def has_tables(db: sqlite3.Connection) -> bool:
+    """False for a state written before history existed (opened read-only)."""
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
+    return db.execute(query).fetchone() is not None
+
+
+def last_values(
+    db: sqlite3.Connection | None, keys: Iterable[str] | None = None
+) -> dict[FieldKey, str]:
+    """The last value sent per field: folded, with the rows not folded yet laid over. A contact's
+    context sent before history existed counts too (the state's contacts and journal). `keys`:
+    only these contacts and interview ids (a nightly run reads its own, not the whole state)."""
+    if db is None or not has_tables(db):
+        return {}
+    join = _only(db, keys)
+    contexts = (
+        f"SELECT 'contact', t.contact, '{CONTEXT}', t.context_json FROM contacts AS t"
+        + join.format(column="contact"),
+        f"SELECT 'contact', t.contact, '{CONTEXT}', t.context_json FROM journal AS t"
+        + join.format(column="contact")
+        + " WHERE t.context_json IS NOT NULL ORDER BY t.rowid",
+    )
+    values: dict[FieldKey, str] = {}
+    for query in contexts:
+        values.update(((lv, k, f), v) for lv, k, f, v in db.execute(query))
+    folded = "SELECT t.level, t.key, t.field, t.value_json FROM field_values AS t"
+    values.update(((lv, k, f), v) for lv, k, f, v in db.execute(folded + join.format(column="key")))
+    unfolded = (
+        "SELECT t.level, t.key, t.field, t.sent_json FROM history AS t"
+        + join.format(column="key")
+        + " WHERE t.rowid > ? ORDER BY t.rowid"
+    )
+    values.update(((lv, k, f), v) for lv, k, f, v in db.execute(unfolded, (_folded_upto(db),)))
+    return values
+
+
+def _only(db: sqlite3.Connection, keys: Iterable[str] | None) -> str:
+    """A join that keeps the rows of `keys` (in a temporary table), or none."""
+    if keys is None:
+        return ""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (key TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.execute("DELETE FROM temp.wanted")
+    db.executemany("INSERT OR IGNORE INTO temp.wanted VALUES (?)", ((k,) for k in keys))
+    return " JOIN temp.wanted AS w ON w.key = t.{column}"
+
+
+def _versions(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -> list[Version]:
+    if not has_tables(db):
+        return []
+    query = (
+        "SELECT run_id, at, level, key, interview_id, field, before_json, sent_json, source "
+        f"FROM history WHERE changed = 1 AND ({where}) ORDER BY rowid"
+    )
+    return [Version(*row) for row in db.execute(query, args)]
+
+
+def of_run(db: sqlite3.Connection, run_id: str) -> list[Version]:
+    """The versions a run wrote, in the order they were confirmed."""
+    return _versions(db, "run_id = ?", (run_id,))
+
+
+def of_contact(db: sqlite3.Connection, email: str) -> list[Version]:
+    """A contact's versions (by email) and those of its interviews' objectives, newest first."""
+    contact = _versions(db, "level = 'contact' AND key = ?", (email.strip().lower(),))
+    ids = sorted({v.interview_id for v in contact})
+    marks = ", ".join("?" * len(ids))
+    interviews = _versions(db, f"level = 'interview' AND interview_id IN ({marks})", tuple(ids))
+    return _newest_first(contact + interviews)
+
+
+def of_interview(db: sqlite3.Connection, interview_id: int) -> list[Version]:
+    """An interview's versions, and those of the contact it was sent for, newest first."""
+    own = _versions(db, "interview_id = ? OR (level = 'contact' AND key = ?)",
+                    (interview_id, f"interview:{interview_id}"))  # fmt: skip
+    contacts = sorted({v.key for v in own if v.level == "contact"})
+    marks = ", ".join("?" * len(contacts))
+    shared = _versions(db, f"level = 'contact' AND key IN ({marks})", tuple(contacts))
+    unique = {(v.run_id, v.at, v.level, v.key, v.field, v.interview_id): v for v in own + shared}
+    return _newest_first(list(unique.values()))
+
+
+def _newest_first(versions: list[Version]) -> list[Version]:
+    order = {field: index for index, field in enumerate(SENT_FIELDS)}
+    return sorted(versions, key=lambda v: (v.at, -order.get(v.field, 0)), reverse=True)
+
+
+def run_known(db: sqlite3.Connection, run_id: str) -> bool:
+    return db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+
+def prune(db: sqlite3.Connection, days: int, now: datetime | None = None) -> int:
+    """Drop versions older than `days` (their last values stay in `field_values`). Folds first,
+    so no value is dropped before it is remembered."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    text = cutoff.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with db:
+        db.execute("BEGIN")
+        fold(db)
+        deleted = db.execute("DELETE FROM history WHERE at < ?", (text,)).rowcount
+        # rowids are max + 1: with the newest rows gone they would be reused below the mark
+        last = db.execute("SELECT coalesce(max(rowid), 0) FROM history").fetchone()[0]
+        db.execute("UPDATE history_folded SET upto = ?", (last,))
+    return int(deleted)
+
+
+def seen_notes(db: sqlite3.Connection | None) -> dict[str, str]:
+    """Notes-file rows seen before: digest of (contact, notes) -> when first seen."""
+    if db is None or not has_tables(db):
+        return {}
+    return dict(db.execute("SELECT digest, first_seen FROM notes_seen"))
+
+
+def remember_notes(db: sqlite3.Connection, sightings: Iterable[tuple[str, str]]) -> None:
+    """Record notes-file rows not seen before (the first sighting's time is kept)."""
+    with db:
+        db.execute("BEGIN")
+        db.executemany("INSERT OR IGNORE INTO notes_seen VALUES (?, ?)", list(sightings))

@@ -1,0 +1,234 @@
+"""`sync-worker revert RUN_ID`: put back what a run changed (SPEC section 12).
+
+From that run's history, each field it changed gets back its value before, the JSON byte for
+byte as it was known. A field whose value before was never known is `not_restorable` (nothing is
+sent); one that a later run changed again (its last known value is no longer what that run wrote)
+is `conflict` and left alone unless --force. A field already back to its value before (a re-run
+after a kill, or a later run that wrote it back) needs nothing. The requests go through the same
+machinery as `run` (pipeline.launch): pacing, retries, lock, signals, ledger, summary, state and
+history, so a revert is itself a run that can be reverted.
+
+Ledger: one line per interview the run's changes went to; `source_file` is `revert <RUN_ID>`
+and `source_row` the interview's place (1-based) in the order that run's changes were confirmed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from sync_worker import history
+from sync_worker.config import RunOptions, Settings
+from sync_worker.errors import ConfigError
+from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID
+from sync_worker.history import EARLIER_SEND, Change, FieldKey, Version
+from sync_worker.pipeline import Prepared
+from sync_worker.plan import Plan, Settled
+from sync_worker.plan.rows import canonical
+from sync_worker.reader import FILE_COL, ROW_COL, Batch
+from sync_worker.request_table import Request, RequestTable, sha256_hex
+from sync_worker.state import State
+
+NOT_RESTORABLE = "not_restorable"
+CONFLICT = "conflict"
+ALREADY_BACK = "skipped_unchanged"
+
+
+@dataclass
+class FieldPlan:
+    """One field the run changed: what to put back, and what became of it in the plan."""
+
+    first: Version  # the run's first change of the field: its value before
+    wrote: str  # the value the run left it at (its last change of the field)
+    current: str | None  # the last value known now
+    status: str = "send"  # send | not_restorable | conflict | skipped_unchanged
+    message: str = ""
+
+    @property
+    def key(self) -> FieldKey:
+        return (self.first.level, self.first.key, self.first.field)
+
+
+@dataclass
+class InterviewPlan:
+    interview_id: int
+    contact: str
+    fields: list[FieldPlan] = field(default_factory=list)
+
+
+@dataclass
+class RevertJob:
+    """What `revert` plans: the history of one run, put back."""
+
+    settings: Settings
+    target: str  # the run to revert
+    force: bool = False
+
+    def load(self) -> None:
+        """Before the lock: the state must exist (opening it would create an empty one)."""
+        path = Path(self.settings.state_path)
+        if not path.is_file():
+            raise ConfigError(
+                f"state {path} not found: a revert reads the run's history from the state; "
+                "give the --state that run used"
+            )
+
+    def prepare(self, state: State, options: RunOptions) -> Prepared:
+        db = state.database
+        self._check_known(db)
+        assert db is not None
+        interviews = self._interviews(db)
+        return _prepared(self.target, interviews, db)
+
+    def _check_known(self, db: sqlite3.Connection | None) -> None:
+        where = f"the state {self.settings.state_path}"
+        if db is None or not history.has_tables(db) or not history.run_known(db, self.target):
+            raise ConfigError(
+                f"run {self.target} is not in {where}: give the run_id of a run made with this "
+                "state (a ledger's run_id column, or `sync-worker history`), or the --state it used"
+            )
+        started = db.execute("SELECT started_at FROM runs WHERE run_id = ?", (self.target,))
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.history_days)
+        if started.fetchone()[0] < cutoff.strftime("%Y-%m-%dT%H:%M:%S"):
+            raise ConfigError(
+                f"run {self.target} is older than [state] history_days "
+                f"({self.settings.history_days}): its history was pruned, nothing can be put back"
+            )
+
+    def _interviews(self, db: sqlite3.Connection) -> list[InterviewPlan]:
+        """The run's changed fields, grouped by the interview their PATCH went to."""
+        firsts: dict[FieldKey, Version] = {}
+        wrote: dict[FieldKey, str] = {}
+        for version in history.of_run(db, self.target):
+            key = (version.level, version.key, version.field)
+            firsts.setdefault(key, version)
+            wrote[key] = version.sent_json
+        last = history.last_values(db)
+        interviews: dict[int, InterviewPlan] = {}
+        for key, first in firsts.items():
+            entry = interviews.get(first.interview_id)
+            if entry is None:
+                contact = _contact_of(db, first)
+                entry = interviews[first.interview_id] = InterviewPlan(first.interview_id, contact)
+            entry.fields.append(self._decide(FieldPlan(first, wrote[key], last.get(key)), db))
+        return list(interviews.values())
+
+    def _decide(self, plan: FieldPlan, db: sqlite3.Connection) -> FieldPlan:
+        name, before = plan.first.field, plan.first.before_json
+        if before is None:
+            plan.status = NOT_RESTORABLE
+            plan.message = f"{name}: its value before run {self.target} was never known"
+        elif plan.current == before:
+            plan.status = ALREADY_BACK
+            plan.message = f"{name}: already as before run {self.target}"
+        elif plan.current != plan.wrote and not self.force:
+            plan.status = CONFLICT
+            plan.message = (
+                f"{name}: run {_last_writer(db, plan.key)} wrote it after run {self.target}; "
+                "left alone (--force puts it back anyway)"
+            )
+        return plan
+
+
+def _contact_of(db: sqlite3.Connection, version: Version) -> str:
+    """The contact key the interview's sends carry (for an objective alone: the state's)."""
+    if version.level == "contact":
+        return version.key
+    row = (
+        db.execute(
+            "SELECT key FROM history WHERE level = 'contact' AND interview_id = ? "
+            "ORDER BY rowid DESC LIMIT 1",
+            (version.interview_id,),
+        ).fetchone()
+        or db.execute(
+            "SELECT contact FROM sent WHERE interview_id = ?", (version.interview_id,)
+        ).fetchone()
+    )
+    return str(row[0]) if row else f"interview:{version.interview_id}"
+
+
+def _last_writer(db: sqlite3.Connection, key: FieldKey) -> str:
+    row = (
+        db.execute(
+            "SELECT run_id FROM history WHERE level = ? AND key = ? AND field = ? "
+            "ORDER BY rowid DESC LIMIT 1",
+            key,
+        ).fetchone()
+        or db.execute(
+            "SELECT run_id FROM field_values WHERE level = ? AND key = ? AND field = ?", key
+        ).fetchone()
+    )
+    return str(row[0]) if row else "a later run"
+
+
+def _prepared(target: str, interviews: list[InterviewPlan], db: sqlite3.Connection) -> Prepared:
+    batch = _batch(target, interviews)
+    settled: dict[int, Settled] = {}
+    requests: list[Request] = []
+    changes: dict[int, tuple[Change, ...]] = {}
+    remarks: dict[int, tuple[str, str]] = {}
+    unresolved = 0
+    for position, interview in enumerate(interviews):
+        sending = [f for f in interview.fields if f.status == "send"]
+        left = [f for f in interview.fields if f.status in (NOT_RESTORABLE, CONFLICT)]
+        unresolved += len(left)
+        if sending:
+            request = _request(position, interview, sending)
+            requests.append(request)
+            changes[interview.interview_id] = tuple(_change(f) for f in sending)
+            if left:
+                remarks[interview.interview_id] = ("partly_restored", _joined(left))
+        else:
+            settled[position] = _settled(interview)
+    plan = Plan(RequestTable.from_requests(requests), settled)
+    return Prepared(batch, plan, changes, unresolved=unresolved, inputs=(f"revert {target}",),
+                    remarks=remarks)  # fmt: skip
+
+
+def _joined(fields: list[FieldPlan]) -> str:
+    return "; ".join(f.message for f in fields)
+
+
+def _settled(interview: InterviewPlan) -> Settled:
+    """An interview with nothing to send: the worst of its fields names the line."""
+    for status in (CONFLICT, NOT_RESTORABLE, ALREADY_BACK):
+        fields = [f for f in interview.fields if f.status == status]
+        if fields:
+            code = "" if status == ALREADY_BACK else status
+            return Settled(status, code, _joined(interview.fields))
+    raise AssertionError("an interview without fields")  # pragma: no cover
+
+
+def _request(position: int, interview: InterviewPlan, fields: list[FieldPlan]) -> Request:
+    """The values before, written as they were known: the body is built from their JSON texts,
+    so what is sent back is byte for byte what was there."""
+    members = sorted((f.first.field, f.first.before_json or "") for f in fields)
+    body = "{" + ",".join(f"{canonical(name)}:{value}" for name, value in members) + "}"
+    context = next((value for name, value in members if name == CONTEXT), None)
+    body_json = body.encode("utf-8")
+    return Request(interview.interview_id, body_json, sha256_hex(body_json), [position],
+                   interview.contact, "off", context)  # fmt: skip
+
+
+def _change(plan: FieldPlan) -> Change:
+    first = plan.first
+    now = plan.current if plan.current is not None else plan.wrote
+    return Change(first.level, first.key, first.interview_id, first.field, now,
+                  first.before_json or "", EARLIER_SEND, 1, False)  # fmt: skip
+
+
+def _batch(target: str, interviews: list[InterviewPlan]) -> Batch:
+    """One row per interview: what its ledger line names."""
+    count = len(interviews)
+    frame = pd.DataFrame({column: [""] * count for column in CANONICAL_COLUMNS})
+    frame[ID] = [str(i.interview_id) for i in interviews]
+    frame[CONTACT_KEY] = [
+        "" if i.contact.startswith("interview:") else i.contact for i in interviews
+    ]
+    frame[FILE_COL] = [0] * count
+    frame[ROW_COL] = list(range(1, count + 1))
+    return Batch(frame, (f"revert {target}",), (), ())

@@ -1,0 +1,100 @@
+"""History (SPEC section 12): what runs changed, shown newest first, kept for history_days."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import SandboxServer, cli_env, run_cli, write_csv
+
+from sync_worker import history
+from sync_worker.history import Change, RunHistory
+from sync_worker.state import State
+
+HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact_context"]
+
+
+def sync(tmp_path: Path, server: SandboxServer, source: str, ledger: str, *args: str) -> None:
+    result = run_cli(
+        "run", source, "--base-url", server.base_url, "--state", "state.sqlite",
+        "--ledger", ledger, "--rate-limit", "1000", "--rate-period", "1", *args, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+
+
+def show(tmp_path: Path, *args: str) -> str:
+    result = run_cli("history", *args, "--state", "state.sqlite", cwd=tmp_path,
+                     env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    assert result.code == 0, result.stderr
+    return result.stdout
+
+
+def test_history_shows_each_version_newest_first(tmp_path: Path, sandbox: SandboxServer) -> None:
+    write_csv(tmp_path / "one.csv", HEADER, [[5, "ana@x.com", "Ana", "Intro", "first"]])
+    write_csv(tmp_path / "two.csv", HEADER, [[5, "ana@x.com", "Ana", "Pricing", "second"]])
+    sync(tmp_path, sandbox, "one.csv", "one.csv.l.csv")
+    sync(tmp_path, sandbox, "two.csv", "two.csv.l.csv")
+    sync(tmp_path, sandbox, "two.csv", "again.csv.l.csv", "--force")  # same values: no version
+
+    versions = json.loads(show(tmp_path, "--interview", "5", "--json"))
+    assert [(v["field"], v["before"], v["sent"], v["source"]) for v in versions] == [
+        ("objective", "Intro", "Pricing", "earlier_send"),
+        ("contact_context", "first", "second", "earlier_send"),
+        ("contact_name", None, "Ana", "unknown"),
+        ("objective", None, "Intro", "unknown"),
+        ("contact_context", None, "first", "unknown"),
+    ]  # fmt: skip
+    assert json.loads(show(tmp_path, "--email", "ANA@x.com ", "--json")) == versions
+
+    text = show(tmp_path, "--email", "ana@x.com")
+    assert text.splitlines()[0] == "history of contact ana@x.com: 5 versions, newest first"
+    assert '    sent:   "Pricing"' in text and '    before: "Intro"  [earlier send]' in text
+    assert "    before: unknown  [unknown]" in text
+    assert "no history for interview 6" in show(tmp_path, "--interview", "6")
+
+
+def test_old_versions_are_pruned_at_the_end_of_a_run(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    write_csv(tmp_path / "one.csv", HEADER, [[5, "", "Ana", "", ""]])
+    sync(tmp_path, sandbox, "one.csv", "one.csv.l.csv")
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        db.execute("UPDATE history SET at = '2020-01-01T00:00:00.000Z'")
+    (tmp_path / "keep.toml").write_text("[state]\nhistory_days = 30\n")
+    write_csv(tmp_path / "two.csv", HEADER, [[5, "", "Bo", "", ""]])
+    sync(tmp_path, sandbox, "two.csv", "two.csv.l.csv", "--config", "keep.toml")
+    versions = json.loads(show(tmp_path, "--interview", "5", "--json"))
+    assert [(v["before"], v["sent"]) for v in versions] == [("Ana", "Bo")]  # the old one went
+
+
+def change(field: str, sent: str, shared: bool = True) -> Change:
+    return Change("contact", "ana@x.com", 1, field, '"old"', sent, "earlier_send", 1, shared)
+
+
+def test_a_contacts_interviews_chain_their_versions() -> None:
+    run = RunHistory("r1")
+    first = run.rows([change("contact_context", '"a"')], "t1")
+    same = run.rows([change("contact_context", '"a"')._replace(interview_id=2)], "t2")
+    other = run.rows([change("contact_context", '"b"')._replace(interview_id=3)], "t3")
+    assert [(r[6], r[7]) for r in first] == [('"old"', '"a"')]
+    assert same == []  # the contact's second interview wrote nothing new
+    assert [(r[4], r[6], r[7], r[8]) for r in other] == [(3, '"a"', '"b"', "earlier_send")]
+
+
+def test_pruning_keeps_the_last_values_and_the_fold_mark_sound(tmp_path: Path) -> None:
+    state = State.open(tmp_path / "s.sqlite")
+    db = state.database
+    assert db is not None
+    old = history.row_of("r1", "2020-01-01T00:00:00.000Z", change("contact_name", '"Ana"'))
+    history.insert(db, [old])
+    assert history.prune(db, 90, datetime.now(UTC)) == 1
+    assert history.last_values(db) == {("contact", "ana@x.com", "contact_name"): '"Ana"'}
+    new = history.row_of("r2", datetime.now(UTC).isoformat(), change("contact_name", '"Bo"'))
+    history.insert(db, [new])  # its rowid restarts at 1, below the old mark
+    assert history.last_values(db) == {("contact", "ana@x.com", "contact_name"): '"Bo"'}
+    history.fold(db)
+    assert db.execute("SELECT value_json FROM field_values").fetchall() == [('"Bo"',)]
+    assert history.prune(db, 90, datetime.now(UTC) + timedelta(days=1)) == 0
+    state.close()
