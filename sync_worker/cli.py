@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,9 +193,12 @@ def plan(inputs: tuple[str, ...], **opts: Any) -> None:
 
     def emit() -> int:
         out = sys.stdout.buffer
-        for chunk in pipeline.plan_output(settings, options):
-            out.write(chunk)
-        out.flush()
+        try:
+            for chunk in pipeline.plan_output(settings, options):
+                out.write(chunk)
+            out.flush()
+        except BrokenPipeError:  # `plan ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
 
     _finish(emit)

@@ -65,9 +65,19 @@ def ledger_path(template: str | None, run_id: str, date: str) -> Path:
         raise unwritable(path, "ledger", "--ledger", IsADirectoryError(errno.EISDIR, "", text))
     if not path.exists() and not path.is_symlink():
         return path
-    if "{run_id}" in text or "{date}" in text:
-        return path.with_name(f"{path.stem}-{run_id}{path.suffix}")
+    if fills_in(text):
+        return _with_run_id(path, run_id)
     raise _exists(path)
+
+
+def fills_in(template: str | None) -> bool:
+    """Does the ledger path have a placeholder (so a name taken gets the run id added)?"""
+    text = template or DEFAULT_PATH
+    return any(placeholder in text for placeholder in PLACEHOLDERS)
+
+
+def _with_run_id(path: Path, run_id: str) -> Path:
+    return path.with_name(f"{path.stem}-{run_id}{path.suffix}")
 
 
 def _exists(path: Path) -> ConfigError:
@@ -85,10 +95,14 @@ def escape_formula(value: str) -> str:
 class Ledger:
     """Open for the whole run; `write` buffers a line, `flush` puts what is buffered on disk."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, run_id: str | None = None) -> None:
+        """`run_id`: given when the path came from a `{date}`/`{run_id}` template, so a name
+        another run took while this one read and planned gets this run's id added."""
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".jsonl"):
             raise ConfigError(f"ledger {path}: use a .csv or .jsonl file name")
+        if (path.exists() or path.is_symlink()) and run_id is not None:
+            path = _with_run_id(path, run_id)  # another run made it since ledger_path chose it
         self.path = path
         self._jsonl = suffix == ".jsonl"
         check_writable(summary_path(path), "ledger summary", "--ledger")

@@ -30,7 +30,7 @@ from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
 from sync_worker.config import RunOptions, Settings
 from sync_worker.errors import SyncWorkerError
-from sync_worker.ledger import Ledger, ledger_path
+from sync_worker.ledger import Ledger, fills_in, ledger_path
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.metrics import check_writable, write_metrics
@@ -256,7 +256,8 @@ def _run_locked(
     try:
         prepared = job.prepare(state, options)
         batch, plan = prepared.batch, prepared.plan
-        ledger = Ledger(ledger_path)
+        template = options.ledger or settings.ledger_path
+        ledger = Ledger(ledger_path, run_id if fills_in(template) else None)
         state.run_started(run_id, started_at)
         _remember_notes(state, prepared, options)
         _plan_history(state, run_id, prepared, options)
@@ -267,7 +268,7 @@ def _run_locked(
             for position, outcome in sorted(plan.settled.items()):
                 recorder.settled(position, outcome)
             recorder.flush()
-            _log_start(settings, options, batch, plan, ledger_path)
+            _log_start(settings, options, batch, plan, ledger.path)
             report = _send_or_dry_run(options, plan, recorder, send, stopper)
             recorder.check()
             if stopper.reason is not None:
@@ -281,8 +282,8 @@ def _run_locked(
             summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
                                    prepared.inputs, settings.rate_period_s)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
-            summary["ledger"] = str(ledger_path)
-            write_summary(ledger_path, summary)
+            summary["ledger"] = str(ledger.path)
+            write_summary(ledger.path, summary)
             state.run_finished(run_id, code, summary)
             _prune_history(state, settings, options)
         finally:

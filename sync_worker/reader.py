@@ -10,6 +10,7 @@ import codecs
 import csv
 import gzip
 import json
+import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     frames: list[pd.DataFrame] = []
     warnings: list[str] = []
     context_keys: dict[str, None] = {}
+    _refuse_repeated_inputs(paths)
     for index, path in enumerate(paths):
         picker = _ColumnPicker(path, options)
         raw, read_warnings = read_raw(Path(path), options, picker)
@@ -112,6 +114,24 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     aligned = [_align(frame, columns) for frame in frames]
     combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
     return Batch(combined, tuple(paths), keys, tuple(warnings))
+
+
+def _refuse_repeated_inputs(paths: Sequence[str]) -> None:
+    """One file given twice (`a.csv ./a.csv`, an overlapping glob, a link) would send its rows
+    twice and write two ledger lines for each of its rows: refused, naming both."""
+    seen: dict[tuple[int, int], int] = {}
+    for index, path in enumerate(paths):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue  # missing or unreadable: read_raw names it
+        first = seen.setdefault((info.st_dev, info.st_ino), index)
+        if first != index:
+            same = "given twice" if path == paths[first] else f"the same file as {paths[first]}"
+            raise InputError(
+                f"{path}: {same}; give each input once "
+                "(its rows would be sent, and written to the ledger, twice)"
+            )
 
 
 class _ColumnPicker:

@@ -1225,3 +1225,71 @@ def test_history_days_must_be_a_positive_whole_number(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text("[state]\nhistory_days = 0\n")
     result = run_cli("history", "--email", "a@x.com", "--config", "c.toml", cwd=tmp_path)
     assert_one_line(result, 2, "c.toml", "[state] history_days", "positive whole number")
+
+
+# -- found by the red team ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "second", "words"),
+    [("validate", "in.csv", "in.csv: given twice"),
+     ("plan", "./in.csv", "./in.csv: the same file as in.csv"),
+     ("run", "link.csv", "link.csv: the same file as in.csv")],
+    ids=["same-name", "another-spelling", "symlink"],
+)  # fmt: skip
+def test_one_file_given_twice_is_refused_before_sending(
+    tmp_path: Path, sandbox: SandboxServer, command: str, second: str, words: str
+) -> None:
+    """An overlapping glob (`exports/*.csv exports/contacts.csv`) sent every row twice and
+    wrote two ledger lines for each."""
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"], [2, "Bo"]])
+    (tmp_path / "link.csv").symlink_to("in.csv")
+    extra = ["--base-url", sandbox.base_url, "--ledger", "l.csv"] if command == "run" else []
+    result = run_cli(command, "in.csv", second, "--state", "state.sqlite", *extra, cwd=tmp_path)
+    assert_one_line(result, 2, words, "give each input once")
+    assert sandbox.requests() == []
+    assert not (tmp_path / "l.csv").exists()
+
+
+def test_notes_file_rows_of_one_contact_are_combined_and_bad_rows_named(
+    tmp_path: Path,
+) -> None:
+    """A contact with two rows in the notes export (by email, and by id) kept only the last;
+    a row with an id like 4821.0, or with neither key, was dropped without a word."""
+    (tmp_path / "notes.csv").write_text(
+        "interview_id,contact_email,notes\n11,ana@x.com,by id and email\n,ANA@x.com,by email\n"
+        "12,,by id alone\n4821.0,,excel id\n,,no key\n"
+    )
+    (tmp_path / "in.csv").write_text(
+        "interview_id,contact_email,contact_context,objective\n"
+        "11,Ana@X.com,new,\n12,ana@x.com,,win\n"
+    )
+    result = run_cli("plan", "in.csv", "--existing-notes", "notes.csv", "--state",
+                     "state.sqlite", cwd=tmp_path)  # fmt: skip
+    assert_no_traceback(result, 0)
+    bodies = [_strict_json(line)["body"] for line in result.stdout.splitlines()]
+    combined = "by id and email\n\nby email\n\nby id alone\n\nnew"
+    assert bodies == [
+        {"contact_context": combined},
+        {"contact_context": combined, "objective": "win"},
+    ]
+    named = [e["message"] for e in result.events() if e["event"] == "notes_row_unusable"]
+    assert named == [
+        "notes.csv row 4: column interview_id: '4821.0' is not a positive whole number; the row "
+        "is not used",
+        "notes.csv row 5: neither contact_email nor interview_id is filled; the row is not used",
+    ]
+
+
+def test_plan_into_a_pipe_closed_early_exits_0(tmp_path: Path) -> None:
+    """`plan big.csv | head -1` under `set -o pipefail`: exit 1 would read as failed rows."""
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
+              [[i, "x" * 200] for i in range(1, 20001)])  # fmt: skip
+    command = [sys.executable, "-m", "sync_worker", "plan", "in.csv"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith(b'{"interview_id": 1')
+    process.stdout.close()
+    assert process.wait(timeout=30) == 0
+    assert b"Traceback" not in process.stderr.read()

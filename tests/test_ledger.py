@@ -68,3 +68,20 @@ def test_never_holds_a_secret(tmp_path: Path) -> None:
 def test_other_suffixes_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\.csv or \.jsonl"):
         Ledger(tmp_path / "ledger.xlsx")
+
+
+def test_a_dated_ledger_taken_while_this_run_planned_gets_the_run_id(tmp_path: Path) -> None:
+    """Found by the red team: two runs with `--ledger l/{date}.csv` (other states, or dry runs)
+    both chose `l/<date>.csv` at start; the one that planned longer was refused (exit 2) after
+    planning, told to put {date} in a path that had it."""
+    from sync_worker.ledger import fills_in, ledger_path
+
+    template = str(tmp_path / "{date}.csv")
+    chosen = ledger_path(template, "r2", "2026-11-29")
+    chosen.write_text("the other run's ledger\n")  # made by the other run meanwhile
+    ledger = Ledger(chosen, "r2" if fills_in(template) else None)
+    ledger.close()
+    assert ledger.path == tmp_path / "2026-11-29-r2.csv"
+    assert chosen.read_text() == "the other run's ledger\n"
+    with pytest.raises(ConfigError, match="already exists"):
+        Ledger(tmp_path / "2026-11-29-r2.csv", "r2" if fills_in("fixed.csv") else None)
