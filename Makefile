@@ -16,10 +16,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-dev
 	$(BIN)/python scripts/demo.py
 
-# Two processes for most of the suite; the tests that assert on wall-clock pacing run alone after.
+# Two processes for the suite; the tests that assert on wall-clock pacing (mostly asleep) run
+# after the rest, so no CPU-heavy test competes with them.
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -n 2 -m "not timing"
-	$(BIN)/python -m pytest -q -m timing
+	$(BIN)/python -m pytest -q -n 2 -m timing
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check sync_worker tests scripts

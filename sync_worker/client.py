@@ -13,13 +13,16 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
+
+if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or validate
+    import aiohttp
 
 from sync_worker.clock import now_iso
 from sync_worker.limiter import Pacer, Stopped, sleep_unless_stopped
@@ -77,7 +80,7 @@ def _api_error(status: int, body: bytes) -> tuple[str, str, bool]:
         return f"http_{status}", f"HTTP {status}" + (f": {text}" if text else ""), False
 
 
-Headers = CIMultiDictProxy[str] | dict[str, str]
+Headers = Mapping[str, str]  # an answer's headers (aiohttp's CIMultiDictProxy is one)
 
 
 def reset_delay(headers: Headers, now: float | None = None) -> float:
@@ -183,6 +186,12 @@ class Client:
         self.counters = Counters()
         self.started: set[int] = set()  # interview ids whose request went on the wire
         self._log = get_logger()
+        import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
+
+        # what each failure of an exchange means (looked up only when one is raised)
+        self._not_opened = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+        self._dropped = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+        self._not_http = aiohttp.ClientResponseError
 
     async def send(self, interview_id: int, body: bytes) -> Outcome:
         started = time.monotonic()
@@ -287,14 +296,14 @@ class Client:
                 if 200 <= status < 300:
                     return status, ACCEPTED, None
                 return status, classify(status, payload), wait_hint(status, response.headers)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        except self._not_opened as exc:
             return None, _no_answer(exc, sent=False), None  # before the connection opened
         except TimeoutError:
             message = "no answer within the timeout"
             return None, Verdict(Kind.NO_ANSWER, "timeout", message, api_shaped=False), None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except self._dropped as exc:
             return None, _no_answer(exc, sent=True), None
-        except aiohttp.ClientResponseError as exc:  # what came back is not HTTP
+        except self._not_http as exc:  # what came back is not HTTP
             message = f"the answer is not HTTP: {exc.message}".splitlines()[0]
             return None, Verdict(Kind.RETRY, "bad_response", message, api_shaped=False), None
 

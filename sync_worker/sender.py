@@ -12,8 +12,10 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import aiohttp
+if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or validate
+    import aiohttp
 
 from sync_worker import __version__
 from sync_worker.client import MAX_OUTAGE_S, Client, Counters, Outcome, RetryPolicy
@@ -79,6 +81,8 @@ class Sender:
         return report
 
     def _session(self) -> aiohttp.ClientSession:
+        import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
+
         config = self._config
         tls = config.tls if config.tls is not None else True
         connector = aiohttp.TCPConnector(limit=config.workers, limit_per_host=config.workers,

@@ -88,9 +88,22 @@ def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_sandbox() -> Iterator[SandboxServer]:
+    """One well-behaved sandbox per test process, reset before each test that uses it: starting
+    a server process per test costs more than most of those tests."""
+    server = start_sandbox("--api-key", API_KEY, "--rate-limit", "1000", "--rate-period", "1")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def sandbox(sandbox_factory: Callable[..., SandboxServer]) -> SandboxServer:
-    return sandbox_factory("--rate-limit", "1000", "--rate-period", "1")
+def sandbox(shared_sandbox: SandboxServer) -> SandboxServer:
+    """The sandbox at 1000 requests a second, as new: no interviews, no requests, no window."""
+    request = urllib.request.Request(shared_sandbox.root + "/_sandbox/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+    return shared_sandbox
 
 
 @dataclass
