@@ -355,7 +355,7 @@ def report(ledger: Path) -> None:
 )
 @click.option(
     "--garbage-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Share of requests answered with bytes that are not HTTP, then closed.",

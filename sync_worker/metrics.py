@@ -9,7 +9,6 @@ succeed (exit code other than 0) carries the previous file's last success over.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
+from sync_worker import paths
 from sync_worker.errors import ConfigError
+from sync_worker.paths import unwritable
 
 PREFIX = "sync_worker"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
@@ -82,9 +83,8 @@ def check_writable(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"--metrics-file {path}: cannot create its folder ({exc})") from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise ConfigError(f"--metrics-file {path}: not a file that can be written")
+        raise unwritable(path, "metrics file", "--metrics-file", exc) from None
+    paths.check_writable(path, "metrics file", "--metrics-file")
 
 
 def _write(path: Path, registry: CollectorRegistry) -> None:

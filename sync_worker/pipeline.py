@@ -197,13 +197,13 @@ def launch(
 ) -> dict[str, Any]:  # fmt: skip
     """A run of any job (`run`, `revert`): key, lock, signals, then plan, send and record.
     Returns its summary. Metrics, when asked for, are written however the run ends."""
+    metrics = Path(settings.metrics_path) if settings.metrics_path else None
+    if metrics is not None:
+        check_writable(metrics)  # first: a file that cannot be written gets no metrics
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
     began = time.monotonic()
-    metrics = Path(settings.metrics_path) if settings.metrics_path else None
     try:
-        if metrics is not None:
-            check_writable(metrics)
         summary = _run(settings, options, key_file, api_key, run_id, job)
     except SyncWorkerError as exc:
         if metrics is not None:

@@ -78,3 +78,16 @@ def test_a_signal_and_a_refused_input_still_write_metrics(
                    "--metrics-file", "m.prom", cwd=tmp_path).code  # fmt: skip
     assert code == 2
     assert metrics(tmp_path / "m.prom")["sync_worker_exit_code"] == 2
+
+
+def test_a_metrics_file_that_cannot_be_written_stops_before_sending(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
+    (tmp_path / "prom").write_text("a file where a folder should be\n")
+    result = run_cli("run", "in.csv", "--base-url", sandbox.base_url, "--state", "state.sqlite",
+                     "--metrics-file", "prom/sync.prom", cwd=tmp_path)  # fmt: skip
+    assert result.code == 2 and "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "metrics file prom/sync.prom: cannot be written: prom is a file, not a folder" in line
+    assert sandbox.requests() == []
