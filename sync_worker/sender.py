@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from yarl import URL
+
 if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or validate
     import aiohttp
 
@@ -41,7 +43,7 @@ class SendConfig:
     policy: RetryPolicy
     max_outage_s: float = MAX_OUTAGE_S  # how long the API may not answer before the run stops
     max_duration_s: float | None = None  # no request starts later than this after the start
-    proxy: str | None = None  # None: the environment's HTTPS_PROXY / HTTP_PROXY / NO_PROXY
+    proxy: str | None = None  # None: straight to the API (see network.proxy_for)
     tls: ssl.SSLContext | None = None  # None: the system's CA store
 
 
@@ -89,8 +91,8 @@ class Sender:
                                          ssl=tls)  # fmt: skip
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=True,  # HTTPS_PROXY, HTTP_PROXY, NO_PROXY, as curl and pip read them
-            proxy=config.proxy,
+            proxy=config.proxy,  # decided once for the run (network.proxy_for), not per request
+            proxy_auth=aiohttp.BasicAuth.from_url(URL(config.proxy)) if config.proxy else None,
             timeout=aiohttp.ClientTimeout(total=config.timeout_s),
             headers={
                 "Authorization": f"Bearer {config.api_key}",

@@ -13,7 +13,7 @@ import pytest
 from conftest import SandboxServer, cli_env, read_ledger, run_cli, write_csv
 
 from sync_worker.errors import ConfigError
-from sync_worker.network import tls_context
+from sync_worker.network import proxy_for, tls_context
 
 
 @pytest.fixture
@@ -108,3 +108,30 @@ def test_a_ca_bundle_is_what_tls_trusts(tmp_path: Path) -> None:
     assert tls_context(None) is None  # the system's store, as aiohttp uses it
     with pytest.raises(ConfigError, match="no such file"):
         tls_context(str(tmp_path / "none.pem"))
+
+
+@pytest.mark.parametrize(
+    ("base_url", "configured", "environ", "expected"),
+    [
+        ("https://api.x.com/v1", None, {}, None),
+        ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
+        ("https://api.x.com/v1", None, {"https_proxy": "http://p:1", "HTTP_PROXY": "http://q:2"},
+         "http://p:1"),
+        ("http://127.0.0.1:8/v1", None, {"HTTP_PROXY": "http://p:1"}, "http://p:1"),
+        ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x.com"}, None),
+        ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".x.com"}, None),
+        ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "no_proxy": "a, *"}, None),
+        ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "ax.com"},
+         "http://p:1"),
+        ("http://127.0.0.1:8/v1", None, {"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:9"},
+         "http://p:1"),
+        ("https://api.x.com/v1", "http://cfg:1", {"HTTPS_PROXY": "http://p:1",
+                                                  "NO_PROXY": "*"}, "http://cfg:1"),
+    ],
+    ids=["none", "https-proxy", "lower-case-first", "http-scheme", "no-proxy-domain",
+         "no-proxy-dot-domain", "no-proxy-star", "not-a-suffix", "other-port", "config-wins"],
+)  # fmt: skip
+def test_the_proxy_is_decided_once_as_curl_would(
+    base_url: str, configured: str | None, environ: dict[str, str], expected: str | None
+) -> None:
+    assert proxy_for(base_url, configured, environ) == expected
