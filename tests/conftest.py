@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,6 +146,22 @@ def run_cli(
     )
     assert_no_key(process.stdout, process.stderr)
     return Result(process.returncode, process.stdout, process.stderr)
+
+
+def start_run(folder: Path, args: list[str]) -> subprocess.Popen[str]:
+    """`python -m sync_worker ARGS` started in the background (to signal, kill or race it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", *args], cwd=folder, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_arrivals(server: SandboxServer, count: int, timeout: float = 20) -> None:
+    """Until the sandbox has received `count` requests: a background run got going."""
+    deadline = time.monotonic() + timeout
+    while len(server.requests()) < count:
+        assert time.monotonic() < deadline, "the run did not get going"
+        time.sleep(0.02)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:

@@ -26,7 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import API_KEY, Result, SandboxServer, read_ledger, run_cli, write_csv
+from conftest import (
+    API_KEY,
+    Result,
+    SandboxServer,
+    read_ledger,
+    run_cli,
+    start_run,
+    wait_for_arrivals,
+    write_csv,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -644,19 +653,6 @@ def _run_args(server: SandboxServer, state: str = "state.sqlite", ledger: str = 
             "--rate-limit", "1000", "--rate-period", "1", *args]  # fmt: skip
 
 
-def _start(folder: Path, args: list[str]) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "sync_worker", *args]
-    return subprocess.Popen(command, cwd=folder, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def _wait_for_requests(server: SandboxServer, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while len(server.requests()) < count:
-        assert time.monotonic() < deadline, "the run did not get going"
-        time.sleep(0.05)
-
-
 def test_dry_run_after_a_real_run_changes_nothing(tmp_path: Path, sandbox: SandboxServer) -> None:
     """It crashed (`attempt to write a readonly database`, a ledger with only its header)."""
     _rows(tmp_path, 5)
@@ -773,9 +769,9 @@ def test_a_symlink_to_the_state_meets_the_running_one(
     file. The lock is on the database file now, and a killed holder never blocks the next run."""
     _rows(tmp_path, 40)
     slow = ("--rate-limit", "2")  # 20 s of sending: still running however slow the machine
-    first = _start(tmp_path, _run_args(sandbox, "state.sqlite", "first.csv", *slow))
+    first = start_run(tmp_path, _run_args(sandbox, "state.sqlite", "first.csv", *slow))
     try:
-        _wait_for_requests(sandbox, 2)
+        wait_for_arrivals(sandbox, 2)
         (tmp_path / "alias.sqlite").symlink_to("state.sqlite")
         second = run_cli(*_run_args(sandbox, "alias.sqlite", "second.csv"), cwd=tmp_path)
         assert_one_line(second, 75, "another run holds", f"pid {first.pid}", "run 20")
@@ -1016,22 +1012,6 @@ def _server_run(server: SandboxServer, *args: str) -> list[str]:
             "--rate-period", "1", *args]  # fmt: skip
 
 
-def _started_run(tmp_path: Path, args: list[str]) -> subprocess.Popen[str]:
-    from conftest import cli_env
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", *args], cwd=tmp_path, env=cli_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _arrivals(server: SandboxServer, count: int) -> None:
-    deadline = time.monotonic() + 20
-    while len(server.requests()) < count:
-        assert time.monotonic() < deadline, "the run did not get going"
-        time.sleep(0.02)
-
-
 def test_not_http_on_the_first_request_aborts_naming_the_base_url(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
@@ -1088,9 +1068,9 @@ def test_stop_while_sends_wait_for_their_slot(
 ) -> None:
     """One request every 5 s: after the first answers, every other send waits in the pacer."""
     _server_rows(tmp_path, 20)
-    process = _started_run(tmp_path, _server_run(sandbox, "--rate-limit", "2",
+    process = start_run(tmp_path, _server_run(sandbox, "--rate-limit", "2",
                                                  "--rate-period", "10"))  # fmt: skip
-    _arrivals(sandbox, 1)
+    wait_for_arrivals(sandbox, 1)
     time.sleep(0.2)
     process.send_signal(sig)
     _out, err = process.communicate(timeout=5)  # not the 10 s grace for requests in flight
@@ -1124,8 +1104,8 @@ def test_stop_during_the_first_request_is_not_an_abort(
     (tmp_path / "fast.toml").write_text("[api]\nbackoff_base_s = 2\n")
     args = _server_run(server)
     if stop == "sigterm":
-        process = _started_run(tmp_path, args)
-        _arrivals(server, 1)
+        process = start_run(tmp_path, args)
+        wait_for_arrivals(server, 1)
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=10)
         code, events = process.returncode, err

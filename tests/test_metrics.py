@@ -6,9 +6,8 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import SandboxServer, run_cli, write_csv
+from conftest import SandboxServer, run_cli, start_run, wait_for_arrivals, write_csv
 from prometheus_client.parser import text_string_to_metric_families
-from test_resilience import start_run, wait_for_arrivals
 
 
 def metrics(path: Path) -> dict[str, float]:

@@ -7,14 +7,21 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import SandboxServer, cli_env, read_ledger, run_cli, write_csv
+from conftest import (
+    SandboxServer,
+    cli_env,
+    read_ledger,
+    run_cli,
+    start_run,
+    wait_for_arrivals,
+    write_csv,
+)
 
 HEADER = ["interview_id", "contact_name"]
 FAST_BACKOFF = "[api]\nbackoff_base_s = 0.02\n"
@@ -29,20 +36,6 @@ def run_args(server: SandboxServer, *args: str) -> list[str]:
     return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
             "--ledger", "ledger.csv", "--rate-limit", "1000", "--rate-period", "1",
             *args]  # fmt: skip
-
-
-def start_run(tmp_path: Path, args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", *args], cwd=tmp_path, env=cli_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def wait_for_arrivals(server: SandboxServer, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while len(server.requests()) < count:
-        assert time.monotonic() < deadline, "the run did not get going"
-        time.sleep(0.05)
 
 
 def test_transient_failures_are_retried_to_success(
