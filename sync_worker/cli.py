@@ -137,7 +137,8 @@ run_options = _options(
     click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=str),
                  help="Read the API key from this file instead."),
     click.option("--ledger", type=click.Path(path_type=str),  # a folder: our one line
-                 help="Ledger file, .csv or .jsonl [default: ledgers/sync-<run_id>.csv]."),
+                 help="Ledger file, .csv or .jsonl; {run_id} and {date} are filled in [default: "
+                 "ledgers/sync-{run_id}.csv; for revert ledgers/revert-{run_id}.csv]."),
     click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
     click.option("--max-duration", type=POSITIVE_NUMBER,
                  help="Stop sending after this many minutes (a cron window); exit 4."),
