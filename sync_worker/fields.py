@@ -9,6 +9,7 @@ Adding a field the API grows is one line in FIELDS (and its tests).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -52,8 +53,17 @@ TEXT_FIELDS = tuple(f.column for f in FIELDS if f.kind is Kind.TEXT)  # sent as 
 SENT_FIELDS = tuple(f.column for f in FIELDS if f.sent)  # what a body may hold
 CONTACT_FIELDS = tuple(f.column for f in FIELDS if f.sent and f.level is Level.CONTACT)
 INTERVIEW_FIELDS = tuple(f.column for f in FIELDS if f.sent and f.level is Level.INTERVIEW)
+ID_DIGITS = "[0-9]{1,19}"  # an interview id as written: whole, positive, at most 64 bits ...
+MAX_ID = 2**63 - 1  # ... and no larger than this (plan/cells applies the rule to whole columns)
 CONTEXT_PREFIX = "context."  # `context.<key>` columns: one key each of the context object
 NOTES_KEY = "notes"  # where plain-text context lives inside a context object
+
+
+def interview_id(text: str) -> int | None:
+    """One cell under the id rule: the id, or None when it breaks it (`4821.0`, `0`, `+2`)."""
+    if re.fullmatch(ID_DIGITS, text) is None or not 0 < int(text) <= MAX_ID:
+        return None
+    return int(text)
 
 
 def nothing_to_update() -> str:

@@ -127,6 +127,12 @@ def _collect_texts(value: Any, into: list[str]) -> None:
             _collect_texts(item, into)
 
 
+def canonical(value: Any) -> str:
+    """The one JSON text of a value: sorted keys, no spaces, UTF-8 as is (what is sent, hashed
+    and remembered; plan/vectorjson.py builds the same bytes for whole columns)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def merge(existing: Context | None, new: Context | None, rules: MergeRules) -> Context | None:
     """Combine existing notes with new context; None means 'nothing known'."""
     if existing is None:

@@ -10,7 +10,6 @@ keeps the time of that first sighting (a stale export copied afresh is still sta
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,16 +19,13 @@ import pandas as pd
 
 from sync_worker.config import Settings
 from sync_worker.errors import InputError
-from sync_worker.fields import CONTACT_KEY, ID
-from sync_worker.merger import Context, parse_context
+from sync_worker.fields import CONTACT_KEY, ID, interview_id
+from sync_worker.merger import Context, canonical, parse_context
 from sync_worker.plan.model import Note
-from sync_worker.plan.rows import canonical
 from sync_worker.reader import ReadOptions, read_raw
 
 UPDATED_AT = "updated_at"
 NOTES_COLUMNS = ("notes", CONTACT_KEY, ID, UPDATED_AT)  # only these columns are read
-ID_PATTERN = re.compile(r"[0-9]{1,19}")
-MAX_ID = 2**63 - 1
 
 
 @dataclass
@@ -125,9 +121,10 @@ def _interview_id(text: str) -> int | None:
     text = text.strip()
     if not text:
         return None
-    if not ID_PATTERN.fullmatch(text) or not 0 < int(text) <= MAX_ID:
+    number = interview_id(text)
+    if number is None:
         raise _Unusable(f"column {ID}: {text!r} is not a positive whole number")
-    return int(text)
+    return number
 
 
 def _time(text: str) -> str | None:

@@ -26,9 +26,9 @@ from sync_worker.config import RunOptions, Settings
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID
 from sync_worker.history import EARLIER_SEND, Change, FieldKey, Version
+from sync_worker.merger import canonical
 from sync_worker.pipeline import Prepared
 from sync_worker.plan import Plan, Settled
-from sync_worker.plan.rows import canonical
 from sync_worker.reader import FILE_COL, ROW_COL, Batch
 from sync_worker.request_table import Request, RequestTable, sha256_hex
 from sync_worker.state import State

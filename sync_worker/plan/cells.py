@@ -15,6 +15,8 @@ from sync_worker.fields import (
     CONTEXT,
     CONTEXT_PREFIX,
     ID,
+    ID_DIGITS,
+    MAX_ID,
     NOTES_KEY,
     SENT_FIELDS,
     nothing_to_update,
@@ -23,7 +25,7 @@ from sync_worker.plan.model import PlanOptions, Settled, invalid
 from sync_worker.reader import Batch
 from sync_worker.request_table import Ints
 
-MAX_ID_TEXT = str(2**63 - 1)
+MAX_ID_TEXT = str(MAX_ID)
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Cells:
 
 def _valid_ids(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     """Whole positive numbers that fit in 64 bits."""
-    digits = pc.match_substring_regex(ids, r"^[0-9]{1,19}$")
+    digits = pc.match_substring_regex(ids, f"^{ID_DIGITS}$")
     positive = pc.not_equal(pc.utf8_ltrim(ids, characters="0"), "")
     too_big = pc.and_(pc.equal(pc.utf8_length(ids), 19), pc.greater(ids, MAX_ID_TEXT))
     return pc.and_(pc.and_(digits, positive), pc.invert(too_big))

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 from sync_worker.fields import CONTACT_FIELDS, CONTEXT
 from sync_worker.history import EARLIER_SEND, NOTES_FILE, UNKNOWN, Change, FieldKey, level_of
+from sync_worker.merger import canonical
 from sync_worker.plan.model import Known, Plan
-from sync_worker.plan.rows import canonical
 
 Changes = dict[int, tuple[Change, ...]]  # interview id -> its request's changes
 

@@ -7,7 +7,6 @@ and with merging on that context is folded onto the notes the contact already ha
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,16 +15,11 @@ import pyarrow as pa
 
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
 from sync_worker.history import EARLIER_SEND, NOTES_FILE
-from sync_worker.merger import Context, MergeRules, fold, parse_context
+from sync_worker.merger import Context, MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells
 from sync_worker.plan.model import Known, Memory, Note, Plan, PlanOptions, Settled, invalid
 from sync_worker.reader import Batch
 from sync_worker.request_table import Ints, Request, sha256_hex
-
-
-def canonical(value: Any) -> str:
-    """The one JSON text of a value: sorted keys, no spaces, UTF-8 as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(slots=True)
