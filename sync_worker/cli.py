@@ -146,8 +146,8 @@ run_options = _options(
                  help="Seconds the API may not answer at all before the run gives up (exit 3; "
                  "a re-run resumes) [default: 300]."),
     click.option("--concurrency", type=click.IntRange(min=1),
-                 help="Most requests in flight at once [default: enough for the limit at 500 "
-                 "ms latency]."),
+                 help="Fix the requests in flight at N [default: adaptive, enough for the limit "
+                 "at the latency the API shows, up to [api] max_concurrency (256)]."),
     click.option("--no-progress", is_flag=True, help="No progress bar (shown only on a terminal "
                  "anyway)."),
     click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=str),
@@ -341,6 +341,13 @@ def report(ledger: Path) -> None:
     help="Delay before each answer.",
 )
 @click.option(
+    "--latency-jitter-ms",
+    type=FiniteFloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Each answer's delay varies by up to this either side of --latency-ms.",
+)
+@click.option(
     "--fail-rate",
     type=FiniteFloatRange(0, 1),
     default=0.0,
@@ -377,6 +384,7 @@ def sandbox(**opts: Any) -> None:
     config = SandboxConfig(
         limit=_sandbox_limit(opts),
         period_s=opts["rate_period"], api_key=opts["api_key"], latency_ms=opts["latency_ms"],
+        latency_jitter_ms=opts["latency_jitter_ms"],
         fail_rate=opts["fail_rate"], drop_rate=opts["drop_rate"],
         garbage_rate=opts["garbage_rate"],
         reset_format=opts["reset_format"], seed=opts["seed"],

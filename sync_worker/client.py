@@ -25,9 +25,10 @@ if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or valida
     import aiohttp
 
 from sync_worker.clock import now_iso
-from sync_worker.limiter import Pacer, Stopped, sleep_unless_stopped
+from sync_worker.limiter import SLOT, Pacer, Stopped, sleep_unless_stopped
 from sync_worker.logs import get_logger, redact
 from sync_worker.outage import Outage
+from sync_worker.pool import Latencies
 
 MAX_RATE_LIMITED = 8  # 429s one request may meet before it fails
 MAX_PAUSE_S = 300.0  # the longest 429 pause (or 5xx Retry-After) we honour
@@ -175,8 +176,10 @@ class Client:
         policy: RetryPolicy,
         stop: asyncio.Event,
         outage: Outage | None = None,
+        latencies: Latencies | None = None,
     ) -> None:
         self._session = session
+        self._latencies = latencies  # each answer's latency, for the pool to follow
         base = URL(base_url.rstrip("/"))  # parsed and encoded once: each request's URL is built
         self._url_parts = (base.scheme, base.raw_authority, base.raw_path.rstrip("/"))
         self._pacer = pacer
@@ -227,7 +230,11 @@ class Client:
             if not probing and outage.down_since is not None:
                 continue  # the API went away while this waited for its slot: wait with the rest
             self.started.add(interview_id)
+            SLOT.set(sent_at)  # the connector moves it if the send leaves late
             status, verdict, hint = await self._attempt(url, body)
+            if status is not None:
+                self._answered_after(sent_at)
+            sent_at = SLOT.get()  # when it left: the time the server's window holds
             if verdict is ACCEPTED:
                 counters.requests += 1
                 outage.answered()
@@ -259,6 +266,12 @@ class Client:
             await self._back_off(
                 interview_id, verdict, attempts, self._policy.delay(failures, hint)
             )
+
+    def _answered_after(self, slot: float) -> None:
+        """An HTTP answer: how long the worker waited for it since its slot."""
+        if self._latencies is not None:
+            now = self._pacer.now()
+            self._latencies.observe(now, now - slot)
 
     def _unanswered(self, interview_id: int, verdict: Verdict, attempts: int) -> int:
         """Count a try without an answer; 1 if it went out (it counts as an attempt), else 0."""

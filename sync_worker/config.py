@@ -40,7 +40,8 @@ class Settings:
     tier: str = "growth"
     rate_limit: int | None = None  # None: from the tier
     rate_period_s: float = 60.0
-    concurrency: int | None = None  # None: enough for the limit at 500 ms latency
+    concurrency: int | None = None  # None: the pool follows the API's latency (pool.py)
+    max_concurrency: int = 256  # the most requests in flight the adaptive pool grows to
     timeout_s: float = 30.0
     max_retries: int = 5
     backoff_base_s: float = 0.5
@@ -64,14 +65,6 @@ class Settings:
     def limit(self) -> int:
         """Requests allowed per rate period."""
         return self.rate_limit if self.rate_limit is not None else TIER_LIMITS[self.tier]
-
-    @property
-    def workers(self) -> int:
-        """Requests in flight at once: enough to reach the limit at 500 ms latency."""
-        if self.concurrency is not None:
-            return self.concurrency
-        per_second = self.limit / self.rate_period_s
-        return max(2, min(256, math.ceil(min(per_second * 0.5 * 1.5, 256.0)) + 1))
 
 
 @dataclass(frozen=True)
@@ -183,6 +176,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "rate_limit": ("rate_limit", positive_int),
         "rate_period_s": ("rate_period_s", positive_number),
         "concurrency": ("concurrency", positive_int),
+        "max_concurrency": ("max_concurrency", positive_int),
         "timeout_s": ("timeout_s", positive_number),
         "max_retries": ("max_retries", non_negative_int),
         "backoff_base_s": ("backoff_base_s", positive_number),

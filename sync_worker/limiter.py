@@ -23,6 +23,7 @@ import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,11 @@ from aiolimiter import AsyncLimiter
 BUCKET_ROOM = 2
 MIN_LEARNING_SAMPLES = 10  # learn only from a cycle holding at least this many accepted sends
 ACCEPTED_MEMORY = 20_000  # accepted send times kept for learning
+LATE_S = 0.002  # a send that leaves this much after its slot is counted from when it left
+# The slot of the send this task is making (loop time), for the connector to correct when the
+# send leaves late (see Pacer.sent_late); a context variable, since aiohttp's connector is
+# shared and only the task tells one send from another.
+SLOT: ContextVar[float] = ContextVar("slot")
 
 
 def window_margin(period: float) -> float:
@@ -58,6 +64,13 @@ class Window:
         return sent[len(sent) - self.limit] + self.span - now
 
     def record(self, now: float) -> None:
+        self._sent.append(now)
+
+    def move(self, sent: float, now: float) -> None:
+        """A send recorded at `sent` left only `now`: count it from then (`now` is later than
+        every send recorded, so the times stay in order)."""
+        with contextlib.suppress(ValueError):  # already out of the window: it counts anew
+            self._sent.remove(sent)
         self._sent.append(now)
 
 
@@ -224,3 +237,18 @@ class Pacer:
         if self.learned is not None:
             return self.learned.limit / self.learned.window_s
         return self.limit / self.period
+
+    def now(self) -> float:
+        """The clock sends are paced on (the event loop's)."""
+        return self._now()
+
+    def rate_per_s(self) -> float:
+        """The rate sends are paced to now: the configured one, or the server's once learned."""
+        return self._allowed_rate()
+
+    def sent_late(self, slot: float, now: float) -> None:
+        """A send granted its slot at `slot` left only `now` (a new connection was opened first,
+        a TLS handshake made): the server counts it from its arrival, so the windows do too.
+        Without this, a pool growing mid-run would crowd the next window by every handshake."""
+        for guard in self._guards:
+            guard.move(slot, now)

@@ -325,7 +325,8 @@ def _log_start(
         limit=settings.limit, rate_period_s=settings.rate_period_s,
         ledger=str(ledger_path), rows=len(batch), requests_to_send=len(plan.table),
         rows_to_send=plan.rows_to_send(),
-        estimated_minutes=round(minutes, 2), workers=settings.workers,
+        estimated_minutes=round(minutes, 2),
+        concurrency=settings.concurrency or "adaptive", max_concurrency=settings.max_concurrency,
         dry_run=options.dry_run,
         message=f"{len(plan.table)} requests take about {_duration(minutes)} at "
         f"{per_minute:g} requests a minute",
@@ -376,7 +377,8 @@ def _send_config(
     return SendConfig(
         base_url=settings.base_url, api_key=load_key(settings, key_file, api_key),
         limit=settings.limit,
-        period_s=settings.rate_period_s, workers=settings.workers,
+        period_s=settings.rate_period_s, concurrency=settings.concurrency,
+        max_concurrency=settings.max_concurrency,
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
         max_outage_s=settings.max_outage_s,
@@ -388,12 +390,18 @@ def _send_config(
 async def _send(
     config: SendConfig, options: RunOptions, plan: Plan, recorder: Recorder, stopper: StopSignal
 ) -> SendReport:
+    import sync_worker.connector  # noqa: F401  aiohttp's import (~0.2 s, more on a busy machine)
+    # before the --max-duration clock starts: it is not sending time
+
     stop = asyncio.Event()
     stopper.bind(stop)
     loop = asyncio.get_running_loop()
     if options.max_duration_min is not None:
         loop.call_later(options.max_duration_min * 60, stopper.request, "max_duration")
-    return await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
+    report = await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
+    if report.past_deadline:  # the pacer refuses slots from the deadline on, maybe before the
+        stopper.request("max_duration")  # timer above has run: the reason must not be lost
+    return report
 
 
 def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:

@@ -45,6 +45,7 @@ class Recorder:
     on_failure: Callable[[str], None] | None = None  # told when a scheduled flush fails
     remarks: Mapping[int, tuple[str, str]] = field(default_factory=dict)  # revert: fields left
     failure: Exception | None = None  # what a scheduled flush met: the run stops on it
+    cut_short: int = 0  # rows whose request ended not_attempted (stopped waiting for its slot)
     _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
 
@@ -58,6 +59,8 @@ class Recorder:
     def result(self, request: Request, outcome: Outcome) -> None:
         """A request's outcome (the hot path: queued, written in the next flush)."""
         self._queued.append((request, outcome))
+        if outcome.status == "not_attempted":
+            self.cut_short += len(request.rows)
         if self.progress is not None:
             self.progress.update(len(request.rows))
         self._schedule_flush()
@@ -137,8 +140,9 @@ class Recorder:
 
     def fill_unwritten(self, plan: Plan, on_the_wire: set[int]) -> int:
         """Every row gets its line: never sent is not_attempted; cut off in flight, failed.
-        Returns how many rows were left not_attempted."""
-        left = 0
+        Returns how many rows the plan meant to send were left not_attempted (these, and those
+        the sender ended so while they waited for their slot)."""
+        left = self.cut_short
         table = plan.table
         unwritten = [i for i, p in enumerate(table.position.tolist()) if p not in self.written]
         for request in table.take(np.array(unwritten, dtype=np.int64)):

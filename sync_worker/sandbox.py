@@ -38,6 +38,7 @@ class SandboxConfig:
     period_s: float = 60.0
     api_key: str | None = None  # None: any non-empty bearer key is accepted
     latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0  # each answer's delay is latency_ms +- up to this, uniformly
     fail_rate: float = 0.0
     drop_rate: float = 0.0
     garbage_rate: float = 0.0  # share of answers that are not HTTP (raw bytes, then closed)
@@ -73,7 +74,9 @@ class Sandbox:
     interviews: dict[int, Interview] = field(default_factory=dict)
     window: deque[float] = field(default_factory=deque)  # arrival times of accepted requests
     log: list[dict[str, Any]] = field(default_factory=list)  # every PATCH, in arrival order
+    jitter: random.Random = field(default_factory=random.Random)  # apart: failures stay seeded
     random: random.Random = field(default_factory=random.Random)
+    in_flight: int = 0  # PATCHes received and not yet answered
     next_id: int = 1_000_000
 
     def interview(self, interview_id: int) -> Interview | None:
@@ -126,7 +129,12 @@ async def patch_interview(request: web.Request) -> web.StreamResponse:
         "user_agent": request.headers.get("User-Agent", ""),
     }
     sandbox.log.append(entry)
-    response = await _patch(request, sandbox, arrived, entry)
+    sandbox.in_flight += 1
+    entry["in_flight"] = sandbox.in_flight  # this one included: what the client keeps open
+    try:
+        response = await _patch(request, sandbox, arrived, entry)
+    finally:
+        sandbox.in_flight -= 1
     entry["status"] = response.status
     return response
 
@@ -152,11 +160,17 @@ async def _patch(
             request.transport.write(NOT_HTTP)
             request.transport.close()
         return web.Response(status=499)
-    if config.latency_ms:
-        await asyncio.sleep(config.latency_ms / 1000)
+    if config.latency_ms or config.latency_jitter_ms:
+        await asyncio.sleep(_latency_s(sandbox))
     if sandbox.random.random() < config.fail_rate:
         return error(503, "server_error", "Service temporarily unavailable")
     return await _update(request, sandbox)
+
+
+def _latency_s(sandbox: Sandbox) -> float:
+    config = sandbox.config
+    jitter = sandbox.jitter.uniform(-1.0, 1.0) * config.latency_jitter_ms
+    return max(0.0, float(config.latency_ms) + jitter) / 1000
 
 
 def _too_many(config: SandboxConfig, wait: float, now_unix: float) -> web.Response:
@@ -274,6 +288,21 @@ async def show_requests(request: web.Request) -> web.Response:
     return web.json_response({"requests": _sandbox(request).log})
 
 
+async def set_latency(request: web.Request) -> web.Response:
+    """POST /_sandbox/latency {"latency_ms": ..., "latency_jitter_ms": ...}: change it mid-run."""
+    config = _sandbox(request).config
+    body = await _json_object(request) or {}
+    try:
+        latency = float(body.get("latency_ms", config.latency_ms))
+        jitter = float(body.get("latency_jitter_ms", config.latency_jitter_ms))
+    except (TypeError, ValueError):
+        return error(400, "bad_request", "latency_ms and latency_jitter_ms must be numbers")
+    if not (math.isfinite(latency) and math.isfinite(jitter)) or min(latency, jitter) < 0:
+        return error(400, "bad_request", "latency_ms and latency_jitter_ms must be 0 or more")
+    config.latency_ms, config.latency_jitter_ms = latency, jitter
+    return web.json_response({"latency_ms": latency, "latency_jitter_ms": jitter})
+
+
 async def reset(request: web.Request) -> web.Response:
     sandbox = _sandbox(request)
     sandbox.contacts.clear()
@@ -287,6 +316,7 @@ def make_app(config: SandboxConfig) -> web.Application:
     app = web.Application()
     sandbox = Sandbox(config)
     sandbox.random.seed(config.seed)
+    sandbox.jitter.seed(config.seed)
     app[SANDBOX_KEY] = sandbox
     for prefix in ("/api/v1", ""):
         app.router.add_patch(prefix + "/interviews/{id}", patch_interview)
@@ -294,6 +324,7 @@ def make_app(config: SandboxConfig) -> web.Application:
     app.router.add_get("/_sandbox/interviews/{id}", show_interview)
     app.router.add_get("/_sandbox/requests", show_requests)
     app.router.add_post("/_sandbox/reset", reset)
+    app.router.add_post("/_sandbox/latency", set_latency)
     return app
 
 

@@ -1,9 +1,11 @@
 """Send a plan: one aiohttp session, the first request alone, then a pool of workers.
 
 Each worker takes a whole contact chain and sends its requests one after another, so no row's
-context overwrites another's. The run stops taking new requests when `stop` is set (a signal,
---max-duration, a refused key, or an outage longer than max_outage_s); requests in flight then
-get a bounded time to finish, and those still waiting for their slot end at once.
+context overwrites another's. The pool of workers follows the API's latency (pool.PoolSize):
+new workers start when answers slow down, and workers beyond the need leave after their chain.
+The run stops taking new requests when `stop` is set (a signal, --max-duration, a refused key,
+or an outage longer than max_outage_s); requests in flight then get a bounded time to finish,
+and those still waiting for their slot end at once.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from sync_worker.errors import FatalApiError
 from sync_worker.limiter import Pacer
 from sync_worker.logs import get_logger, redact
 from sync_worker.outage import Outage
+from sync_worker.pool import DEFAULT_MAX, PoolSize, Resize, needed
 from sync_worker.request_table import ChainQueue, Request
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
+RESIZE_EVERY_S = 0.25  # how often the pool looks at the latency
 ResultSink = Callable[[Request, Outcome], None]
 
 
@@ -38,9 +42,10 @@ class SendConfig:
     api_key: str
     limit: int
     period_s: float
-    workers: int
     timeout_s: float
     policy: RetryPolicy
+    concurrency: int | None = None  # fixed requests in flight; None: follow the latency
+    max_concurrency: int = DEFAULT_MAX  # the most the pool grows to
     max_outage_s: float = MAX_OUTAGE_S  # how long the API may not answer before the run stops
     max_duration_s: float | None = None  # no request starts later than this after the start
     proxy: str | None = None  # None: straight to the API (see network.proxy_for)
@@ -54,6 +59,9 @@ class SendReport:
     started: set[int] = field(default_factory=set)  # interview ids whose request went out
     elapsed_s: float = 0.0
     learned_per_minute: float | None = None
+    workers_peak: int = 0  # the most requests the pool allowed in flight at once
+    latency_p95_ms: int | None = None  # of the answers near the end of the run
+    past_deadline: bool = False  # the send ended after --max-duration's deadline
 
 
 class Sender:
@@ -63,6 +71,9 @@ class Sender:
         self._stop = stop
         self._log = get_logger()
         self._fatal: FatalApiError | None = None
+        self._workers: set[asyncio.Task[None]] = set()  # the pool's workers, while they run
+        self._running = 0  # workers sending or about to: the pool's size now
+        self._capped_logged = False
 
     async def run(self, queue: ChainQueue) -> SendReport:
         loop = asyncio.get_running_loop()
@@ -72,23 +83,31 @@ class Sender:
         if config.max_duration_s is not None:
             pacer.deadline = begin + config.max_duration_s
         outage = Outage(config.max_outage_s, self._stop, self._gave_up)
-        async with self._session() as session:
-            client = Client(session, config.base_url, pacer, config.policy, self._stop, outage)
+        size = PoolSize(config.concurrency, config.max_concurrency, initial=needed(0.0, 0.0))
+        async with self._session(pacer, size.maximum) as session:
+            client = Client(session, config.base_url, pacer, config.policy, self._stop, outage,
+                            size.latencies)  # fmt: skip
             if await self._probe(client, queue):
                 outage.watching = True  # the pool's no-answers may mean the API is gone
-                await self._pool(client, queue)
+                await self._pool(client, queue, pacer, size)
+                self._log_pool_end(size, pacer.now())
         report = SendReport(client.counters, self._fatal, client.started, loop.time() - begin)
+        report.workers_peak = size.peak
+        report.past_deadline = loop.time() >= pacer.deadline
+        p95 = size.recent(0.95, pacer.now())
+        report.latency_p95_ms = None if p95 is None else round(p95 * 1000)
         if pacer.learned is not None:
             report.learned_per_minute = pacer.learned.per_minute
         return report
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _session(self, pacer: Pacer, connections: int) -> aiohttp.ClientSession:
         import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
+
+        from sync_worker.connector import PacedConnector
 
         config = self._config
         tls = config.tls if config.tls is not None else True
-        connector = aiohttp.TCPConnector(limit=config.workers, limit_per_host=config.workers,
-                                         ssl=tls)  # fmt: skip
+        connector = PacedConnector(pacer, limit=connections, limit_per_host=connections, ssl=tls)
         return aiohttp.ClientSession(
             connector=connector,
             proxy=config.proxy,  # decided once for the run (network.proxy_for), not per request
@@ -117,29 +136,92 @@ class Sender:
                 return False
         return False
 
-    async def _pool(self, client: Client, queue: ChainQueue) -> None:
-        count = min(self._config.workers, len(queue))
-        tasks = [asyncio.create_task(self._worker(client, queue)) for _ in range(count)]
-        watcher = asyncio.create_task(self._cancel_after_stop(tasks))
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _pool(self, client: Client, queue: ChainQueue, pacer: Pacer, size: PoolSize) -> None:
+        """Start workers as the pool's size says, until the queue is done or the run stops."""
+        self._resize(client, queue, pacer, size)  # the first request's latency sizes it
+        watcher = asyncio.create_task(self._cancel_after_stop())
+        while self._workers:
+            await asyncio.wait(self._workers, timeout=RESIZE_EVERY_S,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            self._resize(client, queue, pacer, size)
         watcher.cancel()
 
-    async def _cancel_after_stop(self, tasks: list[asyncio.Task[None]]) -> None:
+    def _resize(self, client: Client, queue: ChainQueue, pacer: Pacer, size: PoolSize) -> None:
+        """Follow the latency; start the workers the pool lacks (never more than chains left)."""
+        rate = pacer.rate_per_s()
+        change = size.update(rate, pacer.now())
+        if change is not None:
+            self._log_resize(change)
+        if size.capped and not self._capped_logged:
+            self._log_capped(size, rate)
+        if self._stop.is_set():
+            return
+        for _ in range(min(size.target - self._running, len(queue))):
+            self._running += 1  # counted from its start, so the next look does not start it again
+            task = asyncio.create_task(self._worker(client, queue, size))
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+
+    async def _cancel_after_stop(self) -> None:
         """After a stop, requests in flight get STOP_GRACE_S to finish, then are cut off."""
         await self._stop.wait()
-        _done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        if not self._workers:
+            return
+        _done, pending = await asyncio.wait(set(self._workers), timeout=STOP_GRACE_S)
         for task in pending:
             task.cancel()
 
-    async def _worker(self, client: Client, queue: ChainQueue) -> None:
-        while queue and not self._stop.is_set():
-            chain = queue.popleft()
-            for request in chain:
-                if self._stop.is_set():
-                    return
-                outcome = await self._send(client, request)
-                if outcome.fatal:
-                    return
+    async def _worker(self, client: Client, queue: ChainQueue, size: PoolSize) -> None:
+        """Send whole chains until none is left, the run stops, or the pool has shrunk."""
+        try:
+            while queue and not self._stop.is_set() and self._running <= size.target:
+                chain = queue.popleft()
+                for request in chain:
+                    if self._stop.is_set():
+                        return
+                    outcome = await self._send(client, request)
+                    if outcome.fatal:
+                        return
+        finally:
+            self._running -= 1
+
+    def _log_resize(self, change: Resize) -> None:
+        latency_ms = round(change.latency_s * 1000)
+        per_minute = change.rate_per_s * 60
+        self._log.info(
+            "pool_resized", workers=change.workers, previous=change.previous,
+            latency_p95_ms=latency_ms, requests_per_minute=round(per_minute, 1),
+            message=f"{change.workers} requests in flight: enough for {per_minute:g} a minute "
+            f"at {latency_ms} ms an answer",
+        )  # fmt: skip
+
+    def _log_capped(self, size: PoolSize, rate_per_s: float) -> None:
+        """Once a run: the API is too slow for the allowed rate with the pool it may have."""
+        self._capped_logged = True
+        latency_ms = round(size.latency * 1000)
+        per_minute = rate_per_s * 60
+        reach = min(size.maximum / size.latency * 60, per_minute)
+        fix = (
+            "raise --concurrency, or leave it out" if size.fixed else "raise [api] max_concurrency"
+        )
+        name = "--concurrency" if size.fixed else "max_concurrency"
+        self._log.warning(
+            "pool_at_max", workers=size.maximum, latency_p95_ms=latency_ms,
+            needed=needed(rate_per_s, size.latency),
+            message=f"the API answers in {latency_ms} ms: {per_minute:g} a minute needs more "
+            f"than {name} {size.maximum} requests in flight; expect about {reach:.0f} a minute "
+            f"({fix})",
+        )  # fmt: skip
+
+    def _log_pool_end(self, size: PoolSize, now: float) -> None:
+        p50 = size.recent(0.5, now)
+        p95 = size.recent(0.95, now)
+        self._log.info(
+            "pool_summary", workers=size.target, workers_peak=size.peak,
+            fixed=size.fixed is not None,
+            latency_p50_ms=None if p50 is None else round(p50 * 1000),
+            latency_p95_ms=None if p95 is None else round(p95 * 1000),
+        )  # fmt: skip
 
     async def _send(self, client: Client, request: Request) -> Outcome:
         try:

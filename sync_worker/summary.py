@@ -48,6 +48,8 @@ def summary(
         "server_limit_learned_per_minute": (
             round(report.learned_per_minute, 1) if report.learned_per_minute else None
         ),
+        "workers_peak": report.workers_peak,
+        "latency_p95_ms": report.latency_p95_ms,
         "contacts_merged": plan.contacts_merged,
         "contacts_no_existing": plan.contacts_no_existing,
         "exit_code": code,

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sync_worker.config import Settings, check_base_url, load_file, resolve
+from sync_worker.config import check_base_url, load_file, resolve
 from sync_worker.errors import ConfigError
 
 
@@ -116,16 +117,22 @@ def test_plain_http_only_to_loopback(url: str, ok: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("limit", "period", "workers"),
-    [(60, 60.0, 2), (300, 60.0, 5), (1000, 60.0, 14), (20, 1.0, 16)],
-    ids=["essentials", "growth", "enterprise", "test-window"],
+    ("file_text", "overrides", "fixed", "maximum"),
+    [
+        ("", {}, None, 256),
+        ("[api]\nmax_concurrency = 64", {}, None, 64),
+        ("[api]\nconcurrency = 8", {}, 8, 256),
+        ("[api]\nconcurrency = 8", {"concurrency": 3}, 3, 256),
+    ],
+    ids=["adaptive-default", "max-from-file", "fixed-from-file", "flag-beats-file"],
 )
-def test_default_concurrency_reaches_limit_at_500ms(
-    limit: int, period: float, workers: int
+def test_concurrency_is_adaptive_unless_fixed(
+    tmp_path: Path, file_text: str, overrides: dict[str, Any], fixed: int | None, maximum: int
 ) -> None:
-    settings = Settings(rate_limit=limit, rate_period_s=period)
-    assert settings.workers == workers
-    assert settings.workers / 0.5 >= limit / period  # in flight at 500 ms covers the rate
+    path = tmp_path / "sync.toml"
+    path.write_text(file_text)
+    settings = resolve(path, overrides, environ={})
+    assert (settings.concurrency, settings.max_concurrency) == (fixed, maximum)
 
 
 @pytest.mark.parametrize(
@@ -254,8 +261,11 @@ def test_config_file_with_bom_or_not_utf8(tmp_path: Path) -> None:
         load_file(path)
 
 
-def test_default_concurrency_survives_an_extreme_window() -> None:
-    assert Settings(rate_limit=1000, rate_period_s=1e-300).workers == 256
+def test_max_concurrency_must_be_a_positive_whole_number(tmp_path: Path) -> None:
+    path = tmp_path / "sync.toml"
+    path.write_text("[api]\nmax_concurrency = 0\n")
+    with pytest.raises(ConfigError, match="max_concurrency"):
+        resolve(path, {}, environ={})
 
 
 @pytest.mark.parametrize(

@@ -958,11 +958,25 @@ def test_run_id_and_date_are_filled_in(tmp_path: Path, sandbox: SandboxServer) -
 def test_max_duration_reached_with_every_row_done_exits_0(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
-    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--latency-ms", "700")
+    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--latency-ms", "2500")
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
-    result = _run(tmp_path, server, "--ledger", "l.csv", "--max-duration", "0.005")  # 0.3 s
+    result = _run(tmp_path, server, "--ledger", "l.csv", "--max-duration", "0.015")  # 0.9 s
     assert_no_traceback(result, 0)  # the deadline came while the only row was in flight
     assert [x["status"] for x in assert_ledger_rows(tmp_path / "l.csv", 1)] == ["ok"]
+
+
+def test_max_duration_reached_while_a_row_waits_for_its_slot_exits_4(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    """The sender ends the waiting row as not_attempted itself: that is still a row left."""
+    server = sandbox_factory("--rate-limit", "1", "--rate-period", "30")
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"], [2, "Bo"]])
+    args = ["--ledger", "l.csv", "--rate-limit", "1", "--rate-period", "30"]
+    result = _run(tmp_path, server, *args, "--max-duration", "0.02")  # 1.2 s
+    assert_no_traceback(result, 4)
+    statuses = [x["status"] for x in assert_ledger_rows(tmp_path / "l.csv", 2)]
+    assert statuses == ["ok", "not_attempted"]
+    assert result.event("run_finished")["stopped_by"] == "max_duration"
 
 
 def test_a_ledger_that_cannot_be_written_mid_run_stops_the_run(
@@ -1087,7 +1101,7 @@ def test_max_duration_while_sends_wait_for_their_slot(
 ) -> None:
     _server_rows(tmp_path, 20)
     args = _server_run(sandbox, "--rate-limit", "2", "--rate-period", "10")
-    result = run_cli(*args, "--max-duration", "0.01", cwd=tmp_path, timeout=8)  # 0.6 s
+    result = run_cli(*args, "--max-duration", "0.02", cwd=tmp_path, timeout=12)  # 1.2 s
     assert_no_traceback(result, 4)
     statuses = Counter(x["status"] for x in assert_ledger_rows(tmp_path / "ledger.csv", 20))
     assert set(statuses) == {"ok", "not_attempted"}
@@ -1110,7 +1124,7 @@ def test_stop_during_the_first_request_is_not_an_abort(
         _out, err = process.communicate(timeout=10)
         code, events = process.returncode, err
     else:
-        result = run_cli(*args, "--max-duration", "0.005", cwd=tmp_path)  # 0.3 s
+        result = run_cli(*args, "--max-duration", "0.02", cwd=tmp_path)  # 1.2 s
         code, events = result.code, result.stderr
     assert (code, "Traceback" in events) == ((143 if stop == "sigterm" else 4), False), events
     assert "run_aborted" not in events

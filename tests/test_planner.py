@@ -132,6 +132,17 @@ def test_contacts_become_ordered_chains(tmp_path: Path) -> None:
     assert plan.contacts_with_several_contexts() == 1
 
 
+def test_longest_chains_go_first(tmp_path: Path) -> None:
+    """A long chain started last would hold the run's end open, one request per answer."""
+    rows = "1,,,a,a@y.com,\n2,,,b,b@y.com,\n3,,,c,c@y.com,\n4,,,d,b@y.com,\n5,,,e,c@y.com,\n"
+    _b, plan = plan_for(tmp_path, rows + "6,,,f,c@y.com,\n7,,,g,,\n")
+    queue = ChainQueue(plan.table)
+    chains = []
+    while queue:
+        chains.append([r.interview_id for r in queue.popleft()])
+    assert chains == [[3, 5, 6], [2, 4], [1], [7]]
+
+
 def test_chains_are_made_in_groups_and_taken_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

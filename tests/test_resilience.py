@@ -180,16 +180,16 @@ def test_second_run_on_same_state_refused(tmp_path: Path, sandbox: SandboxServer
 def test_max_duration_stops_with_4_and_rerun_resumes(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
-    rows_csv(tmp_path, 30)
+    rows_csv(tmp_path, 60)
     args = run_args(sandbox, "--rate-limit", "20", "--rate-period", "1")
-    result = run_cli(*args, "--max-duration", "0.01", cwd=tmp_path)  # 0.6 seconds
+    result = run_cli(*args, "--max-duration", "0.02", cwd=tmp_path)  # 1.2 seconds of 3
     assert result.code == 4
     statuses = Counter(x["status"] for x in read_ledger(tmp_path / "ledger.csv"))
     assert statuses["not_attempted"] > 0 and statuses["ok"] > 0
-    assert sum(statuses.values()) == 30
+    assert sum(statuses.values()) == 60
     assert run_cli(*args, "--ledger", "second.csv", cwd=tmp_path).code == 0
-    assert sorted({r["id"] for r in sandbox.requests()}) == sorted(str(i) for i in range(1, 31))
-    assert len(sandbox.requests()) == 30
+    assert sorted({r["id"] for r in sandbox.requests()}) == sorted(str(i) for i in range(1, 61))
+    assert len(sandbox.requests()) == 60
 
 
 def test_max_rows_and_dry_run(tmp_path: Path, sandbox: SandboxServer) -> None:

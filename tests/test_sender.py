@@ -46,7 +46,7 @@ def test_a_surprise_in_one_request_is_recorded_and_the_worker_goes_on(
             results[request.interview_id] = outcome
 
         async with TestServer(app, host="127.0.0.1") as server:
-            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, workers=1,
+            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, concurrency=1,
                                 timeout_s=5.0, policy=RetryPolicy())  # fmt: skip
             await Sender(config, sink, asyncio.Event()).run(ChainQueue(requests(6)))
         return results
