@@ -160,7 +160,15 @@ class Sender:
             self._running += 1  # counted from its start, so the next look does not start it again
             task = asyncio.create_task(self._worker(client, queue, size))
             self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+            task.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """A worker left; one that died of a surprise is logged (its rows are still written:
+        the run fills in every row without a line)."""
+        self._workers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = redact(f"{type(task.exception()).__name__}: {task.exception()}")
+            self._log.error("worker_error", error=error)
 
     async def _cancel_after_stop(self) -> None:
         """After a stop, requests in flight get STOP_GRACE_S to finish, then are cut off."""
