@@ -91,14 +91,17 @@ class Sender:
                 outage.watching = True  # the pool's no-answers may mean the API is gone
                 await self._pool(client, queue, pacer, size)
                 self._log_pool_end(size, pacer.now())
-        report = SendReport(client.counters, self._fatal, client.started, loop.time() - begin)
-        report.workers_peak = size.peak
-        report.past_deadline = loop.time() >= pacer.deadline
-        p95 = size.recent(0.95, pacer.now())
-        report.latency_p95_ms = None if p95 is None else round(p95 * 1000)
-        if pacer.learned is not None:
-            report.learned_per_minute = pacer.learned.per_minute
-        return report
+        return self._report(client, pacer, size, loop.time() - begin)
+
+    def _report(self, client: Client, pacer: Pacer, size: PoolSize, elapsed: float) -> SendReport:
+        now = pacer.now()
+        p95 = size.recent(0.95, now)
+        return SendReport(
+            client.counters, self._fatal, client.started, elapsed,
+            learned_per_minute=None if pacer.learned is None else pacer.learned.per_minute,
+            workers_peak=size.peak, latency_p95_ms=None if p95 is None else round(p95 * 1000),
+            past_deadline=now >= pacer.deadline,
+        )  # fmt: skip
 
     def _session(self, pacer: Pacer, connections: int) -> aiohttp.ClientSession:
         import aiohttp  # here, not at the top: `plan` and `validate` never pay for it

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,15 @@ from sync_worker.pool import (
     PoolSize,
     needed,
 )
-from tests.conftest import Result, SandboxServer, read_ledger, run_cli, write_csv
+from tests.conftest import (
+    Result,
+    SandboxServer,
+    read_ledger,
+    run_cli,
+    start_run,
+    wait_for_arrivals,
+    write_csv,
+)
 
 # --- sizing --------------------------------------------------------------------------------
 
@@ -98,7 +104,8 @@ def test_pool_shrinks_only_when_the_need_falls_well_below_it() -> None:
     _feed(size, 0.0, 2.0)
     size.update(20.0, now=0.0)
     _feed(size, 4.0, 1.6)  # need 42 of 52: not worth shrinking for
-    size.update(20.0, now=4.0 + 2.0 * 5)  # the 2 s answers are five rounds old
+    size.update(20.0, now=7.0)  # the 2 s answers are over three rounds old: forgotten
+    assert size.latency == 1.6
     assert size.target == 52
     _feed(size, 30.0, 0.05)  # need 4
     change = size.update(20.0, now=30.0 + MIN_LOOKBACK_S)
@@ -209,12 +216,14 @@ def _rows(folder: Path, count: int) -> None:
     write_csv(folder / "in.csv", HEADER, [[i, f"N{i}"] for i in range(1, count + 1)])
 
 
+def _args(server: SandboxServer, limit: int, *extra: str) -> list[str]:
+    return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
+            "--ledger", "ledger.csv", "--rate-limit", str(limit), "--rate-period", "1",
+            *extra]  # fmt: skip
+
+
 def _run(folder: Path, server: SandboxServer, limit: int, *extra: str) -> Result:
-    return run_cli(
-        "run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
-        "--ledger", "ledger.csv", "--rate-limit", str(limit), "--rate-period", "1", *extra,
-        cwd=folder,
-    )  # fmt: skip
+    return run_cli(*_args(server, limit, *extra), cwd=folder)
 
 
 def _set_latency(server: SandboxServer, latency_ms: float, jitter_ms: float) -> None:
@@ -224,20 +233,6 @@ def _set_latency(server: SandboxServer, latency_ms: float, jitter_ms: float) -> 
         assert answer.status == 200
 
 
-def _later(server: SandboxServer, *steps: tuple[float, float, float]) -> threading.Thread:
-    """Change the sandbox's latency mid-run: (seconds from now, latency ms, jitter ms)."""
-
-    def change() -> None:
-        begin = time.monotonic()
-        for at, latency, jitter in steps:
-            time.sleep(max(0.0, begin + at - time.monotonic()))
-            _set_latency(server, latency, jitter)
-
-    thread = threading.Thread(target=change, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.timing
 def test_pool_grows_with_latency_shrinks_after_it_and_the_window_holds(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
@@ -245,13 +240,18 @@ def test_pool_grows_with_latency_shrinks_after_it_and_the_window_holds(
     """40 a second. At 10 ms the pool stays small; at 1 s +- 200 ms Little's law needs 40 in
     flight (the old fixed pool, sized for 500 ms, allowed 31); back at 10 ms it shrinks."""
     server = sandbox_factory("--rate-limit", "40", "--rate-period", "1", "--latency-ms", "10")
-    _rows(tmp_path, 360)
-    changer = _later(server, (1.0, 1000, 200), (4.0, 10, 5))
-    result = _run(tmp_path, server, 40)
-    changer.join()
+    _rows(tmp_path, 400)
+    process = start_run(tmp_path, _args(server, 40))
+    wait_for_arrivals(server, 40)
+    _set_latency(server, 1000, 200)
+    wait_for_arrivals(server, 160)
+    _set_latency(server, 10, 5)  # six seconds of rows left: time for three round trips
+    out, err = process.communicate(timeout=60)
+    result = Result(process.returncode, out, err)
     assert result.code == 0, result.stderr
     log = server.requests()
-    assert len(log) == 360 and not [r for r in log if r["status"] == 429]  # the window held
+    assert [r for r in log if r["status"] != 200] == []  # no 429: the window held
+    assert len(log) == 400
     assert {row["status"] for row in read_ledger(tmp_path / "ledger.csv")} == {"ok"}
     assert max(r["in_flight"] for r in log) > 31
     sizes = [(e["previous"], e["workers"]) for e in result.events() if e["event"] == "pool_resized"]
