@@ -254,7 +254,9 @@ class Client:
                 if verdict.kind is Kind.RATE_LIMITED:
                     rate_limited += 1
                     self._on_429(interview_id, hint or 0.0)
-                    if rate_limited >= MAX_RATE_LIMITED or self._stop.is_set():
+                    if self._stop.is_set():
+                        return _interrupted_in_pause(attempts)
+                    if rate_limited >= MAX_RATE_LIMITED:
                         return self._failed(status, verdict, attempts)
                     continue
                 self._answered(status, sent_at)
@@ -352,6 +354,13 @@ class Client:
             fatal=verdict.kind is Kind.FATAL,
             api_shaped=verdict.api_shaped,
         )
+
+
+def _interrupted_in_pause(attempts: int) -> Outcome:
+    """Stopped while waiting out a 429: not rate_limit_exceeded (that is for MAX_RATE_LIMITED
+    429s), and the last try was refused, not applied."""
+    message = "stopped while waiting out a rate-limit pause; the server refused the last try (429)"
+    return Outcome("failed", 429, "interrupted", message, attempts)
 
 
 def _no_answer(exc: Exception, sent: bool) -> Verdict:

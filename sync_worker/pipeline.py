@@ -399,8 +399,8 @@ async def _send(
     if options.max_duration_min is not None:
         loop.call_later(options.max_duration_min * 60, stopper.request, "max_duration")
     report = await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
-    if report.past_deadline:  # the pacer refuses slots from the deadline on, maybe before the
-        stopper.request("max_duration")  # timer above has run: the reason must not be lost
+    if report.past_deadline and recorder.cut_short:  # the pacer refuses slots from the
+        stopper.request("max_duration")  # deadline on, maybe before the timer above has run
     return report
 
 

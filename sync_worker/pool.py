@@ -10,7 +10,7 @@ This is not a latency-gradient limiter (Netflix concurrency-limits, Envoy's adap
 concurrency): those shrink the pool when latency rises, to protect the server. Here the server
 protects itself with its quota, and the job is to fill that quota: when latency rises the pool
 grows. It grows at once and shrinks slowly (only when the need has fallen well below it, and the
-percentile forgets a slow spell only after a few round trips without one), so a pool that is
+percentile forgets a slow spell only after a hundred answers without one), so a pool that is
 right does not flap.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 HEADROOM = 1.25  # workers beyond rate x latency, so a freed slot finds one waiting
 SPARE = 2  # and two more: a retry's backoff or a slow chain holds a worker without sending
 PERCENTILE = 0.95  # the latency the pool follows: a tail, so slow answers do not starve it
-SAMPLES = 400  # the most recent answers the percentile is taken over
-LOOKBACK_ROUNDS = 3  # "recent": answers of the last three round trips at the latency followed
-MIN_LOOKBACK_S = 3.0  # and of the last three seconds at least
+RECENT = 100  # "recent latency": the last hundred answers (2.5 s of them at 40 a second)...
+MAX_AGE_S = 60.0  # ...of the last minute. A fixed count, not a span that depends on the latency
+# it measures: such a span flapped (a slow spell stretched it, the stretch diluted the spell)
 SHRINK_BELOW = 0.7  # shrink only when the need falls under this share of the pool
 MATERIAL = 0.2  # a change of at least this share (and of 2 workers) is logged
 DEFAULT_MAX = 256  # max_concurrency when the config does not say
@@ -42,7 +42,7 @@ class Latencies:
     __slots__ = ("_samples",)
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, float]] = deque(maxlen=SAMPLES)  # (answered at, s)
+        self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT)  # (answered at, s)
 
     def __len__(self) -> int:
         return len(self._samples)
@@ -50,9 +50,9 @@ class Latencies:
     def observe(self, now: float, seconds: float) -> None:
         self._samples.append((now, seconds))
 
-    def quantile(self, share: float, now: float, lookback_s: float) -> float | None:
-        """The `share` quantile of the answers of the last `lookback_s`; None without any."""
-        ordered = sorted(seconds for at, seconds in self._samples if now - at <= lookback_s)
+    def quantile(self, share: float, now: float) -> float | None:
+        """The `share` quantile of the recent answers; None without any."""
+        ordered = sorted(seconds for at, seconds in self._samples if now - at <= MAX_AGE_S)
         if not ordered:
             return None
         return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
@@ -72,23 +72,21 @@ class PoolSize:
     """The target number of workers: fixed (--concurrency), or following the latency."""
 
     __slots__ = (
-        "capped", "fixed", "latencies", "latency", "logged", "maximum", "peak", "target",
+        "capped", "fixed", "latencies", "latency", "logged", "maximum", "target",
     )  # fmt: skip
 
     def __init__(self, fixed: int | None, maximum: int, initial: int) -> None:
         self.fixed = fixed  # --concurrency: never changes
         self.maximum = fixed if fixed is not None else maximum
         self.target = fixed if fixed is not None else max(1, min(initial, maximum))
-        self.peak = self.target
         self.logged = self.target  # the size last logged: smaller moves are not news
-        self.capped = False  # the latency last seen needs more workers than the maximum
+        self.capped = False  # at the latency last seen, the maximum cannot reach the rate
         self.latencies = Latencies()
         self.latency = 0.0  # the recent high latency (seconds) the pool last followed
 
     def recent(self, share: float, now: float) -> float | None:
-        """The `share` quantile of recent latency: the last few round trips, or seconds."""
-        lookback = max(MIN_LOOKBACK_S, LOOKBACK_ROUNDS * self.latency)
-        return self.latencies.quantile(share, now, lookback)
+        """The `share` quantile of recent latency."""
+        return self.latencies.quantile(share, now)
 
     def update(self, rate_per_s: float, now: float) -> Resize | None:
         """Follow the latency seen now; a Resize when the pool moved materially."""
@@ -96,14 +94,12 @@ class PoolSize:
         if latency is None:
             return None
         self.latency = latency
-        need = needed(rate_per_s, latency)
-        self.capped = need > self.maximum
+        self.capped = self.maximum < rate_per_s * latency  # Little's law: it cannot keep up
         if self.fixed is not None:
             return None
-        need = min(need, self.maximum)
+        need = min(needed(rate_per_s, latency), self.maximum)
         if need > self.target or need < self.target * SHRINK_BELOW:
             self.target = need
-            self.peak = max(self.peak, need)
         moved = abs(self.target - self.logged)
         if moved >= 2 and moved >= MATERIAL * self.logged:
             change = Resize(self.target, self.logged, latency, rate_per_s)

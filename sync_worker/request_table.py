@@ -183,6 +183,7 @@ class ChainQueue:
 
     def __init__(self, table: RequestTable) -> None:
         order, self._bounds = chain_bounds(table)
+        self._longest = int(np.diff(self._bounds).max()) if len(self._bounds) > 1 else 0
         self._ordered = table.take(order)  # requests in chain order
         self._next = 0  # the next chain not yet made into objects
         self._ready: deque[deque[Request]] = deque()  # made, not yet taken
@@ -190,6 +191,11 @@ class ChainQueue:
 
     def __len__(self) -> int:
         return len(self._returned) + len(self._ready) + len(self._bounds) - 1 - self._next
+
+    @property
+    def longest(self) -> int:
+        """Requests in the longest chain: at least that many answers one after another."""
+        return self._longest
 
     def popleft(self) -> deque[Request]:
         if self._returned:

@@ -133,6 +133,8 @@ async def patch_interview(request: web.Request) -> web.StreamResponse:
     entry["in_flight"] = sandbox.in_flight  # this one included: what the client keeps open
     try:
         response = await _patch(request, sandbox, arrived, entry)
+    except ConnectionError:  # the client hung up before its body was read (a stop's cut-off)
+        response = web.Response(status=499)  # nginx's "client closed request"; nobody reads it
     finally:
         sandbox.in_flight -= 1
     entry["status"] = response.status

@@ -11,10 +11,11 @@ and those still waiting for their slot end at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from yarl import URL
 
@@ -33,7 +34,12 @@ from sync_worker.request_table import ChainQueue, Request
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
 RESIZE_EVERY_S = 0.25  # how often the pool looks at the latency
+START_AT_ONCE = 16  # workers started in one go: each new task runs before any send's write
+# task, so starting 250 at once delayed sends already granted their slot by ~40 ms, more than
+# the window's margin (a 429 from a server with the very limit we keep)
+START_EVERY_S = 0.02  # the pause between such goes while the pool grows
 ResultSink = Callable[[Request, Outcome], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,10 @@ class Sender:
         self._stop = stop
         self._log = get_logger()
         self._fatal: FatalApiError | None = None
-        self._workers: set[asyncio.Task[None]] = set()  # the pool's workers, while they run
+        self._workers: set[asyncio.Task[Any]] = set()  # the probe, then the pool's workers
         self._running = 0  # workers sending or about to: the pool's size now
+        self._peak = 0  # the most workers that ran at once
+        self._ended = asyncio.Event()  # a worker ended: the pool may be done
         self._capped_logged = False
 
     async def run(self, queue: ChainQueue) -> SendReport:
@@ -87,10 +95,14 @@ class Sender:
         async with self._session(pacer, size.maximum) as session:
             client = Client(session, config.base_url, pacer, config.policy, self._stop, outage,
                             size.latencies)  # fmt: skip
-            if await self._probe(client, queue):
-                outage.watching = True  # the pool's no-answers may mean the API is gone
-                await self._pool(client, queue, pacer, size)
-                self._log_pool_end(size, pacer.now())
+            watcher = asyncio.create_task(self._cancel_after_stop())
+            try:
+                if await self._first(client, queue):
+                    outage.watching = True  # the pool's no-answers may mean the API is gone
+                    await self._pool(client, queue, pacer, size)
+                    self._log_pool_end(size, pacer.now(), queue)
+            finally:
+                watcher.cancel()
         return self._report(client, pacer, size, loop.time() - begin)
 
     def _report(self, client: Client, pacer: Pacer, size: PoolSize, elapsed: float) -> SendReport:
@@ -99,7 +111,7 @@ class Sender:
         return SendReport(
             client.counters, self._fatal, client.started, elapsed,
             learned_per_minute=None if pacer.learned is None else pacer.learned.per_minute,
-            workers_peak=size.peak, latency_p95_ms=None if p95 is None else round(p95 * 1000),
+            workers_peak=self._peak, latency_p95_ms=None if p95 is None else round(p95 * 1000),
             past_deadline=now >= pacer.deadline,
         )  # fmt: skip
 
@@ -123,6 +135,16 @@ class Sender:
             },
         )
 
+    async def _first(self, client: Client, queue: ChainQueue) -> bool:
+        """The probe, as a task the stop's grace can cut off like any worker."""
+        probe = self._start(self._probe(client, queue))
+        try:
+            return await probe
+        except asyncio.CancelledError:
+            if not probe.cancelled():  # the run itself is being cancelled, not the probe
+                raise
+            return False
+
     async def _probe(self, client: Client, queue: ChainQueue) -> bool:
         """Send alone until one answer proves the key and base URL; False: stop the run."""
         while queue and not self._stop.is_set():
@@ -141,16 +163,19 @@ class Sender:
 
     async def _pool(self, client: Client, queue: ChainQueue, pacer: Pacer, size: PoolSize) -> None:
         """Start workers as the pool's size says, until the queue is done or the run stops."""
-        self._resize(client, queue, pacer, size)  # the first request's latency sizes it
-        watcher = asyncio.create_task(self._cancel_after_stop())
-        while self._workers:
-            await asyncio.wait(self._workers, timeout=RESIZE_EVERY_S,
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-            self._resize(client, queue, pacer, size)
-        watcher.cancel()
+        while True:
+            more = self._resize(client, queue, pacer, size)
+            if not self._workers:
+                return
+            self._ended.clear()
+            with contextlib.suppress(TimeoutError):  # a look every tick, or at once when done
+                await asyncio.wait_for(
+                    self._ended.wait(), START_EVERY_S if more else RESIZE_EVERY_S
+                )
 
-    def _resize(self, client: Client, queue: ChainQueue, pacer: Pacer, size: PoolSize) -> None:
-        """Follow the latency; start the workers the pool lacks (never more than chains left)."""
+    def _resize(self, client: Client, queue: ChainQueue, pacer: Pacer, size: PoolSize) -> bool:
+        """Follow the latency; start workers the pool lacks (never more than chains left), a
+        few at a time. True if more are to start."""
         rate = pacer.rate_per_s()
         change = size.update(rate, pacer.now())
         if change is not None:
@@ -158,17 +183,25 @@ class Sender:
         if size.capped and not self._capped_logged:
             self._log_capped(size, rate)
         if self._stop.is_set():
-            return
-        for _ in range(min(size.target - self._running, len(queue))):
+            return False
+        lacking = min(size.target - self._running, len(queue))
+        for _ in range(min(lacking, START_AT_ONCE)):
             self._running += 1  # counted from its start, so the next look does not start it again
-            task = asyncio.create_task(self._worker(client, queue, size))
-            self._workers.add(task)
-            task.add_done_callback(self._worker_ended)
+            self._start(self._worker(client, queue, size))
+        self._peak = max(self._peak, self._running)
+        return lacking > START_AT_ONCE
 
-    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(work)
+        self._workers.add(task)
+        task.add_done_callback(self._worker_ended)
+        return task
+
+    def _worker_ended(self, task: asyncio.Task[Any]) -> None:
         """A worker left; one that died of a surprise is logged (its rows are still written:
         the run fills in every row without a line)."""
         self._workers.discard(task)
+        self._ended.set()
         if not task.cancelled() and task.exception() is not None:
             error = redact(f"{type(task.exception()).__name__}: {task.exception()}")
             self._log.error("worker_error", error=error)
@@ -202,36 +235,35 @@ class Sender:
         self._log.info(
             "pool_resized", workers=change.workers, previous=change.previous,
             latency_p95_ms=latency_ms, requests_per_minute=round(per_minute, 1),
-            message=f"{change.workers} requests in flight: enough for {per_minute:g} a minute "
-            f"at {latency_ms} ms an answer",
+            message=f"up to {change.workers} requests in flight: enough for {per_minute:g} a "
+            f"minute at {latency_ms} ms an answer",
         )  # fmt: skip
 
     def _log_capped(self, size: PoolSize, rate_per_s: float) -> None:
-        """Once a run: the API is too slow for the allowed rate with the pool it may have."""
+        """Once a run: at the API's latency, the most requests in flight cannot reach the rate."""
         self._capped_logged = True
         latency_ms = round(size.latency * 1000)
         per_minute = rate_per_s * 60
-        reach = min(size.maximum / size.latency * 60, per_minute)
-        fix = (
-            "raise --concurrency, or leave it out" if size.fixed else "raise [api] max_concurrency"
-        )
-        name = "--concurrency" if size.fixed else "max_concurrency"
+        if size.fixed is not None:
+            what, fix = f"concurrency {size.fixed}", "raise the concurrency, or leave it out"
+        else:
+            what, fix = f"max_concurrency {size.maximum}", "raise [api] max_concurrency"
         self._log.warning(
             "pool_at_max", workers=size.maximum, latency_p95_ms=latency_ms,
             needed=needed(rate_per_s, size.latency),
-            message=f"the API answers in {latency_ms} ms: {per_minute:g} a minute needs more "
-            f"than {name} {size.maximum} requests in flight; expect about {reach:.0f} a minute "
+            message=f"the API answers in {latency_ms} ms: {what} requests in flight reach about "
+            f"{size.maximum / size.latency * 60:.0f} a minute of the {per_minute:g} allowed "
             f"({fix})",
         )  # fmt: skip
 
-    def _log_pool_end(self, size: PoolSize, now: float) -> None:
+    def _log_pool_end(self, size: PoolSize, now: float, queue: ChainQueue) -> None:
         p50 = size.recent(0.5, now)
         p95 = size.recent(0.95, now)
         self._log.info(
-            "pool_summary", workers=size.target, workers_peak=size.peak,
-            fixed=size.fixed is not None,
+            "pool_summary", workers_peak=self._peak, fixed=size.fixed is not None,
             latency_p50_ms=None if p50 is None else round(p50 * 1000),
             latency_p95_ms=None if p95 is None else round(p95 * 1000),
+            longest_chain=queue.longest,
         )  # fmt: skip
 
     async def _send(self, client: Client, request: Request) -> Outcome:
