@@ -341,6 +341,8 @@ class Client:
         it went out, for the server never saw it; else `failed` with what it last got."""
         if attempts == 0:
             return Outcome("not_attempted", None, verdict.code, verdict.message)
+        if verdict.kind is Kind.RATE_LIMITED:
+            return _interrupted_in_pause(attempts)
         return Client._failed(status, verdict, attempts)
 
     @staticmethod

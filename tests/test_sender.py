@@ -100,3 +100,59 @@ def test_a_worker_that_dies_is_logged_and_the_pool_goes_on(
     assert [e["error"] for e in logs if e["event"] == "worker_error"] == [
         "RuntimeError: a bug in the queue"
     ]
+
+
+def test_a_stop_cuts_off_the_first_request_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first request goes alone; a stop during it waits STOP_GRACE_S, like any worker's."""
+    monkeypatch.setattr("sync_worker.sender.STOP_GRACE_S", 0.2)
+
+    async def slow(_request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    async def scenario() -> tuple[float, set[int]]:
+        app = web.Application()
+        app.router.add_patch("/interviews/{id}", slow)
+        stop = asyncio.Event()
+        async with TestServer(app, host="127.0.0.1") as server:
+            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, timeout_s=60.0,
+                                policy=RetryPolicy())  # fmt: skip
+            asyncio.get_running_loop().call_later(0.3, stop.set)
+            started = asyncio.get_running_loop().time()
+            report = await Sender(config, lambda _r, _o: None, stop).run(ChainQueue(requests(3)))
+            return asyncio.get_running_loop().time() - started, report.started
+
+    took, on_the_wire = asyncio.run(scenario())
+    assert took < 5  # not the 30 s of the answer
+    assert on_the_wire == {1}  # the run fills its line in as failed / interrupted
+
+
+def test_a_stop_while_waiting_out_a_429_is_interrupted_not_rate_limit_exceeded() -> None:
+    """rate_limit_exceeded means a row met 429 after 429; one refused try then a stop is not."""
+
+    async def refuse(_request: web.Request) -> web.Response:
+        return web.json_response({"error": {"code": "rate_limit_exceeded", "message": "slow"}},
+                                 status=429, headers={"X-RateLimit-Reset": "30"})  # fmt: skip
+
+    async def scenario() -> dict[int, Outcome]:
+        app = web.Application()
+        app.router.add_patch("/interviews/{id}", refuse)
+        results: dict[int, Outcome] = {}
+        stop = asyncio.Event()
+
+        def sink(request: Request, outcome: Outcome) -> None:
+            results[request.interview_id] = outcome
+
+        async with TestServer(app, host="127.0.0.1") as server:
+            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, timeout_s=5.0,
+                                policy=RetryPolicy())  # fmt: skip
+            asyncio.get_running_loop().call_later(0.3, stop.set)
+            await Sender(config, sink, stop).run(ChainQueue(requests(2)))
+        return results
+
+    results = asyncio.run(scenario())
+    first = results[1]
+    assert (first.status, first.error_code, first.http_status) == ("failed", "interrupted", 429)
+    assert "rate-limit pause" in first.error_message and first.attempts == 1
