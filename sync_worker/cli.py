@@ -375,6 +375,12 @@ def report(ledger: Path) -> None:
     show_default=True,
     help="X-RateLimit-Reset as Unix time or seconds to wait.",
 )
+@click.option(
+    "--whole-second-reset",
+    is_flag=True,
+    help="Round X-RateLimit-Reset up to a whole second (an integer Unix time, or whole seconds "
+    "to wait), as many real servers do: the announced reset is then up to a second late.",
+)
 @click.option("--seed", type=int, help="Seed for the random failures, for repeatable runs.")
 def sandbox(**opts: Any) -> None:
     """Run the local simulated API on 127.0.0.1 (for the demo, tests and trying a mapping)."""
@@ -387,7 +393,8 @@ def sandbox(**opts: Any) -> None:
         latency_jitter_ms=opts["latency_jitter_ms"],
         fail_rate=opts["fail_rate"], drop_rate=opts["drop_rate"],
         garbage_rate=opts["garbage_rate"],
-        reset_format=opts["reset_format"], seed=opts["seed"],
+        reset_format=opts["reset_format"], whole_seconds=opts["whole_second_reset"],
+        seed=opts["seed"],
     )  # fmt: skip
     _finish(lambda: _serve_sandbox(config, opts["port"]))
 

@@ -253,7 +253,7 @@ class Client:
                 outage.answered()
                 if verdict.kind is Kind.RATE_LIMITED:
                     rate_limited += 1
-                    self._on_429(interview_id, hint or 0.0)
+                    self._on_429(interview_id, hint or 0.0, sent_at)
                     if self._stop.is_set():
                         return _interrupted_in_pause(attempts)
                     if rate_limited >= MAX_RATE_LIMITED:
@@ -322,18 +322,11 @@ class Client:
             message = f"the answer is not HTTP: {exc.message}".splitlines()[0]
             return None, Verdict(Kind.RETRY, "bad_response", message, api_shaped=False), None
 
-    def _on_429(self, interview_id: int, wait: float) -> None:
+    def _on_429(self, interview_id: int, wait: float, sent_at: float) -> None:
+        """Pause everyone; the pacer learns from it and logs `server_limit_learned`."""
         self.counters.rate_limited += 1
-        learned = self._pacer.rate_limited(wait)
+        self._pacer.rate_limited(wait, sent_at)
         self._log.info("rate_limit_pause", interview_id=interview_id, pause_s=round(wait, 3))
-        if learned is not None:
-            self._log.warning(
-                "server_limit_learned",
-                limit=learned.limit,
-                window_s=round(learned.window_s, 3),
-                requests_per_minute=round(learned.per_minute, 1),
-                message="the server allows less than configured; pacing to its limit from now on",
-            )
 
     @staticmethod
     def _cut_short(status: int | None, verdict: Verdict, attempts: int) -> Outcome:

@@ -43,6 +43,7 @@ class SandboxConfig:
     drop_rate: float = 0.0
     garbage_rate: float = 0.0  # share of answers that are not HTTP (raw bytes, then closed)
     reset_format: str = "unix"  # unix: absolute Unix seconds; seconds: seconds to wait
+    whole_seconds: bool = False  # the reset rounded up to a whole second, as many servers send it
     seed: int | None = None
 
 
@@ -149,8 +150,8 @@ async def _patch(
         return error(401, "unauthorized", "Invalid or missing API key")
     wait = sandbox.admit(arrived)
     if wait is not None:
-        entry["reset_at"] = entry["t"] + wait  # what the 429 announces, for the tests to check
-        return _too_many(config, wait, entry["t"])
+        reset, entry["reset_at"] = announced_reset(config, wait, entry["t"])
+        return _too_many(wait, reset)  # reset_at: what the 429 announces, for the tests to check
     if sandbox.random.random() < config.drop_rate:
         if request.transport is not None:
             request.transport.close()
@@ -175,8 +176,21 @@ def _latency_s(sandbox: Sandbox) -> float:
     return max(0.0, float(config.latency_ms) + jitter) / 1000
 
 
-def _too_many(config: SandboxConfig, wait: float, now_unix: float) -> web.Response:
-    reset = f"{now_unix + wait:.3f}" if config.reset_format == "unix" else f"{wait:.3f}"
+def announced_reset(config: SandboxConfig, wait: float, now_unix: float) -> tuple[str, float]:
+    """X-RateLimit-Reset for a slot free in `wait` seconds, and that reset as Unix time.
+
+    Whole seconds are rounded up (never announce a reset before the slot frees): an integer
+    Unix time, or whole seconds to wait; either may be up to a second later than the truth."""
+    unix = config.reset_format == "unix"
+    if not config.whole_seconds:
+        return (f"{now_unix + wait:.3f}" if unix else f"{wait:.3f}"), now_unix + wait
+    if unix:
+        at = math.ceil(now_unix + wait)
+        return str(at), float(at)
+    return str(math.ceil(wait)), now_unix + math.ceil(wait)
+
+
+def _too_many(wait: float, reset: str) -> web.Response:
     return error(
         429,
         "rate_limit_exceeded",

@@ -11,7 +11,10 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "run.py"
 FIGURES = ["rate adherence", "overhead", "planning time", "planning memory", "nightly diff",
-           "recovery, lower limit", "recovery, longer window"]  # fmt: skip
+           "recovery, lower limit", "recovery, longer window",
+           "recovery, lower limit, whole-second reset",
+           "recovery, longer window, whole-second reset",
+           "recovery, both, whole seconds to wait"]  # fmt: skip
 
 
 def test_every_benchmark_prints_its_figure() -> None:

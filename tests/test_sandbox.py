@@ -87,6 +87,24 @@ def test_strict_window_answers_429_with_reset(
     assert [r["status"] for r in server.requests()] == [200, 200, 200, 429]
 
 
+@pytest.mark.parametrize("reset_format", ["unix", "seconds"])
+@pytest.mark.timing
+def test_whole_second_reset_is_rounded_up(
+    sandbox_factory: Callable[..., SandboxServer], reset_format: str
+) -> None:
+    server = sandbox_factory("--rate-limit", "1", "--rate-period", "1.5", "--reset-format",
+                             reset_format, "--whole-second-reset")  # fmt: skip
+    call(server, "PATCH", "/interviews/1", {"objective": "x"})
+    _status, _payload, headers = call(server, "PATCH", "/interviews/1", {"objective": "x"})
+    first, refused = server.requests()
+    announced = int(headers["X-RateLimit-Reset"])  # a whole number
+    free_at = first["t"] + 1.5
+    assert refused["reset_at"] == (
+        announced if reset_format == "unix" else refused["t"] + announced
+    )
+    assert free_at <= refused["reset_at"] < free_at + 1.0  # never early, under a second late
+
+
 def test_misbehaves_on_request(sandbox_factory: Callable[..., SandboxServer]) -> None:
     failing = sandbox_factory("--fail-rate", "1")
     assert call(failing, "PATCH", "/interviews/1", {"objective": "x"})[0] == 503

@@ -311,18 +311,25 @@ def _remember_all(path: Path, state_path: Path) -> None:
 
 def bench_recovery(sizes: Sizes, work: Path) -> list[Figure]:
     count = sizes.recovery_rows
+    whole = "--whole-second-reset"  # X-RateLimit-Reset an integer: up to a second late
     scenarios = [
         ("lower limit", ["--rate-limit", "25", "--rate-period", "1"], 25, 1.0, ["50", "1"]),
         ("longer window", ["--rate-limit", "25", "--rate-period", "3"], 25, 3.0, ["25", "1"]),
-    ]
+        ("lower limit, whole-second reset", ["--rate-limit", "25", "--rate-period", "2", whole],
+         25, 2.0, ["50", "2"]),
+        ("longer window, whole-second reset", ["--rate-limit", "20", "--rate-period", "2",
+         whole], 20, 2.0, ["20", "1"]),
+        ("both, whole seconds to wait", ["--rate-limit", "20", "--rate-period", "2", whole,
+         "--reset-format", "seconds"], 20, 2.0, ["40", "1"]),
+    ]  # fmt: skip
     figures = []
     for name, server_args, limit, span, told in scenarios:
         server = sandbox(*server_args)
-        tag = name.replace(" ", "-")
+        tag = name.replace(" ", "-").replace(",", "")
         try:
             write_rows(work / f"{tag}.csv", count)
-            sync_worker(*run_args(server, work, tag, f"{tag}.csv", "--rate-limit", told[0],
-                                  "--rate-period", told[1]), cwd=work)  # fmt: skip
+            done = sync_worker(*run_args(server, work, tag, f"{tag}.csv", "--rate-limit", told[0],
+                                         "--rate-period", told[1]), cwd=work)  # fmt: skip
             log = server.requests()
         finally:
             server.stop()
@@ -335,13 +342,27 @@ def bench_recovery(sizes: Sizes, work: Path) -> list[Figure]:
         least = (math.ceil(count / limit) - 1) * span
         took = max(arrivals) - min(arrivals)
         ratio = took / least
+        learned = _learned(done.stderr, ledger_of(work, tag))
+        rejected = sum(1 for r in log if r["status"] == 429)
         figures.append(Figure(
             f"recovery, {name}", f"{took:.2f} s", f"{least:.2f} s least the server allows",
             ratio, "<= 1.2, 0 lost, 0 in pause", ratio <= 1.2 and lost == 0 and during_pause == 0,
             f"{lost} rows lost, {during_pause} requests during a pause, told {told[0]} per "
-            f"{told[1]} s, server {limit} per {span:g} s",
+            f"{told[1]} s, server {limit} per {span:g} s, {learned}, {rejected} 429s",
         ))  # fmt: skip
     return figures
+
+
+def _learned(stderr: str, ledger: Path) -> str:
+    """What the run learned: its `server_limit_learned` log lines, and the window it paced to
+    at the end (the summary's rate; a change under 5% is not logged again)."""
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    learned = [e for e in events if e.get("event") == "server_limit_learned"]
+    per_minute = summary_of(ledger).get("server_limit_learned_per_minute")
+    if not learned or not per_minute:
+        return "nothing learned"
+    limit = learned[-1]["limit"]
+    return f"learned {limit} per {limit * 60 / per_minute:.3f} s ({len(learned)} log lines)"
 
 
 # 6. A slow API ---------------------------------------------------------------------------------
