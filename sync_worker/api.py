@@ -120,9 +120,9 @@ def validate(
     """Check files and mapping, as `sync-worker validate` does: no network, no key, no state."""
     settings = _settings(config, _checked({"merge": merge}), log_format)
     options = _options(inputs, existing_notes, False, False, None, None, None, False)
-    from sync_worker import pipeline
+    from sync_worker import planning
 
-    batch, plan, notes_problems = pipeline.validate(settings, options)
+    batch, plan, notes_problems = planning.validate(settings, options)
     invalid = tuple(f"{s.error_message} [{s.error_code}]"
                     for _p, s in sorted(plan.settled.items()) if s.status == "invalid")  # fmt: skip
     return ValidationResult(len(batch), batch.files, len(plan.table), invalid,

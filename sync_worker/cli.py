@@ -188,14 +188,14 @@ def run(inputs: tuple[str, ...], **opts: Any) -> None:
 def plan(inputs: tuple[str, ...], **opts: Any) -> None:
     """Print the requests a run would send, one JSON line each; no network, no key."""
     settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker import pipeline
+    from sync_worker import planning
 
     options = _run_options(inputs, opts)
 
     def emit() -> int:
         out = sys.stdout.buffer
         try:
-            for chunk in pipeline.plan_output(settings, options):
+            for chunk in planning.plan_output(settings, options):
                 out.write(chunk)
             out.flush()
         except BrokenPipeError:  # `plan ... | head`: the reader has what it wanted
@@ -211,12 +211,12 @@ def plan(inputs: tuple[str, ...], **opts: Any) -> None:
 def validate(inputs: tuple[str, ...], **opts: Any) -> None:
     """Check files and mapping and list row problems; no network, no key."""
     settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker import pipeline
+    from sync_worker import planning
 
     options = _run_options(inputs, opts)
 
     def check_files() -> int:
-        batch, plan, notes_problems = pipeline.validate(settings, options)
+        batch, plan, notes_problems = planning.validate(settings, options)
         invalid = [s for _p, s in sorted(plan.settled.items()) if s.status == "invalid"]
         for settled in invalid:
             click.echo(f"{settled.error_message} [{settled.error_code}]")

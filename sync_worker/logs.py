@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-from structlog.typing import FilteringBoundLogger
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 REDACTED = "[REDACTED]"
 _secrets: list[str] = []  # values that must never leave the process in any text
@@ -48,6 +47,12 @@ def redact_secrets(
 
 def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     """`auto` means console lines on a terminal, JSON lines otherwise."""
+    # here, not at the top: `--help` never logs, and structlog with the asyncio it imports
+    # costs ~50 ms of start-up
+    import logging
+
+    import structlog
+
     out = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     _mode["json"] = use_json
@@ -72,6 +77,8 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
 
 
 def get_logger() -> FilteringBoundLogger:
+    import structlog  # see configure()
+
     logger: FilteringBoundLogger = structlog.get_logger("sync_worker")
     return logger
 

@@ -13,17 +13,22 @@ when `SSL_CERT_FILE` is set.
 from __future__ import annotations
 
 import os
-import ssl
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
 
 
 def tls_context(ca_bundle: str | None, where: str = "[api] ca_bundle") -> ssl.SSLContext | None:
     """A context verifying against `ca_bundle`; None: aiohttp's default (the system's store)."""
     if ca_bundle is None:
         return None
+    import ssl  # here: every command reads the config; only a CA bundle needs ssl (~10 ms)
+
     try:
         return ssl.create_default_context(cafile=ca_bundle)
     except FileNotFoundError:

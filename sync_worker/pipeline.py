@@ -1,10 +1,10 @@
 """The commands' work, in pipeline order: read -> plan -> send -> record (ledger, state, summary).
 
-`run`, `plan` and `validate` each go as far along the pipeline as they need; the stages live in
-their own modules (reader, plan, sender, recorder, summary) and this one only strings them
-together, with the lock, the signals and the key around a run. `launch` runs any job that can
-plan with the state open: the rows of input files (`InputJob`), or a run's history put back
-(revert.py's `RevertJob`)."""
+`plan` and `validate` stop after planning (planning.py, which this module goes on from); the
+stages live in their own modules (reader, plan, sender, recorder, summary) and this one only
+strings them together, with the lock, the signals and the key around a run. `launch` runs any
+job that can plan with the state open: the rows of input files (`InputJob`), or a run's history
+put back (revert.py's `RevertJob`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from tqdm import tqdm
 
 from sync_worker import history
 from sync_worker.apikey import load_key
@@ -32,13 +31,12 @@ from sync_worker.config import RunOptions, Settings
 from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, fills_in, ledger_path
 from sync_worker.logs import get_logger
-from sync_worker.merger import MergeRules
-from sync_worker.metrics import check_writable, write_metrics
 from sync_worker.network import proxy_for, tls_context
-from sync_worker.notes import NotesFile, read_notes
-from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.notes import NotesFile
+from sync_worker.plan import Plan
 from sync_worker.plan.changes import Changes, plan_changes
-from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
+from sync_worker.planning import plan_with_notes, read_inputs
+from sync_worker.reader import Batch
 from sync_worker.recorder import Recorder
 from sync_worker.request_table import ChainQueue
 from sync_worker.sender import SendConfig, Sender, SendReport
@@ -47,92 +45,12 @@ from sync_worker.state import RunLock, State
 from sync_worker.summary import exit_code, write_summary
 from sync_worker.summary import summary as make_summary
 
-INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
-    use_lean_memory_pool()
-    options = ReadOptions(
-        settings.encoding, settings.delimiter, settings.columns, settings.context_columns
-    )
-    batch = read_batch(inputs, options)
-    log = get_logger()
-    for warning in batch.warnings:
-        log.warning("input_warning", message=warning)
-    return batch
-
-
-def make_plan(
-    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
-) -> Plan:
-    plan, _notes = plan_with_notes(settings, options, batch, state, for_sending)
-    return plan
-
-
-def plan_with_notes(
-    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
-) -> tuple[Plan, NotesFile]:
-    """The plan, and the notes file it used (its problems are logged here)."""
-    merge = settings.merge or options.existing_notes is not None
-    notes = (
-        read_notes(Path(options.existing_notes), settings, history.seen_notes(state.database))
-        if options.existing_notes
-        else NotesFile()
-    )
-    _log_notes_problems(notes)
-    memory = Memory(
-        sent_hashes=state.sent_hashes(),
-        state_contexts=state.contexts() if merge else {},
-        state_times=state.context_times() if merge else {},
-        notes_by_email=notes.by_email,
-        notes_by_interview=notes.by_interview,
-    )
-    plan_options = PlanOptions(
-        merge=merge,
-        rules=MergeRules.build(settings.merge_separator, settings.append_keys),
-        force=options.force,
-        max_rows=options.max_rows,
-        for_sending=for_sending,
-    )
-    plan = build_plan(batch, plan_options, memory)
-    _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
-    return plan, notes
-
-
-def _log_notes_problems(notes: NotesFile) -> None:
-    log = get_logger()
-    for warning in notes.warnings:
-        log.warning("input_warning", message=warning)
-    for problem in notes.problems[:INVALID_LOGGED]:
-        log.warning("notes_row_unusable", message=problem)
-    if len(notes.problems) > INVALID_LOGGED:
-        log.warning(
-            "notes_rows_unusable", count=len(notes.problems), logged=INVALID_LOGGED,
-            message="`sync-worker validate ... --existing-notes FILE` lists every one",
-        )  # fmt: skip
-
-
-def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
-    log = get_logger()
-    invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == INVALID]
-    for _position, settled in invalid[:INVALID_LOGGED]:
-        log.warning("invalid_row", error_code=settled.error_code, message=settled.error_message)
-    if len(invalid) > INVALID_LOGGED:
-        log.warning(
-            "invalid_rows", count=len(invalid), logged=INVALID_LOGGED,
-            message="see the ledger for every invalid row",
-        )  # fmt: skip
-    several = plan.contacts_with_several_contexts() if warn_contexts else 0
-    if several:
-        log.warning(
-            "several_contexts_per_contact",
-            contacts=several,
-            message="without --merge the last row's context is what remains for these contacts",
-        )
 
 
 @dataclass
@@ -199,6 +117,9 @@ def launch(
     Returns its summary. Metrics, when asked for, are written however the run ends."""
     metrics = Path(settings.metrics_path) if settings.metrics_path else None
     if metrics is not None:
+        # here, not at the top: only --metrics-file needs prometheus_client (~25 ms to import)
+        from sync_worker.metrics import check_writable
+
         check_writable(metrics)  # first: a file that cannot be written gets no metrics
     run_id = new_run_id()
     structlog.contextvars.bind_contextvars(run_id=run_id)
@@ -218,6 +139,8 @@ def launch(
 
 def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
     """The run's metrics; a failure to write them is logged, never hides the run's exit code."""
+    from sync_worker.metrics import write_metrics  # see launch()
+
     try:
         write_metrics(path, summary, time.monotonic() - began)
     except SyncWorkerError as exc:
@@ -348,12 +271,19 @@ def _send_or_dry_run(
             recorder.result(request, Outcome("dry_run", finished_at=now_iso()))
         return SendReport(Counters())
     show = options.progress and sys.stderr.isatty()
-    with (
-        tqdm(total=plan.rows_to_send(), unit="row", disable=not show, file=sys.stderr) as bar,
-        _collector_ignoring_the_plan(),
-    ):
-        recorder.progress = bar if show else None
-        return asyncio.run(_send(send, options, plan, recorder, stopper))
+    recorder.progress = _progress_bar(plan.rows_to_send()) if show else None
+    try:
+        with _collector_ignoring_the_plan():
+            return asyncio.run(_send(send, options, plan, recorder, stopper))
+    finally:
+        if recorder.progress is not None:
+            recorder.progress.close()
+
+
+def _progress_bar(rows: int) -> tqdm[Any]:
+    from tqdm import tqdm  # here: only a terminal shows a bar, and tqdm costs ~25 ms to import
+
+    return tqdm(total=rows, unit="row", file=sys.stderr)
 
 
 @contextmanager
@@ -402,22 +332,3 @@ async def _send(
     if report.past_deadline and recorder.cut_short:  # the pacer refuses slots from the
         stopper.request("max_duration")  # deadline on, maybe before the timer above has run
     return report
-
-
-def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
-    """`sync-worker plan`: the requests a run would send, without network or key."""
-    batch = read_inputs(settings, options.inputs)
-    state = State.read_only(Path(settings.state_path))
-    try:
-        plan = make_plan(settings, options, batch, state, for_sending=False)
-    finally:
-        state.close()
-    return plan_lines(plan, batch)
-
-
-def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str]]:
-    """`sync-worker validate`: the batch, its plan with state ignored, and the notes file's
-    unusable rows."""
-    batch = read_inputs(settings, options.inputs)
-    plan, notes = plan_with_notes(settings, options, batch, State(None))
-    return batch, plan, notes.problems

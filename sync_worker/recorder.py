@@ -12,10 +12,9 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
 from sync_worker.client import Outcome
 from sync_worker.clock import now_iso
@@ -25,6 +24,9 @@ from sync_worker.plan import NOT_ATTEMPTED, Plan, Settled
 from sync_worker.reader import Batch
 from sync_worker.request_table import Request
 from sync_worker.state import State, Success
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 FLUSH_EVERY_S = 0.01  # results reach the ledger and the state within this time, in batches
 

@@ -221,7 +221,19 @@ class ChainQueue:
 
 
 def contacts_with_several_contexts(table: RequestTable) -> int:
-    """Contacts whose requests carry more than one distinct context."""
-    frame = pa.table({"contact": table.contact, "context": table.context_json})
-    counted = frame.group_by("contact").aggregate([("context", "count_distinct")])
-    return int(pc.sum(pc.greater(counted["context_count_distinct"], 1)).as_py() or 0)
+    """Contacts whose requests carry more than one distinct context: the distinct (contact,
+    context) pairs, as numbers, counted by contact. Not `Table.group_by`: its first call imports
+    Arrow's query engine (acero, datasets, file systems: ~25 ms of every run's start), and it
+    took twice as long for a million requests."""
+    sent = pc.is_valid(table.context_json)  # no context: the contact's notes are not touched
+    contacts = _numbered(table.contact.filter(sent))
+    contexts = _numbered(table.context_json.filter(sent))
+    width = int(contexts.max(initial=0)) + 1
+    pairs = pc.unique(pa.array(contacts * width + contexts)).to_numpy()
+    return int(np.count_nonzero(np.bincount(pairs // width) > 1))
+
+
+def _numbered(column: pa.ChunkedArray) -> Ints:
+    """Each value as a number, equal values the same number (one dictionary for all chunks)."""
+    numbers = [np.asarray(c.indices, dtype=np.int64) for c in pc.dictionary_encode(column).chunks]
+    return np.concatenate(numbers) if numbers else np.empty(0, dtype=np.int64)

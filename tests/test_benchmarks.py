@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "run.py"
-FIGURES = ["rate adherence", "overhead", "planning time", "planning memory", "nightly diff",
-           "recovery, lower limit", "recovery, longer window",
+FIGURES = ["rate adherence", "overhead", "overhead, whole process", "planning time",
+           "planning memory", "nightly diff", "recovery, lower limit", "recovery, longer window",
            "recovery, lower limit, whole-second reset",
            "recovery, longer window, whole-second reset",
-           "recovery, both, whole seconds to wait"]  # fmt: skip
+           "recovery, both, whole seconds to wait", "slow API",
+           "start-up, 10-row run", "start-up, validate", "start-up, --help"]  # fmt: skip
 
 
 def test_every_benchmark_prints_its_figure() -> None:

@@ -145,3 +145,58 @@ def test_usage_errors_are_one_line_but_bare_command_shows_help() -> None:
     assert len([line for line in output.splitlines() if line.strip()]) == 1, output
     code, output = invoke()
     assert "Usage:" in output and "Commands:" in output
+
+
+# Start-up (issue 13): a command imports only what it uses. The module lists at exit, not
+# timings (those are `make bench`'s start-up figures); each case also names modules it must have
+# imported, so a list taken too early cannot pass.
+MODULES_AT_EXIT = """
+import atexit, runpy, sys
+out, sys.argv = sys.argv[1], ["sync-worker", *sys.argv[2:]]
+atexit.register(lambda: open(out, "w").write("\\n".join(sys.modules)))
+runpy.run_module("sync_worker", run_name="__main__")
+"""
+HEAVY = {"pandas", "numpy", "pyarrow", "structlog", "aiohttp", "sqlite3"}
+SENDING = {"aiohttp", "yarl", "aiolimiter", "sync_worker.client", "sync_worker.sender"}
+# a progress bar (only on a terminal), --metrics-file, a Parquet input, Arrow's query engine
+EXTRAS = {"tqdm", "prometheus_client", "pyarrow.parquet", "pyarrow.acero", "pyarrow.dataset"}
+
+
+def modules_at_exit(args: list[str], cwd: Path) -> set[str]:
+    command = [sys.executable, "-c", MODULES_AT_EXIT, str(cwd / "modules.txt"), *args]
+    done = subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return set((cwd / "modules.txt").read_text().split())
+
+
+@pytest.mark.parametrize(
+    ("args", "imported", "not_imported"),
+    [
+        (["--help"], {"click", "sync_worker.cli"}, HEAVY | {"sync_worker.api"}),
+        (["validate", "in.csv"], {"pandas", "structlog"}, SENDING | EXTRAS),
+        (["plan", "in.csv", "--state", "s.sqlite"], {"pandas", "sqlite3"}, SENDING | EXTRAS),
+        (["run", "in.csv", "--dry-run", "--state", "s.sqlite"], {"pandas"}, {"aiohttp", *EXTRAS}),
+        (["run", "in.csv", "--state", "s.sqlite", "--base-url"], {"aiohttp"}, EXTRAS),
+    ],
+    ids=["help", "validate", "plan", "dry-run", "run"],
+)
+def test_commands_import_only_what_they_use(
+    tmp_path: Path, sandbox: SandboxServer, args: list[str], imported: set[str],
+    not_imported: set[str],
+) -> None:  # fmt: skip
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
+              [[1, "a@x.example", "first"], [2, "a@x.example", "second"]])  # fmt: skip
+    if args[-1] == "--base-url":
+        args = [*args, sandbox.base_url]
+    modules = modules_at_exit(args, tmp_path)
+    assert imported <= modules
+    assert not modules & not_imported, sorted(modules & not_imported)
+
+
+def test_importing_the_package_imports_no_dependency() -> None:
+    """`import sync_worker` (an Airflow DAG file parsed every few seconds) costs nothing until
+    `sync_worker.sync` is used."""
+    code = "import sync_worker, sys; print(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert not set(done.stdout.split()) & (HEAVY | {"click", "sync_worker.api"})

@@ -7,7 +7,7 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
-from sync_worker import pipeline
+from sync_worker import planning
 from sync_worker.config import Settings
 from sync_worker.logs import REDACTED, configure, get_logger, redact_secrets, register_secret
 
@@ -50,10 +50,10 @@ def test_secret_scrubbed_from_every_field_and_traceback() -> None:
 def test_invalid_rows_counted_not_one_line_each(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("interview_id,objective\n" + "".join(f"bad{i},x\n" for i in range(12)))
-    options = pipeline.RunOptions(inputs=(str(path),))
+    options = planning.RunOptions(inputs=(str(path),))
     with capture_logs() as events:
-        pipeline.validate(Settings(), options)
+        planning.validate(Settings(), options)
     one_by_one = [e for e in events if e["event"] == "invalid_row"]
-    assert len(one_by_one) == pipeline.INVALID_LOGGED
+    assert len(one_by_one) == planning.INVALID_LOGGED
     [counted] = [e for e in events if e["event"] == "invalid_rows"]
     assert counted["count"] == 12 and counted["log_level"] == "warning"

@@ -1,8 +1,9 @@
-"""`make bench`: the figures of SPEC section 11, each a ratio against a baseline measured in
-the same run (absolute times drift on shared machines).
+"""`make bench`: the figures of SPEC section 11 and start-up (issue 13), each a ratio against a
+baseline measured in the same run (absolute times drift on shared machines).
 
     python tests/benchmarks/run.py           # full sizes (a few minutes)
     python tests/benchmarks/run.py --smoke   # tiny sizes, to keep the script working (the tests)
+    python tests/benchmarks/run.py --only startup   # the benchmarks whose name holds `startup`
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,10 @@ from conftest import SandboxServer, start_sandbox  # noqa: E402
 
 KEY = "bench-key-not-secret"
 ENV = {**os.environ, "HINDSIGHT_API_KEY": KEY}
+# As an installed copy starts: compiled modules cached in `__pycache__` (Python's default). A
+# checkout that never wrote them (PYTHONDONTWRITEBYTECODE) compiles the package's ~50 modules at
+# every start, ~0.1 s the start-up figures would count and no installed copy pays.
+INSTALLED = {k: v for k, v in ENV.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 @dataclass
@@ -56,10 +63,14 @@ class Sizes:
     overhead_rounds: int  # alternated rounds of the overhead figure (medians compared)
     repeats: int  # runs of each command timed for the plan and nightly figures (least kept)
     slow_api: tuple[int, float, int, float]  # limit, period (s), rows, latency (ms, +- a quarter)
+    whole_rows: int  # requests of the whole-process overhead figure
+    whole_rounds: int  # its alternated rounds (least kept)
+    startup_repeats: int  # alternated runs of each start-up command and its baseline (least kept)
 
 
-FULL = Sizes(400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0))
-SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0))
+FULL = Sizes(400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0),
+             100_000, 2, 20)  # fmt: skip
+SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1)
 
 
 def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -202,6 +213,96 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
                   ratio, ">= 0.9", ratio >= 0.9, f"{count:,} requests, concurrency {workers}, "
                   f"ledger and state on, medians of {len(ours)} (rounds {min(rounds):.2f}-"
                   f"{max(rounds):.2f})")  # fmt: skip
+
+
+# 2b. Whole-process overhead: the same sending, timed from start to exit ----------------------
+
+BARE_JOB = "import sys, pandas\npandas.read_csv(sys.argv[5], dtype=str)\n" + BARE_LOOP
+
+
+@dataclass
+class Phases:
+    """Where one process's wall time went, in seconds (they add up to `total`)."""
+
+    total: float
+    before: float  # start -> first request: interpreter, imports, reading (and ours: planning)
+    sending: float  # (ours: from the run_started event) -> the last request's arrival
+    after: float  # the last arrival -> exit (ours: ledger, summary, the state's fold)
+    startup: float = 0.0  # ours: start -> the run's start (interpreter, imports, settings)
+
+
+def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
+    """`sync-worker run` of a whole file, start to exit, against a bare process that reads the
+    same file with pandas and sends the same requests with the bare loop (same concurrency, no
+    limit). The send-phase overhead figure leaves out what this one adds: start-up, planning
+    (and the history's planned changes) and the state's fold at the end."""
+    workers, count = 16, sizes.whole_rows
+    path = write_rows(work / "whole.csv", count)
+    server = sandbox("--rate-limit", "100000000", "--rate-period", "1")
+    ours: list[Phases] = []
+    bare: list[Phases] = []
+    try:
+        for attempt in range(sizes.whole_rounds):  # alternated; the least of each
+            _reset(server)
+            command = [sys.executable, "-c", BARE_JOB, server.base_url, KEY, str(count),
+                       str(workers), str(path)]  # fmt: skip
+            took, began, _done = timed(command, work)
+            bare.append(_phases(server, took, began))
+            _reset(server)
+            unlimited = ["--rate-limit", "100000000", "--rate-period", "1"]
+            args = run_args(server, work, f"whole{attempt}", "whole.csv", *unlimited,
+                            "--concurrency", str(workers))  # fmt: skip
+            took, began, done = timed([sys.executable, "-m", "sync_worker", *args], work)
+            ours.append(_our_phases(server, took, began, done, ledger_of(work, f"whole{attempt}")))
+    finally:
+        server.stop()
+    mine, theirs = min(ours, key=lambda p: p.total), min(bare, key=lambda p: p.total)
+    ratio = theirs.total / mine.total
+    return Figure(
+        "overhead, whole process", f"{mine.total:.2f} s ({count / mine.total:.0f} req/s)",
+        f"{theirs.total:.2f} s bare read_csv + aiohttp", ratio, ">= 0.8", ratio >= 0.8,
+        f"{count:,} requests, concurrency {workers}, least of {len(ours)}; ours: start-up "
+        f"{mine.startup:.2f} s, reading and planning {mine.before - mine.startup:.2f} s, "
+        f"sending {mine.sending:.2f} s, after {mine.after:.2f} s; bare: before "
+        f"{theirs.before:.2f} s, sending {theirs.sending:.2f} s, after {theirs.after:.2f} s",
+    )  # fmt: skip
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """Wall seconds of one process from start to exit (as installed: bytecode cached), when it
+    started (Unix time), and what it printed. Exit 0 or 1 only, as `sync_worker` asks."""
+    began, start = time.time(), time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=INSTALLED, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    took = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"`{' '.join(command[:4])}` exited {done.returncode}: {done.stderr}")
+    return took, began, done
+
+
+def _phases(server: SandboxServer, took: float, began: float) -> Phases:
+    """Before the first request's arrival at the sandbox, up to the last, and after."""
+    arrivals = [r["t"] for r in server.requests()]
+    first, last = min(arrivals) - began, max(arrivals) - began
+    return Phases(took, first, last - first, took - last)
+
+
+def _our_phases(
+    server: SandboxServer, took: float, began: float, done: subprocess.CompletedProcess[str],
+    ledger: Path,
+) -> Phases:  # fmt: skip
+    """The worker's own marks: the run's start (summary) and its run_started event (after
+    planning, before the first request)."""
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    sending_from = _unix(next(e for e in events if e["event"] == "run_started")["timestamp"])
+    whole = _phases(server, took, began)
+    before = sending_from - began
+    return Phases(took, before, whole.before + whole.sending - before, whole.after,
+                  startup=_unix(summary_of(ledger)["started_at"]) - began)  # fmt: skip
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def _reset(server: SandboxServer) -> None:
@@ -388,8 +489,66 @@ def bench_slow_api(sizes: Sizes, work: Path) -> Figure:
     )  # fmt: skip
 
 
+# 7. Start-up ---------------------------------------------------------------------------------
+
+BARE_TEN = """
+import asyncio, sys
+import aiohttp, pandas
+
+async def main(url, key, ids):
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for i in ids:
+            async with session.patch(f"{url}/interviews/{i}", json={"contact_name": "N"}) as answer:
+                await answer.read()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], pandas.read_csv(sys.argv[3], dtype=str)["interview_id"]))
+"""
+
+
+def bench_startup(sizes: Sizes, work: Path) -> list[Figure]:
+    """Whole-process wall time of small commands against a bare process doing the least the
+    same job needs: a 10-row run against reading the file with pandas and sending its 10
+    requests with aiohttp; `validate` of it against reading it; `--help` against importing
+    click. Least of alternated runs, after one untimed round that fills the bytecode cache."""
+    path = write_rows(work / "ten.csv", 10)
+    server = sandbox("--rate-limit", "100000", "--rate-period", "1")
+    unlimited = ["--rate-limit", "100000", "--rate-period", "1", "--force"]  # no pacing
+    py, worker = sys.executable, [sys.executable, "-m", "sync_worker"]
+    pairs = {
+        "10-row run": ([*worker, *run_args(server, work, "ten", "ten.csv", *unlimited)],
+                       [py, "-c", BARE_TEN, server.base_url, KEY, str(path)],
+                       "bare read_csv + 10 aiohttp requests"),
+        "validate": ([*worker, "validate", "ten.csv"],
+                     [py, "-c", f"import pandas; pandas.read_csv({str(path)!r}, dtype=str)"],
+                     "bare import pandas + read_csv"),
+        "--help": ([*worker, "--help"], [py, "-c", "import click"], "bare import click"),
+    }  # fmt: skip
+    least: dict[str, list[float]] = {name: [math.inf, math.inf] for name in pairs}
+    try:
+        for attempt in range(sizes.startup_repeats + 1):  # the first fills the cache, untimed
+            for name, (ours, bare, _label) in pairs.items():
+                for side, command in enumerate((ours, bare)):
+                    ledger_of(work, "ten").unlink(missing_ok=True)  # a run refuses a used one
+                    took = timed(command, work)[0]
+                    if attempt:
+                        least[name][side] = min(least[name][side], took)
+    finally:
+        server.stop()
+    return [_startup_figure(name, *least[name], pairs[name][2], sizes) for name in pairs]
+
+
+def _startup_figure(name: str, ours: float, bare: float, label: str, sizes: Sizes) -> Figure:
+    ratio = ours / bare
+    goal = 1.5 if name == "--help" else 1.25
+    return Figure(f"start-up, {name}", f"{ours * 1000:.0f} ms", f"{bare * 1000:.0f} ms {label}",
+                  ratio, f"<= {goal}", ratio <= goal,
+                  f"whole process, least of {sizes.startup_repeats}")  # fmt: skip
+
+
 BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
-    bench_rate, bench_overhead, bench_plan, bench_nightly, bench_recovery, bench_slow_api,
+    bench_rate, bench_overhead, bench_overhead_whole_process, bench_plan, bench_nightly,
+    bench_recovery, bench_slow_api, bench_startup,
 ]  # fmt: skip
 
 

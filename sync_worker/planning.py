@@ -1,0 +1,121 @@
+"""The first half of the pipeline, read -> plan, with its warnings logged: all that `plan` and
+`validate` do, and where `run` starts (pipeline.py goes on: send -> record).
+
+Apart from pipeline.py so that those two commands never import the sending side (the client,
+aiolimiter, yarl, the recorder: ~30 ms of start-up), as the test of start-up imports checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from sync_worker import history
+from sync_worker.config import RunOptions, Settings
+from sync_worker.logs import get_logger
+from sync_worker.merger import MergeRules
+from sync_worker.notes import NotesFile, read_notes
+from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
+from sync_worker.state import State
+
+INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
+
+
+def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
+    use_lean_memory_pool()
+    options = ReadOptions(
+        settings.encoding, settings.delimiter, settings.columns, settings.context_columns
+    )
+    batch = read_batch(inputs, options)
+    log = get_logger()
+    for warning in batch.warnings:
+        log.warning("input_warning", message=warning)
+    return batch
+
+
+def make_plan(
+    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
+) -> Plan:
+    plan, _notes = plan_with_notes(settings, options, batch, state, for_sending)
+    return plan
+
+
+def plan_with_notes(
+    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
+) -> tuple[Plan, NotesFile]:
+    """The plan, and the notes file it used (its problems are logged here)."""
+    merge = settings.merge or options.existing_notes is not None
+    notes = (
+        read_notes(Path(options.existing_notes), settings, history.seen_notes(state.database))
+        if options.existing_notes
+        else NotesFile()
+    )
+    _log_notes_problems(notes)
+    memory = Memory(
+        sent_hashes=state.sent_hashes(),
+        state_contexts=state.contexts() if merge else {},
+        state_times=state.context_times() if merge else {},
+        notes_by_email=notes.by_email,
+        notes_by_interview=notes.by_interview,
+    )
+    plan_options = PlanOptions(
+        merge=merge,
+        rules=MergeRules.build(settings.merge_separator, settings.append_keys),
+        force=options.force,
+        max_rows=options.max_rows,
+        for_sending=for_sending,
+    )
+    plan = build_plan(batch, plan_options, memory)
+    _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
+    return plan, notes
+
+
+def _log_notes_problems(notes: NotesFile) -> None:
+    log = get_logger()
+    for warning in notes.warnings:
+        log.warning("input_warning", message=warning)
+    for problem in notes.problems[:INVALID_LOGGED]:
+        log.warning("notes_row_unusable", message=problem)
+    if len(notes.problems) > INVALID_LOGGED:
+        log.warning(
+            "notes_rows_unusable", count=len(notes.problems), logged=INVALID_LOGGED,
+            message="`sync-worker validate ... --existing-notes FILE` lists every one",
+        )  # fmt: skip
+
+
+def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
+    log = get_logger()
+    invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == INVALID]
+    for _position, settled in invalid[:INVALID_LOGGED]:
+        log.warning("invalid_row", error_code=settled.error_code, message=settled.error_message)
+    if len(invalid) > INVALID_LOGGED:
+        log.warning(
+            "invalid_rows", count=len(invalid), logged=INVALID_LOGGED,
+            message="see the ledger for every invalid row",
+        )  # fmt: skip
+    several = plan.contacts_with_several_contexts() if warn_contexts else 0
+    if several:
+        log.warning(
+            "several_contexts_per_contact",
+            contacts=several,
+            message="without --merge the last row's context is what remains for these contacts",
+        )
+
+
+def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
+    """`sync-worker plan`: the requests a run would send, without network or key."""
+    batch = read_inputs(settings, options.inputs)
+    state = State.read_only(Path(settings.state_path))
+    try:
+        plan = make_plan(settings, options, batch, state, for_sending=False)
+    finally:
+        state.close()
+    return plan_lines(plan, batch)
+
+
+def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str]]:
+    """`sync-worker validate`: the batch, its plan with state ignored, and the notes file's
+    unusable rows."""
+    batch = read_inputs(settings, options.inputs)
+    plan, notes = plan_with_notes(settings, options, batch, State(None))
+    return batch, plan, notes.problems
