@@ -124,7 +124,7 @@ def validate(
 
     batch, plan, notes_problems = planning.validate(settings, options)
     invalid = tuple(f"{s.error_message} [{s.error_code}]"
-                    for _p, s in sorted(plan.settled.items()) if s.status == "invalid")  # fmt: skip
+                    for _p, s in plan.settled.invalid())  # fmt: skip
     return ValidationResult(len(batch), batch.files, len(plan.table), invalid,
                             tuple(notes_problems))  # fmt: skip
 

@@ -217,7 +217,7 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
 
     def check_files() -> int:
         batch, plan, notes_problems = planning.validate(settings, options)
-        invalid = [s for _p, s in sorted(plan.settled.items()) if s.status == "invalid"]
+        invalid = [s for _p, s in plan.settled.invalid()]
         for settled in invalid:
             click.echo(f"{settled.error_message} [{settled.error_code}]")
         for problem in notes_problems:

@@ -14,7 +14,8 @@ from sync_worker.config import RunOptions, Settings
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.notes import NotesFile, read_notes
-from sync_worker.plan import INVALID, Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.remembered import NotJSON, Remembered
 from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
 from sync_worker.state import State
 
@@ -51,10 +52,10 @@ def plan_with_notes(
         else NotesFile()
     )
     _log_notes_problems(notes)
+    with_times = bool(notes.by_email or notes.by_interview)  # the freshness rule needs them
     memory = Memory(
-        sent_hashes=state.sent_hashes(),
-        state_contexts=state.contexts() if merge else {},
-        state_times=state.context_times() if merge else {},
+        sent=state.sends(),
+        state=state.remembered(with_times) if merge else Remembered.empty(),
         notes_by_email=notes.by_email,
         notes_by_interview=notes.by_interview,
     )
@@ -65,7 +66,10 @@ def plan_with_notes(
         max_rows=options.max_rows,
         for_sending=for_sending,
     )
-    plan = build_plan(batch, plan_options, memory)
+    try:
+        plan = build_plan(batch, plan_options, memory)
+    except NotJSON:
+        raise state.unusable("a context that is not JSON") from None
     _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
     return plan, notes
 
@@ -85,7 +89,7 @@ def _log_notes_problems(notes: NotesFile) -> None:
 
 def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
     log = get_logger()
-    invalid = [(p, s) for p, s in sorted(plan.settled.items()) if s.status == INVALID]
+    invalid = plan.settled.invalid()
     for _position, settled in invalid[:INVALID_LOGGED]:
         log.warning("invalid_row", error_code=settled.error_code, message=settled.error_message)
     if len(invalid) > INVALID_LOGGED:

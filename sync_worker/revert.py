@@ -28,7 +28,7 @@ from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID
 from sync_worker.history import EARLIER_SEND, Change, FieldKey, Version
 from sync_worker.merger import canonical
 from sync_worker.pipeline import Prepared
-from sync_worker.plan import Plan, Settled
+from sync_worker.plan import Outcomes, Plan, Settled
 from sync_worker.reader import FILE_COL, ROW_COL, Batch
 from sync_worker.request_table import Request, RequestTable, sha256_hex
 from sync_worker.state import State
@@ -184,7 +184,7 @@ def _prepared(target: str, interviews: list[InterviewPlan], db: sqlite3.Connecti
                 remarks[interview.interview_id] = ("partly_restored", _joined(left))
         else:
             settled[position] = _settled(interview)
-    plan = Plan(RequestTable.from_requests(requests), settled)
+    plan = Plan(RequestTable.from_requests(requests), Outcomes(settled))
     return Prepared(batch, plan, changes, unresolved=unresolved, inputs=(f"revert {target}",),
                     remarks=remarks)  # fmt: skip
 

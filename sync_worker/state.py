@@ -22,6 +22,7 @@ rows, so the history adds nothing to the hot path.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import shlex
@@ -33,11 +34,16 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+import pyarrow as pa
+
 from sync_worker import history
 from sync_worker.clock import now_iso
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
 from sync_worker.merger import Context
 from sync_worker.paths import create_private, open_private
+from sync_worker.plan.remembered import Remembered, Sent
+from sync_worker.request_table import DIGEST, hex_digests
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -100,6 +106,18 @@ FOLD = (
 # "cannot write here"; every other error reading a state means the file is not a usable state.
 SQLITE_IN_USE = frozenset({5, 6})  # BUSY, LOCKED
 SQLITE_CANNOT_WRITE = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR, FULL, CANTOPEN
+FETCH_ROWS = 50_000  # rows read into columns at a time (planning's view of the state)
+
+
+@contextmanager
+def _collector_off() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Success(NamedTuple):
@@ -265,6 +283,7 @@ class State:
         self._path = path  # for messages
         self._tables = tables  # ours that the file holds (a state from before the journal...)
         self._pending: list[Success] = []
+        self._journal_rows = 0  # rows the last `_batches` read from the journal
 
     @classmethod
     def open(cls, path: Path) -> State:
@@ -314,10 +333,62 @@ class State:
             self._close_quietly()
             raise not_a_state(self._path, "a context that is not JSON") from None
 
-    def context_times(self) -> dict[str, str]:
-        """Contact -> when its context was last confirmed sent (the state's side of the
-        freshness rule, SPEC section 6)."""
-        return self._latest("contacts", "contact, sent_at", "WHERE context_json IS NOT NULL")
+    def unusable(self, why: str) -> ConfigError:
+        """The one line for what planning found wrong in what this state remembers."""
+        return not_a_state(self._path, why)
+
+    def sends(self) -> Sent:
+        """What `sent_hashes` holds, as columns (hashes as 32-byte digests): what planning
+        reads. A million sends cost ~40 MB there, ~190 MB as a dict."""
+        ids: list[pa.Array] = []
+        hashes: list[pa.Array] = []
+        with self._wrong_types():
+            for batch in self._batches("sent", "interview_id, payload_sha256", ""):
+                ids.append(pa.array(batch[0], pa.int64()))
+                hashes.append(hex_digests(pa.array(batch[1], pa.string())))
+        numbers = pa.chunked_array(ids, pa.int64()).to_numpy()
+        return Sent.latest(np.asarray(numbers, dtype=np.int64), pa.chunked_array(hashes, DIGEST))
+
+    def remembered(self, with_times: bool = False) -> Remembered:
+        """What `contexts` holds, as columns, the JSON texts unparsed; with the time of each
+        contact's last confirmed send (the state's side of the freshness rule, SPEC section 6)
+        when a notes file asks for it."""
+        columns = "contact, context_json" + (", sent_at" if with_times else "")
+        found: list[list[pa.Array]] = [[], [], []]
+        with self._wrong_types():
+            for batch in self._batches("contacts", columns, "WHERE context_json IS NOT NULL"):
+                for part, values in zip(found, batch, strict=False):
+                    part.append(pa.array(values, pa.string()))
+        contacts, texts, times = (pa.chunked_array(part, pa.string()) for part in found)
+        distinct = self._journal_rows == 0  # the keyed table holds each contact once
+        return Remembered.latest(contacts, texts, times if with_times else None, distinct)
+
+    def _batches(self, table: str, columns: str, where: str) -> Iterator[list[tuple[Any, ...]]]:
+        """`_latest` as batches of columns: the keyed table's rows, then the journal's in
+        arrival order (the caller keeps each key's last). FETCH_ROWS rows at a time, so the
+        Python values in between never outnumber them, with the garbage collector off (they
+        are no cycles, and its passes over them cost as much as reading them)."""
+        if self._db is None:
+            return
+        queries = [f"SELECT {columns} FROM {table}"] if table in self._tables else []
+        if "journal" in self._tables:  # none in a state from before it
+            queries.append(f"SELECT {columns} FROM journal {where} ORDER BY rowid")
+        self._journal_rows = 0
+        with self._errors_named(), _collector_off():
+            for query in queries:
+                cursor = self._db.execute(query)
+                while rows := cursor.fetchmany(FETCH_ROWS):
+                    self._journal_rows += len(rows) if "journal" in query else 0
+                    yield list(zip(*rows, strict=True))
+
+    @contextmanager
+    def _wrong_types(self) -> Iterator[None]:
+        """SQLite keeps any type in any column: a value of another type means a damaged state."""
+        try:
+            yield
+        except (pa.ArrowException, TypeError, ValueError):
+            self._close_quietly()
+            raise not_a_state(self._path, "a value of the wrong type") from None
 
     def _latest(self, table: str, columns: str, where: str = "") -> dict[Any, Any]:
         """Pairs from a keyed table, with the sends not folded yet (a killed run's, or a running

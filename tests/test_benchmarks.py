@@ -11,8 +11,10 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "run.py"
 FIGURES = ["rate adherence", "overhead", "overhead, whole process", "planning time",
-           "planning memory", "nightly diff", "recovery, lower limit", "recovery, longer window",
-           "recovery, lower limit, whole-second reset",
+           "planning memory", "merged planning time, first backfill",
+           "merged planning memory, first backfill", "merged planning time, nightly",
+           "merged planning memory, nightly", "nightly diff", "recovery, lower limit",
+           "recovery, longer window", "recovery, lower limit, whole-second reset",
            "recovery, longer window, whole-second reset",
            "recovery, both, whole seconds to wait", "slow API",
            "start-up, 10-row run", "start-up, validate", "start-up, --help"]  # fmt: skip

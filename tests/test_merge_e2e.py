@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from conftest import SandboxServer, cli_env, read_ledger, run_cli, write_csv
+
+from sync_worker.state import State
 
 HEADER = ["interview_id", "contact_email", "contact_context", "context.stage"]
 
@@ -90,3 +93,48 @@ def test_without_merge_last_context_wins_with_a_warning(
     assert [r["id"] for r in sandbox.requests()] == ["1", "2"]
     assert result.event("several_contexts_per_contact")["contacts"] == 1
     assert {x["merge"] for x in read_ledger(tmp_path / "l.csv")} == {"off"}
+
+
+def test_a_merged_run_writes_one_ledger_line_per_row_and_a_rerun_skips_them(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Both merge roads in one run (flat contacts by columns; text contexts, an interview of
+    several rows, bad JSON by rows): every input row gets exactly one ledger line, and the
+    nightly re-run finds every sent row unchanged (its notes remembered by the state)."""
+    write_csv(tmp_path / "in.csv", HEADER, [
+        [1, "ana@x.com", "", "Demo"], [2, "bo@x.com", "", "Won"], [3, "ANA@x.com", "", "Lost"],
+        [4, "cy@x.com", "met at SaaStr", ""], [4, "cy@x.com", "", "Demo"],
+        [5, "", '{"bad', "Won"], [6, "", "", ""], [7, "dee@x.com", "", "Demo"],
+    ])  # fmt: skip
+    assert merge_run(tmp_path, sandbox).code == 1  # type: ignore[attr-defined]
+    lines = read_ledger(tmp_path / "ledger.csv")
+    assert sorted(int(line["source_row"]) for line in lines) == list(range(1, 9))
+    statuses = {int(line["source_row"]): line["status"] for line in lines}
+    assert statuses == {1: "ok", 2: "ok", 3: "ok", 4: "ok", 5: "ok", 6: "invalid", 7: "invalid",
+                        8: "ok"}  # fmt: skip
+    assert notes(sandbox, 1) == notes(sandbox, 3) == {"stage": "Lost"}
+    assert notes(sandbox, 4) == {"notes": "met at SaaStr", "stage": "Demo"}
+    assert merge_run(tmp_path, sandbox, "--ledger", "again.csv").code == 1  # type: ignore[attr-defined]
+    again = {
+        int(line["source_row"]): line["status"] for line in read_ledger(tmp_path / "again.csv")
+    }
+    assert again == {**dict.fromkeys([1, 2, 3, 4, 5, 8], "skipped_unchanged"), 6: "invalid",
+                     7: "invalid"}  # fmt: skip
+
+
+def test_a_remembered_context_that_is_not_json_is_one_line_naming_the_state(
+    tmp_path: Path,
+) -> None:
+    """Remembered contexts are parsed only when merging needs one: a damaged one stops the
+    command there, exit 2, naming the state file (never a traceback)."""
+    State.open(tmp_path / "state.sqlite").close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("INSERT INTO contacts VALUES ('ana@x.com', '{oops', 'r', 't')")
+    db.commit()
+    db.close()
+    write_csv(tmp_path / "in.csv", HEADER, [[1, "ana@x.com", "", "Demo"]])
+    result = run_cli("plan", "in.csv", "--merge", "--state", "state.sqlite", cwd=tmp_path,
+                     env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    assert result.code == 2, result.stderr
+    assert "state.sqlite" in result.stderr and "a context that is not JSON" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -10,16 +10,21 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync_worker.fields import SENT_FIELDS
 from sync_worker.merger import MergeRules
-from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
-from sync_worker.plan.model import Note
+from sync_worker.plan import Memory, Outcomes, Plan, PlanOptions, Settled, build_plan, plan_lines
+from sync_worker.plan.cells import Cells
+from sync_worker.plan.contacts import Contacts, lower
+from sync_worker.plan.model import Known, Note
+from sync_worker.plan.remembered import Remembered, Sent
 from sync_worker.reader import Batch, ReadOptions, read_batch
-from sync_worker.request_table import ChainQueue, Request
+from sync_worker.request_table import ChainQueue, Request, hex_digests
 
 
 def requests_of(plan: Plan) -> list[Request]:
@@ -44,9 +49,34 @@ def plan_for(
     options = options or PlanOptions()
     plan = build_plan(batch, options, memory or Memory())
     by_rows = build_plan(batch, dataclasses.replace(options, vectorise=False), memory or Memory())
-    assert [astuple(r) for r in requests_of(plan)] == [astuple(r) for r in requests_of(by_rows)]
-    assert plan.settled == by_rows.settled
+    assert_same_plans(plan, by_rows)
     return batch, plan
+
+
+def assert_same_plans(plan: Plan, reference: Plan, sending: bool = True) -> None:
+    """Every byte and every count of two plans (the column roads' and the row road's). Not
+    sending (`plan`), the column roads leave out what only a run needs: each request's contact
+    and context for the state, the notes merged onto for the history."""
+    assert [_compared(r, sending) for r in requests_of(plan)] == [
+        _compared(r, sending) for r in requests_of(reference)]  # fmt: skip
+    assert plan.settled == reference.settled
+    assert (plan.contacts_merged, plan.contacts_no_existing) == (
+        reference.contacts_merged, reference.contacts_no_existing)  # fmt: skip
+    if sending:
+        assert _to_send(plan.known_notes(), plan) == _to_send(reference.known_notes(), reference)
+
+
+def _to_send(known: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """The row road knows the notes of every merged contact; what matters (the history's value
+    before) is those of the contacts with requests to send."""
+    contacts = set(plan.table.contact.to_pylist())
+    return {contact: notes for contact, notes in known.items() if contact in contacts}
+
+
+def _compared(request: Request, sending: bool) -> tuple[Any, ...]:
+    if sending:
+        return astuple(request)
+    return (request.interview_id, request.body_json, request.sha256, request.rows, request.merge)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +193,7 @@ def test_chains_are_made_in_groups_and_taken_back(
 
 def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
     options = PlanOptions(merge=True)
-    memory = Memory(state_contexts={"x@y.com": "old"})
+    memory = Memory(state=Remembered.of({"x@y.com": "old"}))
     _b, plan = plan_for(tmp_path, "1,,,first,x@y.com,\n2,,,second,x@y.com,\n3,,,solo,,\n", options,
                         memory)  # fmt: skip
     one, two, three = requests_of(plan)
@@ -176,7 +206,7 @@ def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
 
 def test_notes_file_wins_over_state(tmp_path: Path) -> None:
     memory = Memory(
-        state_contexts={"x@y.com": "from state"},
+        state=Remembered.of({"x@y.com": "from state"}),
         notes_by_email={"x@y.com": [Note(1, {"stage": "lost"}, "2026-01-01T00:00:00.000Z")]},
         notes_by_interview={2: [Note(2, "by id", "2026-01-01T00:00:00.000Z")]},
     )
@@ -187,7 +217,7 @@ def test_notes_file_wins_over_state(tmp_path: Path) -> None:
 
 
 def test_merge_without_new_context_leaves_notes_alone(tmp_path: Path) -> None:
-    memory = Memory(state_contexts={"interview:1": "old"})
+    memory = Memory(state=Remembered.of({"interview:1": "old"}))
     _b, plan = plan_for(tmp_path, "1,Ana,,,,\n", PlanOptions(merge=True), memory)
     assert body_of(requests_of(plan)[0]) == {"contact_name": "Ana"}
     assert requests_of(plan)[0].merge == "off"
@@ -195,7 +225,7 @@ def test_merge_without_new_context_leaves_notes_alone(tmp_path: Path) -> None:
 
 def test_unchanged_rows_are_skipped_unless_forced(tmp_path: Path) -> None:
     _b, first = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n")
-    memory = Memory(sent_hashes={1: requests_of(first)[0].sha256, 2: "something else"})
+    memory = Memory(sent=Sent.of({1: requests_of(first)[0].sha256, 2: "something else"}))
     _b, second = plan_for(tmp_path, "1,Ana,,,,\n2,Bo,,,,\n", memory=memory)
     assert [r.interview_id for r in requests_of(second)] == [2]
     assert second.settled[0].status == "skipped_unchanged"
@@ -232,8 +262,7 @@ def test_both_roads_build_the_same_bytes(rows: list[tuple[str, str, str, str]]) 
         batch = read_batch([str(path)], ReadOptions())
         vector = build_plan(batch, PlanOptions(), Memory())
         by_rows = build_plan(batch, PlanOptions(vectorise=False), Memory())
-    assert [astuple(r) for r in requests_of(vector)] == [astuple(r) for r in requests_of(by_rows)]
-    assert vector.settled == by_rows.settled
+    assert_same_plans(vector, by_rows)
 
 
 @pytest.mark.parametrize("name", SENT_FIELDS)
@@ -287,3 +316,256 @@ def test_the_column_road_only_ever_builds_strict_json(rows: list[tuple[str, str]
             assert body["contact_name"] == name  # text, never a number
         if extra in ("NaN", "Infinity", "1e400"):
             assert body["contact_context"] == {"k": extra}
+
+
+# Merging: the column road (flat contacts) and the row road in chunks, against the row road ----
+
+EMAILS = [
+    "a@x.com",
+    "A@X.com ",
+    "b@x.com",
+    "\u0130nci@x.com",
+    "i\u0307nci@x.com",
+    "",
+    "interview:3",
+]
+CONTACT_KEYS = ["a@x.com", "b@x.com", "i\u0307nci@x.com", "interview:1", "interview:3"]
+OLD_NOTES: list[Any] = ["old", "", {}, {"stage": "Old"}, {"title": "CTO", "stage": "Demo"},
+                        {"title": {"deep": "x"}, "notes": "kept"}, None]  # fmt: skip
+TIMES = ["2026-01-01T00:00:00.000Z", "2027-01-01T00:00:00.000Z"]
+CONTEXTS = ["", "", "", "", "", "text a", "text b", '{"title": "VP"}', "{bad",
+            '{"k": {"n": 1}, "notes": "j"}']  # fmt: skip
+merged_row = st.tuples(
+    st.integers(1, 12).map(str) | st.sampled_from(["1", "0", "x"]),  # some of several rows
+    st.sampled_from(EMAILS),
+    st.sampled_from(["", "Ana", "Bo"]),
+    st.sampled_from(CONTEXTS),
+    st.sampled_from(["", "CTO", "CFO"]) | cell_text,  # context.title
+    st.sampled_from(["", "Demo", "Won"]),  # context.stage
+    st.sampled_from(["", "", "", "note cell"]),  # context.notes: an append key
+)
+state_notes = st.dictionaries(st.sampled_from(CONTACT_KEYS), st.sampled_from(OLD_NOTES))
+file_notes = st.lists(st.tuples(st.sampled_from(["a@x.com", "b@x.com", ""]),
+                                st.sampled_from([None, 1, 2, 3]),
+                                st.sampled_from(OLD_NOTES[:-1]), st.sampled_from(TIMES)),
+                      max_size=4)  # fmt: skip
+
+
+flat_row = st.tuples(
+    st.sampled_from(EMAILS),
+    st.sampled_from(["", "Ana"]),
+    st.sampled_from(["", "", "", "", "", "", "", "", "text a", '{"title": "VP"}']),
+    st.sampled_from(["", "CTO", "CFO"]) | cell_text,  # context.title
+    st.sampled_from(["", "Demo", "Won"]),  # context.stage
+    st.sampled_from(["", "", "", "", "", "note cell"]),  # context.notes: an append key
+)
+merge_setting = {
+    "state": state_notes, "notes": file_notes, "chunk_rows": st.integers(1, 4),
+    "append": st.sampled_from([(), ("title",), ("stage", "k")]), "sending": st.booleans(),
+    "skipped": st.sets(st.integers(1, 14)),
+}  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(merged_row, min_size=1, max_size=14), **merge_setting)
+def test_merged_roads_build_the_same_bytes(
+    rows: list[tuple[str, ...]], state: dict[str, Any], notes: list[tuple[str, int | None, Any,
+    str]], append: tuple[str, ...], chunk_rows: int, sending: bool, skipped: set[int],
+) -> None:  # fmt: skip
+    """Any shape: flat contacts by columns, the others row by row in chunks of whole contacts
+    (of one to four rows here, so boundaries fall everywhere), existing notes from the state
+    and a notes file, skipping: every byte, label, count and skipped row is the row road's."""
+    _check_merged_roads(rows, state, notes, append, chunk_rows, sending, skipped)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(flat_row, min_size=1, max_size=10), **merge_setting)
+def test_flat_contacts_merge_as_the_row_road_merges(
+    rows: list[tuple[str, ...]], state: dict[str, Any], notes: list[tuple[str, int | None, Any,
+    str]], append: tuple[str, ...], chunk_rows: int, sending: bool, skipped: set[int],
+) -> None:  # fmt: skip
+    """The column road's own shape, mostly: one row per interview, context columns, an append
+    key now and then (which sends the contact to the row road)."""
+    numbered = [(str(number), *row) for number, row in enumerate(rows, start=1)]
+    _check_merged_roads(numbered, state, notes, append, chunk_rows, sending, skipped)
+
+
+def _check_merged_roads(
+    rows: list[tuple[str, ...]], state: dict[str, Any], notes: list[tuple[str, int | None, Any,
+    str]], append: tuple[str, ...], chunk_rows: int, sending: bool, skipped: set[int],
+) -> None:  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["interview_id", "contact_email", "contact_name", "contact_context",
+                             "context.title", "context.stage", "context.notes"])  # fmt: skip
+            writer.writerows(rows)
+        batch = read_batch([str(path)], ReadOptions())
+    options = PlanOptions(merge=True, rules=MergeRules.build(" | ", append), for_sending=sending,
+                          chunk_rows=chunk_rows)  # fmt: skip
+    memory = _merge_memory(state, notes)
+    reference = build_plan(batch, dataclasses.replace(options, vectorise=False), memory)
+    sent = {r.interview_id: r.sha256 for r in requests_of(reference) if r.interview_id in skipped}
+    memory = dataclasses.replace(memory, sent=Sent.of(sent))
+    plan = build_plan(batch, options, memory)
+    reference = build_plan(batch, dataclasses.replace(options, vectorise=False), memory)
+    assert_same_plans(plan, reference, sending)
+    in_requests = [p for r in requests_of(plan) for p in r.rows]
+    assert sorted(in_requests + list(plan.settled)) == list(range(len(rows)))  # each row once
+
+
+def _merge_memory(state: dict[str, Any], notes: list[tuple[str, int | None, Any, str]]) -> Memory:
+    by_email: dict[str, list[Note]] = {}
+    by_interview: dict[int, list[Note]] = {}
+    for row, (email, interview, context, time) in enumerate(notes, start=1):
+        if email:
+            by_email.setdefault(email, []).append(Note(row, context, time))
+        if interview is not None:
+            by_interview.setdefault(interview, []).append(Note(row, context, time))
+    times = {contact: TIMES[len(contact) % 2] for contact in state}
+    return Memory(state=Remembered.of(state, times), notes_by_email=by_email,
+                  notes_by_interview=by_interview)  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 5, 100], ids=lambda n: f"chunk-{n}")
+def test_chunks_of_contacts_never_split_one(tmp_path: Path, chunk_rows: int) -> None:
+    """Rows of one contact (by email, or by an interview's several rows) always share a chunk,
+    each chunk in file order, and every row is in exactly one."""
+    rows = "".join(f"{i % 4 + 1},,,text {i},{'ab'[i % 2] if i % 3 else ''}@x.com,\n"
+                   for i in range(12))  # fmt: skip
+    batch, _plan = plan_for(tmp_path, rows, PlanOptions(merge=True, chunk_rows=chunk_rows))
+    cells = Cells.of(batch)
+    contacts = Contacts.of(cells, np.flatnonzero(cells.sendable))
+    chunks = list(contacts.chunks(chunk_rows))
+    assert sorted(p for chunk in chunks for p in chunk.positions.tolist()) == list(range(12))
+    for chunk in chunks:
+        assert chunk.positions.tolist() == sorted(chunk.positions.tolist())
+        others = [set(c.codes.tolist()) for c in chunks if c is not chunk]
+        assert not any(set(chunk.codes.tolist()) & other for other in others)
+
+
+def test_an_interview_of_several_rows_is_one_contact_by_its_first_email(tmp_path: Path) -> None:
+    """The row road's rule, for whole columns: an interview's contact is the first e-mail among
+    its rows, so its rows with other e-mails (or none) join that contact."""
+    rows = "7,,,a,,\n7,,,b,B@x.com,\n7,,,c,c@x.com,\n8,,,d,c@x.com,\n9,,,e,,\n"
+    batch, _plan = plan_for(tmp_path, rows, PlanOptions(merge=True))
+    cells = Cells.of(batch)
+    contacts = Contacts.of(cells, np.flatnonzero(cells.sendable))
+    keys = contacts.keys.take(pa.array(contacts.codes)).to_pylist()
+    assert keys == ["b@x.com", "b@x.com", "b@x.com", "c@x.com", "interview:9"]
+
+
+@pytest.mark.parametrize(
+    "email",
+    ["Ana@X.com", "\u0130nci@x.com", "STRASSE\u00df@x.com", "\u1c89@x.com", "caf\u00c9@x.com"],
+    ids=["ascii", "dotted-capital-i", "sharp-s", "newer-unicode", "accent"],
+)
+def test_emails_are_lowered_as_python_lowers_them(email: str) -> None:
+    """Arrow's utf8_lower differs from str.lower (U+0130 loses its dot): the contact key must be
+    the row road's, or one contact's rows would part."""
+    assert lower(pa.chunked_array([[email, "x@y.z"]])).to_pylist() == [email.lower(), "x@y.z"]
+
+
+def test_merged_rows_share_their_contacts_latest_values(tmp_path: Path) -> None:
+    """A flat contact (context columns only): each key's last value among its rows, sent by
+    every row, merged onto the state's notes; a contact without context sends none."""
+    memory = Memory(state=Remembered.of({"a@x.com": {"title": "CEO", "since": "2020"}}))
+    body = "1,,,,a@x.com,CTO\n2,Bo,,,b@x.com,\n3,Al,,,A@x.com,\n4,,,,a@x.com,CFO\n5,Cy,,,c@x.com,\n"
+    _b, plan = plan_for(tmp_path, body, PlanOptions(merge=True), memory)
+    contexts = {r.interview_id: body_of(r).get("contact_context") for r in requests_of(plan)}
+    a = {"title": "CFO", "since": "2020"}
+    assert contexts == {1: a, 2: None, 3: a, 4: a, 5: None}
+    assert [r.merge for r in requests_of(plan)] == ["merged", "off", "merged", "merged", "off"]
+    assert (plan.contacts_merged, plan.contacts_no_existing) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("ab" * 32, bytes.fromhex("ab" * 32)), ("AB" * 32, None), ("ab" * 31, None),
+     ("g" * 64, None), ("", None), (None, None)],
+    ids=["digest", "upper-case", "short", "not-hex", "empty", "null"],
+)  # fmt: skip
+def test_hex_hashes_become_digests_or_null(text: str | None, expected: bytes | None) -> None:
+    """Only what hexdigest writes can equal a payload's hash: anything else is null (so a
+    damaged or foreign hash in the state is never taken as unchanged)."""
+    digests = hex_digests(pa.array([text, "00" * 32], pa.string()))
+    assert digests.to_pylist() == [expected, bytes(32)]
+
+
+def test_sent_keeps_each_interviews_last_hash() -> None:
+    hashes = hex_digests(pa.array(["aa" * 32, "bb" * 32, "cc" * 32]))
+    sent = Sent.latest(np.array([5, 3, 5], dtype=np.int64), pa.chunked_array([hashes]))
+    found = sent.hashes_of(np.array([3, 4, 5], dtype=np.int64)).to_pylist()
+    assert found == [bytes.fromhex("bb" * 32), None, bytes.fromhex("cc" * 32)]
+
+
+def test_outcomes_read_bulk_and_single_rows_in_order(tmp_path: Path) -> None:
+    """Requests set aside in bulk are columns, made into outcomes as read; a row settled one by
+    one wins over the same row in bulk."""
+    _b, plan = plan_for(tmp_path, "1,A,,,,\n2,B,,,,\n1,C,,,,\n3,D,,,,\n")
+    outcomes = Outcomes({5: Settled("invalid", "bad_json")})
+    outcomes.set_aside("skipped_unchanged", plan.table, np.array([0, 1], dtype=np.int64))
+    outcomes[3] = Settled("not_attempted")
+    hashes = [r.sha256 for r in requests_of(plan)]
+    assert list(outcomes) == [0, 1, 2, 3, 5]
+    assert outcomes[2] == Settled("skipped_unchanged", sha256=hashes[0])  # row 3 of request 1
+    assert outcomes[1] == Settled("skipped_unchanged", sha256=hashes[1])
+    assert outcomes[3] == Settled("not_attempted") and len(outcomes) == 5
+    assert outcomes.invalid() == [(5, Settled("invalid", "bad_json"))]
+
+
+@pytest.mark.parametrize(
+    ("file_time", "expected", "source"),
+    [("2027-01-01T00:00:00.000Z", {"stage": "Demo", "title": "CTO", "kept": "x"}, "notes_file"),
+     ("2025-01-01T00:00:00.000Z", {"stage": "Demo", "title": "CTO"}, "earlier_send")],
+    ids=["newer-file-wins", "older-file-loses"],
+)  # fmt: skip
+def test_a_newer_notes_file_wins_even_over_a_state_that_holds_the_new_context(
+    tmp_path: Path, file_time: str, expected: dict[str, str], source: str
+) -> None:
+    """The state already holds exactly the new context (the nightly shortcut), but a notes file
+    newer than the state's send names the contact: the file is what the context merges onto."""
+    sent = {"stage": "Demo", "title": "CTO"}
+    memory = Memory(
+        state=Remembered.of({"a@x.com": sent}, {"a@x.com": "2026-01-01T00:00:00.000Z"}),
+        notes_by_email={"a@x.com": [Note(1, {"stage": "Old", "kept": "x"}, file_time)]},
+    )
+    path = tmp_path / "in.csv"
+    path.write_text("interview_id,contact_email,context.stage,context.title\n"
+                    "1,a@x.com,Demo,CTO\n", encoding="utf-8")  # fmt: skip
+    batch = read_batch([str(path)], ReadOptions())
+    plan = build_plan(batch, PlanOptions(merge=True), memory)
+    assert_same_plans(plan, build_plan(batch, PlanOptions(merge=True, vectorise=False), memory))
+    assert body_of(requests_of(plan)[0])["contact_context"] == expected
+    assert plan.known_notes()["a@x.com"].source == source
+
+
+def test_both_roads_key_a_non_ascii_email_alike(tmp_path: Path) -> None:
+    """Without merging too: the column road lowered `İnci@` as Arrow does (`inci@`), the row
+    road as Python does (`i̇nci@`), so one contact's rows made two chains."""
+    _b, plan = plan_for(tmp_path, '1,,,hello,\u0130nci@x.com,\n2,,,"{""a"": 1}",\u0130nci@x.com,\n')
+    assert [r.contact for r in requests_of(plan)] == ["i\u0307nci@x.com"] * 2
+    assert len(list(ChainQueue(plan.table).popleft())) == 2  # one chain
+
+
+def test_notes_the_state_holds_unchanged_are_the_value_before_of_a_request_sent(
+    tmp_path: Path,
+) -> None:
+    """The nightly shortcut keeps no notes object for contacts whose remembered context is the
+    one they send; a request of theirs still sent (its name changed) gets them back for the
+    history, as the row road knows them."""
+    context = {"stage": "Demo", "title": "CTO"}
+    memory = Memory(state=Remembered.of({"a@x.com": context, "b@x.com": context}))
+    body = "1,Ana,,,a@x.com,CTO\n2,Bo,,,b@x.com,CTO\n"
+    path = tmp_path / "in.csv"
+    path.write_text("interview_id,contact_name,objective,contact_context,contact_email,"
+                    "context.title,context.stage\n" + body.replace("CTO\n", "CTO,Demo\n"),
+                    encoding="utf-8")  # fmt: skip
+    batch = read_batch([str(path)], ReadOptions())
+    first = build_plan(batch, PlanOptions(merge=True), memory)
+    memory = dataclasses.replace(memory, sent=Sent.of({2: requests_of(first)[1].sha256}))
+    plan = build_plan(batch, PlanOptions(merge=True), memory)
+    assert [r.interview_id for r in requests_of(plan)] == [1]  # 2 is unchanged
+    assert plan.known_notes() == {"a@x.com": Known(context, "earlier_send")}
+    assert len(plan.known_as_sent) == 2 and not plan.known_before

@@ -64,6 +64,42 @@ def test_journal_of_a_killed_run_is_read_and_folded(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_planning_reads_the_same_state_as_columns(tmp_path: Path) -> None:
+    """`sends` and `remembered` (what planning reads) hold what `sent_hashes` and `contexts`
+    hold, the journal of a killed run laid over the keyed tables, the last send winning."""
+    path = tmp_path / "state.sqlite"
+    state = State.open(path)
+    state.add([Success(1, "aa" * 32, "a@x.com", json.dumps({"k": "v"}), "r1", "t1"),
+               Success(2, "bb" * 32, "b@x.com", json.dumps("text"), "r1", "t1")])  # fmt: skip
+    state.close()
+    killed = State.open(path)
+    killed.add([Success(2, "cc" * 32, "b@x.com", json.dumps({"k": "new"}), "r2", "t2"),
+                Success(3, "dd" * 32, "c@x.com", None, "r2", "t2"),
+                Success(2, "ee" * 32, "b@x.com", None, "r2", "t3")])  # fmt: skip
+    killed.flush()  # no close: as after a kill -9
+    seen = State.read_only(path)
+    sends = seen.sends()
+    assert sends.ids.tolist() == [1, 2, 3]
+    assert [h.hex() for h in sends.hashes.to_pylist()] == ["aa" * 32, "ee" * 32, "dd" * 32]
+    remembered = seen.remembered(with_times=True)
+    rows = zip(remembered.contacts.to_pylist(), remembered.texts.to_pylist(),
+               remembered.times.to_pylist(), strict=True)  # fmt: skip
+    assert sorted(rows) == [("a@x.com", '{"k": "v"}', "t1"), ("b@x.com", '{"k": "new"}', "t2")]
+    assert {k: json.loads(v) for k, v in zip(remembered.contacts.to_pylist(),
+            remembered.texts.to_pylist(), strict=True)} == seen.contexts()  # fmt: skip
+
+
+def test_a_state_value_of_the_wrong_type_is_one_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO contacts VALUES ('a@x.com', x'00ff', 'r', 't')")  # a blob, not text
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match="a value of the wrong type"):
+        State.read_only(path).remembered()
+
+
 def test_state_from_before_the_journal_is_read_and_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)

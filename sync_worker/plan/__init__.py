@@ -6,36 +6,47 @@ one interview become one request; requests of one contact form a chain sent in f
 - `cells`: the cells checked for whole columns; rows that cannot be sent settled `invalid`;
 - `rows`: the row road, the reference (JSON contexts, several rows of one interview, merging);
 - `columns`: the column road, a speed-up for the common row (must give the same bytes);
+- `contacts`, `merged`: merging by columns for flat contacts, by chunks of whole contacts for
+  the rest (must give the same bytes as the row road);
+- `remembered`: what the state remembers (payload hashes, contexts), as columns;
 - `select`: skipping unchanged requests and `--max-rows`;
 - `output`: the lines `sync-worker plan` prints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import pyarrow as pa
 
 from sync_worker.plan.cells import Cells, settle_invalid
 from sync_worker.plan.columns import column_requests
+from sync_worker.plan.contacts import Contacts, unparsable
+from sync_worker.plan.merged import flat_rows, merged_requests
 from sync_worker.plan.model import (
     INVALID,
     NOT_ATTEMPTED,
     SKIPPED,
     Memory,
+    Outcomes,
     Plan,
     PlanOptions,
     Settled,
 )
 from sync_worker.plan.output import plan_lines
+from sync_worker.plan.remembered import StateNotes
 from sync_worker.plan.rows import row_requests
 from sync_worker.plan.select import apply_max_rows, skip_unchanged
 from sync_worker.reader import Batch
-from sync_worker.request_table import RequestTable, concat
+from sync_worker.request_table import Ints, RequestTable, concat
 
 __all__ = [
     "INVALID",
     "NOT_ATTEMPTED",
     "SKIPPED",
     "Memory",
+    "Outcomes",
     "Plan",
     "PlanOptions",
     "Settled",
@@ -47,16 +58,57 @@ __all__ = [
 def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     """Validate rows, combine them per interview and contact, merge, hash and skip."""
     cells = Cells.of(batch)
-    settled: dict[int, Settled] = {}
+    settled = Outcomes()
     settle_invalid(batch, cells, settled)
+    plan = Plan(RequestTable.empty(), settled)
+    if options.merge and options.vectorise:
+        tables = _merged(batch, cells, options, memory, plan)
+    else:
+        tables = iter(_unmerged(batch, cells, options, memory, plan))
+    # each table's unchanged requests are set aside as it comes, before the next is built
+    plan.table = concat([skip_unchanged(plan, table, options, memory) for table in tables])
+    apply_max_rows(plan, options.max_rows)
+    return plan
+
+
+def _unmerged(
+    batch: Batch, cells: Cells, options: PlanOptions, memory: Memory, plan: Plan
+) -> list[RequestTable]:
+    """The common row by columns, the rest row by row (and every row when not vectorising:
+    the reference the tests compare with)."""
     by_columns = cells.sendable & ~cells.needs_rows(options)
     if not options.vectorise:
         by_columns = np.zeros(len(batch), dtype=bool)
-    plan = Plan(RequestTable.empty(), settled)
     by_rows = np.flatnonzero(cells.sendable & ~by_columns)
     requests = row_requests(batch, cells, by_rows, options, memory, plan)
-    columns = column_requests(cells, by_columns, options.for_sending)
-    plan.table = concat([columns, RequestTable.from_requests(requests)])
-    skip_unchanged(plan, options, memory)
-    apply_max_rows(plan, options.max_rows)
-    return plan
+    return [column_requests(cells, by_columns, options.for_sending),
+            RequestTable.from_requests(requests)]  # fmt: skip
+
+
+def _merged(
+    batch: Batch, cells: Cells, options: PlanOptions, memory: Memory, plan: Plan
+) -> Iterator[RequestTable]:
+    """Flat contacts by columns (`merged.py`), the others by the row road a chunk of whole
+    contacts at a time, so its Python objects never outgrow a chunk."""
+    sendable = np.flatnonzero(cells.sendable)
+    dropped = unparsable(cells, sendable)
+    contacts = Contacts.of(cells, sendable[~dropped])
+    flat = flat_rows(cells, contacts, options.rules)
+    yield from merged_requests(cells, contacts.subset(flat), options, memory, plan)
+    dropped_rows = row_requests(batch, cells, sendable[dropped], options, memory, plan, {})
+    yield RequestTable.from_requests(dropped_rows)  # settles them invalid: no request
+    others = contacts.subset(~flat)
+    remembered = memory.state.find(others.keys) if len(memory.state) and len(others) else None
+    for chunk in others.chunks(options.chunk_rows):
+        known = _remembered(chunk, remembered, memory)
+        requests = row_requests(batch, cells, chunk.positions, options, memory, plan, known)
+        yield RequestTable.from_requests(requests)
+
+
+def _remembered(chunk: Contacts, found: Ints | None, memory: Memory) -> dict[str, StateNotes]:
+    """What the state remembers of a chunk's contacts (`found`: each contact's index in it,
+    looked up once for all chunks)."""
+    if found is None:
+        return {}
+    codes = np.unique(chunk.codes)
+    return memory.state.entries(chunk.keys.take(pa.array(codes)).to_pylist(), found[codes])

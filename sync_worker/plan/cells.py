@@ -21,7 +21,7 @@ from sync_worker.fields import (
     SENT_FIELDS,
     nothing_to_update,
 )
-from sync_worker.plan.model import PlanOptions, Settled, invalid
+from sync_worker.plan.model import Outcomes, PlanOptions, invalid
 from sync_worker.reader import Batch
 from sync_worker.request_table import Ints
 
@@ -107,7 +107,7 @@ def nonempty(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.not_equal(column, "").to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def settle_invalid(batch: Batch, cells: Cells, settled: dict[int, Settled]) -> None:
+def settle_invalid(batch: Batch, cells: Cells, settled: Outcomes) -> None:
     """Rows with an id that is not a positive whole number, or nothing to update."""
     bad_ids = np.flatnonzero(~cells.valid_id)
     for position, raw in zip(bad_ids.tolist(), cells.ids.take(bad_ids).to_pylist(), strict=True):

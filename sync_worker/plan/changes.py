@@ -24,13 +24,14 @@ def plan_changes(plan: Plan, last_values: Mapping[FieldKey, str]) -> Changes:
     """Each request's fields whose value differs from the one before (or from the state's last
     value: a row that only moves it). Several requests of one contact share its fields."""
     table = plan.table
+    known_before = plan.known_notes()
     drafts: list[tuple[int, list[Change]]] = []
     for start in range(0, len(table), 10_000):
         for request in table.slice(start, start + 10_000):
             body = json.loads(request.body_json)
             found = [
                 _change(request.interview_id, request.contact, name, canonical(value),
-                        plan.known_before, last_values)
+                        known_before, last_values)
                 for name, value in body.items()
             ]  # fmt: skip
             drafts.append((request.interview_id, [c for c in found if c is not None]))

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
 from sync_worker.plan import vectorjson as vj
 from sync_worker.plan.cells import Cells, nonempty
+from sync_worker.plan.contacts import keyed_by_id, lower
 from sync_worker.request_table import Ints, RequestTable
 
 
@@ -80,13 +81,13 @@ def _context_literal(
 
 
 def _contact_keys(emails: pa.ChunkedArray, ids: Ints) -> vj.Text:
-    """The contact_email (lower case), or interview:<id> for a row without one."""
-    emails = pc.utf8_lower(emails)
+    """The contact_email (lower case as Python lowers it, as the row road does), or
+    interview:<id> for a row without one."""
+    emails = lower(emails)
     has_email = nonempty(emails)
     if has_email.all():
         return emails
-    by_id = pc.binary_join_element_wise("interview:", pc.cast(pa.array(ids), pa.string()), "")
-    return pc.if_else(pa.array(has_email), emails, by_id)
+    return pc.if_else(pa.array(has_email), emails, keyed_by_id(ids))
 
 
 def _chunked(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:

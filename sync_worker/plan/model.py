@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+import json
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sync_worker.history import EARLIER_SEND
 from sync_worker.merger import Context, MergeRules
+from sync_worker.plan.remembered import Remembered, Sent
 from sync_worker.reader import Batch
-from sync_worker.request_table import RequestTable, contacts_with_several_contexts
+from sync_worker.request_table import CHUNK, Ints, RequestTable, contacts_with_several_contexts
 
 INVALID = "invalid"
 SKIPPED = "skipped_unchanged"
 NOT_ATTEMPTED = "not_attempted"
+# Merging: rows the row road takes at a time (whole contacts), ~1.7 KiB of Python objects a row.
+CHUNK_ROWS = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """The outcome of a row decided before any request: invalid, skipped or left out."""
+class Settled(NamedTuple):
+    """The outcome of a row decided before any request: invalid, skipped or left out. A named
+    tuple: a nightly run makes one for each skipped row as it writes the row's ledger line,
+    ~1 us each, where a frozen dataclass took ~1.6 us."""
 
     status: str
     error_code: str = ""
@@ -32,6 +44,112 @@ def invalid(batch: Batch, position: int, code: str, column: str, message: str) -
     file_index, row, _id, _email = batch.locate(position)
     where = f"{batch.files[file_index]} row {row}" + (f", column {column}" if column else "")
     return Settled(INVALID, code, f"{where}: {message}")
+
+
+class Outcomes(Mapping[int, Settled]):
+    """Row position -> the outcome decided up front, in position order.
+
+    Rows settled one by one (invalid ones) are a dict. Requests set aside in bulk (a nightly
+    run skips a million unchanged ones) are kept as columns and made into Settled objects only
+    as they are read, a chunk at a time: a million of them as objects in a dict took 270 MB,
+    and 6 s to make. A row settled one by one wins over the same row set aside in bulk."""
+
+    def __init__(self, rows: dict[int, Settled] | None = None) -> None:
+        self._rows: dict[int, Settled] = rows if rows is not None else {}
+        self._bulk: list[_Aside] = []
+
+    def __setitem__(self, position: int, outcome: Settled) -> None:
+        self._rows[position] = outcome
+
+    def set_aside(self, status: str, table: RequestTable, indices: Ints) -> None:
+        """Every row of the requests of `table` at `indices` settles with `status`, carrying
+        its request's hash and merge label."""
+        if not len(indices):
+            return
+        firsts = table.position[indices]
+        rows, requests = firsts, np.asarray(indices, dtype=np.int64)
+        if table.more_rows:  # a request of several rows settles each of them
+            spans = [table.more_rows.get(first, [first]) for first in firsts.tolist()]
+            rows = np.array([p for span in spans for p in span], dtype=np.int64)
+            requests = np.repeat(requests, [len(span) for span in spans])
+        if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            order = np.argsort(rows, kind="stable")
+            rows, requests = rows[order], requests[order]
+        # the table's whole columns, not copies: the table is dropped, these stay
+        self._bulk.append(_Aside(status, rows, requests, table.sha256(), table.merge))
+
+    def __getitem__(self, position: int) -> Settled:
+        if position in self._rows:
+            return self._rows[position]
+        for aside in self._bulk:
+            at = int(np.searchsorted(aside.rows, position))
+            if at < len(aside.rows) and aside.rows[at] == position:
+                return aside.outcome(at)
+        raise KeyError(position)
+
+    def __iter__(self) -> Iterator[int]:
+        return (position for position, _outcome in self.items())
+
+    def __len__(self) -> int:
+        return len(self._rows) + sum(len(a.rows) - len(self._in_rows(a)) for a in self._bulk)
+
+    def items(self) -> ItemsView[int, Settled]:
+        return _InOrder(self)
+
+    def in_order(self) -> Iterator[tuple[int, Settled]]:
+        """Every (position, outcome), in position order, made a chunk at a time."""
+        streams: list[Iterator[tuple[int, Settled]]] = [iter(sorted(self._rows.items()))]
+        streams += [aside.stream(self._in_rows(aside)) for aside in self._bulk]
+        if not self._rows and len(self._bulk) == 1:
+            return streams[1]
+        return heapq.merge(*streams, key=itemgetter(0))
+
+    def invalid(self) -> list[tuple[int, Settled]]:
+        """The invalid rows, in position order (always settled one by one)."""
+        return sorted((p, s) for p, s in self._rows.items() if s.status == INVALID)
+
+    def _in_rows(self, aside: _Aside) -> np.ndarray:
+        """Rows of `aside` that were also settled one by one (they count once, as those)."""
+        if not self._rows:
+            return np.zeros(0, dtype=np.int64)
+        listed = np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))
+        return np.asarray(aside.rows[np.isin(aside.rows, listed)], dtype=np.int64)
+
+
+class _InOrder(ItemsView[int, Settled]):
+    _mapping: Outcomes
+
+    def __iter__(self) -> Iterator[tuple[int, Settled]]:
+        return self._mapping.in_order()
+
+
+@dataclass(frozen=True)
+class _Aside:
+    status: str
+    rows: Ints  # row positions, sorted
+    requests: Ints  # each row's request: an index into hashes and merges
+    hashes: pa.ChunkedArray  # DIGEST
+    merges: pa.ChunkedArray
+
+    def outcome(self, at: int) -> Settled:
+        request = int(self.requests[at])
+        return Settled(self.status, sha256=self.hashes[request].as_py().hex(),
+                       merge=self.merges[request].as_py())  # fmt: skip
+
+    def stream(self, skipped: np.ndarray) -> Iterator[tuple[int, Settled]]:
+        """(position, outcome) in order, CHUNK rows made into objects at a time; rows in
+        `skipped` are left out."""
+        left_out, status = set(skipped.tolist()), self.status
+        for start in range(0, len(self.rows), CHUNK):
+            rows = self.rows[start : start + CHUNK].tolist()
+            requests = pa.array(self.requests[start : start + CHUNK])
+            hashes = self.hashes.take(requests).to_pylist()
+            merges = self.merges.take(requests).to_pylist()
+            made = [
+                (position, Settled(status, "", "", digest.hex(), merge))
+                for position, digest, merge in zip(rows, hashes, merges, strict=True)
+            ]
+            yield from (made if not left_out else [m for m in made if m[0] not in left_out])
 
 
 class Known(NamedTuple):
@@ -52,10 +170,26 @@ class Note(NamedTuple):
 @dataclass
 class Plan:
     table: RequestTable  # the requests to send, in file order
-    settled: dict[int, Settled]  # row position -> outcome decided up front
+    settled: Outcomes  # row position -> outcome decided up front
     contacts_merged: int = 0
     contacts_no_existing: int = 0
     known_before: dict[str, Known] = field(default_factory=dict)  # contact -> notes merged onto
+    # contacts whose notes merged onto are the state's, and exactly the context they send (the
+    # nightly case): made into Known entries only for the requests left to send (`known_notes`)
+    known_as_sent: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+
+    def known_notes(self) -> dict[str, Known]:
+        """Contact -> the notes merged onto, for the contacts of the requests to send. A nightly
+        run knows 750,000 contacts' notes; as parsed objects they took ~400 MB, for the few
+        contacts whose requests are sent at all."""
+        known = dict(self.known_before)
+        if len(self.known_as_sent) and len(self.table):
+            contacts = self.table.contact
+            hit = pc.is_in(contacts, value_set=self.known_as_sent)
+            texts = self.table.context_json.filter(hit).to_pylist()
+            for contact, text in zip(contacts.filter(hit).to_pylist(), texts, strict=True):
+                known.setdefault(contact, Known(json.loads(text), EARLIER_SEND))
+        return known
 
     def rows_to_send(self) -> int:
         return self.table.row_count()
@@ -72,14 +206,14 @@ class PlanOptions:
     max_rows: int | None = None
     vectorise: bool = True  # False: every row takes the row-by-row road (tests compare both)
     for_sending: bool = True  # False (`plan`): skip what only sending needs (contacts, contexts)
+    chunk_rows: int = CHUNK_ROWS  # merging: rows the row road takes at a time
 
 
 @dataclass(frozen=True)
 class Memory:
     """What is known before the run: the state's last sends and a notes export."""
 
-    sent_hashes: Mapping[int, str] = field(default_factory=dict)
-    state_contexts: Mapping[str, Context] = field(default_factory=dict)
-    state_times: Mapping[str, str] = field(default_factory=dict)  # contact -> last confirmed send
+    sent: Sent = field(default_factory=lambda: Sent.of({}))  # interview -> last payload hash
+    state: Remembered = field(default_factory=Remembered.empty)  # contact -> last context sent
     notes_by_email: Mapping[str, Sequence[Note]] = field(default_factory=dict)
     notes_by_interview: Mapping[int, Sequence[Note]] = field(default_factory=dict)

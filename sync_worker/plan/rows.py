@@ -7,7 +7,7 @@ and with merging on that context is folded onto the notes the contact already ha
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
 from sync_worker.history import EARLIER_SEND, NOTES_FILE
 from sync_worker.merger import Context, MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells
-from sync_worker.plan.model import Known, Memory, Note, Plan, PlanOptions, Settled, invalid
+from sync_worker.plan.model import Known, Memory, Note, Outcomes, Plan, PlanOptions, invalid
+from sync_worker.plan.remembered import StateNotes
 from sync_worker.reader import Batch
 from sync_worker.request_table import Ints, Request, sha256_hex
 
@@ -40,19 +41,30 @@ class RowProblem(ValueError):
 
 def row_requests(
     batch: Batch, cells: Cells, positions: Ints, options: PlanOptions, memory: Memory,
-    plan: Plan,
+    plan: Plan, remembered: Mapping[str, StateNotes] | None = None,
 ) -> list[Request]:  # fmt: skip
-    """The requests of the rows at `positions`; rows that cannot be sent go to plan.settled."""
+    """The requests of the rows at `positions`; rows that cannot be sent go to plan.settled.
+    `remembered`: what the state remembers of these rows' contacts, when the caller looked it
+    up already (a chunk's contacts, `plan/__init__.py`); else it is looked up here."""
     rows = list(_parse_rows(batch, cells, positions, plan.settled))
+    contacts = _group_contacts(_group_interviews(rows))
+    if remembered is None:
+        remembered = _remembered(contacts, memory) if options.merge else {}
     requests: list[Request] = []
-    for contact, members in _group_contacts(_group_interviews(rows)).items():
-        requests.extend(_contact_requests(contact, members, options, memory, plan))
+    for contact, members in contacts.items():
+        state = remembered.get(contact)
+        requests.extend(_contact_requests(contact, members, options, memory, state, plan))
     return requests
 
 
-def _parse_rows(
-    batch: Batch, cells: Cells, positions: Ints, settled: dict[int, Settled]
-) -> Iterator[_Row]:
+def _remembered(contacts: Mapping[str, object], memory: Memory) -> dict[str, StateNotes]:
+    if not len(memory.state) or not contacts:
+        return {}
+    keys = pa.array(list(contacts), pa.string())
+    return memory.state.entries(list(contacts), memory.state.find(keys))
+
+
+def _parse_rows(batch: Batch, cells: Cells, positions: Ints, settled: Outcomes) -> Iterator[_Row]:
     picked = pa.array(positions, pa.int64())
 
     def column(values: pa.ChunkedArray) -> list[str]:
@@ -119,14 +131,16 @@ def _group_contacts(interviews: list[_Interview]) -> dict[str, list[_Interview]]
 
 
 def _contact_requests(
-    contact: str, members: list[_Interview], options: PlanOptions, memory: Memory, plan: Plan
-) -> list[Request]:
+    contact: str, members: list[_Interview], options: PlanOptions, memory: Memory,
+    state: StateNotes | None, plan: Plan,
+) -> list[Request]:  # fmt: skip
     if not options.merge:
         return [_request(i, contact, _last_context(i), "off") for i in members]
     contexts = [r.context for i in members for r in i.rows if r.context is not None]
     if not contexts:
         return [_request(i, contact, None, "off") for i in members]
-    known = _existing_notes(contact, members, memory, options.rules)
+    notes = file_notes(members[0].email, [i.interview_id for i in members], memory)
+    known = existing_notes(state, notes, options.rules)
     existing = known.context if known is not None else None
     label = "no_existing" if existing is None else "merged"
     if known is None:
@@ -143,29 +157,27 @@ def _last_context(interview: _Interview) -> Context | None:
     return contexts[-1] if contexts else None
 
 
-def _existing_notes(
-    contact: str, members: list[_Interview], memory: Memory, rules: MergeRules
-) -> Known | None:
+def existing_notes(state: StateNotes | None, notes: list[Note], rules: MergeRules) -> Known | None:
     """The notes file and the state: the newer wins (a file row is as old as its updated_at, its
-    file, or its first sighting; the state as its last confirmed send). The contact's file rows,
-    by email and by each interview's id, are combined in file order; '' means known empty."""
-    state = memory.state_contexts.get(contact)
-    notes = _file_notes(members, memory)
-    if notes:
-        state_time = memory.state_times.get(contact)
-        if state is None or state_time is None or max(n.time for n in notes) > state_time:
-            combined = fold(None, [n.context for n in notes], rules)
-            return Known(combined if combined is not None else "", NOTES_FILE)
-    return Known(state, EARLIER_SEND) if state is not None else None
+    file, or its first sighting; the state as its last confirmed send). The contact's file rows
+    are combined in file order; '' means known empty. The merge road by columns (`merged.py`)
+    asks the same."""
+    if notes and (state is None or state[1] is None or max(n.time for n in notes) > state[1]):
+        combined = fold(None, [n.context for n in notes], rules)
+        return Known(combined if combined is not None else "", NOTES_FILE)
+    return Known(state[0], EARLIER_SEND) if state is not None else None
 
 
-def _file_notes(members: list[_Interview], memory: Memory) -> list[Note]:
-    """The contact's notes-file rows, each once, in file order."""
+def file_notes(email: str, interview_ids: Iterable[int], memory: Memory) -> list[Note]:
+    """The contact's notes-file rows (by its first interview's email and by each interview's
+    id), each once, in file order."""
+    if not memory.notes_by_email and not memory.notes_by_interview:
+        return []
     found: dict[int, Note] = {}
-    if members[0].email:
-        found.update((n.row, n) for n in memory.notes_by_email.get(members[0].email, ()))
-    for interview in members:
-        found.update((n.row, n) for n in memory.notes_by_interview.get(interview.interview_id, ()))
+    if email:
+        found.update((n.row, n) for n in memory.notes_by_email.get(email, ()))
+    for interview_id in interview_ids:
+        found.update((n.row, n) for n in memory.notes_by_interview.get(interview_id, ()))
     return [found[row] for row in sorted(found)]
 
 

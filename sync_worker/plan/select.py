@@ -3,39 +3,40 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 
-from sync_worker.plan.model import NOT_ATTEMPTED, SKIPPED, Memory, Plan, PlanOptions, Settled
-from sync_worker.request_table import Ints
+from sync_worker.plan.model import NOT_ATTEMPTED, SKIPPED, Memory, Plan, PlanOptions
+from sync_worker.request_table import Ints, RequestTable
 
 
-def skip_unchanged(plan: Plan, options: PlanOptions, memory: Memory) -> None:
-    """A request whose payload equals the last one sent successfully is skipped (unless --force)."""
-    table = plan.table
-    if options.force or not memory.sent_hashes or not len(table):
-        return
-    sent = memory.sent_hashes
-    ids, hashes = table.interview_id.tolist(), table.sha256()
-    unchanged = [
-        i for i, (id_, h) in enumerate(zip(ids, hashes, strict=True)) if sent.get(id_) == h
-    ]
-    _set_aside(plan, np.array(unchanged, dtype=np.int64), SKIPPED)
+def skip_unchanged(
+    plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory
+) -> RequestTable:
+    """A request whose payload equals the last one sent successfully is skipped (unless
+    --force): its rows settle in the plan, and the requests of `table` left are returned."""
+    if options.force or not len(memory.sent) or not len(table):
+        return table
+    return _set_aside(plan, table, _unchanged(table, memory), SKIPPED)
+
+
+def _unchanged(table: RequestTable, memory: Memory) -> Ints:
+    """The requests whose payload hash is the one last sent for their interview, compared as
+    columns of 32-byte digests."""
+    same = pc.equal(table.sha256(), memory.sent.hashes_of(table.interview_id))
+    return np.flatnonzero(pc.fill_null(same, False).to_numpy(zero_copy_only=False))
 
 
 def apply_max_rows(plan: Plan, max_rows: int | None) -> None:
     """--max-rows: send the first N requests in file order; the rest are not attempted."""
     if max_rows is None or len(plan.table) <= max_rows:
         return
-    _set_aside(plan, np.arange(max_rows, len(plan.table), dtype=np.int64), NOT_ATTEMPTED)
+    left_out = np.arange(max_rows, len(plan.table), dtype=np.int64)
+    plan.table = _set_aside(plan, plan.table, left_out, NOT_ATTEMPTED)
 
 
-def _set_aside(plan: Plan, aside: Ints, status: str) -> None:
-    """Settle every row of the requests at `aside` with `status`; the table keeps the rest."""
-    table = plan.table
-    hashes, merges = table.sha256(), table.merge.to_pylist()
-    for index in aside.tolist():
-        outcome = Settled(status, sha256=hashes[index], merge=merges[index])
-        for position in table.rows_of(index):
-            plan.settled[position] = outcome
+def _set_aside(plan: Plan, table: RequestTable, aside: Ints, status: str) -> RequestTable:
+    """Settle every row of the requests of `table` at `aside` with `status`; the rest."""
+    plan.settled.set_aside(status, table, aside)
     kept = np.ones(len(table), dtype=bool)
     kept[aside] = False
-    plan.table = table.take(np.flatnonzero(kept))
+    return table.take(np.flatnonzero(kept)) if len(aside) else table
