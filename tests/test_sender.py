@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,39 @@ def requests(count: int) -> RequestTable:
     ])  # fmt: skip
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def send_all(
+    handler: Handler, count: int, concurrency: int | None = None, stop_after: float | None = None
+) -> dict[int, Outcome]:
+    """`count` requests sent through a Sender to an in-process server answering with
+    `handler`; each request's outcome. `stop_after`: seconds until the run is told to stop."""
+
+    async def scenario() -> dict[int, Outcome]:
+        app = web.Application()
+        app.router.add_patch("/interviews/{id}", handler)
+        results: dict[int, Outcome] = {}
+        stop = asyncio.Event()
+
+        def sink(request: Request, outcome: Outcome) -> None:
+            results[request.interview_id] = outcome
+
+        async with TestServer(app, host="127.0.0.1") as server:
+            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, concurrency=concurrency,
+                                timeout_s=5.0, policy=RetryPolicy())  # fmt: skip
+            if stop_after is not None:
+                asyncio.get_running_loop().call_later(stop_after, stop.set)
+            await Sender(config, sink, stop).run(ChainQueue(requests(count)))
+        return results
+
+    return asyncio.run(scenario())
+
+
+async def accept(_request: web.Request) -> web.Response:
+    return web.json_response({"interview_request_id": 1})
+
+
 def test_a_surprise_in_one_request_is_recorded_and_the_worker_goes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -33,26 +67,8 @@ def test_a_surprise_in_one_request_is_recorded_and_the_worker_goes_on(
         return await send(self, interview_id, body)
 
     monkeypatch.setattr(Client, "send", breaks_on_3)
-
-    async def accept(_request: web.Request) -> web.Response:
-        return web.json_response({"interview_request_id": 1})
-
-    async def scenario() -> dict[int, Outcome]:
-        app = web.Application()
-        app.router.add_patch("/interviews/{id}", accept)
-        results: dict[int, Outcome] = {}
-
-        def sink(request: Request, outcome: Outcome) -> None:
-            results[request.interview_id] = outcome
-
-        async with TestServer(app, host="127.0.0.1") as server:
-            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, concurrency=1,
-                                timeout_s=5.0, policy=RetryPolicy())  # fmt: skip
-            await Sender(config, sink, asyncio.Event()).run(ChainQueue(requests(6)))
-        return results
-
     with capture_logs() as logs:
-        results = asyncio.run(scenario())
+        results = send_all(accept, 6, concurrency=1)
     assert sorted(results) == [1, 2, 3, 4, 5, 6]  # one worker: it went on past row 3
     assert {i: o.status for i, o in results.items() if o.status != "ok"} == {3: "failed"}
     assert results[3].error_code == "internal_error" and "a bug" in results[3].error_message
@@ -76,26 +92,8 @@ def test_a_worker_that_dies_is_logged_and_the_pool_goes_on(
         return popleft(self)
 
     monkeypatch.setattr(ChainQueue, "popleft", breaks_once)
-
-    async def accept(_request: web.Request) -> web.Response:
-        return web.json_response({"interview_request_id": 1})
-
-    async def scenario() -> dict[int, Outcome]:
-        app = web.Application()
-        app.router.add_patch("/interviews/{id}", accept)
-        results: dict[int, Outcome] = {}
-
-        def sink(request: Request, outcome: Outcome) -> None:
-            results[request.interview_id] = outcome
-
-        async with TestServer(app, host="127.0.0.1") as server:
-            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, concurrency=2,
-                                timeout_s=5.0, policy=RetryPolicy())  # fmt: skip
-            await Sender(config, sink, asyncio.Event()).run(ChainQueue(requests(8)))
-        return results
-
     with capture_logs() as logs:
-        results = asyncio.run(scenario())
+        results = send_all(accept, 8, concurrency=2)
     assert sorted(results) == list(range(1, 9))  # the other worker, or a new one, sent them all
     assert [e["error"] for e in logs if e["event"] == "worker_error"] == [
         "RuntimeError: a bug in the queue"
@@ -136,23 +134,7 @@ def test_a_stop_while_waiting_out_a_429_is_interrupted_not_rate_limit_exceeded()
         return web.json_response({"error": {"code": "rate_limit_exceeded", "message": "slow"}},
                                  status=429, headers={"X-RateLimit-Reset": "30"})  # fmt: skip
 
-    async def scenario() -> dict[int, Outcome]:
-        app = web.Application()
-        app.router.add_patch("/interviews/{id}", refuse)
-        results: dict[int, Outcome] = {}
-        stop = asyncio.Event()
-
-        def sink(request: Request, outcome: Outcome) -> None:
-            results[request.interview_id] = outcome
-
-        async with TestServer(app, host="127.0.0.1") as server:
-            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, timeout_s=5.0,
-                                policy=RetryPolicy())  # fmt: skip
-            asyncio.get_running_loop().call_later(0.3, stop.set)
-            await Sender(config, sink, stop).run(ChainQueue(requests(2)))
-        return results
-
-    results = asyncio.run(scenario())
+    results = send_all(refuse, 2, stop_after=0.3)
     first = results[1]
     assert (first.status, first.error_code, first.http_status) == ("failed", "interrupted", 429)
     assert "rate-limit pause" in first.error_message and first.attempts == 1
