@@ -44,9 +44,6 @@ class Latencies:
     def __init__(self) -> None:
         self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT)  # (answered at, s)
 
-    def __len__(self) -> int:
-        return len(self._samples)
-
     def observe(self, now: float, seconds: float) -> None:
         self._samples.append((now, seconds))
 

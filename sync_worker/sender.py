@@ -29,7 +29,7 @@ from sync_worker.errors import FatalApiError
 from sync_worker.limiter import Pacer
 from sync_worker.logs import get_logger, redact
 from sync_worker.outage import Outage
-from sync_worker.pool import DEFAULT_MAX, PoolSize, Resize, needed
+from sync_worker.pool import DEFAULT_MAX, PERCENTILE, PoolSize, Resize, needed
 from sync_worker.request_table import ChainQueue, Request
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
@@ -65,7 +65,7 @@ class SendReport:
     started: set[int] = field(default_factory=set)  # interview ids whose request went out
     elapsed_s: float = 0.0
     learned_per_minute: float | None = None
-    workers_peak: int = 0  # the most requests the pool allowed in flight at once
+    workers_peak: int = 0  # the most workers that ran at once
     latency_p95_ms: int | None = None  # of the answers near the end of the run
     past_deadline: bool = False  # the send ended after --max-duration's deadline
 
@@ -107,7 +107,7 @@ class Sender:
 
     def _report(self, client: Client, pacer: Pacer, size: PoolSize, elapsed: float) -> SendReport:
         now = pacer.now()
-        p95 = size.recent(0.95, now)
+        p95 = size.recent(PERCENTILE, now)
         return SendReport(
             client.counters, self._fatal, client.started, elapsed,
             learned_per_minute=None if pacer.learned is None else pacer.learned.per_minute,
@@ -258,7 +258,7 @@ class Sender:
 
     def _log_pool_end(self, size: PoolSize, now: float, queue: ChainQueue) -> None:
         p50 = size.recent(0.5, now)
-        p95 = size.recent(0.95, now)
+        p95 = size.recent(PERCENTILE, now)
         self._log.info(
             "pool_summary", workers_peak=self._peak, fixed=size.fixed is not None,
             latency_p50_ms=None if p50 is None else round(p50 * 1000),

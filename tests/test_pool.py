@@ -274,11 +274,11 @@ def test_pool_grows_with_latency_shrinks_after_it_and_the_window_holds(
     assert {row["status"] for row in read_ledger(tmp_path / "ledger.csv")} == {"ok"}
     assert max(r["in_flight"] for r in log) > 31
     sizes = [(e["previous"], e["workers"]) for e in result.events() if e["event"] == "pool_resized"]
-    grown = max(workers for _previous, workers in sizes)
-    assert grown >= needed(40, 1.0)
+    assert max(workers for _previous, workers in sizes) > 31  # the log shows the growth
     assert any(workers < previous for previous, workers in sizes[1:]), sizes
     end = result.event("pool_summary")
-    assert end["workers_peak"] > 31
+    # Little's law at 1 s, on the workers that ran: the log skips moves under 20% (51 -> 61)
+    assert end["workers_peak"] >= needed(40, 1.0)
     assert end["latency_p95_ms"] < 100 and not end["fixed"]
 
 
