@@ -188,8 +188,7 @@ def _run_locked(
             recorder = Recorder(run_id, batch, ledger, None if options.dry_run else state,
                                 on_failure=stopper.request,
                                 remarks=prepared.remarks)  # fmt: skip
-            for position, outcome in plan.settled.items():  # in position order
-                recorder.settled(position, outcome)
+            recorder.settle_all(plan.settled)
             recorder.flush()
             _log_start(settings, options, batch, plan, ledger.path)
             report = _send_or_dry_run(options, plan, recorder, send, stopper)

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, NamedTuple, cast
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -80,6 +81,33 @@ class Batch:
         """(file index, 1-based row, interview_id as written, contact_email) of a row."""
         files, rows, ids, emails = self._lookup
         return files[position], rows[position], ids[position], emails[position]
+
+    @cached_property
+    def _columns(self) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array]:
+        frame = self.frame
+        return (
+            frame[FILE_COL].to_numpy(),
+            frame[ROW_COL].to_numpy(),
+            pa.array(frame[ID], pa.string()),
+            pa.array(frame[CONTACT_KEY], pa.string()),
+        )
+
+    def locate_all(self, positions: np.ndarray) -> Located:
+        """`locate` for many rows at once, as columns (a nightly run's million skipped rows)."""
+        files, rows, ids, emails = self._columns
+        at = pa.array(positions)
+        return Located([self.files[index] for index in files[positions].tolist()],
+                       rows[positions].tolist(), pc.fill_null(ids.take(at), "").to_pylist(),
+                       pc.fill_null(emails.take(at), "").to_pylist())  # fmt: skip
+
+
+class Located(NamedTuple):
+    """Rows' places, as columns: file, 1-based row, interview_id as written, contact_email."""
+
+    files: list[str]
+    rows: list[int]
+    ids: list[str]
+    emails: list[str]
 
 
 def use_lean_memory_pool() -> None:

@@ -20,7 +20,7 @@ from sync_worker.client import Outcome
 from sync_worker.clock import now_iso
 from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, Result, Where
-from sync_worker.plan import NOT_ATTEMPTED, Plan, Settled
+from sync_worker.plan import NOT_ATTEMPTED, Outcomes, Plan, SetAside, Settled
 from sync_worker.reader import Batch
 from sync_worker.request_table import Request
 from sync_worker.state import State, Success
@@ -43,13 +43,25 @@ class Recorder:
     state: State | None  # None: a dry run, which remembers nothing
     progress: tqdm[Any] | None = None
     counts: Counter[str] = field(default_factory=Counter)  # status -> rows written
-    written: set[int] = field(default_factory=set)  # row positions with their ledger line
+    written: set[int] = field(default_factory=set)  # rows of requests with their ledger line
     on_failure: Callable[[str], None] | None = None  # told when a scheduled flush fails
     remarks: Mapping[int, tuple[str, str]] = field(default_factory=dict)  # revert: fields left
     failure: Exception | None = None  # what a scheduled flush met: the run stops on it
     cut_short: int = 0  # rows whose request ended not_attempted (stopped waiting for its slot)
     _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
+
+    def settle_all(self, outcomes: Outcomes) -> None:
+        """The lines of every row decided without a request, in position order; rows set
+        aside in bulk are written as columns."""
+        for piece in outcomes.pieces():
+            if isinstance(piece, SetAside):
+                where = self.batch.locate_all(piece.positions)
+                self.ledger.write_set_aside(self.run_id, where, piece.status, piece.merges,
+                                            piece.hashes)  # fmt: skip
+                self.counts[piece.status] += len(piece.hashes)
+            else:
+                self.settled(*piece)
 
     def settled(self, position: int, outcome: Settled) -> None:
         """A row decided without a request: invalid, skipped, left out."""
@@ -83,6 +95,7 @@ class Recorder:
                 code, message = self.remarks[request.interview_id]
                 result = result._replace(error_code=code, error_message=message)
             self._lines(request.rows, result)
+            self.written.update(request.rows)
             if outcome.status == "ok":
                 successes.append(Success(request.interview_id, request.sha256, request.contact,
                                          request.context_json, self.run_id,
@@ -99,7 +112,6 @@ class Recorder:
             write(Where(run_id=run_id, source_file=files[file_index], source_row=row,
                         interview_id=interview_id, contact_email=email), result)  # fmt: skip
         self.counts[result.status] += len(positions)
-        self.written.update(positions)
 
     def _schedule_flush(self) -> None:
         if self._flush_scheduled:
@@ -141,21 +153,23 @@ class Recorder:
             )
 
     def fill_unwritten(self, plan: Plan, on_the_wire: set[int]) -> int:
-        """Every row gets its line: never sent is not_attempted; cut off in flight, failed.
-        Returns how many rows the plan meant to send were left not_attempted (these, and those
-        the sender ended so while they waited for their slot)."""
-        left = self.cut_short
+        """Every row gets its line: never sent is not_attempted (written as columns: a backfill
+        stopped early leaves a million); cut off in flight, failed. Returns how many rows the
+        plan meant to send were left not_attempted (these, and those the sender ended so while
+        they waited for their slot)."""
         table = plan.table
-        unwritten = [i for i, p in enumerate(table.position.tolist()) if p not in self.written]
-        for request in table.take(np.array(unwritten, dtype=np.int64)):
-            if request.interview_id in on_the_wire:
-                outcome = Outcome("failed", error_code="interrupted", finished_at=now_iso(),
-                                  error_message="stopped while in flight; the server may have it",
-                                  attempts=1)  # fmt: skip
-                self.result(request, outcome)
-            else:
-                left += len(request.rows)
-                for position in request.rows:
-                    self.settled(position, Settled(NOT_ATTEMPTED, sha256=request.sha256,
-                                                   merge=request.merge))  # fmt: skip
-        return left
+        unwritten = np.array(
+            [i for i, p in enumerate(table.position.tolist()) if p not in self.written],
+            dtype=np.int64,
+        )
+        wire = np.fromiter(on_the_wire, dtype=np.int64, count=len(on_the_wire))
+        in_flight = np.isin(table.interview_id[unwritten], wire)
+        for request in table.take(unwritten[in_flight]):
+            outcome = Outcome("failed", error_code="interrupted", finished_at=now_iso(),
+                              error_message="stopped while in flight; the server may have it",
+                              attempts=1)  # fmt: skip
+            self.result(request, outcome)
+        never_sent = Outcomes()
+        never_sent.set_aside(NOT_ATTEMPTED, table, unwritten[~in_flight])
+        self.settle_all(never_sent)
+        return self.cut_short + len(never_sent)

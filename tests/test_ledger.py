@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 from conftest import write_line
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sync_worker.errors import ConfigError
-from sync_worker.ledger import COLUMNS, Ledger, escape_formula, read_ledger
+from sync_worker.ledger import COLUMNS, Ledger, Result, Where, escape_formula, read_ledger
 from sync_worker.logs import register_secret
 
 LINE = {
@@ -85,3 +87,45 @@ def test_a_dated_ledger_taken_while_this_run_planned_gets_the_run_id(tmp_path: P
     assert chosen.read_text() == "the other run's ledger\n"
     with pytest.raises(ConfigError, match="already exists"):
         Ledger(tmp_path / "2026-11-29-r2.csv", "r2" if fills_in("fixed.csv") else None)
+
+
+CELL_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=8) | st.sampled_from(
+    ["", "=cmd()", "-1", "a,b", 'say "hi"', "two\nlines", "\tx", "x\r", "@home", " lead"]
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.tuples(
+            CELL_TEXT,
+            st.integers(1, 10**6),
+            CELL_TEXT,
+            CELL_TEXT,
+            st.sampled_from(["off", "merged", "no_existing"]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    status=st.sampled_from(["skipped_unchanged", "not_attempted"]),
+    suffix=st.sampled_from([".csv", ".jsonl"]),
+)
+def test_rows_set_aside_in_bulk_are_the_bytes_a_line_each_gives(
+    tmp_path: Path, rows: list[tuple[str, int, str, str, str]], status: str, suffix: str
+) -> None:
+    """A nightly run writes its skipped rows as columns: every text cell (quotes, commas, line
+    ends, formula starts) comes out as the csv module writes it in `write`."""
+    one_by_one = Ledger(tmp_path / f"one-{len(list(tmp_path.iterdir()))}{suffix}")
+    in_bulk = Ledger(tmp_path / f"bulk-{len(list(tmp_path.iterdir()))}{suffix}")
+    digests = [f"{i:064x}" for i in range(len(rows))]
+    for (file, row, interview_id, email, merge), digest in zip(rows, digests, strict=True):
+        one_by_one.write(Where("run-1", file, row, interview_id, email),
+                         Result(status, merge=merge, payload_sha256=digest))  # fmt: skip
+    where = [list(column) for column in zip(*[r[:4] for r in rows], strict=True)]
+    in_bulk.write_set_aside("run-1", where, status, [r[4] for r in rows], digests)
+    one_by_one.close()
+    in_bulk.close()
+    assert in_bulk.path.read_bytes() == one_by_one.path.read_bytes()
+    assert in_bulk.lines == one_by_one.lines == len(rows)

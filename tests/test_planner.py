@@ -13,15 +13,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker.fields import SENT_FIELDS
 from sync_worker.merger import MergeRules
-from sync_worker.plan import Memory, Outcomes, Plan, PlanOptions, Settled, build_plan, plan_lines
+from sync_worker.plan import (
+    Memory,
+    Outcomes,
+    Plan,
+    PlanOptions,
+    Settled,
+    build_plan,
+    model,
+    plan_lines,
+)
 from sync_worker.plan.cells import Cells
 from sync_worker.plan.contacts import Contacts, lower
-from sync_worker.plan.model import Known, Note
+from sync_worker.plan.model import Known, Note, SetAside
 from sync_worker.plan.remembered import Remembered, Sent
 from sync_worker.reader import Batch, ReadOptions, read_batch
 from sync_worker.request_table import ChainQueue, Request, hex_digests
@@ -513,6 +522,43 @@ def test_outcomes_read_bulk_and_single_rows_in_order(tmp_path: Path) -> None:
     assert outcomes[1] == Settled("skipped_unchanged", sha256=hashes[1])
     assert outcomes[3] == Settled("not_attempted") and len(outcomes) == 5
     assert outcomes.invalid() == [(5, Settled("invalid", "bad_json"))]
+    pieces = list(outcomes.pieces())
+    assert isinstance(pieces[0], SetAside) and pieces[0].positions.tolist() == [0, 1, 2]
+    assert pieces[0].hashes == [hashes[0], hashes[1], hashes[0]]
+    assert pieces[1:] == [(3, Settled("not_attempted")), (5, Settled("invalid", "bad_json"))]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.sets(st.integers(0, 11)), second=st.sets(st.integers(0, 11)),
+    singles=st.sets(st.integers(0, 13)), chunk=st.sampled_from([1, 2, 5, 1000]),
+)  # fmt: skip
+def test_outcomes_pieces_are_every_row_once_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: set[int], second: set[int],
+    singles: set[int], chunk: int,
+) -> None:  # fmt: skip
+    """Two bulk set-asides (a nightly skip, then --max-rows leaving some out) and rows settled
+    one by one, interleaved: the pieces the ledger writes are every row once, in position order,
+    each as `outcomes[row]` reads it; a bulk run is cut every CHUNK rows."""
+    monkeypatch.setattr(model, "CHUNK", chunk)
+    _b, plan = plan_for(tmp_path, "".join(f"{i % 7},N{i},,,,\n" for i in range(12)))
+    second -= first  # a request is set aside once
+    outcomes = Outcomes({p: Settled("invalid", "x") for p in singles})
+    for status, indices in (("skipped_unchanged", first), ("not_attempted", second)):
+        picked = [i for i in sorted(indices) if i < len(plan.table)]
+        outcomes.set_aside(status, plan.table, np.array(picked, dtype=np.int64))
+    read = []
+    for piece in outcomes.pieces():
+        if isinstance(piece, SetAside):
+            assert 0 < len(piece.positions) <= chunk
+            read += list(piece.outcomes())
+        else:
+            read.append(piece)
+    positions = [p for p, _s in read]
+    assert positions == sorted(set(positions)) and len(read) == len(outcomes)
+    assert read == [(p, outcomes[p]) for p in positions] == list(outcomes.items())
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from sync_worker.plan.model import (
     Outcomes,
     Plan,
     PlanOptions,
+    SetAside,
     Settled,
 )
 from sync_worker.plan.output import plan_lines
@@ -49,6 +50,7 @@ __all__ = [
     "Outcomes",
     "Plan",
     "PlanOptions",
+    "SetAside",
     "Settled",
     "build_plan",
     "plan_lines",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import heapq
 import json
 from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -17,7 +15,13 @@ from sync_worker.history import EARLIER_SEND
 from sync_worker.merger import Context, MergeRules
 from sync_worker.plan.remembered import Remembered, Sent
 from sync_worker.reader import Batch
-from sync_worker.request_table import CHUNK, Ints, RequestTable, contacts_with_several_contexts
+from sync_worker.request_table import (
+    CHUNK,
+    Ints,
+    RequestTable,
+    contacts_with_several_contexts,
+    digest_texts,
+)
 
 INVALID = "invalid"
 SKIPPED = "skipped_unchanged"
@@ -91,29 +95,56 @@ class Outcomes(Mapping[int, Settled]):
         return (position for position, _outcome in self.items())
 
     def __len__(self) -> int:
-        return len(self._rows) + sum(len(a.rows) - len(self._in_rows(a)) for a in self._bulk)
+        return len(self._rows) + sum(len(self._kept(aside)) for aside in self._bulk)
 
     def items(self) -> ItemsView[int, Settled]:
         return _InOrder(self)
 
     def in_order(self) -> Iterator[tuple[int, Settled]]:
         """Every (position, outcome), in position order, made a chunk at a time."""
-        streams: list[Iterator[tuple[int, Settled]]] = [iter(sorted(self._rows.items()))]
-        streams += [aside.stream(self._in_rows(aside)) for aside in self._bulk]
-        if not self._rows and len(self._bulk) == 1:
-            return streams[1]
-        return heapq.merge(*streams, key=itemgetter(0))
+        for piece in self.pieces():
+            if isinstance(piece, SetAside):
+                yield from piece.outcomes()
+            else:
+                yield piece
+
+    def pieces(self) -> Iterator[tuple[int, Settled] | SetAside]:
+        """Every row in position order: a row settled one by one as (position, outcome), rows
+        set aside in bulk as runs of up to CHUNK rows (the ledger writes those as columns)."""
+        singles = sorted(self._rows.items())
+        listed = np.array([p for p, _s in singles], dtype=np.int64)
+        positions, sources, at = [listed], [np.full(len(listed), -1)], [np.arange(len(listed))]
+        for number, aside in enumerate(self._bulk):
+            kept = self._kept(aside)
+            positions.append(aside.rows[kept])
+            sources.append(np.full(len(kept), number))
+            at.append(kept)
+        position, source, index = (np.concatenate(parts) for parts in (positions, sources, at))
+        if not len(position):
+            return
+        if sum(1 for part in positions if len(part)) > 1:
+            order = np.argsort(position, kind="stable")
+            position, source, index = position[order], source[order], index[order]
+        cuts = np.flatnonzero(source[1:] != source[:-1]) + 1
+        for start, end in zip([0, *cuts.tolist()], [*cuts.tolist(), len(source)], strict=True):
+            if source[start] < 0:
+                yield from singles[int(index[start]) : int(index[end - 1]) + 1]
+                continue
+            aside = self._bulk[int(source[start])]
+            for first in range(start, end, CHUNK):
+                yield aside.take(index[first : min(end, first + CHUNK)])
 
     def invalid(self) -> list[tuple[int, Settled]]:
         """The invalid rows, in position order (always settled one by one)."""
         return sorted((p, s) for p, s in self._rows.items() if s.status == INVALID)
 
-    def _in_rows(self, aside: _Aside) -> np.ndarray:
-        """Rows of `aside` that were also settled one by one (they count once, as those)."""
+    def _kept(self, aside: _Aside) -> np.ndarray:
+        """Indices of the rows of `aside` not also settled one by one (those count once, as
+        that)."""
         if not self._rows:
-            return np.zeros(0, dtype=np.int64)
+            return np.arange(len(aside.rows))
         listed = np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))
-        return np.asarray(aside.rows[np.isin(aside.rows, listed)], dtype=np.int64)
+        return np.flatnonzero(~np.isin(aside.rows, listed))
 
 
 class _InOrder(ItemsView[int, Settled]):
@@ -136,20 +167,28 @@ class _Aside:
         return Settled(self.status, sha256=self.hashes[request].as_py().hex(),
                        merge=self.merges[request].as_py())  # fmt: skip
 
-    def stream(self, skipped: np.ndarray) -> Iterator[tuple[int, Settled]]:
-        """(position, outcome) in order, CHUNK rows made into objects at a time; rows in
-        `skipped` are left out."""
-        left_out, status = set(skipped.tolist()), self.status
-        for start in range(0, len(self.rows), CHUNK):
-            rows = self.rows[start : start + CHUNK].tolist()
-            requests = pa.array(self.requests[start : start + CHUNK])
-            hashes = self.hashes.take(requests).to_pylist()
-            merges = self.merges.take(requests).to_pylist()
-            made = [
-                (position, Settled(status, "", "", digest.hex(), merge))
-                for position, digest, merge in zip(rows, hashes, merges, strict=True)
-            ]
-            yield from (made if not left_out else [m for m in made if m[0] not in left_out])
+    def take(self, at: Ints) -> SetAside:
+        """The rows at indices `at` (into `rows`), as columns."""
+        requests = pa.array(self.requests[at])
+        return SetAside(self.status, self.rows[at],
+                        digest_texts(self.hashes.take(requests)),
+                        self.merges.take(requests).to_pylist())  # fmt: skip
+
+
+class SetAside(NamedTuple):
+    """Rows set aside in bulk, in position order, as columns: one status, each row's request's
+    hash and merge label."""
+
+    status: str
+    positions: Ints
+    hashes: list[str]
+    merges: list[str]
+
+    def outcomes(self) -> Iterator[tuple[int, Settled]]:
+        status = self.status
+        for position, digest, merge in zip(self.positions.tolist(), self.hashes, self.merges,
+                                           strict=True):  # fmt: skip
+            yield position, Settled(status, "", "", digest, merge)
 
 
 class Known(NamedTuple):
