@@ -22,7 +22,6 @@ rows, so the history adds nothing to the hot path.
 from __future__ import annotations
 
 import fcntl
-import gc
 import json
 import os
 import shlex
@@ -39,6 +38,7 @@ import pyarrow as pa
 
 from sync_worker import history
 from sync_worker.clock import now_iso
+from sync_worker.collector import collector_off
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
 from sync_worker.merger import Context
 from sync_worker.paths import create_private, open_private
@@ -107,17 +107,6 @@ FOLD = (
 SQLITE_IN_USE = frozenset({5, 6})  # BUSY, LOCKED
 SQLITE_CANNOT_WRITE = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR, FULL, CANTOPEN
 FETCH_ROWS = 50_000  # rows read into columns at a time (planning's view of the state)
-
-
-@contextmanager
-def _collector_off() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class Success(NamedTuple):
@@ -374,7 +363,7 @@ class State:
         if "journal" in self._tables:  # none in a state from before it
             queries.append(f"SELECT {columns} FROM journal {where} ORDER BY rowid")
         self._journal_rows = 0
-        with self._errors_named(), _collector_off():
+        with self._errors_named(), collector_off():
             for query in queries:
                 cursor = self._db.execute(query)
                 while rows := cursor.fetchmany(FETCH_ROWS):
@@ -427,7 +416,7 @@ class State:
         sends' planned changes into the history."""
         if self._db is None or not self._writable:
             return
-        with self._db:
+        with self._db, collector_off():  # a row tuple per history row: no cycles
             self._db.execute("BEGIN")
             history.materialize(self._db)
             for statement in FOLD:

@@ -6,11 +6,16 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from conftest import SandboxServer, cli_env, run_cli, write_csv
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sync_worker import history
 from sync_worker.history import Change, RunHistory
+from sync_worker.merger import canonical
+from sync_worker.plan.changes import fields_of
 from sync_worker.state import State
 
 HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact_context"]
@@ -98,3 +103,20 @@ def test_pruning_keeps_the_last_values_and_the_fold_mark_sound(tmp_path: Path) -
     assert db.execute("SELECT value_json FROM field_values").fetchall() == [('"Bo"',)]
     assert history.prune(db, 90, datetime.now(UTC) + timedelta(days=1)) == 0
     state.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(), JSON_VALUES, max_size=4))
+def test_a_bodys_fields_are_cut_as_each_value_would_be_serialised(body: dict[str, Any]) -> None:
+    """The changes a run plans take each field's canonical JSON from the body's own text (no
+    value serialised again): it must be what `canonical` gives for that value alone, whatever
+    the value holds (quotes, braces and commas in text, nesting, numbers)."""
+    expected = [(name, canonical(value)) for name, value in sorted(body.items())]
+    assert fields_of(canonical(body)) == expected
