@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from conftest import SandboxServer, cli_env, run_cli, write_csv
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import history
-from sync_worker.history import Change, RunHistory
+from sync_worker.history import Change
 from sync_worker.merger import canonical
 from sync_worker.plan.changes import fields_of
 from sync_worker.state import State
@@ -78,26 +79,109 @@ def change(field: str, sent: str, shared: bool = True) -> Change:
     return Change("contact", "ana@x.com", 1, field, '"old"', sent, "earlier_send", 1, shared)
 
 
-def test_a_contacts_interviews_chain_their_versions() -> None:
-    run = RunHistory("r1")
-    first = run.rows([change("contact_context", '"a"')], "t1")
-    same = run.rows([change("contact_context", '"a"')._replace(interview_id=2)], "t2")
-    other = run.rows([change("contact_context", '"b"')._replace(interview_id=3)], "t3")
-    assert [(r[6], r[7]) for r in first] == [('"old"', '"a"')]
-    assert same == []  # the contact's second interview wrote nothing new
-    assert [(r[4], r[6], r[7], r[8]) for r in other] == [(3, '"a"', '"b"', "earlier_send")]
+HistoryRow = tuple[str, str, str, str, int, str, str | None, str, str, int]
+
+
+def row_of(run_id: str, at: str, c: Change) -> HistoryRow:
+    return (run_id, at, c.level, c.key, c.interview_id, c.field, c.before_json, c.sent_json,
+            c.source, c.changed)  # fmt: skip
+
+
+def insert(db: sqlite3.Connection, rows: list[HistoryRow]) -> None:
+    db.executemany("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def chained(sends: list[tuple[str, str, list[Change]]]) -> list[HistoryRow]:
+    """The history rows of confirmed sends (run, time, planned changes), in arrival order, as
+    the worker made them in Python before `history.MATERIALIZE`: a field several sends of a run
+    share takes the run's previous value as its value before, and one written again is left."""
+    written: dict[tuple[str, str, str, str], str] = {}
+    rows = []
+    for run_id, at, changes in sends:
+        for c in sorted(changes, key=lambda c: c.field):
+            if c.shared:
+                prior = written.get((run_id, c.level, c.key, c.field))
+                written[run_id, c.level, c.key, c.field] = c.sent_json
+                if prior == c.sent_json:
+                    continue
+                if prior is not None:
+                    c = c._replace(before_json=prior, source="earlier_send", changed=1)
+            rows.append(row_of(run_id, at, c))
+    return rows
+
+
+def materialized(tmp_path: Path, sends: list[tuple[str, str, list[Change]]]) -> list[HistoryRow]:
+    """The same sends planned and journaled in a real state, then folded into its history."""
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "state.sqlite"  # a new one for each example
+    state = State.open(path)
+    db = state.database
+    assert db is not None
+    by_run: dict[str, dict[int, tuple[Change, ...]]] = {}
+    for run_id, _at, changes in sends:
+        by_run.setdefault(run_id, {})[changes[0].interview_id] = tuple(changes)
+    for run_id, planned in by_run.items():
+        history.plan(db, run_id, planned)
+    with db:
+        db.executemany("INSERT INTO journal VALUES (?, '', '', NULL, ?, ?)",
+                       [(c[0].interview_id, run_id, at) for run_id, at, c in sends])  # fmt: skip
+    state.close()  # folds the journal: MATERIALIZE
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT * FROM history ORDER BY rowid").fetchall()
+
+
+def test_a_contacts_interviews_chain_their_versions(tmp_path: Path) -> None:
+    sends = [("r1", "t1", [change("contact_context", '"a"')]),
+             ("r1", "t2", [change("contact_context", '"a"')._replace(interview_id=2)]),
+             ("r1", "t3", [change("contact_context", '"b"')._replace(interview_id=3)])]  # fmt: skip
+    rows = materialized(tmp_path, sends)
+    assert [(r[4], r[6], r[7], r[8]) for r in rows] == [
+        (1, '"old"', '"a"', "earlier_send"),
+        (3, '"a"', '"b"', "earlier_send"),  # the contact's second interview wrote nothing new
+    ]
+    assert rows == chained(sends)
+
+
+SENDS = st.lists(
+    st.tuples(
+        st.sampled_from(["r1", "r2"]),
+        st.sampled_from(["contact:a", "contact:b", "interview:7"]),
+        st.sets(st.sampled_from(["contact_context", "contact_name", "objective"]), min_size=1),
+        st.sampled_from(['"x"', '"y"', '{"k":"v"}']),
+        st.booleans(),
+        st.sampled_from(["unknown", "notes_file", "earlier_send"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(SENDS)
+def test_the_history_statement_chains_as_the_python_it_replaced(
+    tmp_path: Path, drawn: list[tuple[str, str, set[str], str, bool, str]]
+) -> None:
+    """Two runs' sends, their fields shared or not, values repeated or not, in any arrival
+    order: the one SQL statement gives the rows, values before and order the loop gave."""
+    sends = []
+    for interview_id, (run_id, key, fields, sent, shared, source) in enumerate(drawn, 1):
+        changes = [Change("contact", key, interview_id, name, None if source == "unknown"
+                          else '"before"', sent, source, int(sent != '"x"'), shared)
+                   for name in sorted(fields)]  # fmt: skip
+        sends.append((run_id, f"t{interview_id}", changes))
+    assert materialized(tmp_path, sends) == chained(sends)
 
 
 def test_pruning_keeps_the_last_values_and_the_fold_mark_sound(tmp_path: Path) -> None:
     state = State.open(tmp_path / "s.sqlite")
     db = state.database
     assert db is not None
-    old = history.row_of("r1", "2020-01-01T00:00:00.000Z", change("contact_name", '"Ana"'))
-    history.insert(db, [old])
+    old = row_of("r1", "2020-01-01T00:00:00.000Z", change("contact_name", '"Ana"'))
+    insert(db, [old])
     assert history.prune(db, 90, datetime.now(UTC)) == 1
     assert history.last_values(db) == {("contact", "ana@x.com", "contact_name"): '"Ana"'}
-    new = history.row_of("r2", datetime.now(UTC).isoformat(), change("contact_name", '"Bo"'))
-    history.insert(db, [new])  # its rowid restarts at 1, below the old mark
+    new = row_of("r2", datetime.now(UTC).isoformat(), change("contact_name", '"Bo"'))
+    insert(db, [new])  # its rowid restarts at 1, below the old mark
     assert history.last_values(db) == {("contact", "ana@x.com", "contact_name"): '"Bo"'}
     history.fold(db)
     assert db.execute("SELECT value_json FROM field_values").fetchall() == [('"Bo"',)]
