@@ -14,11 +14,26 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, Protocol
 
 from sync_worker.errors import ConfigError, InputError
 from sync_worker.logs import redact
 from sync_worker.paths import check_writable, open_private, unwritable
+
+
+class SettledColumns(Protocol):
+    """Rows settled before any request, as columns (plan.model.SettledRows)."""
+
+    @property
+    def statuses(self) -> Sequence[str]: ...
+    @property
+    def codes(self) -> Sequence[str]: ...
+    @property
+    def messages(self) -> Sequence[str]: ...
+    @property
+    def hashes(self) -> Sequence[str]: ...
+    @property
+    def merges(self) -> Sequence[str]: ...
 
 
 class Where(NamedTuple):
@@ -136,36 +151,44 @@ class Ledger:
         if self._jsonl:
             self._file.write(json.dumps(dict(zip(COLUMNS, values, strict=True))) + "\n")
         else:
+            returns = False
             for index in TEXT_CELLS:
                 value = values[index]
-                if value and value[0] in FORMULA_STARTS:
-                    values[index] = escape_formula(value)
-            self._csv.writerow(values)
+                if value:
+                    if value[0] in FORMULA_STARTS:
+                        values[index] = escape_formula(value)
+                    returns = returns or "\r" in value
+            if returns:  # quoted only by a writer whose line end holds it
+                self._file.write(_crlf_line(values)[:-2] + "\n")
+            else:
+                self._csv.writerow(values)
         self.lines += 1
 
-    def write_set_aside(self, run_id: str, where: Sequence[Sequence[Any]], status: str,
-                        merges: Sequence[str], hashes: Sequence[str]) -> None:  # fmt: skip
-        """Lines for rows settled in bulk, given as columns (`where`: source files, source
-        rows, interview ids, emails): no request, so no HTTP status, error, attempt or time;
-        each row has its request's merge label and payload hash. A nightly run writes a
-        million of these: as text joined here, ~10x faster than a `write` each."""
-        files, rows, ids, emails = where
+    def write_settled(self, run_id: str, where: Sequence[Sequence[Any]],
+                      rows: SettledColumns) -> None:  # fmt: skip
+        """Lines for rows settled before any request, given as columns (`where`: source files,
+        source rows, interview ids, emails): no HTTP status, attempt or time. A nightly run
+        writes a million of these: joined as text here, ~10x faster than a `write` each."""
+        files, source_rows, ids, emails = where
+        messages = [redact(message) if message else "" for message in rows.messages]
         if self._jsonl:
-            for file, row, interview_id, email, merge, digest in zip(
-                files, rows, ids, emails, merges, hashes, strict=True
-            ):
+            for file, row, interview_id, email, status, code, message, merge, digest in zip(
+                files, source_rows, ids, emails, rows.statuses, rows.codes, messages,
+                rows.merges, rows.hashes, strict=True,
+            ):  # fmt: skip
                 self.write(Where(run_id, file, row, interview_id, email),
-                           Result(status, merge=merge, payload_sha256=digest))  # fmt: skip
+                           Result(status, None, code, message, 0, merge, digest))  # fmt: skip
             return
-        files, ids, emails, merges = (_csv_cells(column) for column in (files, ids, emails, merges))
-        tail = f",{_csv_cell(status)},,,,0,"
+        cells = [_csv_cells(column) for column in (files, ids, emails, rows.statuses, rows.codes,
+                                                   messages, rows.merges)]  # fmt: skip
         self._file.write("".join([
-            f"{run_id},{file},{row},{interview_id},{email}{tail}{merge},{digest},,\n"
-            for file, row, interview_id, email, merge, digest in zip(
-                files, rows, ids, emails, merges, hashes, strict=True
+            f"{run_id},{file},{row},{interview_id},{email},{status},,{code},{message},0,{merge},"
+            f"{digest},,\n"
+            for file, row, interview_id, email, status, code, message, merge, digest in zip(
+                *cells[:1], source_rows, *cells[1:], rows.hashes, strict=True
             )
         ]))  # fmt: skip
-        self.lines += len(rows)
+        self.lines += len(source_rows)
 
     def flush(self) -> None:
         self._file.flush()
@@ -189,9 +212,16 @@ def _csv_cells(values: Sequence[str]) -> Sequence[str]:
 def _csv_cell(value: str) -> str:
     if not value or not _NOT_PLAIN.search(value):
         return value
+    return _crlf_line([escape_formula(value)])[:-2]
+
+
+def _crlf_line(values: Sequence[Any]) -> str:
+    """A CSV line ended by CR LF. The csv module quotes a cell holding any character of the
+    line end it writes, and only those: with the ledger's LF, a cell holding a lone CR went
+    unquoted, and every reader (`report` included) took it for the end of the line."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow([escape_formula(value)])
-    return buffer.getvalue()[:-1]
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    return buffer.getvalue()
 
 
 def summary_path(ledger_path: Path) -> Path:

@@ -20,7 +20,7 @@ from sync_worker.client import Outcome
 from sync_worker.clock import now_iso
 from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, Result, Where
-from sync_worker.plan import NOT_ATTEMPTED, Outcomes, Plan, SetAside, Settled
+from sync_worker.plan import NOT_ATTEMPTED, Outcomes, Plan
 from sync_worker.reader import Batch
 from sync_worker.request_table import Request
 from sync_worker.state import State, Success
@@ -52,23 +52,12 @@ class Recorder:
     _flush_scheduled: bool = False
 
     def settle_all(self, outcomes: Outcomes) -> None:
-        """The lines of every row decided without a request, in position order; rows set
-        aside in bulk are written as columns."""
-        for piece in outcomes.pieces():
-            if isinstance(piece, SetAside):
-                where = self.batch.locate_all(piece.positions)
-                self.ledger.write_set_aside(self.run_id, where, piece.status, piece.merges,
-                                            piece.hashes)  # fmt: skip
-                self.counts[piece.status] += len(piece.hashes)
-            else:
-                self.settled(*piece)
-
-    def settled(self, position: int, outcome: Settled) -> None:
-        """A row decided without a request: invalid, skipped, left out."""
-        result = Result(status=outcome.status, error_code=outcome.error_code,
-                        error_message=outcome.error_message, merge=outcome.merge,
-                        payload_sha256=outcome.sha256)  # fmt: skip
-        self._lines([position], result)
+        """The lines of every row decided without a request (invalid, skipped, left out), in
+        position order, written as columns a chunk at a time."""
+        for rows in outcomes.chunks():
+            where = self.batch.locate_all(rows.positions)
+            self.ledger.write_settled(self.run_id, where, rows)
+            self.counts.update(rows.statuses)
 
     def result(self, request: Request, outcome: Outcome) -> None:
         """A request's outcome (the hot path: queued, written in the next flush)."""

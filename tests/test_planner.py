@@ -30,7 +30,7 @@ from sync_worker.plan import (
 )
 from sync_worker.plan.cells import Cells
 from sync_worker.plan.contacts import Contacts, lower
-from sync_worker.plan.model import Known, Note, SetAside
+from sync_worker.plan.model import Known, Note
 from sync_worker.plan.remembered import Remembered, Sent
 from sync_worker.reader import Batch, ReadOptions, read_batch
 from sync_worker.request_table import ChainQueue, Request, hex_digests
@@ -522,10 +522,11 @@ def test_outcomes_read_bulk_and_single_rows_in_order(tmp_path: Path) -> None:
     assert outcomes[1] == Settled("skipped_unchanged", sha256=hashes[1])
     assert outcomes[3] == Settled("not_attempted") and len(outcomes) == 5
     assert outcomes.invalid() == [(5, Settled("invalid", "bad_json"))]
-    pieces = list(outcomes.pieces())
-    assert isinstance(pieces[0], SetAside) and pieces[0].positions.tolist() == [0, 1, 2]
-    assert pieces[0].hashes == [hashes[0], hashes[1], hashes[0]]
-    assert pieces[1:] == [(3, Settled("not_attempted")), (5, Settled("invalid", "bad_json"))]
+    (chunk,) = outcomes.chunks()
+    assert chunk.positions.tolist() == [0, 1, 2, 3, 5]
+    assert chunk.hashes == [hashes[0], hashes[1], hashes[0], "", ""]
+    assert chunk.statuses == ["skipped_unchanged"] * 3 + ["not_attempted", "invalid"]
+    assert chunk.codes == ["", "", "", "", "bad_json"]
 
 
 @settings(
@@ -535,13 +536,13 @@ def test_outcomes_read_bulk_and_single_rows_in_order(tmp_path: Path) -> None:
     first=st.sets(st.integers(0, 11)), second=st.sets(st.integers(0, 11)),
     singles=st.sets(st.integers(0, 13)), chunk=st.sampled_from([1, 2, 5, 1000]),
 )  # fmt: skip
-def test_outcomes_pieces_are_every_row_once_in_order(
+def test_outcomes_chunks_are_every_row_once_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: set[int], second: set[int],
     singles: set[int], chunk: int,
 ) -> None:  # fmt: skip
     """Two bulk set-asides (a nightly skip, then --max-rows leaving some out) and rows settled
-    one by one, interleaved: the pieces the ledger writes are every row once, in position order,
-    each as `outcomes[row]` reads it; a bulk run is cut every CHUNK rows."""
+    one by one, interleaved: the chunks the ledger writes are every row once, in position
+    order, each as `outcomes[row]` reads it, CHUNK rows at a time."""
     monkeypatch.setattr(model, "CHUNK", chunk)
     _b, plan = plan_for(tmp_path, "".join(f"{i % 7},N{i},,,,\n" for i in range(12)))
     second -= first  # a request is set aside once
@@ -550,12 +551,9 @@ def test_outcomes_pieces_are_every_row_once_in_order(
         picked = [i for i in sorted(indices) if i < len(plan.table)]
         outcomes.set_aside(status, plan.table, np.array(picked, dtype=np.int64))
     read = []
-    for piece in outcomes.pieces():
-        if isinstance(piece, SetAside):
-            assert 0 < len(piece.positions) <= chunk
-            read += list(piece.outcomes())
-        else:
-            read.append(piece)
+    for rows in outcomes.chunks():
+        assert 0 < len(rows.positions) <= chunk
+        read += list(rows.outcomes())
     positions = [p for p, _s in read]
     assert positions == sorted(set(positions)) and len(read) == len(outcomes)
     assert read == [(p, outcomes[p]) for p in positions] == list(outcomes.items())

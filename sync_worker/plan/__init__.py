@@ -32,8 +32,8 @@ from sync_worker.plan.model import (
     Outcomes,
     Plan,
     PlanOptions,
-    SetAside,
     Settled,
+    SettledRows,
 )
 from sync_worker.plan.output import plan_lines
 from sync_worker.plan.remembered import StateNotes
@@ -50,8 +50,8 @@ __all__ = [
     "Outcomes",
     "Plan",
     "PlanOptions",
-    "SetAside",
     "Settled",
+    "SettledRows",
     "build_plan",
     "plan_lines",
 ]
