@@ -159,7 +159,7 @@ class Outcome:
 
 @dataclass
 class Counters:
-    requests: int = 0  # requests that got an HTTP answer
+    requests: int = 0  # requests that got an HTTP answer (and, at the end, those cut off in flight)
     retries: int = 0  # requests sent again after anything but a 429
     rate_limited: int = 0
     connection_errors: int = 0  # tries without an HTTP answer: refused, dropped, timed out, garbage
@@ -187,7 +187,9 @@ class Client:
         self._stop = stop
         self.outage = outage or Outage(MAX_OUTAGE_S, stop)
         self.counters = Counters()
-        self.started: set[int] = set()  # interview ids whose request went on the wire
+        # interview ids whose request went on the wire -> (when its send began, monotonic; its
+        # tries that went out): one cut off in flight by a stop is recorded from these
+        self.started: dict[int, tuple[float, int]] = {}
         self._log = get_logger()
         import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
 
@@ -197,9 +199,9 @@ class Client:
         self._not_http = aiohttp.ClientResponseError
 
     async def send(self, interview_id: int, body: bytes) -> Outcome:
-        started = time.monotonic()
-        outcome = await self._attempts(interview_id, body)
-        outcome.duration_ms = round((time.monotonic() - started) * 1000)
+        began = time.monotonic()
+        outcome = await self._attempts(interview_id, body, began)
+        outcome.duration_ms = round((time.monotonic() - began) * 1000)
         outcome.finished_at = now_iso()
         outcome.error_message = redact(outcome.error_message)
         return outcome
@@ -210,7 +212,7 @@ class Client:
         return URL.build(scheme=scheme, authority=authority,
                          path=f"{path}/interviews/{interview_id}", encoded=True)  # fmt: skip
 
-    async def _attempts(self, interview_id: int, body: bytes) -> Outcome:
+    async def _attempts(self, interview_id: int, body: bytes, began: float) -> Outcome:
         """Tries until an outcome. One loop over locals, longer than most: the hot path (one
         accepted try) allocates nothing but its Outcome."""
         url, outage, counters = self.url(interview_id), self.outage, self.counters
@@ -229,7 +231,7 @@ class Client:
                 return self._cut_short(status, verdict, attempts)
             if not probing and outage.down_since is not None:
                 continue  # the API went away while this waited for its slot: wait with the rest
-            self.started.add(interview_id)
+            self.started[interview_id] = (began, attempts + 1)
             SLOT.set(sent_at)  # the connector moves it if the send leaves late
             status, verdict, hint = await self._attempt(url, body)
             if status is not None:
@@ -281,7 +283,9 @@ class Client:
         if verdict.sent:
             return 1
         if attempts == 0:  # no connection opened: the server has never seen this row
-            self.started.discard(interview_id)
+            del self.started[interview_id]
+        else:
+            self.started[interview_id] = (self.started[interview_id][0], attempts)
         return 0
 
     def _answered(self, status: int | None, sent_at: float) -> None:

@@ -74,6 +74,9 @@ _NOT_PLAIN = re.compile(
 )
 
 
+# How every ledger begins: its CSV header, or its first JSON line's first key.
+LEDGER_STARTS = (",".join(COLUMNS[:2]).encode(), f'{{"{COLUMNS[0]}": '.encode())
+
 DEFAULT_PATH = "ledgers/sync-{run_id}.csv"
 PLACEHOLDERS = ("{run_id}", "{date}")
 
@@ -264,7 +267,7 @@ def _ledger_text(path: Path) -> str:
         raise _not_a_ledger(path, "no such file") from None
     except OSError as exc:
         raise _not_a_ledger(path, f"cannot be read ({exc.strerror})") from None
-    if b"\0" in data:
+    if b"\0" in data and not data.startswith(LEDGER_STARTS):  # in a ledger, a cell's own
         raise _not_a_ledger(path, "a binary file, not a ledger")
     try:
         text = data.decode("utf-8")

@@ -197,6 +197,7 @@ def _run_locked(
                 get_logger().warning("stopped", reason=stopper.reason)
             recorder.flush()  # every result written, so what is left unwritten is known
             unsent = recorder.fill_unwritten(plan, report.started)
+            report.counters.requests += recorder.cut_in_flight  # sent too, though unanswered
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason, unsent)
             if code == 0 and prepared.unresolved:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Recorder:
     remarks: Mapping[int, tuple[str, str]] = field(default_factory=dict)  # revert: fields left
     failure: Exception | None = None  # what a scheduled flush met: the run stops on it
     cut_short: int = 0  # rows whose request ended not_attempted (stopped waiting for its slot)
+    cut_in_flight: int = 0  # requests cut off in flight by a stop: sent, never answered
     _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
 
@@ -141,11 +143,12 @@ class Recorder:
                 "the state did not record are made again)"
             )
 
-    def fill_unwritten(self, plan: Plan, on_the_wire: set[int]) -> int:
+    def fill_unwritten(self, plan: Plan, on_the_wire: Mapping[int, tuple[float, int]]) -> int:
         """Every row gets its line: never sent is not_attempted (written as columns: a backfill
-        stopped early leaves a million); cut off in flight, failed. Returns how many rows the
-        plan meant to send were left not_attempted (these, and those the sender ended so while
-        they waited for their slot)."""
+        stopped early leaves a million); cut off in flight, failed, with the tries that went out
+        and how long it had been sending (`on_the_wire`: interview id -> (when its send began,
+        monotonic; tries)). Returns how many rows the plan meant to send were left
+        not_attempted (these, and those the sender ended so while they waited for their slot)."""
         table = plan.table
         unwritten = np.array(
             [i for i, p in enumerate(table.position.tolist()) if p not in self.written],
@@ -153,11 +156,14 @@ class Recorder:
         )
         wire = np.fromiter(on_the_wire, dtype=np.int64, count=len(on_the_wire))
         in_flight = np.isin(table.interview_id[unwritten], wire)
+        now = time.monotonic()
         for request in table.take(unwritten[in_flight]):
+            began, tries = on_the_wire[request.interview_id]
             outcome = Outcome("failed", error_code="interrupted", finished_at=now_iso(),
                               error_message="stopped while in flight; the server may have it",
-                              attempts=1)  # fmt: skip
+                              attempts=tries, duration_ms=round((now - began) * 1000))  # fmt: skip
             self.result(request, outcome)
+            self.cut_in_flight += 1
         never_sent = Outcomes()
         never_sent.set_aside(NOT_ATTEMPTED, table, unwritten[~in_flight])
         self.settle_all(never_sent)

@@ -62,7 +62,8 @@ class SendConfig:
 class SendReport:
     counters: Counters
     fatal: FatalApiError | None = None
-    started: set[int] = field(default_factory=set)  # interview ids whose request went out
+    # interview ids whose request went out -> (when its send began, monotonic; tries that went out)
+    started: dict[int, tuple[float, int]] = field(default_factory=dict)
     elapsed_s: float = 0.0
     learned_per_minute: float | None = None
     workers_peak: int = 0  # the most workers that ran at once
@@ -285,7 +286,7 @@ class Sender:
         not let the run end 0."""
         message = redact(f"{type(exc).__name__}: {exc}")
         self._log.error("request_error", interview_id=request.interview_id, error=message)
-        went_out = int(request.interview_id in client.started)
+        went_out = client.started.get(request.interview_id, (0.0, 0))[1]
         return Outcome("failed", error_code="internal_error", error_message=message,
                        attempts=went_out, finished_at=now_iso())  # fmt: skip
 

@@ -54,6 +54,26 @@ class SandboxServer:
                 self.process.wait()
 
 
+# A request that reaches the sandbox this soon after a 429 left the client before the 429 reached
+# it (they crossed on the wire: two sends the pacer let go together after a stall of its loop
+# arrive ~1 ms apart, and the first may be the one refused); later than this, it was sent in
+# the pause.
+CROSSED_S = 0.01
+
+
+def sent_in_pauses(log: list[dict[str, Any]]) -> list[float]:
+    """Arrivals while a 429's reset held: after the 429 (and what crossed it) and more than
+    2 ms before its reset (the sandbox's and the worker's clocks are read apart)."""
+    arrivals = [r["t"] for r in log]
+    return [
+        t
+        for rejected in log
+        if rejected["status"] == 429
+        for t in arrivals
+        if rejected["t"] + CROSSED_S < t < rejected["reset_at"] - 0.002
+    ]
+
+
 def start_sandbox(*args: str) -> SandboxServer:
     command = [sys.executable, "-m", "sync_worker", "sandbox", "--port", "0", *args]
     process = subprocess.Popen(

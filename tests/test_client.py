@@ -236,7 +236,7 @@ def test_a_connection_never_opened_is_not_attempted_and_not_on_the_wire() -> Non
     assert (outcome.status, outcome.error_code, outcome.attempts) == (
         "not_attempted", "connection_error", 0,
     )  # fmt: skip
-    assert client.started == set() and client.counters.retries == 0
+    assert client.started == {} and client.counters.retries == 0
 
 
 def test_rows_wait_out_an_outage_without_spending_retries() -> None:

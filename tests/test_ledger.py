@@ -91,7 +91,20 @@ def test_a_dated_ledger_taken_while_this_run_planned_gets_the_run_id(tmp_path: P
 
 
 CELL_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=8) | st.sampled_from(
-    ["", "=cmd()", "-1", "a,b", 'say "hi"', "two\nlines", "\tx", "x\r", "\ry", "@home", " lead"]
+    [
+        "",
+        "=cmd()",
+        "-1",
+        "a,b",
+        'say "hi"',
+        "two\nlines",
+        "\tx",
+        "x\r",
+        "\ry",
+        "@home",
+        " lead",
+        "a\0b",
+    ]
 )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import SandboxServer, start_sandbox  # noqa: E402
+from conftest import SandboxServer, sent_in_pauses, start_sandbox  # noqa: E402
 
 KEY = "bench-key-not-secret"
 ENV = {**os.environ, "HINDSIGHT_API_KEY": KEY}
@@ -507,10 +507,7 @@ def bench_recovery(sizes: Sizes, work: Path) -> list[Figure]:
         finally:
             server.stop()
         arrivals = [r["t"] for r in log]
-        during_pause = sum(
-            1 for rejected in log if rejected["status"] == 429
-            for t in arrivals if rejected["t"] < t < rejected["reset_at"] - 0.002
-        )  # fmt: skip
+        during_pause = len(sent_in_pauses(log))
         lost = count - len({r["id"] for r in log if r["status"] == 200})
         least = (math.ceil(count / limit) - 1) * span
         took = max(arrivals) - min(arrivals)
