@@ -146,7 +146,7 @@ class Result:
 def cli_env(**extra: str) -> dict[str, str]:
     """Hermetic (no key or proxy of the caller's), and compiled modules cached as in any install:
     a machine with PYTHONDONTWRITEBYTECODE set would compile the package in every one of the
-    suite's ~400 processes (~0.06 s of CPU each)."""
+    suite's CLI processes (~0.06 s of CPU each)."""
     env = {
         k: v
         for k, v in os.environ.items()
