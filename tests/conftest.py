@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,35 @@ class SandboxServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@dataclass
+class StrictWindow:
+    """The sandbox's rule in miniature, for the pacer's tests on a virtual or loop clock:
+    `limit` accepted requests in any `window` seconds (refusals not counted), its reset
+    announced exactly or rounded up to a whole second of its own clock."""
+
+    limit: int
+    window: float
+    whole_seconds: bool = False
+    clock_offset: float = 0.0  # the server's clock minus ours: where its whole seconds fall
+    held: deque[float] = field(default_factory=deque)
+    arrivals: list[float] = field(default_factory=list)
+    pauses: list[tuple[float, float]] = field(default_factory=list)  # (429 at, its reset)
+
+    def answer(self, arrival: float) -> float | None:
+        """None: accepted; else the announced reset, on our clock."""
+        self.arrivals.append(arrival)
+        while self.held and arrival - self.held[0] >= self.window:
+            self.held.popleft()
+        if len(self.held) < self.limit:
+            self.held.append(arrival)
+            return None
+        reset = self.held[0] + self.window
+        if self.whole_seconds:
+            reset = math.ceil(reset + self.clock_offset) - self.clock_offset
+        self.pauses.append((arrival, reset))
+        return reset
 
 
 # A request that reaches the sandbox this soon after a 429 left the client before the 429 reached

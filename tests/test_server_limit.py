@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
-from dataclasses import dataclass, field
 
 import pytest
+from conftest import StrictWindow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,30 +20,6 @@ from sync_worker.server_limit import (
     ServerLimit,
     reset_resolution,
 )
-
-
-@dataclass
-class StrictWindow:
-    """The server: `limit` accepted requests in any `window` seconds (refusals not counted),
-    its reset announced exactly or rounded up to a whole second of its own clock."""
-
-    limit: int
-    window: float
-    whole_seconds: bool = False
-    clock_offset: float = 0.0  # the server's clock minus ours: where its whole seconds fall
-    held: deque[float] = field(default_factory=deque)
-
-    def answer(self, arrival: float) -> float | None:
-        """None: accepted; else the announced reset, on our clock."""
-        while self.held and arrival - self.held[0] >= self.window:
-            self.held.popleft()
-        if len(self.held) < self.limit:
-            self.held.append(arrival)
-            return None
-        reset = self.held[0] + self.window
-        if self.whole_seconds:
-            reset = math.ceil(reset + self.clock_offset) - self.clock_offset
-        return reset
 
 
 def feed(
