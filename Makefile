@@ -26,6 +26,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check sync_worker tests scripts
 	$(BIN)/ruff check sync_worker tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python tests/benchmarks/run.py

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sync_worker.version import __version__
 
 if TYPE_CHECKING:
-    from sync_worker.api import RunResult, ValidationResult, sync, validate
+    from sync_worker.commands.api import RunResult, ValidationResult, sync, validate
 
 __all__ = ["RunResult", "ValidationResult", "__version__", "sync", "validate"]
 
@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
     """The API on first use: every `sync_worker.*` import runs this file, and `--help` does not
     need the structlog (and asyncio) that `api` brings (~45 ms)."""
     if name in __all__:
-        from sync_worker import api
+        from sync_worker.commands import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'sync_worker' has no attribute {name!r}")

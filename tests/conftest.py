@@ -233,14 +233,14 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
 
 
 def read_ledger(path: Path) -> list[dict[str, str]]:
-    from sync_worker.ledger import read_ledger as read
+    from sync_worker.record.ledger import read_ledger as read
 
     return read(path)
 
 
 def write_line(ledger: Any, line: dict[str, Any]) -> None:
     """A ledger line given as a mapping: every Where column, and the Result columns it sets."""
-    from sync_worker.ledger import Result, Where
+    from sync_worker.record.ledger import Result, Where
 
     where = Where(**{k: line[k] for k in Where._fields})
     ledger.write(where, Result(**{k: line[k] for k in Result._fields if k in line}))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker.apikey import clean_key, key_problem, load_key
-from sync_worker.config import Settings
 from sync_worker.errors import ConfigError
 from sync_worker.logs import redact
+from sync_worker.settings.apikey import clean_key, key_problem, load_key
+from sync_worker.settings.config import Settings
 
 KEY = "sk-test-7a1b2c3d4e5f6a7b"  # a made-up test key
 

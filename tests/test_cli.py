@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import API_KEY, SandboxServer, cli_env, write_csv
 
-from sync_worker.cli import main
+from sync_worker.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,7 @@ atexit.register(lambda: open(out, "w").write("\\n".join(sys.modules)))
 runpy.run_module("sync_worker", run_name="__main__")
 """
 HEAVY = {"pandas", "numpy", "pyarrow", "structlog", "aiohttp", "sqlite3"}
-SENDING = {"aiohttp", "yarl", "aiolimiter", "sync_worker.client", "sync_worker.sender"}
+SENDING = {"aiohttp", "yarl", "aiolimiter", "sync_worker.send.client", "sync_worker.send.sender"}
 # a progress bar (only on a terminal), --metrics-file, a Parquet input, Arrow's query engine
 EXTRAS = {"tqdm", "prometheus_client", "pyarrow.parquet", "pyarrow.acero", "pyarrow.dataset"}
 
@@ -172,7 +172,7 @@ def modules_at_exit(args: list[str], cwd: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("args", "imported", "not_imported"),
     [
-        (["--help"], {"click", "sync_worker.cli"}, HEAVY | {"sync_worker.api"}),
+        (["--help"], {"click", "sync_worker.cli.main"}, HEAVY | {"sync_worker.commands.api"}),
         (["validate", "in.csv"], {"pandas", "structlog"}, SENDING | EXTRAS),
         (["plan", "in.csv", "--state", "s.sqlite"], {"pandas", "sqlite3"}, SENDING | EXTRAS),
         (["run", "in.csv", "--dry-run", "--state", "s.sqlite"], {"pandas"}, {"aiohttp", *EXTRAS}),
@@ -199,4 +199,4 @@ def test_importing_the_package_imports_no_dependency() -> None:
     code = "import sync_worker, sys; print(' '.join(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
                           text=True, check=True)  # fmt: skip
-    assert not set(done.stdout.split()) & (HEAVY | {"click", "sync_worker.api"})
+    assert not set(done.stdout.split()) & (HEAVY | {"click", "sync_worker.commands.api"})

@@ -7,7 +7,7 @@ from email.utils import formatdate
 import pytest
 from yarl import URL
 
-from sync_worker.client import (
+from sync_worker.send.client import (
     MAX_PAUSE_S,
     Client,
     Kind,
@@ -93,8 +93,8 @@ def test_a_row_that_keeps_getting_429_fails_after_bounded_tries() -> None:
     from aiohttp import web
     from aiohttp.test_utils import TestServer
 
-    from sync_worker.client import MAX_RATE_LIMITED, Client
-    from sync_worker.limiter import Pacer
+    from sync_worker.send.client import MAX_RATE_LIMITED, Client
+    from sync_worker.send.limiter import Pacer
 
     async def always_429(_request: web.Request) -> web.Response:
         return web.json_response(
@@ -133,8 +133,8 @@ def test_a_row_that_keeps_getting_429_fails_after_bounded_tries() -> None:
 def test_request_url(base_url: str, expected: str) -> None:
     import asyncio
 
-    from sync_worker.client import Client
-    from sync_worker.limiter import Pacer
+    from sync_worker.send.client import Client
+    from sync_worker.send.limiter import Pacer
 
     client = Client(None, base_url, Pacer(1, 1.0), RetryPolicy(), asyncio.Event())  # type: ignore[arg-type]
     url = client.url(42)
@@ -186,8 +186,8 @@ def _http(status: str, body: bytes = b"{}", *headers: str) -> bytes:
 async def _send_one(base_url: str, policy: RetryPolicy, watching: bool = True) -> Client:
     import aiohttp
 
-    from sync_worker.limiter import Pacer
-    from sync_worker.outage import Outage
+    from sync_worker.send.limiter import Pacer
+    from sync_worker.send.outage import Outage
 
     stop = asyncio.Event()
     outage = Outage(60.0, stop)
@@ -245,8 +245,8 @@ def test_rows_wait_out_an_outage_without_spending_retries() -> None:
     import aiohttp
     from aiohttp import web
 
-    from sync_worker.limiter import Pacer
-    from sync_worker.outage import OUTAGE_AFTER, Outage
+    from sync_worker.send.limiter import Pacer
+    from sync_worker.send.outage import OUTAGE_AFTER, Outage
 
     async def accept(_request: web.Request) -> web.Response:
         return web.json_response({"interview_request_id": 1})

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from sync_worker.config import check_base_url, load_file, resolve
 from sync_worker.errors import ConfigError
+from sync_worker.settings.config import check_base_url, load_file, resolve
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -39,7 +39,7 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker.cli import main
+from sync_worker.cli.main import main
 
 
 def assert_one_line(result: Result, code: int, *words: str) -> str:
@@ -636,8 +636,8 @@ import sqlite3  # noqa: E402
 import pytest  # noqa: E402
 from conftest import start_sandbox  # noqa: E402
 
-from sync_worker.ledger import COLUMNS  # noqa: E402
-from sync_worker.state import SCHEMA, State  # noqa: E402
+from sync_worker.record.ledger import COLUMNS  # noqa: E402
+from sync_worker.store.state import SCHEMA, State  # noqa: E402
 
 NO_KEY = {"HINDSIGHT_API_KEY": ""}
 
@@ -985,8 +985,8 @@ def test_a_ledger_that_cannot_be_written_mid_run_stops_the_run(
     """A full disk under the ledger: the run stops with one line, it does not drop results."""
     from click.testing import CliRunner
 
-    from sync_worker.cli import main
-    from sync_worker.ledger import Ledger
+    from sync_worker.cli.main import main
+    from sync_worker.record.ledger import Ledger
 
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
               [[i, f"N{i}"] for i in range(1, 201)])  # fmt: skip

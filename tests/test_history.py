@@ -13,11 +13,11 @@ from conftest import SandboxServer, cli_env, run_cli, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker import history
-from sync_worker.history import Change
 from sync_worker.merger import canonical
 from sync_worker.plan.changes import fields_of
-from sync_worker.state import State
+from sync_worker.store import history
+from sync_worker.store.history import Change
+from sync_worker.store.state import State
 
 HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact_context"]
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker.errors import ConfigError
-from sync_worker.ledger import COLUMNS, Ledger, Result, Where, escape_formula, read_ledger
 from sync_worker.logs import register_secret
+from sync_worker.record.ledger import COLUMNS, Ledger, Result, Where, escape_formula, read_ledger
 
 LINE = {
     "run_id": "r1", "source_file": "in.csv", "source_row": 3, "interview_id": "42",
@@ -77,7 +77,7 @@ def test_a_dated_ledger_taken_while_this_run_planned_gets_the_run_id(tmp_path: P
     """Found by the red team: two runs with `--ledger l/{date}.csv` (other states, or dry runs)
     both chose `l/<date>.csv` at start; the one that planned longer was refused (exit 2) after
     planning, told to put {date} in a path that had it."""
-    from sync_worker.ledger import fills_in, ledger_path
+    from sync_worker.record.ledger import fills_in, ledger_path
 
     template = str(tmp_path / "{date}.csv")
     chosen = ledger_path(template, "r2", "2026-11-29")

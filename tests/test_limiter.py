@@ -12,7 +12,7 @@ from collections import deque
 import pytest
 from conftest import StrictWindow
 
-from sync_worker.limiter import BUCKET_ROOM, Pacer, Stopped, Window, window_margin
+from sync_worker.send.limiter import BUCKET_ROOM, Pacer, Stopped, Window, window_margin
 
 
 def most_in_any_window(times: list[float], span: float) -> int:

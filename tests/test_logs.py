@@ -7,9 +7,9 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
-from sync_worker import planning
-from sync_worker.config import Settings
+from sync_worker.commands import planning
 from sync_worker.logs import REDACTED, configure, get_logger, redact_secrets, register_secret
+from sync_worker.settings.config import Settings
 
 
 def test_json_lines_when_not_a_terminal_with_context_bound() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import SandboxServer, cli_env, read_ledger, run_cli, write_csv
 
-from sync_worker.state import State
+from sync_worker.store.state import State
 
 HEADER = ["interview_id", "contact_email", "contact_context", "context.stage"]
 

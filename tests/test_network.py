@@ -13,7 +13,7 @@ import pytest
 from conftest import SandboxServer, cli_env, read_ledger, run_cli, write_csv
 
 from sync_worker.errors import ConfigError
-from sync_worker.network import proxy_for, tls_context
+from sync_worker.settings.network import proxy_for, tls_context
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from conftest import SandboxServer, cli_env, run_cli, write_csv
 
-from sync_worker.config import Settings
-from sync_worker.notes import read_notes
+from sync_worker.read.notes import read_notes
+from sync_worker.settings.config import Settings
 
 HEADER = ["interview_id", "contact_email", "context.origin", "context.owner"]
 DAY = 86_400

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from sync_worker.limiter import Stopped
-from sync_worker.outage import OUTAGE_AFTER, PROBE_BASE_S, Outage, probe_delay
+from sync_worker.send.limiter import Stopped
+from sync_worker.send.outage import OUTAGE_AFTER, PROBE_BASE_S, Outage, probe_delay
 
 pytestmark = pytest.mark.timing  # real loop, shrunk windows: run alone (make test)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sync_worker.errors import ConfigError
-from sync_worker.paths import check_writable, create_private
+from sync_worker.settings.paths import check_writable, create_private
 
 
 def test_created_with_its_folders_for_the_owner_only(tmp_path: Path) -> None:

@@ -31,9 +31,10 @@ from sync_worker.plan import (
 from sync_worker.plan.cells import Cells
 from sync_worker.plan.contacts import Contacts, lower
 from sync_worker.plan.model import Known, Note
-from sync_worker.plan.remembered import Remembered, Sent
-from sync_worker.reader import Batch, ReadOptions, read_batch
-from sync_worker.request_table import ChainQueue, Request, hex_digests
+from sync_worker.plan.request_table import ChainQueue, Request
+from sync_worker.read.reader import Batch, ReadOptions, read_batch
+from sync_worker.store.digests import hex_digests
+from sync_worker.store.remembered import Remembered, Sent
 
 
 def requests_of(plan: Plan) -> list[Request]:

@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sync_worker.connector import PacedConnector
-from sync_worker.limiter import SLOT, Pacer, Window, window_margin
-from sync_worker.pool import HEADROOM, MAX_AGE_S, RECENT, SPARE, Latencies, PoolSize, needed
+from sync_worker.send.connector import PacedConnector
+from sync_worker.send.limiter import SLOT, Pacer, Window, window_margin
+from sync_worker.send.pool import HEADROOM, MAX_AGE_S, RECENT, SPARE, Latencies, PoolSize, needed
 from tests.conftest import (
     Result,
     SandboxServer,

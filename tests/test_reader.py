@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sync_worker.errors import InputError
-from sync_worker.reader import ReadOptions, column_plan, read_batch
+from sync_worker.read.reader import ReadOptions, column_plan, read_batch
 
 
 def rows(path: Path, options: ReadOptions | None = None) -> list[dict[str, object]]:

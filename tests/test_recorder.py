@@ -5,10 +5,10 @@ from pathlib import Path
 
 from conftest import read_ledger, write_csv
 
-from sync_worker.ledger import Ledger
 from sync_worker.plan import Memory, PlanOptions, build_plan
-from sync_worker.reader import ReadOptions, read_batch
-from sync_worker.recorder import Recorder
+from sync_worker.read.reader import ReadOptions, read_batch
+from sync_worker.record.ledger import Ledger
+from sync_worker.record.recorder import Recorder
 
 
 def test_a_stop_records_each_request_cut_off_in_flight_with_its_tries_and_time(

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import write_line
 
+from sync_worker.commands.report import render
 from sync_worker.errors import InputError
-from sync_worker.ledger import COLUMNS, Ledger
-from sync_worker.report import render
+from sync_worker.record.ledger import COLUMNS, Ledger
 
 BASE = {"run_id": "r1", "source_file": "in.csv", "contact_email": "", "merge": "off",
         "attempts": 1}  # fmt: skip

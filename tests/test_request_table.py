@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sync_worker.request_table import RequestTable, contacts_with_several_contexts
+from sync_worker.plan.request_table import RequestTable, contacts_with_several_contexts
 
 
 def table(pairs: list[tuple[str, str | None]], chunks: int = 1) -> RequestTable:

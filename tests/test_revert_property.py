@@ -17,7 +17,7 @@ from conftest import API_KEY, SandboxServer, start_sandbox, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker.cli import main
+from sync_worker.cli.main import main
 
 HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact_context"]
 FIELDS = ("contact_name", "objective", "contact_context")

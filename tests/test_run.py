@@ -18,7 +18,7 @@ from conftest import (
 )
 
 from sync_worker import __version__
-from sync_worker.ledger import COLUMNS
+from sync_worker.record.ledger import COLUMNS
 
 HEADER = ["interview_id", "contact_name", "objective", "contact_context", "contact_email"]
 

@@ -123,7 +123,7 @@ def test_answers_that_are_not_http_on_request(
     import socket
     from urllib.parse import urlsplit
 
-    from sync_worker.sandbox import NOT_HTTP
+    from sync_worker.sandbox.server import NOT_HTTP
 
     garbling = sandbox_factory("--garbage-rate", "1")
     address = urlsplit(garbling.root)

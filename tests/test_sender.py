@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from sync_worker.client import Client, Outcome, RetryPolicy
-from sync_worker.request_table import ChainQueue, Request, RequestTable
-from sync_worker.sender import SendConfig, Sender
+from sync_worker.plan.request_table import ChainQueue, Request, RequestTable
+from sync_worker.send.client import Client, Outcome, RetryPolicy
+from sync_worker.send.sender import SendConfig, Sender
 
 
 def requests(count: int) -> RequestTable:
@@ -104,7 +104,7 @@ def test_a_stop_cuts_off_the_first_request_after_the_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first request goes alone; a stop during it waits STOP_GRACE_S, like any worker's."""
-    monkeypatch.setattr("sync_worker.sender.STOP_GRACE_S", 0.2)
+    monkeypatch.setattr("sync_worker.send.sender.STOP_GRACE_S", 0.2)
 
     async def slow(_request: web.Request) -> web.Response:
         await asyncio.sleep(30)

@@ -11,7 +11,7 @@ from conftest import StrictWindow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker.server_limit import (
+from sync_worker.send.server_limit import (
     FRACTIONAL_RESOLUTION,
     JITTER_S,
     MIN_LEARNING_SAMPLES,

@@ -16,7 +16,7 @@ import pytest
 
 from sync_worker.clock import now_iso
 from sync_worker.errors import ConfigError, LockedError
-from sync_worker.state import (
+from sync_worker.store.state import (
     SCHEMA,
     SCHEMA_VERSION,
     RunLock,
@@ -131,7 +131,7 @@ def test_read_only_creates_nothing(tmp_path: Path) -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from sync_worker.state import RunLock
+from sync_worker.store.state import RunLock
 lock = RunLock(Path(sys.argv[1]))
 lock.acquire("holder-run")
 print("locked", flush=True)

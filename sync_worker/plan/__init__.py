@@ -36,11 +36,12 @@ from sync_worker.plan.model import (
     SettledRows,
 )
 from sync_worker.plan.output import plan_lines
-from sync_worker.plan.remembered import StateNotes
+from sync_worker.plan.request_table import RequestTable, concat
 from sync_worker.plan.rows import row_requests
 from sync_worker.plan.select import apply_max_rows, skip_unchanged
-from sync_worker.reader import Batch
-from sync_worker.request_table import Ints, RequestTable, concat
+from sync_worker.read.reader import Batch
+from sync_worker.store.digests import Ints
+from sync_worker.store.remembered import StateNotes
 
 __all__ = [
     "INVALID",

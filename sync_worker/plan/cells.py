@@ -22,8 +22,8 @@ from sync_worker.fields import (
     nothing_to_update,
 )
 from sync_worker.plan.model import Outcomes, PlanOptions, invalid
-from sync_worker.reader import Batch
-from sync_worker.request_table import Ints
+from sync_worker.read.reader import Batch
+from sync_worker.store.digests import Ints
 
 MAX_ID_TEXT = str(MAX_ID)
 

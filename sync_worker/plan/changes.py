@@ -14,10 +14,10 @@ from collections.abc import Mapping
 
 from sync_worker.collector import collector_off
 from sync_worker.fields import CONTACT_FIELDS, CONTEXT
-from sync_worker.history import EARLIER_SEND, NOTES_FILE, UNKNOWN, Change, FieldKey, level_of
 from sync_worker.merger import canonical
 from sync_worker.plan.model import Known, Plan
-from sync_worker.request_table import CHUNK
+from sync_worker.plan.request_table import CHUNK
+from sync_worker.store.history import EARLIER_SEND, NOTES_FILE, UNKNOWN, Change, FieldKey, level_of
 
 Changes = dict[int, tuple[Change, ...]]  # interview id -> its request's changes
 

@@ -16,7 +16,8 @@ from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
 from sync_worker.plan import vectorjson as vj
 from sync_worker.plan.cells import Cells, nonempty
 from sync_worker.plan.contacts import keyed_by_id, lower
-from sync_worker.request_table import Ints, RequestTable
+from sync_worker.plan.request_table import RequestTable
+from sync_worker.store.digests import Ints
 
 
 def column_requests(cells: Cells, mask: np.ndarray, for_sending: bool = True) -> RequestTable:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from sync_worker.fields import CONTACT_KEY, CONTEXT
 from sync_worker.merger import parse_context
 from sync_worker.plan.cells import Cells, nonempty
-from sync_worker.request_table import Ints
+from sync_worker.store.digests import Ints
 
 NO_EMAIL = "interview:"  # the key of a contact without an email: interview:<id>
 

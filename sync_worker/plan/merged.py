@@ -31,8 +31,9 @@ from sync_worker.plan import vectorjson as vj
 from sync_worker.plan.cells import Cells, nonempty
 from sync_worker.plan.contacts import Contacts, lower, pick
 from sync_worker.plan.model import Known, Memory, Plan, PlanOptions
+from sync_worker.plan.request_table import CHUNK, RequestTable
 from sync_worker.plan.rows import existing_notes, file_notes
-from sync_worker.request_table import CHUNK, Ints, RequestTable
+from sync_worker.store.digests import Ints
 
 MERGE_LABELS = pa.array(["off", "merged", "no_existing"], pa.string())  # by code 0, 1, 2
 

@@ -11,17 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sync_worker.history import EARLIER_SEND
 from sync_worker.merger import Context, MergeRules
-from sync_worker.plan.remembered import Remembered, Sent
-from sync_worker.reader import Batch
-from sync_worker.request_table import (
-    CHUNK,
-    Ints,
-    RequestTable,
-    contacts_with_several_contexts,
-    digest_texts,
-)
+from sync_worker.plan.request_table import CHUNK, RequestTable, contacts_with_several_contexts
+from sync_worker.read.notes import Note
+from sync_worker.read.reader import Batch
+from sync_worker.store.digests import Ints, digest_texts
+from sync_worker.store.history import EARLIER_SEND
+from sync_worker.store.remembered import Remembered, Sent
 
 INVALID = "invalid"
 SKIPPED = "skipped_unchanged"
@@ -205,14 +201,6 @@ class Known(NamedTuple):
 
     context: Context
     source: str  # notes_file | earlier_send (history.py)
-
-
-class Note(NamedTuple):
-    """A usable row of the notes file."""
-
-    row: int  # 1-based data row in the notes file
-    context: Context
-    time: str  # ISO time: its updated_at, the file's mtime, or its first sighting
 
 
 @dataclass

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker.plan.model import Plan
-from sync_worker.reader import FILE_COL, ROW_COL, Batch
-from sync_worker.request_table import CHUNK, RequestTable
+from sync_worker.plan.request_table import CHUNK, RequestTable
+from sync_worker.read.reader import FILE_COL, ROW_COL, Batch
 
 
 def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:

@@ -14,13 +14,15 @@ from typing import Any
 import pyarrow as pa
 
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
-from sync_worker.history import EARLIER_SEND, NOTES_FILE
 from sync_worker.merger import Context, MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells
-from sync_worker.plan.model import Known, Memory, Note, Outcomes, Plan, PlanOptions, invalid
-from sync_worker.plan.remembered import StateNotes
-from sync_worker.reader import Batch
-from sync_worker.request_table import Ints, Request, sha256_hex
+from sync_worker.plan.model import Known, Memory, Outcomes, Plan, PlanOptions, invalid
+from sync_worker.plan.request_table import Request
+from sync_worker.read.notes import Note
+from sync_worker.read.reader import Batch
+from sync_worker.store.digests import Ints, sha256_hex
+from sync_worker.store.history import EARLIER_SEND, NOTES_FILE
+from sync_worker.store.remembered import StateNotes
 
 
 @dataclass(slots=True)

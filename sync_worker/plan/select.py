@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from sync_worker.plan.model import NOT_ATTEMPTED, SKIPPED, Memory, Plan, PlanOptions
-from sync_worker.request_table import Ints, RequestTable
+from sync_worker.plan.request_table import RequestTable
+from sync_worker.store.digests import Ints
 
 
 def skip_unchanged(

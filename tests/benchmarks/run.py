@@ -409,8 +409,8 @@ def _remember_merged(path: Path, state_path: Path) -> None:
     combined context remembered."""
     sys.path.insert(0, str(ROOT))
     from sync_worker.plan import Memory, PlanOptions, build_plan
-    from sync_worker.reader import ReadOptions, read_batch
-    from sync_worker.state import State, Success
+    from sync_worker.read.reader import ReadOptions, read_batch
+    from sync_worker.store.state import State, Success
 
     plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(merge=True), Memory())
     state = State.open(state_path)
@@ -469,8 +469,8 @@ def _remember_all(path: Path, state_path: Path) -> None:
     """The state as a previous nightly run leaves it: every row of night0 sent successfully."""
     sys.path.insert(0, str(ROOT))
     from sync_worker.plan import Memory, PlanOptions, build_plan
-    from sync_worker.reader import ReadOptions, read_batch
-    from sync_worker.state import State, Success
+    from sync_worker.read.reader import ReadOptions, read_batch
+    from sync_worker.store.state import State, Success
 
     plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(), Memory())
     state = State.open(state_path)

@@ -17,9 +17,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync_worker import paths
 from sync_worker.errors import ConfigError
-from sync_worker.paths import unwritable
+from sync_worker.settings import paths
+from sync_worker.settings.paths import unwritable
 
 PREFIX = "sync_worker"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"

@@ -37,7 +37,7 @@ from typing import Any
 from aiolimiter import AsyncLimiter
 
 from sync_worker.logs import get_logger
-from sync_worker.server_limit import (
+from sync_worker.send.server_limit import (
     ACCEPTED_MEMORY,
     JITTER_S,
     Learned,

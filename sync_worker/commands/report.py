@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from sync_worker.ledger import load_ledger, summary_path
+from sync_worker.record.ledger import load_ledger, summary_path
 
 FAILED_SHOWN = 10
 

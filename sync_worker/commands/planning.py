@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from sync_worker import history
-from sync_worker.config import RunOptions, Settings
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
-from sync_worker.notes import NotesFile, read_notes
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
-from sync_worker.plan.remembered import NotJSON, Remembered
-from sync_worker.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
-from sync_worker.state import State
+from sync_worker.read.notes import NotesFile, read_notes
+from sync_worker.read.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
+from sync_worker.settings.config import RunOptions, Settings
+from sync_worker.store import history
+from sync_worker.store.remembered import NotJSON, Remembered
+from sync_worker.store.state import State
 
 INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
 

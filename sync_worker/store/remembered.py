@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker.merger import Context, canonical
-from sync_worker.request_table import DIGEST, Ints, hex_digests
+from sync_worker.store.digests import DIGEST, Ints, hex_digests
 
 # A contact's remembered context, parsed, and the time of its last confirmed send (None: the
 # time was not read, since no notes file asks for it).

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sync_worker.client import Outcome
 from sync_worker.clock import now_iso
 from sync_worker.errors import SyncWorkerError
-from sync_worker.ledger import Ledger, Result, Where
 from sync_worker.plan import NOT_ATTEMPTED, Outcomes, Plan
-from sync_worker.reader import Batch
-from sync_worker.request_table import Request
-from sync_worker.state import State, Success
+from sync_worker.plan.request_table import Request
+from sync_worker.read.reader import Batch
+from sync_worker.record.ledger import Ledger, Result, Where
+from sync_worker.send.client import Outcome
+from sync_worker.store.state import State, Success
 
 if TYPE_CHECKING:
     from tqdm import tqdm

@@ -14,8 +14,8 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from sync_worker.limiter import Stopped, sleep_unless_stopped, unless_stopped
 from sync_worker.logs import get_logger
+from sync_worker.send.limiter import Stopped, sleep_unless_stopped, unless_stopped
 
 OUTAGE_AFTER = 3  # requests in a row that went out and got no answer that make an outage
 PROBE_BASE_S = 0.2  # the first probe's backoff; doubled for each probe that got no answer

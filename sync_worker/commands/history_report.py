@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sync_worker import history
 from sync_worker.errors import ConfigError
-from sync_worker.history import Version
-from sync_worker.state import State
+from sync_worker.store import history
+from sync_worker.store.history import Version
+from sync_worker.store.state import State
 
 SHOWN_CHARS = 200  # a value longer than this is cut on the terminal (--json has it whole)
 

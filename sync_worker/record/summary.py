@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sync_worker.clock import now_iso
-from sync_worker.paths import create_private
 from sync_worker.plan import Plan
-from sync_worker.sender import SendReport
-from sync_worker.signals import SIGNAL_EXIT
+from sync_worker.send.sender import SendReport
+from sync_worker.settings.paths import create_private
+from sync_worker.vocabulary import SIGNAL_EXIT
 
 
 def exit_code(

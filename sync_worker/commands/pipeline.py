@@ -23,27 +23,27 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from sync_worker import history
-from sync_worker.apikey import load_key
-from sync_worker.client import Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
-from sync_worker.config import RunOptions, Settings
+from sync_worker.commands.planning import plan_with_notes, read_inputs
+from sync_worker.commands.signals import StopSignal
 from sync_worker.errors import SyncWorkerError
-from sync_worker.ledger import Ledger, fills_in, ledger_path
 from sync_worker.logs import get_logger
-from sync_worker.network import proxy_for, tls_context
-from sync_worker.notes import NotesFile
 from sync_worker.plan import Plan
 from sync_worker.plan.changes import Changes, plan_changes
-from sync_worker.planning import plan_with_notes, read_inputs
-from sync_worker.reader import Batch
-from sync_worker.recorder import Recorder
-from sync_worker.request_table import ChainQueue
-from sync_worker.sender import SendConfig, Sender, SendReport
-from sync_worker.signals import StopSignal
-from sync_worker.state import RunLock, State
-from sync_worker.summary import exit_code, write_summary
-from sync_worker.summary import summary as make_summary
+from sync_worker.plan.request_table import ChainQueue
+from sync_worker.read.notes import NotesFile
+from sync_worker.read.reader import Batch
+from sync_worker.record.ledger import Ledger, fills_in, ledger_path
+from sync_worker.record.recorder import Recorder
+from sync_worker.record.summary import exit_code, write_summary
+from sync_worker.record.summary import summary as make_summary
+from sync_worker.send.client import Counters, Outcome, RetryPolicy
+from sync_worker.send.sender import SendConfig, Sender, SendReport
+from sync_worker.settings.apikey import load_key
+from sync_worker.settings.config import RunOptions, Settings
+from sync_worker.settings.network import proxy_for, tls_context
+from sync_worker.store import history
+from sync_worker.store.state import RunLock, State
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -118,7 +118,7 @@ def launch(
     metrics = Path(settings.metrics_path) if settings.metrics_path else None
     if metrics is not None:
         # here, not at the top: only --metrics-file needs prometheus_client (~25 ms to import)
-        from sync_worker.metrics import check_writable
+        from sync_worker.record.metrics import check_writable
 
         check_writable(metrics)  # first: a file that cannot be written gets no metrics
     run_id = new_run_id()
@@ -139,7 +139,7 @@ def launch(
 
 def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
     """The run's metrics; a failure to write them is logged, never hides the run's exit code."""
-    from sync_worker.metrics import write_metrics  # see launch()
+    from sync_worker.record.metrics import write_metrics  # see launch()
 
     try:
         write_metrics(path, summary, time.monotonic() - began)
@@ -320,7 +320,7 @@ def _send_config(
 async def _send(
     config: SendConfig, options: RunOptions, plan: Plan, recorder: Recorder, stopper: StopSignal
 ) -> SendReport:
-    import sync_worker.connector  # noqa: F401  aiohttp's import (~0.2 s, more on a busy machine)
+    import sync_worker.send.connector  # noqa: F401  aiohttp's import (~0.2 s, more on a busy machine)
     # before the --max-duration clock starts: it is not sending time
 
     stop = asyncio.Event()

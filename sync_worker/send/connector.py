@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from sync_worker.limiter import LATE_S, SLOT, Pacer
+from sync_worker.send.limiter import LATE_S, SLOT, Pacer
 
 if TYPE_CHECKING:
     from aiohttp.client_reqrep import ClientRequest

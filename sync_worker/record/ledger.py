@@ -18,7 +18,7 @@ from typing import IO, Any, NamedTuple, Protocol
 
 from sync_worker.errors import ConfigError, InputError
 from sync_worker.logs import redact
-from sync_worker.paths import check_writable, open_private, unwritable
+from sync_worker.settings.paths import check_writable, open_private, unwritable
 
 
 class SettledColumns(Protocol):

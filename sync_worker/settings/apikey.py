@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sync_worker.config import Settings
 from sync_worker.errors import ConfigError
 from sync_worker.logs import register_secret
+from sync_worker.settings.config import Settings
 
 BOM = "\ufeff"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Notepad's "Unicode" saves a UTF-16 file with one

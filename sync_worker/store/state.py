@@ -36,14 +36,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from sync_worker import history
 from sync_worker.clock import now_iso
 from sync_worker.collector import collector_off
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
 from sync_worker.merger import Context
-from sync_worker.paths import create_private, open_private
-from sync_worker.plan.remembered import Remembered, Sent
-from sync_worker.request_table import DIGEST, hex_digests
+from sync_worker.settings.paths import create_private, open_private
+from sync_worker.store import history
+from sync_worker.store.digests import DIGEST, hex_digests
+from sync_worker.store.remembered import Remembered, Sent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (

@@ -21,17 +21,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from sync_worker import history
-from sync_worker.config import RunOptions, Settings
+from sync_worker.commands.pipeline import Prepared
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID
-from sync_worker.history import EARLIER_SEND, Change, FieldKey, Version
 from sync_worker.merger import canonical
-from sync_worker.pipeline import Prepared
 from sync_worker.plan import Outcomes, Plan, Settled
-from sync_worker.reader import FILE_COL, ROW_COL, Batch
-from sync_worker.request_table import Request, RequestTable, sha256_hex
-from sync_worker.state import State
+from sync_worker.plan.request_table import Request, RequestTable
+from sync_worker.read.reader import FILE_COL, ROW_COL, Batch
+from sync_worker.settings.config import RunOptions, Settings
+from sync_worker.store import history
+from sync_worker.store.digests import sha256_hex
+from sync_worker.store.history import EARLIER_SEND, Change, FieldKey, Version
+from sync_worker.store.state import State
 
 NOT_RESTORABLE = "not_restorable"
 CONFLICT = "conflict"

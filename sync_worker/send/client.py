@@ -25,10 +25,10 @@ if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or valida
     import aiohttp
 
 from sync_worker.clock import now_iso
-from sync_worker.limiter import SLOT, Pacer, Stopped, sleep_unless_stopped
 from sync_worker.logs import get_logger, redact
-from sync_worker.outage import Outage
-from sync_worker.pool import Latencies
+from sync_worker.send.limiter import SLOT, Pacer, Stopped, sleep_unless_stopped
+from sync_worker.send.outage import Outage
+from sync_worker.send.pool import Latencies
 
 MAX_RATE_LIMITED = 8  # 429s one request may meet before it fails
 MAX_PAUSE_S = 300.0  # the longest 429 pause (or 5xx Retry-After) we honour

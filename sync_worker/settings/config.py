@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS
-from sync_worker.network import check_proxy
+from sync_worker.settings.network import check_proxy
 
 DEFAULT_CONFIG = Path("config/sync.toml")
 DEFAULT_BASE_URL = "https://app.usehindsight.com/api/v1"

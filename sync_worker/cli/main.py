@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
-from sync_worker import __version__
-from sync_worker.config import FLAGS, TIER_LIMITS, Settings, check_rate, resolve
 from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
+from sync_worker.settings.config import FLAGS, TIER_LIMITS, Settings, check_rate, resolve
+from sync_worker.version import __version__
 
 if TYPE_CHECKING:
-    from sync_worker.sandbox import SandboxConfig
+    from sync_worker.sandbox.server import SandboxConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_FLAG_MESSAGE = (
@@ -168,7 +168,7 @@ def main() -> None:
 @run_options
 def run(inputs: tuple[str, ...], **opts: Any) -> None:
     """Sync rows to the API and write a ledger."""
-    from sync_worker.api import sync
+    from sync_worker.commands.api import sync
 
     _finish(lambda: sync(
         inputs, config=opts["config_path"], tier=opts["tier"], rate_limit=opts["rate_limit"],
@@ -188,7 +188,7 @@ def run(inputs: tuple[str, ...], **opts: Any) -> None:
 def plan(inputs: tuple[str, ...], **opts: Any) -> None:
     """Print the requests a run would send, one JSON line each; no network, no key."""
     settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker import planning
+    from sync_worker.commands import planning
 
     options = _run_options(inputs, opts)
 
@@ -211,7 +211,7 @@ def plan(inputs: tuple[str, ...], **opts: Any) -> None:
 def validate(inputs: tuple[str, ...], **opts: Any) -> None:
     """Check files and mapping and list row problems; no network, no key."""
     settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker import planning
+    from sync_worker.commands import planning
 
     options = _run_options(inputs, opts)
 
@@ -239,9 +239,9 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
 @click.option("--force", is_flag=True, help="Put back fields a later run changed again too.")
 def revert(run_id: str, **opts: Any) -> None:
     """Put back what a run changed (its history in the state); a revert is itself a run."""
-    from sync_worker import pipeline
-    from sync_worker.config import RunOptions
-    from sync_worker.revert import RevertJob
+    from sync_worker.commands import pipeline
+    from sync_worker.commands.revert import RevertJob
+    from sync_worker.settings.config import RunOptions
 
     settings = _settings(opts)
     options = RunOptions(
@@ -277,7 +277,7 @@ def revert(run_id: str, **opts: Any) -> None:
 def history(email: str | None, interview_id: int | None, state_path: Path | None,
             config_path: Path | None, as_json: bool) -> None:  # fmt: skip
     """Versions of a contact's notes and name (and an interview's objective), newest first."""
-    from sync_worker import history_report
+    from sync_worker.commands import history_report
 
     settings = _settings({"log_format": "auto", "config_path": config_path, "tier": None,
                           "rate_limit": None, "rate_period_s": None, "merge": None,
@@ -298,7 +298,7 @@ def history(email: str | None, interview_id: int | None, state_path: Path | None
 @click.argument("ledger", type=click.Path(path_type=Path))  # missing or a folder: our one line
 def report(ledger: Path) -> None:
     """Summarise a ledger: counts by status and error code, failed rows, what to do next."""
-    from sync_worker.report import render
+    from sync_worker.commands.report import render
 
     configure("auto")
     _finish(lambda: _echo(render(ledger)))
@@ -384,7 +384,7 @@ def report(ledger: Path) -> None:
 @click.option("--seed", type=int, help="Seed for the random failures, for repeatable runs.")
 def sandbox(**opts: Any) -> None:
     """Run the local simulated API on 127.0.0.1 (for the demo, tests and trying a mapping)."""
-    from sync_worker.sandbox import SandboxConfig
+    from sync_worker.sandbox.server import SandboxConfig
 
     configure("auto")
     config = SandboxConfig(
@@ -403,7 +403,7 @@ def _serve_sandbox(config: SandboxConfig, port: int) -> int:
     """Serve until SIGINT or SIGTERM, then exit 0: stopping the sandbox is its normal end."""
     import asyncio
 
-    from sync_worker.sandbox import serve
+    from sync_worker.sandbox.server import serve
 
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # a signal at start-up
         asyncio.run(serve(config, port, _announce))
@@ -457,7 +457,7 @@ def _settings(opts: dict[str, Any]) -> Settings:
 
 
 def _run_options(inputs: tuple[str, ...], opts: dict[str, Any]) -> Any:
-    from sync_worker.config import RunOptions
+    from sync_worker.settings.config import RunOptions
 
     return RunOptions(
         inputs=inputs,

@@ -22,15 +22,15 @@ from yarl import URL
 if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or validate
     import aiohttp
 
-from sync_worker import __version__
-from sync_worker.client import MAX_OUTAGE_S, Client, Counters, Outcome, RetryPolicy
 from sync_worker.clock import now_iso
 from sync_worker.errors import FatalApiError
-from sync_worker.limiter import Pacer
 from sync_worker.logs import get_logger, redact
-from sync_worker.outage import Outage
-from sync_worker.pool import DEFAULT_MAX, PERCENTILE, PoolSize, Resize, needed
-from sync_worker.request_table import ChainQueue, Request
+from sync_worker.plan.request_table import ChainQueue, Request
+from sync_worker.send.client import MAX_OUTAGE_S, Client, Counters, Outcome, RetryPolicy
+from sync_worker.send.limiter import Pacer
+from sync_worker.send.outage import Outage
+from sync_worker.send.pool import DEFAULT_MAX, PERCENTILE, PoolSize, Resize, needed
+from sync_worker.version import __version__
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
 RESIZE_EVERY_S = 0.25  # how often the pool looks at the latency
@@ -119,7 +119,7 @@ class Sender:
     def _session(self, pacer: Pacer, connections: int) -> aiohttp.ClientSession:
         import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
 
-        from sync_worker.connector import PacedConnector
+        from sync_worker.send.connector import PacedConnector
 
         config = self._config
         tls = config.tls if config.tls is not None else True

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
-
 
 class StopSignal:
     """Turns SIGINT / SIGTERM into a stop request, before and during the event loop."""

@@ -14,18 +14,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
-from sync_worker.config import Settings
 from sync_worker.errors import InputError
 from sync_worker.fields import CONTACT_KEY, ID, interview_id
 from sync_worker.merger import Context, canonical, parse_context
-from sync_worker.plan.model import Note
-from sync_worker.reader import ReadOptions, read_raw
+from sync_worker.read.reader import ReadOptions, read_raw
+from sync_worker.settings.config import Settings
 
 UPDATED_AT = "updated_at"
 NOTES_COLUMNS = ("notes", CONTACT_KEY, ID, UPDATED_AT)  # only these columns are read
+
+
+class Note(NamedTuple):
+    """A usable row of the notes file."""
+
+    row: int  # 1-based data row in the notes file
+    context: Context
+    time: str  # ISO time: its updated_at, the file's mtime, or its first sighting
 
 
 @dataclass

@@ -17,7 +17,9 @@ from typing import Any
 
 import structlog
 
-from sync_worker.config import (
+from sync_worker.errors import ConfigError
+from sync_worker.logs import configure
+from sync_worker.settings.config import (
     RunOptions,
     Settings,
     check,
@@ -27,8 +29,6 @@ from sync_worker.config import (
     resolve,
     tier_name,
 )
-from sync_worker.errors import ConfigError
-from sync_worker.logs import configure
 
 PathLike = str | os.PathLike[str]
 
@@ -102,7 +102,7 @@ def sync(
     settings = _settings(config, given, log_format, option_names)
     options = _options(inputs, existing_notes, force, dry_run, max_rows, max_duration, ledger,
                        progress)  # fmt: skip
-    from sync_worker import pipeline
+    from sync_worker.commands import pipeline
 
     key_file = None if api_key_file is None else os.fspath(api_key_file)
     summary = pipeline.run(settings, options, key_file, api_key=api_key)
@@ -120,7 +120,7 @@ def validate(
     """Check files and mapping, as `sync-worker validate` does: no network, no key, no state."""
     settings = _settings(config, _checked({"merge": merge}), log_format)
     options = _options(inputs, existing_notes, False, False, None, None, None, False)
-    from sync_worker import planning
+    from sync_worker.commands import planning
 
     batch, plan, notes_problems = planning.validate(settings, options)
     invalid = tuple(f"{s.error_message} [{s.error_code}]"

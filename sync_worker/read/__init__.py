@@ -1,0 +1,1 @@
+"""Reading: export files and notes files into frames of text cells."""

@@ -1,0 +1,1 @@
+"""Recording: the ledger, the state updates as answers arrive, the summary and metrics."""

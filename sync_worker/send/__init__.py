@@ -1,0 +1,1 @@
+"""Sending: one session, paced, retried, with the pool sized to the latency."""

@@ -1,0 +1,1 @@
+"""Settings: the options, the config file, the key, the proxy and CA, the paths."""
