@@ -19,11 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 KEY = "demo-key-not-a-real-one"
 RUNS = [
-    ("salesforce", ["samples/salesforce_contacts.csv", "--config", "config/salesforce.toml",
-                    "--existing-notes", "samples/existing_notes.csv"]),
+    (
+        "salesforce",
+        [
+            "samples/salesforce_contacts.csv",
+            "--config",
+            "config/salesforce.toml",
+            "--existing-notes",
+            "samples/existing_notes.csv",
+        ],
+    ),
     ("hubspot", ["samples/hubspot_contacts.csv", "--config", "config/hubspot.toml", "--merge"]),
     ("warehouse", ["samples/warehouse_contacts.parquet", "--merge"]),
-]  # fmt: skip
+]
 
 
 def sync_worker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -48,14 +56,27 @@ def start_sandbox() -> tuple[subprocess.Popen[str], str]:
 def sync_all(base_url: str, round_name: str) -> None:
     for name, args in RUNS:
         ledger = WORK / f"{name}-{round_name}.csv"
-        run_args = ["run", *args, "--base-url", base_url, "--state", str(WORK / "state.sqlite"),
-                    "--ledger", str(ledger), "--no-progress", "--log-format", "json"]  # fmt: skip
+        run_args = [
+            "run",
+            *args,
+            "--base-url",
+            base_url,
+            "--state",
+            str(WORK / "state.sqlite"),
+            "--ledger",
+            str(ledger),
+            "--no-progress",
+            "--log-format",
+            "json",
+        ]
         shown = " ".join(a for a in args)
         print(f"$ sync-worker run {shown}")
         result = sync_worker(*run_args)
         finished = [json.loads(x) for x in result.stderr.splitlines() if '"run_finished"' in x]
-        print(f"  exit {result.returncode}; summary: {json.dumps(finished[-1]['counts'])}, "
-              f"requests sent: {finished[-1]['requests_sent']}")  # fmt: skip
+        print(
+            f"  exit {result.returncode}; summary: {json.dumps(finished[-1]['counts'])}, "
+            f"requests sent: {finished[-1]['requests_sent']}"
+        )
         print("$ sync-worker report " + str(ledger.relative_to(ROOT)))
         print("  " + sync_worker("report", str(ledger)).stdout.strip().replace("\n", "\n  "))
         print()

@@ -209,9 +209,13 @@ def run_cli(
 def start_run(folder: Path, args: list[str]) -> subprocess.Popen[str]:
     """`python -m sync_worker ARGS` started in the background (to signal, kill or race it)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", *args], cwd=folder, env=cli_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "sync_worker", *args],
+        cwd=folder,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_arrivals(server: SandboxServer, count: int, timeout: float = 20) -> None:

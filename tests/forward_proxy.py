@@ -23,8 +23,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         request.method, request.url, headers=headers, data=await request.read()
     ) as answer:
         body = await answer.read()
-        return web.Response(status=answer.status, body=body,
-                            content_type=answer.content_type)  # fmt: skip
+        return web.Response(status=answer.status, body=body, content_type=answer.content_type)
 
 
 async def main() -> None:

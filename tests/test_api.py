@@ -18,8 +18,11 @@ from sync_worker.errors import ConfigError, InputError
 def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HINDSIGHT_API_KEY", raising=False)
-    return write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
-                     [[1, "Ana"], [2, "Bo"], ["x", "Bad id"]])  # fmt: skip
+    return write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_name"],
+        [[1, "Ana"], [2, "Bo"], ["x", "Bad id"]],
+    )
 
 
 def _sync(server: SandboxServer, inputs: Path | str, **options: object) -> sync_worker.RunResult:
@@ -75,9 +78,19 @@ def test_a_run_from_a_worker_thread(inputs: Path, sandbox: SandboxServer) -> Non
         ({"rate_period": 1.0, "rate_limit": None}, "rate_period= 1 with"),
         ({"log_format": "xml"}, "log_format= must be auto, json or console"),
     ],
-    ids=["rate-limit", "nan-period", "tier", "max-rows", "dry-run", "empty-key", "two-line-key",
-         "plain-http", "tier-and-period", "log-format"],
-)  # fmt: skip
+    ids=[
+        "rate-limit",
+        "nan-period",
+        "tier",
+        "max-rows",
+        "dry-run",
+        "empty-key",
+        "two-line-key",
+        "plain-http",
+        "tier-and-period",
+        "log-format",
+    ],
+)
 def test_a_bad_option_raises_naming_it(
     inputs: Path, sandbox: SandboxServer, options: dict[str, object], words: str
 ) -> None:

@@ -46,9 +46,19 @@ def test_clean_key_strips_whitespace_and_bom(text: str, key: str) -> None:
         (f"\u200b{KEY}", "invisible"),
         (f"{KEY}\u00e9", "not plain ASCII"),
     ],
-    ids=["fine", "two-lines", "carriage-return", "space", "tab", "no-break-space", "bell",
-         "delete", "zero-width-space", "accent"],
-)  # fmt: skip
+    ids=[
+        "fine",
+        "two-lines",
+        "carriage-return",
+        "space",
+        "tab",
+        "no-break-space",
+        "bell",
+        "delete",
+        "zero-width-space",
+        "accent",
+    ],
+)
 def test_key_problem_names_what_is_wrong(key: str, problem: str | None) -> None:
     found = key_problem(key)
     if problem is None:

@@ -67,14 +67,18 @@ def test_key_flag_is_a_usage_error_and_not_echoed(tmp_path: Path, args: list[str
     ids=["http-public-flag", "http-private-env", "empty-key", "missing-key-file", "bad-config"],
 )
 def test_refused_before_anything_is_sent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
     message: str,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.chdir(tmp_path)
     write_csv(tmp_path / "in.csv", ["interview_id", "objective"], [[1, "x"]])
     (tmp_path / "bad.toml").write_text('[api]\ntierr = "growth"\n')
-    code, output = invoke("run", "in.csv", "--log-format", "console", *args,
-                          env={"HINDSIGHT_API_KEY": API_KEY, **env})  # fmt: skip
+    code, output = invoke(
+        "run", "in.csv", "--log-format", "console", *args, env={"HINDSIGHT_API_KEY": API_KEY, **env}
+    )
     assert code == 2
     assert message in output
     assert not (tmp_path / "ledgers").exists()
@@ -108,8 +112,13 @@ def run_on_terminal(args: list[str], cwd: Path) -> str:
     """Run the CLI with stdout and stderr on a pseudo-terminal; return what it showed."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "sync_worker", *args], cwd=cwd,
-                               env=cli_env(), stdout=follower, stderr=follower)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=follower,
+        stderr=follower,
+    )
     os.close(follower)
     shown = b""
     while True:
@@ -129,8 +138,18 @@ def test_progress_and_console_logs_only_on_a_terminal(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
     write_csv(tmp_path / "in.csv", ["interview_id", "objective"], [[i, "x"] for i in range(1, 21)])
-    args = ["run", "in.csv", "--base-url", sandbox.base_url, "--state", "s.sqlite",
-            "--rate-limit", "1000", "--rate-period", "1"]  # fmt: skip
+    args = [
+        "run",
+        "in.csv",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "s.sqlite",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+    ]
     shown = run_on_terminal([*args, "--ledger", "a.csv"], tmp_path)
     assert re.search(r"20/20 \[.*row/s\]", shown), shown  # rows done, rate, time
     assert "run_finished" in shown and '{"' not in shown  # console lines, not JSON
@@ -181,11 +200,17 @@ def modules_at_exit(args: list[str], cwd: Path) -> set[str]:
     ids=["help", "validate", "plan", "dry-run", "run"],
 )
 def test_commands_import_only_what_they_use(
-    tmp_path: Path, sandbox: SandboxServer, args: list[str], imported: set[str],
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    args: list[str],
+    imported: set[str],
     not_imported: set[str],
-) -> None:  # fmt: skip
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
-              [[1, "a@x.example", "first"], [2, "a@x.example", "second"]])  # fmt: skip
+) -> None:
+    write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_email", "contact_context"],
+        [[1, "a@x.example", "first"], [2, "a@x.example", "second"]],
+    )
     if args[-1] == "--base-url":
         args = [*args, sandbox.base_url]
     modules = modules_at_exit(args, tmp_path)
@@ -197,6 +222,7 @@ def test_importing_the_package_imports_no_dependency() -> None:
     """`import sync_worker` (an Airflow DAG file parsed every few seconds) costs nothing until
     `sync_worker.sync` is used."""
     code = "import sync_worker, sys; print(' '.join(sys.modules))"
-    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True
+    )
     assert not set(done.stdout.split()) & (HEAVY | {"click", "sync_worker.commands.api"})

@@ -69,9 +69,19 @@ NOW = 1_800_000_000.0
         ({"X-RateLimit-Reset": "soon"}, 1.0),
         ({}, 1.0),
     ],
-    ids=["unix", "seconds", "fraction", "retry-after", "retry-after-date", "reset-first",
-         "past", "capped", "garbage", "none"],
-)  # fmt: skip
+    ids=[
+        "unix",
+        "seconds",
+        "fraction",
+        "retry-after",
+        "retry-after-date",
+        "reset-first",
+        "past",
+        "capped",
+        "garbage",
+        "none",
+    ],
+)
 def test_reset_delay(headers: dict[str, str], expected: float) -> None:
     assert reset_delay(headers, NOW) == pytest.approx(expected)
 
@@ -99,16 +109,22 @@ def test_a_row_that_keeps_getting_429_fails_after_bounded_tries() -> None:
     async def always_429(_request: web.Request) -> web.Response:
         return web.json_response(
             {"error": {"code": "rate_limit_exceeded", "message": "Too many requests"}},
-            status=429, headers={"X-RateLimit-Reset": "0.01"},
-        )  # fmt: skip
+            status=429,
+            headers={"X-RateLimit-Reset": "0.01"},
+        )
 
     async def scenario() -> tuple[str, str, int, int]:
         app = web.Application()
         app.router.add_patch("/interviews/{id}", always_429)
         async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
             stop = asyncio.Event()
-            client = Client(session, str(server.make_url("")), Pacer(1000, 1.0, stop),
-                            RetryPolicy(max_retries=2), stop)  # fmt: skip
+            client = Client(
+                session,
+                str(server.make_url("")),
+                Pacer(1000, 1.0, stop),
+                RetryPolicy(max_retries=2),
+                stop,
+            )
             outcome = await client.send(7, b'{"objective":"x"}')
             return outcome.status, outcome.error_code, outcome.attempts, client.counters.retries
 
@@ -153,10 +169,14 @@ def test_a_server_hint_replaces_the_backoff(hint: float, expected: float) -> Non
 
 @pytest.mark.parametrize(
     ("headers", "expected"),
-    [({"Retry-After": "2"}, 2.0), ({"Retry-After": formatdate(NOW + 10, usegmt=True)}, 10.0),
-     ({"Retry-After": "later"}, None), ({}, None)],
+    [
+        ({"Retry-After": "2"}, 2.0),
+        ({"Retry-After": formatdate(NOW + 10, usegmt=True)}, 10.0),
+        ({"Retry-After": "later"}, None),
+        ({}, None),
+    ],
     ids=["seconds", "date", "unreadable", "absent"],
-)  # fmt: skip
+)
 def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
     got = retry_after(headers, NOW)
     assert got == (pytest.approx(expected) if expected is not None else None)
@@ -234,8 +254,10 @@ def test_a_connection_never_opened_is_not_attempted_and_not_on_the_wire() -> Non
     client = asyncio.run(_send_one(f"http://127.0.0.1:{port}", RetryPolicy(), watching=False))
     outcome: Outcome = client.last  # type: ignore[attr-defined]
     assert (outcome.status, outcome.error_code, outcome.attempts) == (
-        "not_attempted", "connection_error", 0,
-    )  # fmt: skip
+        "not_attempted",
+        "connection_error",
+        0,
+    )
     assert client.started == {} and client.counters.retries == 0
 
 
@@ -266,8 +288,14 @@ def test_rows_wait_out_an_outage_without_spending_retries() -> None:
         outage = Outage(30.0, stop)
         outage.watching = True
         async with aiohttp.ClientSession() as session:
-            client = Client(session, f"http://127.0.0.1:{port}", Pacer(100, 1.0, stop),
-                            RetryPolicy(OUTAGE_AFTER - 1, base_s=0.001), stop, outage)  # fmt: skip
+            client = Client(
+                session,
+                f"http://127.0.0.1:{port}",
+                Pacer(100, 1.0, stop),
+                RetryPolicy(OUTAGE_AFTER - 1, base_s=0.001),
+                stop,
+                outage,
+            )
             sends = [asyncio.ensure_future(client.send(i, b"{}")) for i in range(1, 41)]
             await asyncio.sleep(0.1)
             await runner.cleanup()

@@ -41,11 +41,18 @@ def write(tmp_path: Path, text: str) -> Path:
         ("[merge]\nenabled = true", {}, {"merge": None}, {"merge": True}),
     ],
     ids=[
-        "defaults", "file-tier", "flag-tier-beats-file", "file-rate-limit",
-        "flag-tier-beats-file-rate-limit", "flag-rate-limit", "env-beats-file",
-        "flag-beats-env", "flag-no-merge-beats-file", "unset-flag-keeps-file",
+        "defaults",
+        "file-tier",
+        "flag-tier-beats-file",
+        "file-rate-limit",
+        "flag-tier-beats-file-rate-limit",
+        "flag-rate-limit",
+        "env-beats-file",
+        "flag-beats-env",
+        "flag-no-merge-beats-file",
+        "unset-flag-keeps-file",
     ],
-)  # fmt: skip
+)
 def test_precedence(
     tmp_path: Path,
     file_text: str,
@@ -76,10 +83,21 @@ def test_precedence(
         ("[api\n", "not valid TOML"),
     ],
     ids=[
-        "unknown-key", "unknown-section", "negative", "fraction", "tier", "period", "bool",
-        "list", "encoding", "delimiter", "unknown-canonical", "mapping-type", "toml-syntax",
+        "unknown-key",
+        "unknown-section",
+        "negative",
+        "fraction",
+        "tier",
+        "period",
+        "bool",
+        "list",
+        "encoding",
+        "delimiter",
+        "unknown-canonical",
+        "mapping-type",
+        "toml-syntax",
     ],
-)  # fmt: skip
+)
 def test_bad_config_names_key_and_file(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as error:
@@ -105,9 +123,17 @@ def test_missing_config_file(tmp_path: Path) -> None:
         ("http://10.0.0.1/api", False),
         ("ftp://x/y", False),
     ],
-    ids=["https", "loopback-ip", "localhost", "ipv6-loopback", "loopback-range", "http-public",
-         "http-private", "not-http"],
-)  # fmt: skip
+    ids=[
+        "https",
+        "loopback-ip",
+        "localhost",
+        "ipv6-loopback",
+        "loopback-range",
+        "http-public",
+        "http-private",
+        "not-http",
+    ],
+)
 def test_plain_http_only_to_loopback(url: str, ok: bool) -> None:
     if ok:
         check_base_url(url)
@@ -145,10 +171,15 @@ def test_concurrency_is_adaptive_unless_fixed(
         ("", {"tier": "growth", "rate_limit": 20, "rate_period_s": 1.0}, 20, 1.0),
         ("[api]\nrate_period_s = 1", {"tier": "essentials"}, 60, 60.0),
     ],
-    ids=["flag-tier-clears-file-limit-and-period", "file-limit-beats-file-tier",
-         "flag-limit-keeps-file-period", "tier-with-60s", "flag-limit-with-tier-and-period",
-         "flag-tier-clears-file-period"],
-)  # fmt: skip
+    ids=[
+        "flag-tier-clears-file-limit-and-period",
+        "file-limit-beats-file-tier",
+        "flag-limit-keeps-file-period",
+        "tier-with-60s",
+        "flag-limit-with-tier-and-period",
+        "flag-tier-clears-file-period",
+    ],
+)
 def test_a_tier_is_its_limit_per_minute(
     tmp_path: Path, file_text: str, overrides: dict[str, object], limit: int, period: float
 ) -> None:
@@ -159,18 +190,35 @@ def test_a_tier_is_its_limit_per_minute(
 @pytest.mark.parametrize(
     ("file_text", "overrides", "words"),
     [
-        ('[api]\ntier = "enterprise"\nrate_period_s = 1', {},
-         ["sync.toml: [api] rate_period_s = 1 with", "sync.toml: [api] tier = enterprise",
-          "1000 requests per 60 s", "[api] rate_limit"]),
-        ("", {"tier": "growth", "rate_period_s": 1.0},
-         ["--rate-period 1 with --tier growth", "--rate-limit N"]),
+        (
+            '[api]\ntier = "enterprise"\nrate_period_s = 1',
+            {},
+            [
+                "sync.toml: [api] rate_period_s = 1 with",
+                "sync.toml: [api] tier = enterprise",
+                "1000 requests per 60 s",
+                "[api] rate_limit",
+            ],
+        ),
+        (
+            "",
+            {"tier": "growth", "rate_period_s": 1.0},
+            ["--rate-period 1 with --tier growth", "--rate-limit N"],
+        ),
         ("", {"rate_period_s": 2.0}, ["--rate-period 2 with the default tier growth"]),
-        ("[api]\nrate_limit = 5\nrate_period_s = 1", {"tier": "growth", "rate_period_s": 1.0},
-         ["--rate-period 1 with --tier growth"]),
+        (
+            "[api]\nrate_limit = 5\nrate_period_s = 1",
+            {"tier": "growth", "rate_period_s": 1.0},
+            ["--rate-period 1 with --tier growth"],
+        ),
     ],
-    ids=["file-tier-and-period", "flag-tier-and-period", "flag-period-default-tier",
-         "flag-tier-clears-file-limit-flag-period"],
-)  # fmt: skip
+    ids=[
+        "file-tier-and-period",
+        "flag-tier-and-period",
+        "flag-period-default-tier",
+        "flag-tier-clears-file-limit-flag-period",
+    ],
+)
 def test_a_tier_with_another_period_is_ambiguous(
     tmp_path: Path, file_text: str, overrides: dict[str, object], words: list[str]
 ) -> None:
@@ -184,16 +232,23 @@ def test_a_tier_with_another_period_is_ambiguous(
     ("file_text", "environ", "overrides", "source"),
     [
         ('[api]\nbase_url = "http://x.example/api"', {}, {}, "sync.toml: [api] base_url"),
-        ("", {"HINDSIGHT_BASE_URL": "http://x.example/api"}, {},
-         "environment variable HINDSIGHT_BASE_URL"),
+        (
+            "",
+            {"HINDSIGHT_BASE_URL": "http://x.example/api"},
+            {},
+            "environment variable HINDSIGHT_BASE_URL",
+        ),
         ("", {}, {"base_url": "http://x.example/api"}, "--base-url"),
     ],
     ids=["file", "environment", "flag"],
-)  # fmt: skip
+)
 def test_refused_base_url_names_its_source(
-    tmp_path: Path, file_text: str, environ: dict[str, str], overrides: dict[str, object],
+    tmp_path: Path,
+    file_text: str,
+    environ: dict[str, str],
+    overrides: dict[str, object],
     source: str,
-) -> None:  # fmt: skip
+) -> None:
     with pytest.raises(ConfigError, match="plain http") as error:
         resolve(write(tmp_path, file_text), overrides, environ)
     assert str(error.value).startswith(f"{tmp_path / source}" if ": [" in source else source)
@@ -278,9 +333,10 @@ def test_max_outage_s(tmp_path: Path, text: str, expected: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["0", "-1", "inf", "nan", '"60"', "true"],
+    "value",
+    ["0", "-1", "inf", "nan", '"60"', "true"],
     ids=["zero", "negative", "inf", "nan", "text", "bool"],
-)  # fmt: skip
+)
 def test_max_outage_s_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[api\] max_outage_s must be a finite number above 0"):
         load_file(write(tmp_path, f"[api]\nmax_outage_s = {value}"))

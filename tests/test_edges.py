@@ -126,9 +126,20 @@ def test_run_sends_the_good_rows_and_settles_bad_json_as_invalid(
 ) -> None:
     _bad_contexts_csv(tmp_path)
     result = run_cli(
-        "run", "in.csv", "--base-url", sandbox.base_url, "--state", "state.sqlite",
-        "--ledger", "ledger.csv", "--rate-limit", "1000", "--rate-period", "1", cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        "in.csv",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "ledger.csv",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        cwd=tmp_path,
+    )
     assert_no_traceback(result, 1)
     by_row = {
         int(line["source_row"]): line for line in assert_ledger_rows(tmp_path / "ledger.csv", 7)
@@ -158,10 +169,14 @@ UNUSABLE_COLUMNS = {
 
 @pytest.mark.parametrize("kind", list(UNUSABLE_COLUMNS), ids=list(UNUSABLE_COLUMNS))
 def test_parquet_columns_not_used_do_not_matter(tmp_path: Path, kind: str) -> None:
-    _parquet(tmp_path / "in.parquet", {
-        "interview_id": pa.array(["1", "2"]), "objective": pa.array(["a", "b"]),
-        "Extra": UNUSABLE_COLUMNS[kind],
-    })  # fmt: skip
+    _parquet(
+        tmp_path / "in.parquet",
+        {
+            "interview_id": pa.array(["1", "2"]),
+            "objective": pa.array(["a", "b"]),
+            "Extra": UNUSABLE_COLUMNS[kind],
+        },
+    )
     result = run_cli("validate", "in.parquet", cwd=tmp_path)
     assert_no_traceback(result, 0)
     assert "2 requests to send, 0 invalid rows" in result.stdout
@@ -169,9 +184,13 @@ def test_parquet_columns_not_used_do_not_matter(tmp_path: Path, kind: str) -> No
 
 @pytest.mark.parametrize("kind", list(UNUSABLE_COLUMNS), ids=list(UNUSABLE_COLUMNS))
 def test_parquet_column_used_that_is_not_text_is_one_line(tmp_path: Path, kind: str) -> None:
-    _parquet(tmp_path / "in.parquet", {
-        "interview_id": pa.array(["1", "2"]), "Details": UNUSABLE_COLUMNS[kind],
-    })  # fmt: skip
+    _parquet(
+        tmp_path / "in.parquet",
+        {
+            "interview_id": pa.array(["1", "2"]),
+            "Details": UNUSABLE_COLUMNS[kind],
+        },
+    )
     (tmp_path / "sync.toml").write_text('[context_columns]\ndetails = "Details"\n')
     result = run_cli("validate", "in.parquet", "--config", "sync.toml", cwd=tmp_path)
     line = assert_one_line(result, 2, "in.parquet", "column 'Details'", "export it as")
@@ -181,10 +200,14 @@ def test_parquet_column_used_that_is_not_text_is_one_line(tmp_path: Path, kind: 
 def test_parquet_binary_column_of_utf8_text_and_float_nan_are_read_as_text(
     tmp_path: Path,
 ) -> None:
-    _parquet(tmp_path / "in.parquet", {
-        "interview_id": pa.array([1.0, 2.0]), "objective": pa.array([float("nan"), 1.5]),
-        "contact_name": pa.array(["José".encode(), b"Bo"]),
-    })  # fmt: skip
+    _parquet(
+        tmp_path / "in.parquet",
+        {
+            "interview_id": pa.array([1.0, 2.0]),
+            "objective": pa.array([float("nan"), 1.5]),
+            "contact_name": pa.array(["José".encode(), b"Bo"]),
+        },
+    )
     result = run_cli("plan", "in.parquet", "--state", "state.sqlite", cwd=tmp_path)
     assert_no_traceback(result, 0)
     bodies = [_strict_json(line)["body"] for line in result.stdout.splitlines()]
@@ -204,9 +227,15 @@ UNICODE_TEXT = "interview_id{d}contact_name{d}objective\r\n1{d}José Müller{d}W
         ("in.tsv", "utf-32", "\t"),
         ("in.csv", "utf-8-sig", "\t"),
     ],
-    ids=["excel-unicode-txt", "utf16-le-tab-csv", "utf16-be-tab-csv", "utf16-comma",
-         "utf32-tsv", "utf8-bom-tab"],
-)  # fmt: skip
+    ids=[
+        "excel-unicode-txt",
+        "utf16-le-tab-csv",
+        "utf16-be-tab-csv",
+        "utf16-comma",
+        "utf32-tsv",
+        "utf8-bom-tab",
+    ],
+)
 def test_files_with_a_byte_order_mark_are_read_in_their_encoding(
     tmp_path: Path, name: str, encoding: str, delimiter: str
 ) -> None:
@@ -258,22 +287,46 @@ def test_semicolon_file_with_the_delimiter_set_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("header", "config", "words"),
     [
-        ("interview_id,Interview_ID ,objective", "",
-         ["'interview_id'", "'Interview_ID '", "both give interview_id"]),
-        ("interview_id,objective,interview_id", "",
-         ["1 'interview_id'", "3 'interview_id'", "both give interview_id"]),
-        ("interview_id,objective,Objective", "",
-         ["'objective'", "'Objective'", "both give objective"]),
-        ("interview_id,Title,context.title", '[context_columns]\ntitle = "Title"\n',
-         ["'Title'", "'context.title'", "both give context.title"]),
-        ("interview_id,Job,Role", '[context_columns]\ntitle = "Job"\nrole = "Job"\n',
-         ["'Job'", "context.title", "context.role"]),
-        ("interview_id,Full Name", '[columns]\ncontact_name = "Full Name"\n'
-         'objective = "Full Name"\n', ["'Full Name'", "contact_name", "objective"]),
+        (
+            "interview_id,Interview_ID ,objective",
+            "",
+            ["'interview_id'", "'Interview_ID '", "both give interview_id"],
+        ),
+        (
+            "interview_id,objective,interview_id",
+            "",
+            ["1 'interview_id'", "3 'interview_id'", "both give interview_id"],
+        ),
+        (
+            "interview_id,objective,Objective",
+            "",
+            ["'objective'", "'Objective'", "both give objective"],
+        ),
+        (
+            "interview_id,Title,context.title",
+            '[context_columns]\ntitle = "Title"\n',
+            ["'Title'", "'context.title'", "both give context.title"],
+        ),
+        (
+            "interview_id,Job,Role",
+            '[context_columns]\ntitle = "Job"\nrole = "Job"\n',
+            ["'Job'", "context.title", "context.role"],
+        ),
+        (
+            "interview_id,Full Name",
+            '[columns]\ncontact_name = "Full Name"\nobjective = "Full Name"\n',
+            ["'Full Name'", "contact_name", "objective"],
+        ),
     ],
-    ids=["case-and-space", "exact-duplicate", "duplicate-field", "context-column-and-mapped",
-         "one-header-two-keys", "one-header-two-fields"],
-)  # fmt: skip
+    ids=[
+        "case-and-space",
+        "exact-duplicate",
+        "duplicate-field",
+        "context-column-and-mapped",
+        "one-header-two-keys",
+        "one-header-two-fields",
+    ],
+)
 def test_ambiguous_headers_are_refused(
     tmp_path: Path, header: str, config: str, words: list[str]
 ) -> None:
@@ -330,23 +383,46 @@ def test_random_bytes_never_make_a_traceback(data: bytes, suffix: str, compress:
         ("in.csv", b"\xef\xbb\xbf", 2, ["in.csv: file is empty"]),
         ("in.csv", b"\n\n\n", 2, ["in.csv: file is empty"]),
         ("in.csv", b"\xff\xfe", 2, ["in.csv: file is empty"]),
-        ("in.csv", b"interview_id,objective\n1,\"x\n2,y\n", 2,
-         ["in.csv: row 1", "never closed"]),
-        ("in.csv", b"interview_id,objective\n1,\x81\x8d\n", 2,
-         ["in.csv", "neither UTF-8 nor cp1252", "[input] encoding"]),
-        ("in.csv", "interview_id,objective\n1,x\n".encode("utf-16-le"), 2,
-         ["in.csv", "NUL bytes", "utf-16-le"]),
-        ("in.csv.gz", b"interview_id,objective\n1,x\n", 2,
-         ["in.csv.gz", "not a gzip file", "drop the .gz"]),
-        ("in.csv.gz", gzip.compress(b"interview_id,objective\n" + b"1,x\n" * 1000)[:60], 2,
-         ["in.csv.gz"]),
-        ("in.parquet", b"interview_id,objective\n1,x\n", 2,
-         ["in.parquet: cannot read as Parquet"]),
+        ("in.csv", b'interview_id,objective\n1,"x\n2,y\n', 2, ["in.csv: row 1", "never closed"]),
+        (
+            "in.csv",
+            b"interview_id,objective\n1,\x81\x8d\n",
+            2,
+            ["in.csv", "neither UTF-8 nor cp1252", "[input] encoding"],
+        ),
+        (
+            "in.csv",
+            "interview_id,objective\n1,x\n".encode("utf-16-le"),
+            2,
+            ["in.csv", "NUL bytes", "utf-16-le"],
+        ),
+        (
+            "in.csv.gz",
+            b"interview_id,objective\n1,x\n",
+            2,
+            ["in.csv.gz", "not a gzip file", "drop the .gz"],
+        ),
+        (
+            "in.csv.gz",
+            gzip.compress(b"interview_id,objective\n" + b"1,x\n" * 1000)[:60],
+            2,
+            ["in.csv.gz"],
+        ),
+        ("in.parquet", b"interview_id,objective\n1,x\n", 2, ["in.parquet: cannot read as Parquet"]),
     ],
-    ids=["empty", "only-bom", "blank-lines", "only-utf16-bom", "unterminated-quote",
-         "neither-utf8-nor-cp1252", "utf16-without-bom", "gz-not-gzip", "gz-truncated",
-         "parquet-that-is-csv"],
-)  # fmt: skip
+    ids=[
+        "empty",
+        "only-bom",
+        "blank-lines",
+        "only-utf16-bom",
+        "unterminated-quote",
+        "neither-utf8-nor-cp1252",
+        "utf16-without-bom",
+        "gz-not-gzip",
+        "gz-truncated",
+        "parquet-that-is-csv",
+    ],
+)
 def test_unusable_files_are_one_line(
     tmp_path: Path, name: str, data: bytes, code: int, words: list[str]
 ) -> None:
@@ -394,18 +470,32 @@ def test_a_column_named_context_dot_alone_is_named_not_dropped_silently(tmp_path
 
 
 def _notes_parquet(path: Path, notes: str) -> Path:
-    return _parquet(path, {
-        "contact_email": pa.array(["a@x.com"]), "notes": pa.array([notes]),
-        "tags": pa.array([[1, 2]]),  # a list column the notes file does not use
-    })  # fmt: skip
+    return _parquet(
+        path,
+        {
+            "contact_email": pa.array(["a@x.com"]),
+            "notes": pa.array([notes]),
+            "tags": pa.array([[1, 2]]),  # a list column the notes file does not use
+        },
+    )
 
 
 def test_existing_notes_parquet_with_a_list_column_is_read(tmp_path: Path) -> None:
     _notes_parquet(tmp_path / "notes.parquet", "old")
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
-              [[1, "a@x.com", "new"]])  # fmt: skip
-    result = run_cli("plan", "in.csv", "--existing-notes", "notes.parquet", "--state",
-                     "state.sqlite", cwd=tmp_path)  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_email", "contact_context"],
+        [[1, "a@x.com", "new"]],
+    )
+    result = run_cli(
+        "plan",
+        "in.csv",
+        "--existing-notes",
+        "notes.parquet",
+        "--state",
+        "state.sqlite",
+        cwd=tmp_path,
+    )
     assert_no_traceback(result, 0)
     [planned] = [_strict_json(line) for line in result.stdout.splitlines()]
     assert planned["body"] == {"contact_context": "old\n\nnew"}
@@ -413,8 +503,11 @@ def test_existing_notes_parquet_with_a_list_column_is_read(tmp_path: Path) -> No
 
 def test_an_existing_notes_file_with_two_notes_columns_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "notes.csv").write_text("contact_email,Notes,notes \na@x.com,1,2\n")
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
-              [[1, "a@x.com", "new"]])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_email", "contact_context"],
+        [[1, "a@x.com", "new"]],
+    )
     result = run_cli("validate", "in.csv", "--existing-notes", "notes.csv", cwd=tmp_path)
     assert_one_line(result, 2, "notes.csv", "'Notes'", "'notes '", "both give notes")
 
@@ -422,8 +515,11 @@ def test_an_existing_notes_file_with_two_notes_columns_is_one_line(tmp_path: Pat
 def test_a_notes_row_that_is_not_strict_json_is_named_and_left_out(tmp_path: Path) -> None:
     """SPEC 6: an unusable notes row is reported with file, row and reason; the others go on."""
     _notes_parquet(tmp_path / "notes.parquet", '{"a": "\\ud800"}')
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_email", "contact_context"],
-              [[1, "a@x.com", "new"]])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_email", "contact_context"],
+        [[1, "a@x.com", "new"]],
+    )
     result = run_cli("validate", "in.csv", "--existing-notes", "notes.parquet", cwd=tmp_path)
     assert_no_traceback(result, 1)
     assert "notes.parquet row 1: column notes: not valid JSON (lone surrogate" in result.stdout
@@ -432,8 +528,9 @@ def test_a_notes_row_that_is_not_strict_json_is_named_and_left_out(tmp_path: Pat
 def test_existing_notes_id_in_unicode_digits_is_not_an_id(tmp_path: Path) -> None:
     (tmp_path / "notes.csv").write_text("interview_id,notes\n\u00b2,old\n")
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_context"], [[2, "new"]])
-    result = run_cli("plan", "in.csv", "--existing-notes", "notes.csv", "--state",
-                     "state.sqlite", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "plan", "in.csv", "--existing-notes", "notes.csv", "--state", "state.sqlite", cwd=tmp_path
+    )
     assert_no_traceback(result, 0)
     [planned] = [_strict_json(line) for line in result.stdout.splitlines()]
     assert planned["body"] == {"contact_context": "new"}
@@ -518,10 +615,16 @@ def _setup(tmp_path: Path, keys: Path) -> None:
         (["--base-url", "https://u:pw@x.example"], {}, ["--base-url", "user or password"]),
         (["--config", "top-level-tier"], {}, ["top-level-tier: key tier must be under [api]"]),
         # 4. a tier is per 60 s: a tier with another period and no rate limit is ambiguous
-        (["--config", "tier-and-period"], {},
-         ["tier-and-period: [api] rate_period_s = 1", "[api] tier = enterprise", "ambiguous"]),
-        (["--tier", "growth", "--rate-period", "1"], {},
-         ["--rate-period 1 with --tier growth", "ambiguous", "--rate-limit"]),
+        (
+            ["--config", "tier-and-period"],
+            {},
+            ["tier-and-period: [api] rate_period_s = 1", "[api] tier = enterprise", "ambiguous"],
+        ),
+        (
+            ["--tier", "growth", "--rate-period", "1"],
+            {},
+            ["--rate-period 1 with --tier growth", "ambiguous", "--rate-limit"],
+        ),
         (["--config", "period-alone"], {}, ["[api] rate_period_s = 10", "default tier"]),
         # 7. config files that cannot be used
         (["--config", "a-directory"], {}, ["--config", "directory"]),
@@ -530,23 +633,51 @@ def _setup(tmp_path: Path, keys: Path) -> None:
         (["--tier", "platinum"], {}, ["--tier", "platinum"]),
     ],
     ids=[
-        "key-two-lines", "key-inner-space", "key-control-char",
-        "key-zero-width", "key-not-ascii", "key-not-utf8", "key-file-directory",
-        "key-file-missing", "env-key-line-break",
-        "key-as-env-name-flag", "key-as-env-name-file",
-        "rate-period-inf", "rate-period-nan", "max-duration-nan", "max-duration-inf",
-        "file-timeout-inf", "file-period-nan", "file-retries-negative", "file-timeout-zero",
-        "rate-limit-0", "concurrency-0", "max-rows-negative",
-        "http-url-file", "http-url-env", "http-url-flag", "garbage-url-env", "broken-ipv6-url",
-        "url-with-password", "top-level-key",
-        "file-tier-and-period", "flag-tier-and-period", "period-with-default-tier",
-        "config-directory", "config-not-utf8", "config-column-not-text", "unknown-tier",
+        "key-two-lines",
+        "key-inner-space",
+        "key-control-char",
+        "key-zero-width",
+        "key-not-ascii",
+        "key-not-utf8",
+        "key-file-directory",
+        "key-file-missing",
+        "env-key-line-break",
+        "key-as-env-name-flag",
+        "key-as-env-name-file",
+        "rate-period-inf",
+        "rate-period-nan",
+        "max-duration-nan",
+        "max-duration-inf",
+        "file-timeout-inf",
+        "file-period-nan",
+        "file-retries-negative",
+        "file-timeout-zero",
+        "rate-limit-0",
+        "concurrency-0",
+        "max-rows-negative",
+        "http-url-file",
+        "http-url-env",
+        "http-url-flag",
+        "garbage-url-env",
+        "broken-ipv6-url",
+        "url-with-password",
+        "top-level-key",
+        "file-tier-and-period",
+        "flag-tier-and-period",
+        "period-with-default-tier",
+        "config-directory",
+        "config-not-utf8",
+        "config-column-not-text",
+        "unknown-tier",
     ],
-)  # fmt: skip
+)
 def test_config_key_and_numbers_refused_before_sending(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, args: list[str],
-    env: dict[str, str], words: list[str],
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    args: list[str],
+    env: dict[str, str],
+    words: list[str],
+) -> None:
     keys = tmp_path_factory.mktemp("keys")
     _setup(tmp_path, keys)
     args = [arg.replace(KEYS, f"{keys}/") for arg in args]
@@ -562,8 +693,19 @@ def test_config_key_and_numbers_refused_before_sending(
 def _run_ok(tmp_path: Path, server: SandboxServer, *args: str, **env: str) -> dict[str, object]:
     """A run that must succeed: exit 0, one ledger line, no traceback; its summary."""
     write_csv(tmp_path / "in.csv", ["interview_id", "objective"], [[1, "x"]])
-    result = run_cli("run", "in.csv", "--base-url", server.base_url, "--state", "s.sqlite",
-                     "--ledger", "l.csv", *args, cwd=tmp_path, env=cli_env(**env))  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        *args,
+        cwd=tmp_path,
+        env=cli_env(**env),
+    )
     assert_no_traceback(result, 0)
     assert_ledger_rows(tmp_path / "l.csv", 1)
     summary: dict[str, object] = json.loads((tmp_path / "l.csv.summary.json").read_text())
@@ -576,9 +718,11 @@ def _run_ok(tmp_path: Path, server: SandboxServer, *args: str, **env: str) -> di
     ids=["notepad-bom-crlf", "surrounding-blank", "bare"],
 )
 def test_key_file_with_bom_and_blank_lines_works(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, sandbox: SandboxServer,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    sandbox: SandboxServer,
     key_text: str,
-) -> None:  # fmt: skip
+) -> None:
     key_file = tmp_path_factory.mktemp("keys") / "key.txt"
     key_file.write_text(key_text, encoding="utf-8", newline="")
     _run_ok(tmp_path, sandbox, "--api-key-file", str(key_file), HINDSIGHT_API_KEY="")
@@ -598,9 +742,21 @@ def test_one_request_reports_no_more_than_the_limit(tmp_path: Path, sandbox: San
 
 def test_base_url_with_trailing_slash_works(tmp_path: Path, sandbox: SandboxServer) -> None:
     write_csv(tmp_path / "in.csv", ["interview_id", "objective"], [[1, "x"]])
-    result = run_cli("run", "in.csv", "--base-url", sandbox.base_url + "/", "--state", "s.sqlite",
-                     "--ledger", "l.csv", "--rate-limit", "20", "--rate-period", "1",
-                     cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        sandbox.base_url + "/",
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        "--rate-limit",
+        "20",
+        "--rate-period",
+        "1",
+        cwd=tmp_path,
+    )
     assert_no_traceback(result, 0)
     assert [line["status"] for line in assert_ledger_rows(tmp_path / "l.csv", 1)] == ["ok"]
 
@@ -614,14 +770,25 @@ def test_base_url_with_trailing_slash_works(tmp_path: Path, sandbox: SandboxServ
         ("", [], 300, 60.0),
     ],
     ids=["flag-tier-clears-file-rate", "flag-tier-upper-case", "config-with-bom", "config-empty"],
-)  # fmt: skip
+)
 def test_tier_and_config_files_that_work(
     tmp_path: Path, config: str, args: list[str], limit: int, period: float
 ) -> None:
     write_csv(tmp_path / "in.csv", ["interview_id", "objective"], [[1, "x"]])
     (tmp_path / "sync.toml").write_text(config, encoding="utf-8")
-    result = run_cli("run", "in.csv", "--config", "sync.toml", "--dry-run", "--state", "s.sqlite",
-                     "--ledger", "l.csv", *args, cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--config",
+        "sync.toml",
+        "--dry-run",
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        *args,
+        cwd=tmp_path,
+    )
     assert_no_traceback(result, 0)
     assert_ledger_rows(tmp_path / "l.csv", 1)
     started = result.event("run_started")
@@ -643,14 +810,31 @@ NO_KEY = {"HINDSIGHT_API_KEY": ""}
 
 
 def _rows(folder: Path, count: int, tag: str = "N", name: str = "in.csv") -> Path:
-    return write_csv(folder / name, ["interview_id", "contact_name"],
-                     [[i, f"{tag}{i}"] for i in range(1, count + 1)])  # fmt: skip
+    return write_csv(
+        folder / name,
+        ["interview_id", "contact_name"],
+        [[i, f"{tag}{i}"] for i in range(1, count + 1)],
+    )
 
 
-def _run_args(server: SandboxServer, state: str = "state.sqlite", ledger: str = "ledger.csv",
-              *args: str) -> list[str]:  # fmt: skip
-    return ["run", "in.csv", "--base-url", server.base_url, "--state", state, "--ledger", ledger,
-            "--rate-limit", "1000", "--rate-period", "1", *args]  # fmt: skip
+def _run_args(
+    server: SandboxServer, state: str = "state.sqlite", ledger: str = "ledger.csv", *args: str
+) -> list[str]:
+    return [
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        state,
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+    ]
 
 
 def test_dry_run_after_a_real_run_changes_nothing(tmp_path: Path, sandbox: SandboxServer) -> None:
@@ -660,8 +844,11 @@ def test_dry_run_after_a_real_run_changes_nothing(tmp_path: Path, sandbox: Sandb
     state = tmp_path / "state.sqlite"
     before = (state.read_bytes(), state.stat().st_mtime_ns)
     _rows(tmp_path, 5, tag="Changed")
-    dry = run_cli(*_run_args(sandbox, "state.sqlite", "dry.csv", "--dry-run"), cwd=tmp_path,
-                  env=cli_env(**NO_KEY))  # fmt: skip
+    dry = run_cli(
+        *_run_args(sandbox, "state.sqlite", "dry.csv", "--dry-run"),
+        cwd=tmp_path,
+        env=cli_env(**NO_KEY),
+    )
     assert_no_traceback(dry, 0)
     assert {line["status"] for line in assert_ledger_rows(tmp_path / "dry.csv", 5)} == {"dry_run"}
     assert (state.read_bytes(), state.stat().st_mtime_ns) == before
@@ -680,19 +867,31 @@ def _folders(folder: Path) -> None:
 
 @pytest.mark.parametrize(
     ("make", "state", "ledger", "words"),
-    [(_file_in_the_way, "blocker/state.sqlite", "ledger.csv", ("blocker is a file", "--state")),
-     (_folders, "state-dir", "ledger2.csv", ("state database state-dir", "it is a folder")),
-     (_file_in_the_way, "state.sqlite", "blocker/l.csv", ("blocker is a file", "--ledger")),
-     (_folders, "state.sqlite", "ledger-dir.csv", ("ledger ledger-dir.csv", "it is a folder")),
-     (_folders, "state.sqlite", "ledger.csv", ("ledger.csv.summary.json", "it is a folder")),
-     (_folders, "state.sqlite", "in.csv", ("ledger in.csv already exists", "new --ledger path"))],
-    ids=["state-under-a-file", "state-is-a-folder", "ledger-under-a-file", "ledger-is-a-folder",
-         "summary-is-a-folder", "ledger-is-the-input"],
-)  # fmt: skip
+    [
+        (_file_in_the_way, "blocker/state.sqlite", "ledger.csv", ("blocker is a file", "--state")),
+        (_folders, "state-dir", "ledger2.csv", ("state database state-dir", "it is a folder")),
+        (_file_in_the_way, "state.sqlite", "blocker/l.csv", ("blocker is a file", "--ledger")),
+        (_folders, "state.sqlite", "ledger-dir.csv", ("ledger ledger-dir.csv", "it is a folder")),
+        (_folders, "state.sqlite", "ledger.csv", ("ledger.csv.summary.json", "it is a folder")),
+        (_folders, "state.sqlite", "in.csv", ("ledger in.csv already exists", "new --ledger path")),
+    ],
+    ids=[
+        "state-under-a-file",
+        "state-is-a-folder",
+        "ledger-under-a-file",
+        "ledger-is-a-folder",
+        "summary-is-a-folder",
+        "ledger-is-the-input",
+    ],
+)
 def test_a_path_that_cannot_be_written_stops_before_sending(
-    tmp_path: Path, sandbox: SandboxServer, make: Callable[[Path], None], state: str,
-    ledger: str, words: tuple[str, ...],
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    make: Callable[[Path], None],
+    state: str,
+    ledger: str,
+    words: tuple[str, ...],
+) -> None:
     before = _rows(tmp_path, 3).read_bytes()
     make(tmp_path)
     result = run_cli(*_run_args(sandbox, state, ledger), cwd=tmp_path)
@@ -712,15 +911,17 @@ def _ledger_text(rows: int) -> str:
 
 @pytest.mark.parametrize(
     ("name", "content", "words"),
-    [("in.csv", b"interview_id,contact_name\n1,Ana\n", "no column run_id"),
-     ("photo.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file"),
-     ("ledger.jsonl", JSONL_LINE + b"{oops\n" + JSONL_LINE, "line 2 is not JSON"),
-     ("other.jsonl", b'{"id": 1}\n', "line 1 is not a ledger line (no run_id)"),
-     ("empty.csv", b"", "the file is empty"),
-     ("missing.csv", None, "no such file"),
-     ("folder.csv", "folder", "it is a folder")],
+    [
+        ("in.csv", b"interview_id,contact_name\n1,Ana\n", "no column run_id"),
+        ("photo.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file"),
+        ("ledger.jsonl", JSONL_LINE + b"{oops\n" + JSONL_LINE, "line 2 is not JSON"),
+        ("other.jsonl", b'{"id": 1}\n', "line 1 is not a ledger line (no run_id)"),
+        ("empty.csv", b"", "the file is empty"),
+        ("missing.csv", None, "no such file"),
+        ("folder.csv", "folder", "it is a folder"),
+    ],
     ids=["another-csv", "binary", "jsonl-bad-line", "other-jsonl", "empty", "missing", "folder"],
-)  # fmt: skip
+)
 def test_report_on_what_is_not_a_ledger(
     tmp_path: Path, name: str, content: bytes | str | None, words: str
 ) -> None:
@@ -809,8 +1010,9 @@ def _text(path: Path) -> None:
 def _truncated(path: Path) -> None:
     db = sqlite3.connect(path)
     db.executescript(SCHEMA)
-    db.executemany("INSERT INTO sent VALUES (?, ?, 'c', 'r', 't')",
-                   [(i, "h" * 64) for i in range(1, 3001)])  # fmt: skip
+    db.executemany(
+        "INSERT INTO sent VALUES (?, ?, 'c', 'r', 't')", [(i, "h" * 64) for i in range(1, 3001)]
+    )
     db.commit()
     db.close()
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -831,14 +1033,22 @@ def _future(path: Path) -> None:
 
 BROKEN_STATES = pytest.mark.parametrize(
     ("make", "words"),
-    [(_garbage, ("mv state.sqlite state.sqlite.bad", "unchanged rows are sent again",
-                 "if --state names the wrong file")),
-     (_text, ("mv state.sqlite state.sqlite.bad", "file is not a database")),
-     (_truncated, ("mv state.sqlite state.sqlite.bad", "malformed")),
-     (_foreign, ("another program's SQLite database", "invoices", "--state")),
-     (_future, ("written by a newer sync-worker", "schema 99"))],
+    [
+        (
+            _garbage,
+            (
+                "mv state.sqlite state.sqlite.bad",
+                "unchanged rows are sent again",
+                "if --state names the wrong file",
+            ),
+        ),
+        (_text, ("mv state.sqlite state.sqlite.bad", "file is not a database")),
+        (_truncated, ("mv state.sqlite state.sqlite.bad", "malformed")),
+        (_foreign, ("another program's SQLite database", "invoices", "--state")),
+        (_future, ("written by a newer sync-worker", "schema 99")),
+    ],
     ids=["garbage", "text-file", "truncated-sqlite", "unrelated-sqlite", "future-schema"],
-)  # fmt: skip
+)
 
 
 @BROKEN_STATES
@@ -887,8 +1097,12 @@ def test_a_state_locked_by_another_program_is_75(tmp_path: Path, sandbox: Sandbo
     """An sqlite3 shell or a backup in an exclusive transaction (a rollback-journal file, so even
     reading waits): a short wait, then one line, not a hang or a traceback."""
     _rows(tmp_path, 3)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, "state.sqlite", SCHEMA],
-                              cwd=tmp_path, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_EXCLUSIVE, "state.sqlite", SCHEMA],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         result = run_cli(*_run_args(sandbox), cwd=tmp_path)
@@ -923,8 +1137,20 @@ def test_new_folders_odd_names_and_an_upper_case_suffix(
 
 
 def _run(tmp_path: Path, server: SandboxServer, *args: str) -> Result:
-    return run_cli("run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
-                   "--rate-limit", "1000", "--rate-period", "1", *args, cwd=tmp_path)  # fmt: skip
+    return run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+        cwd=tmp_path,
+    )
 
 
 def test_a_ledger_path_is_never_reused(tmp_path: Path, sandbox: SandboxServer) -> None:
@@ -988,8 +1214,9 @@ def test_a_ledger_that_cannot_be_written_mid_run_stops_the_run(
     from sync_worker.cli.main import main
     from sync_worker.record.ledger import Ledger
 
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
-              [[i, f"N{i}"] for i in range(1, 201)])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv", ["interview_id", "contact_name"], [[i, f"N{i}"] for i in range(1, 201)]
+    )
     flushes = []
 
     def full_disk(self: Ledger) -> None:
@@ -1000,10 +1227,25 @@ def test_a_ledger_that_cannot_be_written_mid_run_stops_the_run(
     monkeypatch.setattr(Ledger, "flush", full_disk)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HINDSIGHT_API_KEY", API_KEY)
-    result = CliRunner().invoke(main, [
-        "run", "in.csv", "--base-url", sandbox.base_url, "--state", "state.sqlite",
-        "--ledger", "l.csv", "--rate-limit", "100", "--rate-period", "1", "--log-format", "json",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "in.csv",
+            "--base-url",
+            sandbox.base_url,
+            "--state",
+            "state.sqlite",
+            "--ledger",
+            "l.csv",
+            "--rate-limit",
+            "100",
+            "--rate-period",
+            "1",
+            "--log-format",
+            "json",
+        ],
+    )
     assert result.exit_code == 3, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     error = [line for line in result.stderr.splitlines() if '"error"' in line]
@@ -1015,15 +1257,32 @@ def test_a_ledger_that_cannot_be_written_mid_run_stops_the_run(
 def _server_rows(tmp_path: Path, count: int) -> None:
     from conftest import write_csv
 
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
-              [[i, f"N{i}"] for i in range(1, count + 1)])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_name"],
+        [[i, f"N{i}"] for i in range(1, count + 1)],
+    )
     (tmp_path / "fast.toml").write_text("[api]\nbackoff_base_s = 0.02\nmax_retries = 2\n")
 
 
 def _server_run(server: SandboxServer, *args: str) -> list[str]:
-    return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
-            "--ledger", "ledger.csv", "--config", "fast.toml", "--rate-limit", "1000",
-            "--rate-period", "1", *args]  # fmt: skip
+    return [
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "ledger.csv",
+        "--config",
+        "fast.toml",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+    ]
 
 
 def test_not_http_on_the_first_request_aborts_naming_the_base_url(
@@ -1039,8 +1298,9 @@ def test_not_http_on_the_first_request_aborts_naming_the_base_url(
     assert "check --base-url" in aborted[0]["reason"]
     ledger = assert_ledger_rows(tmp_path / "ledger.csv", 5)
     assert Counter((x["status"], x["error_code"]) for x in ledger) == {
-        ("failed", "bad_response"): 1, ("not_attempted", ""): 4,
-    }  # fmt: skip
+        ("failed", "bad_response"): 1,
+        ("not_attempted", ""): 4,
+    }
     assert ledger[0]["attempts"] == "3"  # retried like any other error, then given up
 
 
@@ -1082,8 +1342,7 @@ def test_stop_while_sends_wait_for_their_slot(
 ) -> None:
     """One request every 5 s: after the first answers, every other send waits in the pacer."""
     _server_rows(tmp_path, 20)
-    process = start_run(tmp_path, _server_run(sandbox, "--rate-limit", "2",
-                                                 "--rate-period", "10"))  # fmt: skip
+    process = start_run(tmp_path, _server_run(sandbox, "--rate-limit", "2", "--rate-period", "10"))
     wait_for_arrivals(sandbox, 1)
     time.sleep(0.2)
     process.send_signal(sig)
@@ -1130,17 +1389,32 @@ def test_stop_during_the_first_request_is_not_an_abort(
     assert "run_aborted" not in events
     ledger = assert_ledger_rows(tmp_path / "ledger.csv", 5)
     assert Counter((x["status"], x["error_code"]) for x in ledger) == {
-        ("failed", "connection_error"): 1, ("not_attempted", ""): 4,  # the drop reached it
-    }  # fmt: skip
+        ("failed", "connection_error"): 1,
+        ("not_attempted", ""): 4,  # the drop reached it
+    }
 
 
 @pytest.mark.parametrize(
     ("where", "value"),
-    [("option", "0"), ("option", "nan"), ("option", "inf"), ("config", "0"),
-     ("config", "inf"), ("config", "-5"), ("config", '"300"')],
-    ids=["option-zero", "option-nan", "option-inf", "config-zero", "config-inf",
-         "config-negative", "config-text"],
-)  # fmt: skip
+    [
+        ("option", "0"),
+        ("option", "nan"),
+        ("option", "inf"),
+        ("config", "0"),
+        ("config", "inf"),
+        ("config", "-5"),
+        ("config", '"300"'),
+    ],
+    ids=[
+        "option-zero",
+        "option-nan",
+        "option-inf",
+        "config-zero",
+        "config-inf",
+        "config-negative",
+        "config-text",
+    ],
+)
 def test_max_outage_must_be_finite_and_positive(
     tmp_path: Path, sandbox: SandboxServer, where: str, value: str
 ) -> None:
@@ -1160,8 +1434,17 @@ def test_max_outage_must_be_finite_and_positive(
 
 
 def _revert(tmp_path: Path, *args: str) -> Result:
-    return run_cli("revert", *args, "--base-url", "http://127.0.0.1:9/api/v1", "--state",
-                   "state.sqlite", "--ledger", "r.csv", cwd=tmp_path)  # fmt: skip
+    return run_cli(
+        "revert",
+        *args,
+        "--base-url",
+        "http://127.0.0.1:9/api/v1",
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "r.csv",
+        cwd=tmp_path,
+    )
 
 
 def _state_with_one_run(tmp_path: Path, server: SandboxServer) -> str:
@@ -1195,19 +1478,30 @@ def test_revert_of_a_run_that_changed_nothing_is_done_at_once(
     _state_with_one_run(tmp_path, sandbox)
     assert _run(tmp_path, sandbox, "--ledger", "second.csv").code == 0  # all skipped_unchanged
     second = str(read_ledger(tmp_path / "second.csv")[0]["run_id"])
-    result = run_cli("revert", second, "--base-url", sandbox.base_url, "--state", "state.sqlite",
-                     "--ledger", "r.csv", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "revert",
+        second,
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "r.csv",
+        cwd=tmp_path,
+    )
     assert_no_traceback(result, 0)
     assert_ledger_rows(tmp_path / "r.csv", 0)
 
 
 @pytest.mark.parametrize(
     ("args", "words"),
-    [((), ("exactly one of --email E or --interview N",)),
-     (("--email", "a@x.com", "--interview", "1"), ("exactly one of",)),
-     (("--email", "a@x.com", "--state", "missing.sqlite"), ("missing.sqlite not found",))],
+    [
+        ((), ("exactly one of --email E or --interview N",)),
+        (("--email", "a@x.com", "--interview", "1"), ("exactly one of",)),
+        (("--email", "a@x.com", "--state", "missing.sqlite"), ("missing.sqlite not found",)),
+    ],
     ids=["neither", "both", "no-state"],
-)  # fmt: skip
+)
 def test_history_needs_one_subject_and_a_state(
     tmp_path: Path, args: tuple[str, ...], words: tuple[str, ...]
 ) -> None:
@@ -1226,11 +1520,13 @@ def test_history_days_must_be_a_positive_whole_number(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("command", "second", "words"),
-    [("validate", "in.csv", "in.csv: given twice"),
-     ("plan", "./in.csv", "./in.csv: the same file as in.csv"),
-     ("run", "link.csv", "link.csv: the same file as in.csv")],
+    [
+        ("validate", "in.csv", "in.csv: given twice"),
+        ("plan", "./in.csv", "./in.csv: the same file as in.csv"),
+        ("run", "link.csv", "link.csv: the same file as in.csv"),
+    ],
     ids=["same-name", "another-spelling", "symlink"],
-)  # fmt: skip
+)
 def test_one_file_given_twice_is_refused_before_sending(
     tmp_path: Path, sandbox: SandboxServer, command: str, second: str, words: str
 ) -> None:
@@ -1258,8 +1554,9 @@ def test_notes_file_rows_of_one_contact_are_combined_and_bad_rows_named(
         "interview_id,contact_email,contact_context,objective\n"
         "11,Ana@X.com,new,\n12,ana@x.com,,win\n"
     )
-    result = run_cli("plan", "in.csv", "--existing-notes", "notes.csv", "--state",
-                     "state.sqlite", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "plan", "in.csv", "--existing-notes", "notes.csv", "--state", "state.sqlite", cwd=tmp_path
+    )
     assert_no_traceback(result, 0)
     bodies = [_strict_json(line)["body"] for line in result.stdout.splitlines()]
     combined = "by id and email\n\nby email\n\nby id alone\n\nnew"
@@ -1277,11 +1574,15 @@ def test_notes_file_rows_of_one_contact_are_combined_and_bad_rows_named(
 
 def test_plan_into_a_pipe_closed_early_exits_0(tmp_path: Path) -> None:
     """`plan big.csv | head -1` under `set -o pipefail`: exit 1 would read as failed rows."""
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
-              [[i, "x" * 200] for i in range(1, 20001)])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "contact_name"],
+        [[i, "x" * 200] for i in range(1, 20001)],
+    )
     command = [sys.executable, "-m", "sync_worker", "plan", "in.csv"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert process.stdout is not None and process.stderr is not None
     assert process.stdout.readline().startswith(b'{"interview_id": 1')
     process.stdout.close()

@@ -24,15 +24,28 @@ HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact
 
 def sync(tmp_path: Path, server: SandboxServer, source: str, ledger: str, *args: str) -> None:
     result = run_cli(
-        "run", source, "--base-url", server.base_url, "--state", "state.sqlite",
-        "--ledger", ledger, "--rate-limit", "1000", "--rate-period", "1", *args, cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        source,
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+        cwd=tmp_path,
+    )
     assert result.code == 0, result.stderr
 
 
 def show(tmp_path: Path, *args: str) -> str:
-    result = run_cli("history", *args, "--state", "state.sqlite", cwd=tmp_path,
-                     env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    result = run_cli(
+        "history", *args, "--state", "state.sqlite", cwd=tmp_path, env=cli_env(HINDSIGHT_API_KEY="")
+    )
     assert result.code == 0, result.stderr
     return result.stdout
 
@@ -51,7 +64,7 @@ def test_history_shows_each_version_newest_first(tmp_path: Path, sandbox: Sandbo
         ("contact_name", None, "Ana", "unknown"),
         ("objective", None, "Intro", "unknown"),
         ("contact_context", None, "first", "unknown"),
-    ]  # fmt: skip
+    ]
     assert json.loads(show(tmp_path, "--email", "ANA@x.com ", "--json")) == versions
 
     text = show(tmp_path, "--email", "ana@x.com")
@@ -83,8 +96,18 @@ HistoryRow = tuple[str, str, str, str, int, str, str | None, str, str, int]
 
 
 def row_of(run_id: str, at: str, c: Change) -> HistoryRow:
-    return (run_id, at, c.level, c.key, c.interview_id, c.field, c.before_json, c.sent_json,
-            c.source, c.changed)  # fmt: skip
+    return (
+        run_id,
+        at,
+        c.level,
+        c.key,
+        c.interview_id,
+        c.field,
+        c.before_json,
+        c.sent_json,
+        c.source,
+        c.changed,
+    )
 
 
 def insert(db: sqlite3.Connection, rows: list[HistoryRow]) -> None:
@@ -122,17 +145,21 @@ def materialized(tmp_path: Path, sends: list[tuple[str, str, list[Change]]]) -> 
     for run_id, planned in by_run.items():
         history.plan(db, run_id, planned)
     with db:
-        db.executemany("INSERT INTO journal VALUES (?, '', '', NULL, ?, ?)",
-                       [(c[0].interview_id, run_id, at) for run_id, at, c in sends])  # fmt: skip
+        db.executemany(
+            "INSERT INTO journal VALUES (?, '', '', NULL, ?, ?)",
+            [(c[0].interview_id, run_id, at) for run_id, at, c in sends],
+        )
     state.close()  # folds the journal: MATERIALIZE
     with sqlite3.connect(path) as db:
         return db.execute("SELECT * FROM history ORDER BY rowid").fetchall()
 
 
 def test_a_contacts_interviews_chain_their_versions(tmp_path: Path) -> None:
-    sends = [("r1", "t1", [change("contact_context", '"a"')]),
-             ("r1", "t2", [change("contact_context", '"a"')._replace(interview_id=2)]),
-             ("r1", "t3", [change("contact_context", '"b"')._replace(interview_id=3)])]  # fmt: skip
+    sends = [
+        ("r1", "t1", [change("contact_context", '"a"')]),
+        ("r1", "t2", [change("contact_context", '"a"')._replace(interview_id=2)]),
+        ("r1", "t3", [change("contact_context", '"b"')._replace(interview_id=3)]),
+    ]
     rows = materialized(tmp_path, sends)
     assert [(r[4], r[6], r[7], r[8]) for r in rows] == [
         (1, '"old"', '"a"', "earlier_send"),
@@ -165,9 +192,20 @@ def test_the_history_statement_chains_as_the_python_it_replaced(
     order: the one SQL statement gives the rows, values before and order the loop gave."""
     sends = []
     for interview_id, (run_id, key, fields, sent, shared, source) in enumerate(drawn, 1):
-        changes = [Change("contact", key, interview_id, name, None if source == "unknown"
-                          else '"before"', sent, source, int(sent != '"x"'), shared)
-                   for name in sorted(fields)]  # fmt: skip
+        changes = [
+            Change(
+                "contact",
+                key,
+                interview_id,
+                name,
+                None if source == "unknown" else '"before"',
+                sent,
+                source,
+                int(sent != '"x"'),
+                shared,
+            )
+            for name in sorted(fields)
+        ]
         sends.append((run_id, f"t{interview_id}", changes))
     assert materialized(tmp_path, sends) == chained(sends)
 

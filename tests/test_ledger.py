@@ -15,20 +15,37 @@ from sync_worker.logs import register_secret
 from sync_worker.record.ledger import COLUMNS, Ledger, Result, Where, escape_formula, read_ledger
 
 LINE = {
-    "run_id": "r1", "source_file": "in.csv", "source_row": 3, "interview_id": "42",
-    "contact_email": "a@x.com", "status": "failed", "http_status": 404,
-    "error_code": "not_found", "error_message": "Interview request not found",
-    "attempts": 1, "merge": "off", "payload_sha256": "ab" * 32,
-    "finished_at": "2026-11-29T10:00:00.000Z", "duration_ms": 12,
-}  # fmt: skip
+    "run_id": "r1",
+    "source_file": "in.csv",
+    "source_row": 3,
+    "interview_id": "42",
+    "contact_email": "a@x.com",
+    "status": "failed",
+    "http_status": 404,
+    "error_code": "not_found",
+    "error_message": "Interview request not found",
+    "attempts": 1,
+    "merge": "off",
+    "payload_sha256": "ab" * 32,
+    "finished_at": "2026-11-29T10:00:00.000Z",
+    "duration_ms": 12,
+}
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("=HYPERLINK(1)", "'=HYPERLINK(1)"), ("+1", "'+1"), ("-5", "'-5"), ("@SUM", "'@SUM"),
-     ("\tx", "'\tx"), ("plain", "plain"), ("a=b", "a=b"), ("", "")],
+    [
+        ("=HYPERLINK(1)", "'=HYPERLINK(1)"),
+        ("+1", "'+1"),
+        ("-5", "'-5"),
+        ("@SUM", "'@SUM"),
+        ("\tx", "'\tx"),
+        ("plain", "plain"),
+        ("a=b", "a=b"),
+        ("", ""),
+    ],
     ids=["equals", "plus", "minus", "at", "tab", "plain", "inner-equals", "empty"],
-)  # fmt: skip
+)
 def test_escape_formula(value: str, expected: str) -> None:
     assert escape_formula(value) == expected
 
@@ -121,14 +138,21 @@ class Columns(NamedTuple):
 )
 @given(
     rows=st.lists(
-        st.tuples(CELL_TEXT, st.integers(1, 10**6), CELL_TEXT, CELL_TEXT,
-                  st.sampled_from(["skipped_unchanged", "not_attempted", "invalid"]),
-                  st.sampled_from(["", "invalid_json"]), CELL_TEXT | st.just("key sk_live_x"),
-                  st.sampled_from(["off", "merged", "no_existing"])),
-        min_size=1, max_size=12,
+        st.tuples(
+            CELL_TEXT,
+            st.integers(1, 10**6),
+            CELL_TEXT,
+            CELL_TEXT,
+            st.sampled_from(["skipped_unchanged", "not_attempted", "invalid"]),
+            st.sampled_from(["", "invalid_json"]),
+            CELL_TEXT | st.just("key sk_live_x"),
+            st.sampled_from(["off", "merged", "no_existing"]),
+        ),
+        min_size=1,
+        max_size=12,
     ),
     suffix=st.sampled_from([".csv", ".jsonl"]),
-)  # fmt: skip
+)
 def test_rows_settled_as_columns_are_the_bytes_a_line_each_gives(
     tmp_path: Path, rows: list[tuple[str, int, str, str, str, str, str, str]], suffix: str
 ) -> None:
@@ -142,8 +166,10 @@ def test_rows_settled_as_columns_are_the_bytes_a_line_each_gives(
     for (file, row, iid, email, status, code, message, merge), digest in zip(
         rows, digests, strict=True
     ):
-        one_by_one.write(Where("run-1", file, row, iid, email),
-                         Result(status, None, code, message, 0, merge, digest))  # fmt: skip
+        one_by_one.write(
+            Where("run-1", file, row, iid, email),
+            Result(status, None, code, message, 0, merge, digest),
+        )
     where = [[r[i] for r in rows] for i in range(4)]
     columns = Columns(*([r[i] for r in rows] for i in (4, 5, 6)), digests, [r[7] for r in rows])
     in_bulk.write_settled("run-1", where, columns)

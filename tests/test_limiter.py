@@ -212,9 +212,15 @@ async def _sync(pacer: Pacer, server: StrictWindow, rows: int, workers: int, jit
         (20, 2.0, True, (40, 1.0), 0.0),
         (20, 2.0, True, (40, 1.0), 0.015),
     ],
-    ids=["fractional-resets", "whole-second-resets", "lower-limit", "longer-window", "both",
-         "jitter"],
-)  # fmt: skip
+    ids=[
+        "fractional-resets",
+        "whole-second-resets",
+        "lower-limit",
+        "longer-window",
+        "both",
+        "jitter",
+    ],
+)
 def test_learns_and_converges_on_a_virtual_clock(
     limit: int, window: float, whole_seconds: bool, told: tuple[int, float], jitter: float
 ) -> None:

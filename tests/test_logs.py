@@ -22,8 +22,11 @@ def test_json_lines_when_not_a_terminal_with_context_bound() -> None:
         structlog.contextvars.clear_contextvars()
     event = json.loads(stream.getvalue())
     assert (event["event"], event["run_id"], event["rows"], event["level"]) == (
-        "run_started", "r-123", 3, "info",
-    )  # fmt: skip
+        "run_started",
+        "r-123",
+        3,
+        "info",
+    )
 
 
 def test_console_lines_when_asked() -> None:

@@ -15,10 +15,22 @@ HEADER = ["interview_id", "contact_email", "contact_context", "context.stage"]
 
 def merge_run(tmp_path: Path, server: SandboxServer, *args: str) -> object:
     return run_cli(
-        "run", "in.csv", "--merge", "--base-url", server.base_url, "--state", "state.sqlite",
-        "--ledger", "ledger.csv", "--rate-limit", "1000", "--rate-period", "1", *args,
+        "run",
+        "in.csv",
+        "--merge",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "ledger.csv",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
         cwd=tmp_path,
-    )  # fmt: skip
+    )
 
 
 def notes(server: SandboxServer, interview_id: int) -> object:
@@ -28,20 +40,31 @@ def notes(server: SandboxServer, interview_id: int) -> object:
 
 
 def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxServer) -> None:
-    write_csv(tmp_path / "notes.csv", ["contact_email", "interview_id", "notes"], [
-        ["ana@x.com", "", '{"relationship": "Met at SaaStr", "stage": "Demo"}'],
-        ["", "3", "Prefers email."],
-    ])  # fmt: skip
-    write_csv(tmp_path / "in.csv", HEADER, [
-        [1, "ana@x.com", "POC done", "Closed Lost"],
-        [2, "ana@x.com", "Pricing was the blocker", ""],
-        [3, "", "Renewal in March", ""],
-        [4, "", "No notes known", ""],
-    ])  # fmt: skip
+    write_csv(
+        tmp_path / "notes.csv",
+        ["contact_email", "interview_id", "notes"],
+        [
+            ["ana@x.com", "", '{"relationship": "Met at SaaStr", "stage": "Demo"}'],
+            ["", "3", "Prefers email."],
+        ],
+    )
+    write_csv(
+        tmp_path / "in.csv",
+        HEADER,
+        [
+            [1, "ana@x.com", "POC done", "Closed Lost"],
+            [2, "ana@x.com", "Pricing was the blocker", ""],
+            [3, "", "Renewal in March", ""],
+            [4, "", "No notes known", ""],
+        ],
+    )
     first = merge_run(tmp_path, sandbox, "--existing-notes", "notes.csv")
     assert first.code == 0, first.stderr  # type: ignore[attr-defined]
-    ana = {"relationship": "Met at SaaStr", "stage": "Closed Lost",
-           "notes": "POC done\n\nPricing was the blocker"}  # fmt: skip
+    ana = {
+        "relationship": "Met at SaaStr",
+        "stage": "Closed Lost",
+        "notes": "POC done\n\nPricing was the blocker",
+    }
     assert notes(sandbox, 1) == ana and notes(sandbox, 2) == ana  # both rows' contexts kept
     assert notes(sandbox, 3) == "Prefers email.\n\nRenewal in March"
     assert notes(sandbox, 4) == "No notes known"
@@ -72,8 +95,14 @@ def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxS
 def test_plan_shows_the_merged_body(tmp_path: Path) -> None:
     write_csv(tmp_path / "notes.csv", ["interview_id", "notes"], [["9", "Old note"]])
     write_csv(tmp_path / "in.csv", HEADER, [[9, "", "", "Won"]])
-    result = run_cli("plan", "in.csv", "--existing-notes", "notes.csv", cwd=tmp_path,
-                     env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    result = run_cli(
+        "plan",
+        "in.csv",
+        "--existing-notes",
+        "notes.csv",
+        cwd=tmp_path,
+        env=cli_env(HINDSIGHT_API_KEY=""),
+    )
     assert result.code == 0, result.stderr
     [line] = [json.loads(x) for x in result.stdout.splitlines()]
     assert line["body"] == {"contact_context": {"stage": "Won", "notes": "Old note"}}
@@ -83,12 +112,24 @@ def test_plan_shows_the_merged_body(tmp_path: Path) -> None:
 def test_without_merge_last_context_wins_with_a_warning(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
-    write_csv(tmp_path / "in.csv", HEADER, [[1, "bo@x.com", "first", ""],
-                                            [2, "bo@x.com", "second", ""]])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv", HEADER, [[1, "bo@x.com", "first", ""], [2, "bo@x.com", "second", ""]]
+    )
     result = run_cli(
-        "run", "in.csv", "--base-url", sandbox.base_url, "--state", "s.sqlite", "--ledger",
-        "l.csv", "--rate-limit", "1000", "--rate-period", "1", cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        "in.csv",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.code == 0
     assert [r["id"] for r in sandbox.requests()] == ["1", "2"]
     assert result.event("several_contexts_per_contact")["contacts"] == 1
@@ -101,25 +142,45 @@ def test_a_merged_run_writes_one_ledger_line_per_row_and_a_rerun_skips_them(
     """Both merge roads in one run (flat contacts by columns; text contexts, an interview of
     several rows, bad JSON by rows): every input row gets exactly one ledger line, and the
     nightly re-run finds every sent row unchanged (its notes remembered by the state)."""
-    write_csv(tmp_path / "in.csv", HEADER, [
-        [1, "ana@x.com", "", "Demo"], [2, "bo@x.com", "", "Won"], [3, "ANA@x.com", "", "Lost"],
-        [4, "cy@x.com", "met at SaaStr", ""], [4, "cy@x.com", "", "Demo"],
-        [5, "", '{"bad', "Won"], [6, "", "", ""], [7, "dee@x.com", "", "Demo"],
-    ])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        HEADER,
+        [
+            [1, "ana@x.com", "", "Demo"],
+            [2, "bo@x.com", "", "Won"],
+            [3, "ANA@x.com", "", "Lost"],
+            [4, "cy@x.com", "met at SaaStr", ""],
+            [4, "cy@x.com", "", "Demo"],
+            [5, "", '{"bad', "Won"],
+            [6, "", "", ""],
+            [7, "dee@x.com", "", "Demo"],
+        ],
+    )
     assert merge_run(tmp_path, sandbox).code == 1  # type: ignore[attr-defined]
     lines = read_ledger(tmp_path / "ledger.csv")
     assert sorted(int(line["source_row"]) for line in lines) == list(range(1, 9))
     statuses = {int(line["source_row"]): line["status"] for line in lines}
-    assert statuses == {1: "ok", 2: "ok", 3: "ok", 4: "ok", 5: "ok", 6: "invalid", 7: "invalid",
-                        8: "ok"}  # fmt: skip
+    assert statuses == {
+        1: "ok",
+        2: "ok",
+        3: "ok",
+        4: "ok",
+        5: "ok",
+        6: "invalid",
+        7: "invalid",
+        8: "ok",
+    }
     assert notes(sandbox, 1) == notes(sandbox, 3) == {"stage": "Lost"}
     assert notes(sandbox, 4) == {"notes": "met at SaaStr", "stage": "Demo"}
     assert merge_run(tmp_path, sandbox, "--ledger", "again.csv").code == 1  # type: ignore[attr-defined]
     again = {
         int(line["source_row"]): line["status"] for line in read_ledger(tmp_path / "again.csv")
     }
-    assert again == {**dict.fromkeys([1, 2, 3, 4, 5, 8], "skipped_unchanged"), 6: "invalid",
-                     7: "invalid"}  # fmt: skip
+    assert again == {
+        **dict.fromkeys([1, 2, 3, 4, 5, 8], "skipped_unchanged"),
+        6: "invalid",
+        7: "invalid",
+    }
 
 
 def test_a_remembered_context_that_is_not_json_is_one_line_naming_the_state(
@@ -133,8 +194,15 @@ def test_a_remembered_context_that_is_not_json_is_one_line_naming_the_state(
     db.commit()
     db.close()
     write_csv(tmp_path / "in.csv", HEADER, [[1, "ana@x.com", "", "Demo"]])
-    result = run_cli("plan", "in.csv", "--merge", "--state", "state.sqlite", cwd=tmp_path,
-                     env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    result = run_cli(
+        "plan",
+        "in.csv",
+        "--merge",
+        "--state",
+        "state.sqlite",
+        cwd=tmp_path,
+        env=cli_env(HINDSIGHT_API_KEY=""),
+    )
     assert result.code == 2, result.stderr
     assert "state.sqlite" in result.stderr and "a context that is not JSON" in result.stderr
     assert "Traceback" not in result.stderr

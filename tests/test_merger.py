@@ -22,10 +22,16 @@ RULES = MergeRules.build("\n\n", ["evaluation_notes"])
         ("", "new", "new"),
         ({"a": 1, "b": 2}, {"b": 3, "c": 4}, {"a": 1, "b": 3, "c": 4}),
         ({"n": {"x": 1, "y": 2}}, {"n": {"y": 3}}, {"n": {"x": 1, "y": 3}}),
-        ({"evaluation_notes": "POC"}, {"evaluation_notes": "pricing"},
-         {"evaluation_notes": "POC\n\npricing"}),
-        ({"evaluation_notes": "POC, pricing"}, {"evaluation_notes": "pricing"},
-         {"evaluation_notes": "POC, pricing"}),
+        (
+            {"evaluation_notes": "POC"},
+            {"evaluation_notes": "pricing"},
+            {"evaluation_notes": "POC\n\npricing"},
+        ),
+        (
+            {"evaluation_notes": "POC, pricing"},
+            {"evaluation_notes": "pricing"},
+            {"evaluation_notes": "POC, pricing"},
+        ),
         ({"title": "CTO"}, {"title": "CEO"}, {"title": "CEO"}),
         ("old text", {"title": "CTO"}, {"title": "CTO", "notes": "old text"}),
         ("old text", {"notes": "new"}, {"notes": "old text\n\nnew"}),
@@ -35,12 +41,24 @@ RULES = MergeRules.build("\n\n", ["evaluation_notes"])
         ("old", {"notes": {"x": 1}}, {"notes": {"x": 1, "notes": "old"}}),
     ],
     ids=[
-        "nothing-known", "nothing-new", "text+text", "text-already-there", "empty-existing",
-        "object+object", "nested", "append-key", "append-key-contained", "new-value-wins",
-        "text+object", "text+object-with-notes", "object+text", "object+text-into-notes",
-        "notes-always-appended", "text+object-nested-notes",
+        "nothing-known",
+        "nothing-new",
+        "text+text",
+        "text-already-there",
+        "empty-existing",
+        "object+object",
+        "nested",
+        "append-key",
+        "append-key-contained",
+        "new-value-wins",
+        "text+object",
+        "text+object-with-notes",
+        "object+text",
+        "object+text-into-notes",
+        "notes-always-appended",
+        "text+object-nested-notes",
     ],
-)  # fmt: skip
+)
 def test_merge_rules(existing: Context | None, new: Context | None, expected: Context) -> None:
     assert merge(existing, new, RULES) == expected
 
@@ -124,10 +142,22 @@ def _all_text(value: Any) -> str:
         ('{"a": 1', "not valid JSON (Expecting"),
         ("{}" + "x", "not valid JSON (Extra data"),
     ],
-    ids=["lone-high-surrogate", "surrogate-key", "surrogate-nested", "nan", "infinity",
-         "minus-infinity", "overflow", "overflow-exponent", "huge-integer", "too-deep",
-         "deeper-than-python", "truncated", "extra-data"],
-)  # fmt: skip
+    ids=[
+        "lone-high-surrogate",
+        "surrogate-key",
+        "surrogate-nested",
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "overflow",
+        "overflow-exponent",
+        "huge-integer",
+        "too-deep",
+        "deeper-than-python",
+        "truncated",
+        "extra-data",
+    ],
+)
 def test_parse_context_takes_only_strict_json(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match="JSON") as error:
         parse_context(text)
@@ -144,19 +174,29 @@ def test_parse_context_takes_only_strict_json(text: str, problem: str) -> None:
         ("NaN", "NaN"),  # plain text, not JSON at all
     ],
     ids=["surrogate-pair", "escaped-backslash", "underflow", "deep-but-allowed", "text-nan"],
-)  # fmt: skip
+)
 def test_parse_context_keeps_what_is_strict_json(text: str, value: Context) -> None:
     assert parse_context(text) == value
 
 
-strict_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
-    allow_infinity=False) | st.text(max_size=20)  # fmt: skip
+strict_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
 strict_objects = st.dictionaries(
     st.text(max_size=5),
-    st.recursive(strict_scalars, lambda inner: st.lists(inner, max_size=3)
-                 | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=10),
+    st.recursive(
+        strict_scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+        ),
+        max_leaves=10,
+    ),
     max_size=5,
-)  # fmt: skip
+)
 
 
 @given(value=strict_objects)

@@ -21,9 +21,24 @@ def metrics(path: Path) -> dict[str, float]:
 
 
 def _run(tmp_path: Path, server: SandboxServer, ledger: str, *args: str) -> int:
-    return run_cli("run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
-                   "--ledger", ledger, "--rate-limit", "1000", "--rate-period", "1",
-                   "--metrics-file", "prom/sync.prom", *args, cwd=tmp_path).code  # fmt: skip
+    return run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        "--metrics-file",
+        "prom/sync.prom",
+        *args,
+        cwd=tmp_path,
+    ).code
 
 
 def test_clean_run_then_a_failed_one_keeps_the_last_success(
@@ -48,8 +63,10 @@ def test_clean_run_then_a_failed_one_keeps_the_last_success(
     second = metrics(tmp_path / "prom/sync.prom")
     assert second["sync_worker_exit_code"] == 1
     assert second["sync_worker_rows{status=failed}"] == 1
-    assert (second["sync_worker_last_success_timestamp_seconds"]
-            == first["sync_worker_last_success_timestamp_seconds"])  # fmt: skip
+    assert (
+        second["sync_worker_last_success_timestamp_seconds"]
+        == first["sync_worker_last_success_timestamp_seconds"]
+    )
     assert (
         second["sync_worker_last_run_timestamp_seconds"]
         > first["sync_worker_last_run_timestamp_seconds"]
@@ -59,11 +76,28 @@ def test_clean_run_then_a_failed_one_keeps_the_last_success(
 def test_a_signal_and_a_refused_input_still_write_metrics(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
-    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"],
-              [[i, f"N{i}"] for i in range(1, 41)])  # fmt: skip
-    run = start_run(tmp_path, ["run", "in.csv", "--base-url", sandbox.base_url, "--state",
-                               "state.sqlite", "--ledger", "l.csv", "--rate-limit", "10",
-                               "--rate-period", "1", "--metrics-file", "m.prom"])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv", ["interview_id", "contact_name"], [[i, f"N{i}"] for i in range(1, 41)]
+    )
+    run = start_run(
+        tmp_path,
+        [
+            "run",
+            "in.csv",
+            "--base-url",
+            sandbox.base_url,
+            "--state",
+            "state.sqlite",
+            "--ledger",
+            "l.csv",
+            "--rate-limit",
+            "10",
+            "--rate-period",
+            "1",
+            "--metrics-file",
+            "m.prom",
+        ],
+    )
     wait_for_arrivals(sandbox, 3)
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=20) == 143
@@ -73,8 +107,17 @@ def test_a_signal_and_a_refused_input_still_write_metrics(
     assert stopped["sync_worker_last_success_timestamp_seconds"] == 0  # never succeeded
 
     (tmp_path / "bad.csv").write_text("name\nAna\n", encoding="utf-8")
-    code = run_cli("run", "bad.csv", "--base-url", sandbox.base_url, "--state", "state.sqlite",
-                   "--metrics-file", "m.prom", cwd=tmp_path).code  # fmt: skip
+    code = run_cli(
+        "run",
+        "bad.csv",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "state.sqlite",
+        "--metrics-file",
+        "m.prom",
+        cwd=tmp_path,
+    ).code
     assert code == 2
     assert metrics(tmp_path / "m.prom")["sync_worker_exit_code"] == 2
 
@@ -84,8 +127,17 @@ def test_a_metrics_file_that_cannot_be_written_stops_before_sending(
 ) -> None:
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
     (tmp_path / "prom").write_text("a file where a folder should be\n")
-    result = run_cli("run", "in.csv", "--base-url", sandbox.base_url, "--state", "state.sqlite",
-                     "--metrics-file", "prom/sync.prom", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "state.sqlite",
+        "--metrics-file",
+        "prom/sync.prom",
+        cwd=tmp_path,
+    )
     assert result.code == 2 and "Traceback" not in result.stderr
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert "metrics file prom/sync.prom: cannot be written: prom is a file, not a folder" in line

@@ -36,9 +36,23 @@ def forwarded(proxy_url: str) -> list[str]:
 
 def _run(tmp_path: Path, server: SandboxServer, ledger: str, env: dict[str, str]) -> int:
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"], [2, "Bo"]])
-    result = run_cli("run", "in.csv", "--base-url", server.base_url, "--state", "s.sqlite",
-                     "--ledger", ledger, "--rate-limit", "1000", "--rate-period", "1", "--force",
-                     cwd=tmp_path, env=env)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        "--force",
+        cwd=tmp_path,
+        env=env,
+    )
     assert [x["status"] for x in read_ledger(tmp_path / ledger)] == ["ok", "ok"], result.stderr
     return result.code
 
@@ -61,17 +75,41 @@ def test_the_config_proxy_wins_over_the_environment(
     (tmp_path / "sync.toml").write_text(f'[api]\nproxy = "{proxy}"\n')
     env = cli_env(HTTP_PROXY="http://127.0.0.1:9")  # nothing listens there
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
-    result = run_cli("run", "in.csv", "--config", "sync.toml", "--base-url", sandbox.base_url,
-                     "--state", "s.sqlite", "--ledger", "l.csv", "--rate-limit", "1000",
-                     "--rate-period", "1", cwd=tmp_path, env=env)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--config",
+        "sync.toml",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.code == 0, result.stderr
     assert len(forwarded(proxy)) == 1
 
 
 def test_an_unreachable_api_says_a_proxy_may_be_needed(tmp_path: Path) -> None:
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
-    result = run_cli("run", "in.csv", "--base-url", "http://127.0.0.1:9/api/v1", "--state",
-                     "s.sqlite", "--ledger", "l.csv", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        "http://127.0.0.1:9/api/v1",
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        cwd=tmp_path,
+    )
     assert result.code == 3
     assert "HTTPS_PROXY" in result.event("run_aborted")["reason"]
 
@@ -91,8 +129,19 @@ def test_bad_proxy_or_ca_bundle_is_one_line_before_sending(
     (tmp_path / "sync.toml").write_text(config)
     (tmp_path / "garbage.pem").write_text("not a certificate\n")
     write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
-    result = run_cli("run", "in.csv", "--config", "sync.toml", "--base-url", sandbox.base_url,
-                     "--state", "s.sqlite", "--ledger", "l.csv", cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--config",
+        "sync.toml",
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "s.sqlite",
+        "--ledger",
+        "l.csv",
+        cwd=tmp_path,
+    )
     assert result.code == 2 and "Traceback" not in result.stderr
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert all(word in line for word in words), line
@@ -115,22 +164,48 @@ def test_a_ca_bundle_is_what_tls_trusts(tmp_path: Path) -> None:
     [
         ("https://api.x.com/v1", None, {}, None),
         ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
-        ("https://api.x.com/v1", None, {"https_proxy": "http://p:1", "HTTP_PROXY": "http://q:2"},
-         "http://p:1"),
+        (
+            "https://api.x.com/v1",
+            None,
+            {"https_proxy": "http://p:1", "HTTP_PROXY": "http://q:2"},
+            "http://p:1",
+        ),
         ("http://127.0.0.1:8/v1", None, {"HTTP_PROXY": "http://p:1"}, "http://p:1"),
         ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "x.com"}, None),
         ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".x.com"}, None),
         ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "no_proxy": "a, *"}, None),
-        ("https://api.x.com/v1", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "ax.com"},
-         "http://p:1"),
-        ("http://127.0.0.1:8/v1", None, {"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:9"},
-         "http://p:1"),
-        ("https://api.x.com/v1", "http://cfg:1", {"HTTPS_PROXY": "http://p:1",
-                                                  "NO_PROXY": "*"}, "http://cfg:1"),
+        (
+            "https://api.x.com/v1",
+            None,
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "ax.com"},
+            "http://p:1",
+        ),
+        (
+            "http://127.0.0.1:8/v1",
+            None,
+            {"HTTP_PROXY": "http://p:1", "NO_PROXY": "127.0.0.1:9"},
+            "http://p:1",
+        ),
+        (
+            "https://api.x.com/v1",
+            "http://cfg:1",
+            {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"},
+            "http://cfg:1",
+        ),
     ],
-    ids=["none", "https-proxy", "lower-case-first", "http-scheme", "no-proxy-domain",
-         "no-proxy-dot-domain", "no-proxy-star", "not-a-suffix", "other-port", "config-wins"],
-)  # fmt: skip
+    ids=[
+        "none",
+        "https-proxy",
+        "lower-case-first",
+        "http-scheme",
+        "no-proxy-domain",
+        "no-proxy-dot-domain",
+        "no-proxy-star",
+        "not-a-suffix",
+        "other-port",
+        "config-wins",
+    ],
+)
 def test_the_proxy_is_decided_once_as_curl_would(
     base_url: str, configured: str | None, environ: dict[str, str], expected: str | None
 ) -> None:

@@ -20,10 +20,23 @@ DAY = 86_400
 
 def merge_run(tmp_path: Path, server: SandboxServer, ledger: str, *args: str) -> Any:
     return run_cli(
-        "run", "in.csv", "--existing-notes", "notes.csv", "--base-url", server.base_url,
-        "--state", "state.sqlite", "--ledger", ledger, "--rate-limit", "1000",
-        "--rate-period", "1", *args, cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        "in.csv",
+        "--existing-notes",
+        "notes.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+        cwd=tmp_path,
+    )
 
 
 def notes_of(server: SandboxServer, interview_id: int) -> Any:
@@ -32,8 +45,12 @@ def notes_of(server: SandboxServer, interview_id: int) -> Any:
     return shown["contact_context"]
 
 
-def write_notes(tmp_path: Path, rows: list[list[str]], age_s: float = 0,
-                header: tuple[str, ...] = ("contact_email", "notes")) -> None:  # fmt: skip
+def write_notes(
+    tmp_path: Path,
+    rows: list[list[str]],
+    age_s: float = 0,
+    header: tuple[str, ...] = ("contact_email", "notes"),
+) -> None:
     path = write_csv(tmp_path / "notes.csv", list(header), rows)
     if age_s:
         stamp = time.time() - age_s
@@ -58,18 +75,25 @@ def test_a_stale_file_copied_afresh_never_drops_what_earlier_nights_added(
 def test_a_fresh_export_wins_and_a_stale_row_does_not(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
-    write_csv(tmp_path / "in.csv", HEADER, [[1, "ana@x.com", "SaaStr", ""],
-                                            [2, "bo@x.com", "Web", ""]])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv", HEADER, [[1, "ana@x.com", "SaaStr", ""], [2, "bo@x.com", "Web", ""]]
+    )
     write_notes(tmp_path, [["ana@x.com", "Old"], ["bo@x.com", "Old"]], age_s=2 * DAY)
     assert merge_run(tmp_path, sandbox, "night1.csv").code == 0
 
     edited = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
     stale = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - DAY))
-    write_notes(tmp_path, [["ana@x.com", '{"stage": "Won"}', edited],  # edited in the app
-                           ["bo@x.com", '{"stage": "Lost"}', stale]],  # older than our send
-                header=("contact_email", "notes", "updated_at"))  # fmt: skip
-    write_csv(tmp_path / "in.csv", HEADER, [[1, "ana@x.com", "", "Ann"],
-                                            [2, "bo@x.com", "", "Ann"]])  # fmt: skip
+    write_notes(
+        tmp_path,
+        [
+            ["ana@x.com", '{"stage": "Won"}', edited],  # edited in the app
+            ["bo@x.com", '{"stage": "Lost"}', stale],
+        ],  # older than our send
+        header=("contact_email", "notes", "updated_at"),
+    )
+    write_csv(
+        tmp_path / "in.csv", HEADER, [[1, "ana@x.com", "", "Ann"], [2, "bo@x.com", "", "Ann"]]
+    )
     assert merge_run(tmp_path, sandbox, "night2.csv").code == 0
     assert notes_of(sandbox, 1) == {"stage": "Won", "owner": "Ann"}  # the file was newer
     assert notes_of(sandbox, 2) == {"notes": "Old", "origin": "Web", "owner": "Ann"}  # the state
@@ -78,33 +102,50 @@ def test_a_fresh_export_wins_and_a_stale_row_does_not(
 def test_rows_of_one_contact_are_combined_not_first_wins(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
-    write_notes(tmp_path, [["ana@x.com", "", '{"a": "by email"}'],
-                           ["", "1", '{"b": "by id"}'],
-                           ["", "2", '{"c": "other interview"}']],
-                header=("contact_email", "interview_id", "notes"))  # fmt: skip
-    (tmp_path / "in.csv").write_text("interview_id,contact_email,context.origin\n"
-                                     "1,ana@x.com,SaaStr\n2,ana@x.com,SaaStr\n")  # fmt: skip
+    write_notes(
+        tmp_path,
+        [
+            ["ana@x.com", "", '{"a": "by email"}'],
+            ["", "1", '{"b": "by id"}'],
+            ["", "2", '{"c": "other interview"}'],
+        ],
+        header=("contact_email", "interview_id", "notes"),
+    )
+    (tmp_path / "in.csv").write_text(
+        "interview_id,contact_email,context.origin\n1,ana@x.com,SaaStr\n2,ana@x.com,SaaStr\n"
+    )
     assert merge_run(tmp_path, sandbox, "l.csv").code == 0
     combined = {"a": "by email", "b": "by id", "c": "other interview", "origin": "SaaStr"}
     assert notes_of(sandbox, 1) == combined and notes_of(sandbox, 2) == combined
 
 
 def test_unusable_notes_rows_are_reported_not_fatal(tmp_path: Path, sandbox: SandboxServer) -> None:
-    write_notes(tmp_path, [["", "4.0", "Excel id"], ["", "5", "{not json"], ["", "", "nobody"],
-                           ["", "6", "kept"]],
-                header=("contact_email", "interview_id", "notes"))  # fmt: skip
+    write_notes(
+        tmp_path,
+        [["", "4.0", "Excel id"], ["", "5", "{not json"], ["", "", "nobody"], ["", "6", "kept"]],
+        header=("contact_email", "interview_id", "notes"),
+    )
     (tmp_path / "in.csv").write_text("interview_id,contact_context\n6,new\n")
     result = merge_run(tmp_path, sandbox, "l.csv")
     assert result.code == 0, result.stderr
     problems = [e["message"] for e in result.events() if e["event"] == "notes_row_unusable"]
     assert [p.split(":")[0] for p in problems] == [
-        "notes.csv row 1", "notes.csv row 2", "notes.csv row 3"]  # fmt: skip
+        "notes.csv row 1",
+        "notes.csv row 2",
+        "notes.csv row 3",
+    ]
     assert "'4.0' is not a positive whole number" in problems[0]
     assert "not valid JSON" in problems[1] and "neither" in problems[2]
     assert notes_of(sandbox, 6) == "kept\n\nnew"
 
-    checked = run_cli("validate", "in.csv", "--existing-notes", "notes.csv", cwd=tmp_path,
-                      env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    checked = run_cli(
+        "validate",
+        "in.csv",
+        "--existing-notes",
+        "notes.csv",
+        cwd=tmp_path,
+        env=cli_env(HINDSIGHT_API_KEY=""),
+    )
     assert checked.code == 1
     listed = [line for line in checked.stdout.splitlines() if "[notes_row_unusable]" in line]
     assert len(listed) == 3 and "notes.csv row 1" in listed[0]
@@ -123,14 +164,17 @@ def test_a_cp1252_notes_file_gets_the_input_warning(tmp_path: Path, sandbox: San
 
 @pytest.mark.parametrize(
     ("cell", "expected"),
-    [("2026-11-05", "2026-11-05T00:00:00.000Z"),
-     ("2026-11-05T10:00:00+02:00", "2026-11-05T08:00:00.000Z"),
-     ("2026-11-05 10:00:00.250", "2026-11-05T10:00:00.250Z")],
+    [
+        ("2026-11-05", "2026-11-05T00:00:00.000Z"),
+        ("2026-11-05T10:00:00+02:00", "2026-11-05T08:00:00.000Z"),
+        ("2026-11-05 10:00:00.250", "2026-11-05T10:00:00.250Z"),
+    ],
     ids=["date", "offset", "millis"],
-)  # fmt: skip
+)
 def test_updated_at_cells_become_state_times(tmp_path: Path, cell: str, expected: str) -> None:
-    write_notes(tmp_path, [["ana@x.com", "x", cell]],
-                header=("contact_email", "notes", "updated_at"))  # fmt: skip
+    write_notes(
+        tmp_path, [["ana@x.com", "x", cell]], header=("contact_email", "notes", "updated_at")
+    )
     notes = read_notes(tmp_path / "notes.csv", Settings())
     assert [n.time for n in notes.by_email["ana@x.com"]] == [expected]
 

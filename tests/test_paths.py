@@ -19,11 +19,16 @@ def test_created_with_its_folders_for_the_owner_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("error", "words"),
-    [(PermissionError(errno.EACCES, "Permission denied", "/srv/x"), "permission denied (/srv/x)"),
-     (OSError(errno.EROFS, "Read-only file system"), "the file system is read-only"),
-     (OSError(errno.ENOSPC, "No space left on device"), "No space left on device")],
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/srv/x"),
+            "permission denied (/srv/x)",
+        ),
+        (OSError(errno.EROFS, "Read-only file system"), "the file system is read-only"),
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    ],
     ids=["no-permission", "read-only-file-system", "disk-full"],
-)  # fmt: skip
+)
 def test_what_root_cannot_be_refused_is_still_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, words: str
 ) -> None:

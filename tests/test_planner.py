@@ -68,10 +68,13 @@ def assert_same_plans(plan: Plan, reference: Plan, sending: bool = True) -> None
     sending (`plan`), the column roads leave out what only a run needs: each request's contact
     and context for the state, the notes merged onto for the history."""
     assert [_compared(r, sending) for r in requests_of(plan)] == [
-        _compared(r, sending) for r in requests_of(reference)]  # fmt: skip
+        _compared(r, sending) for r in requests_of(reference)
+    ]
     assert plan.settled == reference.settled
     assert (plan.contacts_merged, plan.contacts_no_existing) == (
-        reference.contacts_merged, reference.contacts_no_existing)  # fmt: skip
+        reference.contacts_merged,
+        reference.contacts_no_existing,
+    )
     if sending:
         assert _to_send(plan.known_notes(), plan) == _to_send(reference.known_notes(), reference)
 
@@ -106,11 +109,20 @@ def _compared(request: Request, sending: bool) -> tuple[Any, ...]:
         ("1,Ana,,,ana@x.com,", {"contact_name": "Ana"}),
     ],
     ids=[
-        "name-only", "objective-only", "text-context", "json-context", "json-after-space",
-        "context-column", "text-plus-column-under-notes", "json-plus-column", "trimmed",
-        "leading-zeros", "nan-is-text", "email-never-sent",
+        "name-only",
+        "objective-only",
+        "text-context",
+        "json-context",
+        "json-after-space",
+        "context-column",
+        "text-plus-column-under-notes",
+        "json-plus-column",
+        "trimmed",
+        "leading-zeros",
+        "nan-is-text",
+        "email-never-sent",
     ],
-)  # fmt: skip
+)
 def test_row_to_body(tmp_path: Path, row: str, body: dict[str, Any]) -> None:
     _batch, plan = plan_for(tmp_path, row + "\n")
     [request] = requests_of(plan)
@@ -133,9 +145,18 @@ def test_row_to_body(tmp_path: Path, row: str, body: dict[str, Any]) -> None:
         ("1,  ,,   ,a@x.com,", "no_fields", None),
         ('1,,,"{""a"": ",,', "invalid_json", "contact_context"),
     ],
-    ids=["letters", "negative", "zero", "float-text", "empty", "too-big", "nothing",
-         "only-spaces", "bad-json"],
-)  # fmt: skip
+    ids=[
+        "letters",
+        "negative",
+        "zero",
+        "float-text",
+        "empty",
+        "too-big",
+        "nothing",
+        "only-spaces",
+        "bad-json",
+    ],
+)
 def test_invalid_rows(tmp_path: Path, row: str, code: str, column: str | None) -> None:
     _batch, plan = plan_for(tmp_path, row + "\n2,Ok,,,,\n")
     assert [r.interview_id for r in requests_of(plan)] == [2]  # the other rows go on
@@ -158,8 +179,7 @@ def test_rows_of_one_interview_are_one_request(tmp_path: Path) -> None:
     assert second.interview_id == 6
     lines = b"".join(plan_lines(plan, batch)).decode().splitlines()
     assert [s["source_row"] for s in json.loads(lines[0])["source_rows"]] == [1, 3, 4]
-    assert json.loads(lines[1])["source_rows"] == [{"source_file": batch.files[0],
-                                                     "source_row": 2}]  # fmt: skip
+    assert json.loads(lines[1])["source_rows"] == [{"source_file": batch.files[0], "source_row": 2}]
 
 
 def test_contacts_become_ordered_chains(tmp_path: Path) -> None:
@@ -204,8 +224,9 @@ def test_chains_are_made_in_groups_and_taken_back(
 def test_merge_combines_contact_contexts_in_file_order(tmp_path: Path) -> None:
     options = PlanOptions(merge=True)
     memory = Memory(state=Remembered.of({"x@y.com": "old"}))
-    _b, plan = plan_for(tmp_path, "1,,,first,x@y.com,\n2,,,second,x@y.com,\n3,,,solo,,\n", options,
-                        memory)  # fmt: skip
+    _b, plan = plan_for(
+        tmp_path, "1,,,first,x@y.com,\n2,,,second,x@y.com,\n3,,,solo,,\n", options, memory
+    )
     one, two, three = requests_of(plan)
     assert body_of(one)["contact_context"] == "old\n\nfirst\n\nsecond"
     assert body_of(two)["contact_context"] == body_of(one)["contact_context"]
@@ -256,8 +277,7 @@ cell_text = st.text(
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.tuples(cell_text, cell_text, cell_text, cell_text), min_size=1,
-                     max_size=6))  # fmt: skip
+@given(rows=st.lists(st.tuples(cell_text, cell_text, cell_text, cell_text), min_size=1, max_size=6))
 def test_both_roads_build_the_same_bytes(rows: list[tuple[str, str, str, str]]) -> None:
     """Quotes, backslashes, control characters, any script: the column road escapes exactly as
     json.dumps does, so hashes agree whichever road a row takes."""
@@ -265,8 +285,9 @@ def test_both_roads_build_the_same_bytes(rows: list[tuple[str, str, str, str]]) 
         path = Path(tmp) / "in.csv"
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["interview_id", "contact_name", "objective", "contact_context",
-                             "context.k\\\"ey"])  # fmt: skip
+            writer.writerow(
+                ["interview_id", "contact_name", "objective", "contact_context", 'context.k\\"ey']
+            )
             for number, (name, objective, context, extra) in enumerate(rows, start=1):
                 writer.writerow([number, name, objective, context.lstrip("{"), extra])
         batch = read_batch([str(path)], ReadOptions())
@@ -306,8 +327,11 @@ number_like = st.sampled_from(["NaN", "nan", "Infinity", "-Infinity", "1e400", "
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.tuples(cell_text | number_like, cell_text | number_like), min_size=1,
-                     max_size=6))  # fmt: skip
+@given(
+    rows=st.lists(
+        st.tuples(cell_text | number_like, cell_text | number_like), min_size=1, max_size=6
+    )
+)
 def test_the_column_road_only_ever_builds_strict_json(rows: list[tuple[str, str]]) -> None:
     """The column road quotes text cells and nothing else, so a cell reading NaN is the text
     "NaN", and every body is strict JSON whatever the cells hold."""
@@ -340,11 +364,28 @@ EMAILS = [
     "interview:3",
 ]
 CONTACT_KEYS = ["a@x.com", "b@x.com", "i\u0307nci@x.com", "interview:1", "interview:3"]
-OLD_NOTES: list[Any] = ["old", "", {}, {"stage": "Old"}, {"title": "CTO", "stage": "Demo"},
-                        {"title": {"deep": "x"}, "notes": "kept"}, None]  # fmt: skip
+OLD_NOTES: list[Any] = [
+    "old",
+    "",
+    {},
+    {"stage": "Old"},
+    {"title": "CTO", "stage": "Demo"},
+    {"title": {"deep": "x"}, "notes": "kept"},
+    None,
+]
 TIMES = ["2026-01-01T00:00:00.000Z", "2027-01-01T00:00:00.000Z"]
-CONTEXTS = ["", "", "", "", "", "text a", "text b", '{"title": "VP"}', "{bad",
-            '{"k": {"n": 1}, "notes": "j"}']  # fmt: skip
+CONTEXTS = [
+    "",
+    "",
+    "",
+    "",
+    "",
+    "text a",
+    "text b",
+    '{"title": "VP"}',
+    "{bad",
+    '{"k": {"n": 1}, "notes": "j"}',
+]
 merged_row = st.tuples(
     st.integers(1, 12).map(str) | st.sampled_from(["1", "0", "x"]),  # some of several rows
     st.sampled_from(EMAILS),
@@ -355,10 +396,15 @@ merged_row = st.tuples(
     st.sampled_from(["", "", "", "note cell"]),  # context.notes: an append key
 )
 state_notes = st.dictionaries(st.sampled_from(CONTACT_KEYS), st.sampled_from(OLD_NOTES))
-file_notes = st.lists(st.tuples(st.sampled_from(["a@x.com", "b@x.com", ""]),
-                                st.sampled_from([None, 1, 2, 3]),
-                                st.sampled_from(OLD_NOTES[:-1]), st.sampled_from(TIMES)),
-                      max_size=4)  # fmt: skip
+file_notes = st.lists(
+    st.tuples(
+        st.sampled_from(["a@x.com", "b@x.com", ""]),
+        st.sampled_from([None, 1, 2, 3]),
+        st.sampled_from(OLD_NOTES[:-1]),
+        st.sampled_from(TIMES),
+    ),
+    max_size=4,
+)
 
 
 flat_row = st.tuples(
@@ -370,18 +416,26 @@ flat_row = st.tuples(
     st.sampled_from(["", "", "", "", "", "note cell"]),  # context.notes: an append key
 )
 merge_setting = {
-    "state": state_notes, "notes": file_notes, "chunk_rows": st.integers(1, 4),
-    "append": st.sampled_from([(), ("title",), ("stage", "k")]), "sending": st.booleans(),
+    "state": state_notes,
+    "notes": file_notes,
+    "chunk_rows": st.integers(1, 4),
+    "append": st.sampled_from([(), ("title",), ("stage", "k")]),
+    "sending": st.booleans(),
     "skipped": st.sets(st.integers(1, 14)),
-}  # fmt: skip
+}
 
 
 @settings(max_examples=100, deadline=None)
 @given(rows=st.lists(merged_row, min_size=1, max_size=14), **merge_setting)
 def test_merged_roads_build_the_same_bytes(
-    rows: list[tuple[str, ...]], state: dict[str, Any], notes: list[tuple[str, int | None, Any,
-    str]], append: tuple[str, ...], chunk_rows: int, sending: bool, skipped: set[int],
-) -> None:  # fmt: skip
+    rows: list[tuple[str, ...]],
+    state: dict[str, Any],
+    notes: list[tuple[str, int | None, Any, str]],
+    append: tuple[str, ...],
+    chunk_rows: int,
+    sending: bool,
+    skipped: set[int],
+) -> None:
     """Any shape: flat contacts by columns, the others row by row in chunks of whole contacts
     (of one to four rows here, so boundaries fall everywhere), existing notes from the state
     and a notes file, skipping: every byte, label, count and skipped row is the row road's."""
@@ -391,9 +445,14 @@ def test_merged_roads_build_the_same_bytes(
 @settings(max_examples=100, deadline=None)
 @given(rows=st.lists(flat_row, min_size=1, max_size=10), **merge_setting)
 def test_flat_contacts_merge_as_the_row_road_merges(
-    rows: list[tuple[str, ...]], state: dict[str, Any], notes: list[tuple[str, int | None, Any,
-    str]], append: tuple[str, ...], chunk_rows: int, sending: bool, skipped: set[int],
-) -> None:  # fmt: skip
+    rows: list[tuple[str, ...]],
+    state: dict[str, Any],
+    notes: list[tuple[str, int | None, Any, str]],
+    append: tuple[str, ...],
+    chunk_rows: int,
+    sending: bool,
+    skipped: set[int],
+) -> None:
     """The column road's own shape, mostly: one row per interview, context columns, an append
     key now and then (which sends the contact to the row road)."""
     numbered = [(str(number), *row) for number, row in enumerate(rows, start=1)]
@@ -401,19 +460,37 @@ def test_flat_contacts_merge_as_the_row_road_merges(
 
 
 def _check_merged_roads(
-    rows: list[tuple[str, ...]], state: dict[str, Any], notes: list[tuple[str, int | None, Any,
-    str]], append: tuple[str, ...], chunk_rows: int, sending: bool, skipped: set[int],
-) -> None:  # fmt: skip
+    rows: list[tuple[str, ...]],
+    state: dict[str, Any],
+    notes: list[tuple[str, int | None, Any, str]],
+    append: tuple[str, ...],
+    chunk_rows: int,
+    sending: bool,
+    skipped: set[int],
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "in.csv"
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["interview_id", "contact_email", "contact_name", "contact_context",
-                             "context.title", "context.stage", "context.notes"])  # fmt: skip
+            writer.writerow(
+                [
+                    "interview_id",
+                    "contact_email",
+                    "contact_name",
+                    "contact_context",
+                    "context.title",
+                    "context.stage",
+                    "context.notes",
+                ]
+            )
             writer.writerows(rows)
         batch = read_batch([str(path)], ReadOptions())
-    options = PlanOptions(merge=True, rules=MergeRules.build(" | ", append), for_sending=sending,
-                          chunk_rows=chunk_rows)  # fmt: skip
+    options = PlanOptions(
+        merge=True,
+        rules=MergeRules.build(" | ", append),
+        for_sending=sending,
+        chunk_rows=chunk_rows,
+    )
     memory = _merge_memory(state, notes)
     reference = build_plan(batch, dataclasses.replace(options, vectorise=False), memory)
     sent = {r.interview_id: r.sha256 for r in requests_of(reference) if r.interview_id in skipped}
@@ -434,16 +511,18 @@ def _merge_memory(state: dict[str, Any], notes: list[tuple[str, int | None, Any,
         if interview is not None:
             by_interview.setdefault(interview, []).append(Note(row, context, time))
     times = {contact: TIMES[len(contact) % 2] for contact in state}
-    return Memory(state=Remembered.of(state, times), notes_by_email=by_email,
-                  notes_by_interview=by_interview)  # fmt: skip
+    return Memory(
+        state=Remembered.of(state, times), notes_by_email=by_email, notes_by_interview=by_interview
+    )
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 3, 5, 100], ids=lambda n: f"chunk-{n}")
 def test_chunks_of_contacts_never_split_one(tmp_path: Path, chunk_rows: int) -> None:
     """Rows of one contact (by email, or by an interview's several rows) always share a chunk,
     each chunk in file order, and every row is in exactly one."""
-    rows = "".join(f"{i % 4 + 1},,,text {i},{'ab'[i % 2] if i % 3 else ''}@x.com,\n"
-                   for i in range(12))  # fmt: skip
+    rows = "".join(
+        f"{i % 4 + 1},,,text {i},{'ab'[i % 2] if i % 3 else ''}@x.com,\n" for i in range(12)
+    )
     batch, _plan = plan_for(tmp_path, rows, PlanOptions(merge=True, chunk_rows=chunk_rows))
     cells = Cells.of(batch)
     contacts = Contacts.of(cells, np.flatnonzero(cells.sendable))
@@ -492,10 +571,16 @@ def test_merged_rows_share_their_contacts_latest_values(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("ab" * 32, bytes.fromhex("ab" * 32)), ("AB" * 32, None), ("ab" * 31, None),
-     ("g" * 64, None), ("", None), (None, None)],
+    [
+        ("ab" * 32, bytes.fromhex("ab" * 32)),
+        ("AB" * 32, None),
+        ("ab" * 31, None),
+        ("g" * 64, None),
+        ("", None),
+        (None, None),
+    ],
     ids=["digest", "upper-case", "short", "not-hex", "empty", "null"],
-)  # fmt: skip
+)
 def test_hex_hashes_become_digests_or_null(text: str | None, expected: bytes | None) -> None:
     """Only what hexdigest writes can equal a payload's hash: anything else is null (so a
     damaged or foreign hash in the state is never taken as unchanged)."""
@@ -534,13 +619,19 @@ def test_outcomes_read_bulk_and_single_rows_in_order(tmp_path: Path) -> None:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    first=st.sets(st.integers(0, 11)), second=st.sets(st.integers(0, 11)),
-    singles=st.sets(st.integers(0, 13)), chunk=st.sampled_from([1, 2, 5, 1000]),
-)  # fmt: skip
+    first=st.sets(st.integers(0, 11)),
+    second=st.sets(st.integers(0, 11)),
+    singles=st.sets(st.integers(0, 13)),
+    chunk=st.sampled_from([1, 2, 5, 1000]),
+)
 def test_outcomes_chunks_are_every_row_once_in_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: set[int], second: set[int],
-    singles: set[int], chunk: int,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first: set[int],
+    second: set[int],
+    singles: set[int],
+    chunk: int,
+) -> None:
     """Two bulk set-asides (a nightly skip, then --max-rows leaving some out) and rows settled
     one by one, interleaved: the chunks the ledger writes are every row once, in position
     order, each as `outcomes[row]` reads it, CHUNK rows at a time."""
@@ -562,10 +653,12 @@ def test_outcomes_chunks_are_every_row_once_in_order(
 
 @pytest.mark.parametrize(
     ("file_time", "expected", "source"),
-    [("2027-01-01T00:00:00.000Z", {"stage": "Demo", "title": "CTO", "kept": "x"}, "notes_file"),
-     ("2025-01-01T00:00:00.000Z", {"stage": "Demo", "title": "CTO"}, "earlier_send")],
+    [
+        ("2027-01-01T00:00:00.000Z", {"stage": "Demo", "title": "CTO", "kept": "x"}, "notes_file"),
+        ("2025-01-01T00:00:00.000Z", {"stage": "Demo", "title": "CTO"}, "earlier_send"),
+    ],
     ids=["newer-file-wins", "older-file-loses"],
-)  # fmt: skip
+)
 def test_a_newer_notes_file_wins_even_over_a_state_that_holds_the_new_context(
     tmp_path: Path, file_time: str, expected: dict[str, str], source: str
 ) -> None:
@@ -577,8 +670,10 @@ def test_a_newer_notes_file_wins_even_over_a_state_that_holds_the_new_context(
         notes_by_email={"a@x.com": [Note(1, {"stage": "Old", "kept": "x"}, file_time)]},
     )
     path = tmp_path / "in.csv"
-    path.write_text("interview_id,contact_email,context.stage,context.title\n"
-                    "1,a@x.com,Demo,CTO\n", encoding="utf-8")  # fmt: skip
+    path.write_text(
+        "interview_id,contact_email,context.stage,context.title\n1,a@x.com,Demo,CTO\n",
+        encoding="utf-8",
+    )
     batch = read_batch([str(path)], ReadOptions())
     plan = build_plan(batch, PlanOptions(merge=True), memory)
     assert_same_plans(plan, build_plan(batch, PlanOptions(merge=True, vectorise=False), memory))
@@ -604,9 +699,11 @@ def test_notes_the_state_holds_unchanged_are_the_value_before_of_a_request_sent(
     memory = Memory(state=Remembered.of({"a@x.com": context, "b@x.com": context}))
     body = "1,Ana,,,a@x.com,CTO\n2,Bo,,,b@x.com,CTO\n"
     path = tmp_path / "in.csv"
-    path.write_text("interview_id,contact_name,objective,contact_context,contact_email,"
-                    "context.title,context.stage\n" + body.replace("CTO\n", "CTO,Demo\n"),
-                    encoding="utf-8")  # fmt: skip
+    path.write_text(
+        "interview_id,contact_name,objective,contact_context,contact_email,"
+        "context.title,context.stage\n" + body.replace("CTO\n", "CTO,Demo\n"),
+        encoding="utf-8",
+    )
     batch = read_batch([str(path)], ReadOptions())
     first = build_plan(batch, PlanOptions(merge=True), memory)
     memory = dataclasses.replace(memory, sent=Sent.of({2: requests_of(first)[1].sha256}))

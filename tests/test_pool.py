@@ -236,9 +236,21 @@ def _rows(folder: Path, count: int) -> None:
 
 
 def _args(server: SandboxServer, limit: int, *extra: str) -> list[str]:
-    return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
-            "--ledger", "ledger.csv", "--rate-limit", str(limit), "--rate-period", "1",
-            *extra]  # fmt: skip
+    return [
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "ledger.csv",
+        "--rate-limit",
+        str(limit),
+        "--rate-period",
+        "1",
+        *extra,
+    ]
 
 
 def _run(folder: Path, server: SandboxServer, limit: int, *extra: str) -> Result:
@@ -285,8 +297,16 @@ def test_pool_grows_with_latency_shrinks_after_it_and_the_window_holds(
 def test_max_concurrency_caps_the_pool_and_says_what_to_expect(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
-    server = sandbox_factory("--rate-limit", "100", "--rate-period", "1", "--latency-ms", "300",
-                             "--latency-jitter-ms", "50")  # fmt: skip
+    server = sandbox_factory(
+        "--rate-limit",
+        "100",
+        "--rate-period",
+        "1",
+        "--latency-ms",
+        "300",
+        "--latency-jitter-ms",
+        "50",
+    )
     (tmp_path / "sync.toml").write_text("[api]\nmax_concurrency = 5\n")
     _rows(tmp_path, 40)
     result = _run(tmp_path, server, 100, "--config", "sync.toml")

@@ -74,11 +74,13 @@ def test_configured_encoding_and_delimiter(tmp_path: Path) -> None:
 
 def test_parquet_ids_never_become_floats(tmp_path: Path) -> None:
     path = tmp_path / "in.parquet"
-    table = pa.table({
-        "interview_id": pa.array([4821.0, None, 17.0]),
-        "contact_name": pa.array(["Ana", None, "Bo"]),
-        "score": pa.array([1, 2, 3], pa.int64()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "interview_id": pa.array([4821.0, None, 17.0]),
+            "contact_name": pa.array(["Ana", None, "Bo"]),
+            "score": pa.array([1, 2, 3], pa.int64()),
+        }
+    )
     pq.write_table(table, path)
     records = rows(path)
     assert [r["interview_id"] for r in records] == ["4821", "", "17"]
@@ -92,10 +94,13 @@ def test_mapping_and_context_columns(tmp_path: Path) -> None:
         "55,Ana Ruiz,ana@x.com,CTO,Closed Lost,zzz\n"
     )
     options = ReadOptions(
-        columns={"interview_id": "hindsight interview id", "contact_name": "Full Name",
-                 "contact_email": "EMAIL"},
+        columns={
+            "interview_id": "hindsight interview id",
+            "contact_name": "Full Name",
+            "contact_email": "EMAIL",
+        },
         context_columns={"title": "Title"},
-    )  # fmt: skip
+    )
     batch = read_batch([str(path)], options)
     [row] = batch.frame.to_dict("records")
     assert row["interview_id"] == "55" and row["contact_name"] == "Ana Ruiz"
@@ -129,15 +134,21 @@ def test_several_files_are_one_batch_in_order(tmp_path: Path) -> None:
     [
         ("missing.csv", None, "missing.csv: file not found"),
         ("empty.csv", "", "empty.csv: file is empty"),
-        ("noid.csv", "Id,Name\n1,A\n",
-         "noid.csv: no interview_id column (columns found: 'Id', 'Name')"),
+        (
+            "noid.csv",
+            "Id,Name\n1,A\n",
+            "noid.csv: no interview_id column (columns found: 'Id', 'Name')",
+        ),
         ("data.xlsx", "x", "data.xlsx: unsupported file type"),
         ("broken.parquet", "not parquet", "broken.parquet: cannot read as Parquet"),
-        ("ragged.csv", "interview_id,name\n1,a\n2,b,c\n",
-         "ragged.csv: cannot parse as CSV: row 2 has 3 fields where the header has 2"),
+        (
+            "ragged.csv",
+            "interview_id,name\n1,a\n2,b,c\n",
+            "ragged.csv: cannot parse as CSV: row 2 has 3 fields where the header has 2",
+        ),
     ],
     ids=["missing", "empty", "no-id-column", "unsupported", "bad-parquet", "ragged-row"],
-)  # fmt: skip
+)
 def test_unusable_files_name_file_and_problem(
     tmp_path: Path, name: str, content: str | None, message: str
 ) -> None:
@@ -171,17 +182,30 @@ def test_frame_is_all_text(tmp_path: Path) -> None:
     [
         (["interview_id", " Interview_ID "], ReadOptions(), "both give interview_id"),
         (["interview_id", "interview_id"], ReadOptions(), "both give interview_id"),
-        (["interview_id", "Context.Stage", "context.Stage"], ReadOptions(),
-         "both give context.Stage"),
-        (["interview_id", "Stage", "context.stage"],
-         ReadOptions(context_columns={"stage": "Stage"}), "both give context.stage"),
-        (["interview_id", "Name"], ReadOptions(columns={"contact_name": "Name"},
-                                              context_columns={"name": "Name"}),
-         "'Name' is mapped to both contact_name and context.name"),
+        (
+            ["interview_id", "Context.Stage", "context.Stage"],
+            ReadOptions(),
+            "both give context.Stage",
+        ),
+        (
+            ["interview_id", "Stage", "context.stage"],
+            ReadOptions(context_columns={"stage": "Stage"}),
+            "both give context.stage",
+        ),
+        (
+            ["interview_id", "Name"],
+            ReadOptions(columns={"contact_name": "Name"}, context_columns={"name": "Name"}),
+            "'Name' is mapped to both contact_name and context.name",
+        ),
     ],
-    ids=["case-and-space", "exact", "context-prefix-case",
-         "context-column-and-mapping", "field-and-context-key"],
-)  # fmt: skip
+    ids=[
+        "case-and-space",
+        "exact",
+        "context-prefix-case",
+        "context-column-and-mapping",
+        "field-and-context-key",
+    ],
+)
 def test_ambiguous_headers_are_refused(
     headers: list[str], options: ReadOptions, problem: str
 ) -> None:
@@ -193,8 +217,11 @@ def test_ambiguous_headers_are_refused(
 def test_unused_duplicates_and_distinct_context_keys_are_fine() -> None:
     headers = ["interview_id", "Notes", "notes", "context.stage", "context.Stage"]
     renames, warnings = column_plan(headers, "in.csv", ReadOptions())
-    assert renames == {"interview_id": "interview_id", "context.stage": "context.stage",
-                       "context.Stage": "context.Stage"}  # fmt: skip
+    assert renames == {
+        "interview_id": "interview_id",
+        "context.stage": "context.stage",
+        "context.Stage": "context.Stage",
+    }
     assert warnings == []
 
 
@@ -217,14 +244,13 @@ def test_missing_id_suggests_the_delimiter(header: str, hint: str | None) -> Non
     ("data", "expected"),
     [
         ("interview_id\tcontact_name\r\n1\tJosé\r\n".encode("utf-16"), "José"),
-        (codecs.BOM_UTF16_BE + "interview_id\tcontact_name\n1\tJosé\n".encode("utf-16-be"),
-         "José"),
+        (codecs.BOM_UTF16_BE + "interview_id\tcontact_name\n1\tJosé\n".encode("utf-16-be"), "José"),
         ("interview_id,contact_name\n1,José\n".encode("utf-32"), "José"),
         (b"\xef\xbb\xbfinterview_id\tcontact_name\n1\tJos\xc3\xa9\n", "José"),
         (b"interview_id\tcontact_name\n1\tAna, Bo\n", "Ana, Bo"),
     ],
     ids=["utf16-le", "utf16-be", "utf32", "utf8-bom-tabs", "tabs-in-a-csv"],
-)  # fmt: skip
+)
 def test_byte_order_marks_and_tabs_are_understood(
     tmp_path: Path, data: bytes, expected: str
 ) -> None:
@@ -244,11 +270,18 @@ def test_configured_delimiter_is_never_second_guessed(tmp_path: Path) -> None:
 
 def test_parquet_reads_only_the_columns_it_uses(tmp_path: Path) -> None:
     path = tmp_path / "in.parquet"
-    pq.write_table(pa.table({
-        "interview_id": pa.array([1, 2]), "objective": pa.array([float("nan"), 2.5]),
-        "contact_name": pa.array([b"Ana", None]), "tags": pa.array([[1], [2, 3]]),
-        "raw": pa.array([b"\xff", b""]),
-    }), path)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "interview_id": pa.array([1, 2]),
+                "objective": pa.array([float("nan"), 2.5]),
+                "contact_name": pa.array([b"Ana", None]),
+                "tags": pa.array([[1], [2, 3]]),
+                "raw": pa.array([b"\xff", b""]),
+            }
+        ),
+        path,
+    )
     frame = read_batch([str(path)], ReadOptions()).frame
     assert frame["objective"].tolist() == ["", "2.5"]  # NaN is never text
     assert frame["contact_name"].tolist() == ["Ana", ""]
@@ -286,10 +319,12 @@ TEXT = pd.ArrowDtype(pa.string())
 def test_parquet_large_strings_read_as_text(tmp_path: Path) -> None:
     """pandas 3 writes its default `str` columns as Arrow large_string."""
     path = tmp_path / "pandas3.parquet"
-    table = pa.table({
-        "interview_id": pa.array(["004821", None], pa.large_string()),
-        "contact_name": pa.array([" Ana ", "Bo"], pa.large_string()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "interview_id": pa.array(["004821", None], pa.large_string()),
+            "contact_name": pa.array([" Ana ", "Bo"], pa.large_string()),
+        }
+    )
     pq.write_table(table, path)
     frame = read_batch([str(path)], ReadOptions()).frame
     assert frame["interview_id"].tolist() == ["004821", ""]
@@ -306,8 +341,9 @@ def test_text_columns_are_arrow_strings(tmp_path: Path, names: list[str]) -> Non
     """Arrow `string` (32-bit offsets), whatever pandas defaults to: the planner reads the
     columns back as Arrow without a copy and reads their offsets as int32."""
     (tmp_path / "a.csv").write_text("interview_id,contact_name\n1,Ana\n")
-    pq.write_table(pa.table({"interview_id": pa.array(["2"], pa.large_string())}),
-                   tmp_path / "b.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"interview_id": pa.array(["2"], pa.large_string())}), tmp_path / "b.parquet"
+    )
     frame = read_batch([str(tmp_path / n) for n in names], ReadOptions()).frame
     text_columns = frame.columns.drop(["_file", "_row"])
     assert {str(c): frame[c].dtype for c in text_columns} == dict.fromkeys(text_columns, TEXT)

@@ -16,8 +16,11 @@ def test_a_stop_records_each_request_cut_off_in_flight_with_its_tries_and_time(
 ) -> None:
     """After a stop: a request on the wire is `failed / interrupted`, with the tries that went
     out and how long it had been sending (the server may have it); the rest, not_attempted."""
-    path = write_csv(tmp_path / "in.csv", ["interview_id", "objective"],
-                     [[1, "a"], [2, "b"], [2, "b2"], [3, "c"]])  # fmt: skip
+    path = write_csv(
+        tmp_path / "in.csv",
+        ["interview_id", "objective"],
+        [[1, "a"], [2, "b"], [2, "b2"], [3, "c"]],
+    )
     batch = read_batch([str(path)], ReadOptions())
     plan = build_plan(batch, PlanOptions(), Memory())
     recorder = Recorder("run-1", batch, Ledger(tmp_path / "ledger.csv"), None)
@@ -26,8 +29,11 @@ def test_a_stop_records_each_request_cut_off_in_flight_with_its_tries_and_time(
     rows = {(r["interview_id"], r["source_row"]): r for r in read_ledger(tmp_path / "ledger.csv")}
     for row in ("2", "3"):  # the two rows of interview 2's one request
         line = rows["2", row]
-        assert (line["status"], line["error_code"], line["attempts"]) == ("failed", "interrupted",
-                                                                          "3")  # fmt: skip
+        assert (line["status"], line["error_code"], line["attempts"]) == (
+            "failed",
+            "interrupted",
+            "3",
+        )
         assert 2500 <= int(line["duration_ms"]) < 60_000
     assert [rows[i, r]["status"] for i, r in (("1", "1"), ("3", "4"))] == ["not_attempted"] * 2
     assert (left, recorder.cut_in_flight, len(rows)) == (2, 1, 4)

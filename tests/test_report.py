@@ -10,8 +10,7 @@ from sync_worker.commands.report import render
 from sync_worker.errors import InputError
 from sync_worker.record.ledger import COLUMNS, Ledger
 
-BASE = {"run_id": "r1", "source_file": "in.csv", "contact_email": "", "merge": "off",
-        "attempts": 1}  # fmt: skip
+BASE = {"run_id": "r1", "source_file": "in.csv", "contact_email": "", "merge": "off", "attempts": 1}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -20,15 +19,38 @@ def test_report_on_a_known_ledger(tmp_path: Path, suffix: str) -> None:
     ledger = Ledger(path)
     for row in range(1, 6):
         write_line(ledger, {**BASE, "source_row": row, "interview_id": str(row), "status": "ok"})
-    write_line(ledger, {**BASE, "source_row": 6, "interview_id": "6", "status": "failed",
-                  "http_status": 404, "error_code": "not_found",
-                  "error_message": "Interview request not found"})  # fmt: skip
-    write_line(ledger, {**BASE, "source_row": 7, "interview_id": "x", "status": "invalid",
-                  "error_code": "invalid_interview_id", "error_message": "bad id"})  # fmt: skip
+    write_line(
+        ledger,
+        {
+            **BASE,
+            "source_row": 6,
+            "interview_id": "6",
+            "status": "failed",
+            "http_status": 404,
+            "error_code": "not_found",
+            "error_message": "Interview request not found",
+        },
+    )
+    write_line(
+        ledger,
+        {
+            **BASE,
+            "source_row": 7,
+            "interview_id": "x",
+            "status": "invalid",
+            "error_code": "invalid_interview_id",
+            "error_message": "bad id",
+        },
+    )
     write_line(ledger, {**BASE, "source_row": 8, "interview_id": "8", "status": "not_attempted"})
     ledger.close()
-    summary = {"requests_sent": 6, "retries": 0, "rate_limited_429": 0,
-               "effective_requests_per_minute": 299.1, "exit_code": 1}  # fmt: skip
+    summary = {
+        "requests_sent": 6,
+        "retries": 0,
+        "rate_limited_429": 0,
+        "effective_requests_per_minute": 299.1,
+        "exit_code": 1,
+    }
     (tmp_path / f"ledger{suffix}.summary.json").write_text(json.dumps(summary))
     text = render(path)
     lines = text.splitlines()
@@ -81,12 +103,16 @@ def test_a_summary_that_cannot_be_read_is_said_and_the_report_goes_on(
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [(b"", "the file is empty"), (b"\x00\x01PK\x03\x04", "a binary file"),
-     (b"caf\xe9,x\n", "not UTF-8"), (b"interview_id,name\n1,a\n", "no column run_id"),
-     (b'{"status": "ok"}\nnot json\n{"status": "ok"}\n', "line 1 is not a ledger line"),
-     (",".join(COLUMNS).encode() + b"\nr1,in.csv\nr1\n", "record 2 has 2 cells")],
+    [
+        (b"", "the file is empty"),
+        (b"\x00\x01PK\x03\x04", "a binary file"),
+        (b"caf\xe9,x\n", "not UTF-8"),
+        (b"interview_id,name\n1,a\n", "no column run_id"),
+        (b'{"status": "ok"}\nnot json\n{"status": "ok"}\n', "line 1 is not a ledger line"),
+        (",".join(COLUMNS).encode() + b"\nr1,in.csv\nr1\n", "record 2 has 2 cells"),
+    ],
     ids=["empty", "binary", "not-utf8", "another-csv", "jsonl-without-columns", "short-row"],
-)  # fmt: skip
+)
 def test_what_is_not_a_ledger_is_one_input_error(
     tmp_path: Path, content: bytes, words: str
 ) -> None:

@@ -23,9 +23,14 @@ def table(pairs: list[tuple[str, str | None]], chunks: int = 1) -> RequestTable:
 
     ids = np.arange(1, len(pairs) + 1, dtype=np.int64)
     contacts = column([c for c, _x in pairs])
-    return RequestTable(position=ids - 1, interview_id=ids, body_json=contacts,
-                        context_json=column([x for _c, x in pairs]), contact=contacts,
-                        merge=contacts)  # fmt: skip
+    return RequestTable(
+        position=ids - 1,
+        interview_id=ids,
+        body_json=contacts,
+        context_json=column([x for _c, x in pairs]),
+        contact=contacts,
+        merge=contacts,
+    )
 
 
 def plainly(pairs: list[tuple[str, str | None]]) -> int:

@@ -34,16 +34,38 @@ def rows_csv(tmp_path: Path, count: int, name: str = "in.csv", tag: str = "N") -
 
 def run_args(server: SandboxServer, *args: str) -> list[str]:
     """A run at 1000 a second unless ARGS say otherwise (the last value of an option wins)."""
-    return ["run", "in.csv", "--base-url", server.base_url, "--state", "state.sqlite",
-            "--ledger", "ledger.csv", "--rate-limit", "1000", "--rate-period", "1",
-            *args]  # fmt: skip
+    return [
+        "run",
+        "in.csv",
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        "ledger.csv",
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+    ]
 
 
 def test_transient_failures_are_retried_to_success(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
-    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--fail-rate", "0.25",
-                             "--drop-rate", "0.1", "--seed", "7")  # fmt: skip
+    server = sandbox_factory(
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        "--fail-rate",
+        "0.25",
+        "--drop-rate",
+        "0.1",
+        "--seed",
+        "7",
+    )
     (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 8\n")
     rows_csv(tmp_path, 40)
     result = run_cli(*run_args(server, "--config", "fast.toml"), cwd=tmp_path)
@@ -95,9 +117,12 @@ def _assert_recovers(server: SandboxServer, count: int, limit: int, span: float)
 )
 @pytest.mark.timing
 def test_server_allowing_less_than_told(
-    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer], server_limit: str,
-    server_period: str, count: int,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    sandbox_factory: Callable[..., SandboxServer],
+    server_limit: str,
+    server_period: str,
+    count: int,
+) -> None:
     server = sandbox_factory("--rate-limit", server_limit, "--rate-period", server_period)
     rows_csv(tmp_path, count)
     result = run_cli(*run_args(server, "--rate-limit", "30", "--rate-period", "1"), cwd=tmp_path)
@@ -136,8 +161,7 @@ def test_whole_second_resets_learned_to_within_ten_percent(
 def test_unix_and_seconds_reset_both_honoured(
     tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
 ) -> None:
-    server = sandbox_factory("--rate-limit", "5", "--rate-period", "1", "--reset-format",
-                             "seconds")  # fmt: skip
+    server = sandbox_factory("--rate-limit", "5", "--rate-period", "1", "--reset-format", "seconds")
     rows_csv(tmp_path, 12)
     result = run_cli(*run_args(server, "--rate-limit", "10", "--rate-period", "1"), cwd=tmp_path)
     assert result.code == 0, result.stderr
@@ -249,9 +273,19 @@ def test_unreachable_base_url_aborts(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     rows_csv(tmp_path, 5)
     (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 1\n")
-    result = run_cli("run", "in.csv", "--base-url", f"http://127.0.0.1:{port}/api/v1",
-                     "--config", "fast.toml", "--ledger", "ledger.csv", "--state", "s.sqlite",
-                     cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "run",
+        "in.csv",
+        "--base-url",
+        f"http://127.0.0.1:{port}/api/v1",
+        "--config",
+        "fast.toml",
+        "--ledger",
+        "ledger.csv",
+        "--state",
+        "s.sqlite",
+        cwd=tmp_path,
+    )
     assert result.code == 3
     assert "cannot reach the API" in result.event("run_aborted")["reason"]
     lines = read_ledger(tmp_path / "ledger.csv")
@@ -296,8 +330,10 @@ def _outage_run(
     port = _free_port()
     server = sandbox_factory("--port", str(port), "--rate-limit", "1000", "--rate-period", "1")
     rows_csv(tmp_path, 30)
-    process = start_run(tmp_path, run_args(server, "--rate-limit", "40", "--rate-period", "1",
-                                           "--concurrency", "4", *args))  # fmt: skip
+    process = start_run(
+        tmp_path,
+        run_args(server, "--rate-limit", "40", "--rate-period", "1", "--concurrency", "4", *args),
+    )
     wait_for_arrivals(server, 8)
     server.process.kill()
     server.process.wait()
@@ -343,6 +379,9 @@ def test_api_away_past_max_outage_stops_with_3(
     assert statuses[("ok", "")] >= 8 and statuses[("not_attempted", "")] > 0
     # failed only what a dropped connection may have delivered (at most one a worker)
     assert statuses[("failed", "connection_error")] <= 4
-    assert set(statuses) <= {("ok", ""), ("not_attempted", ""),
-                             ("not_attempted", "connection_error"),
-                             ("failed", "connection_error")}  # fmt: skip
+    assert set(statuses) <= {
+        ("ok", ""),
+        ("not_attempted", ""),
+        ("not_attempted", "connection_error"),
+        ("failed", "connection_error"),
+    }

@@ -21,16 +21,40 @@ BAD_MAPPING = '[columns]\ncontact_context = "Title"\nobjective = "Stage"\n'
 
 def sync(tmp_path: Path, server: SandboxServer, source: str, ledger: str, *args: str) -> Any:
     return run_cli(
-        "run", source, "--base-url", server.base_url, "--state", "state.sqlite",
-        "--ledger", ledger, "--rate-limit", "1000", "--rate-period", "1", *args, cwd=tmp_path,
-    )  # fmt: skip
+        "run",
+        source,
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+        cwd=tmp_path,
+    )
 
 
 def revert(tmp_path: Path, server: SandboxServer, run_id: str, ledger: str, *args: str) -> Any:
     return run_cli(
-        "revert", run_id, "--base-url", server.base_url, "--state", "state.sqlite",
-        "--ledger", ledger, "--rate-limit", "1000", "--rate-period", "1", *args, cwd=tmp_path,
-    )  # fmt: skip
+        "revert",
+        run_id,
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        ledger,
+        "--rate-limit",
+        "1000",
+        "--rate-period",
+        "1",
+        *args,
+        cwd=tmp_path,
+    )
 
 
 def run_id_of(tmp_path: Path, ledger: str) -> str:
@@ -43,8 +67,11 @@ def snapshot(server: SandboxServer, ids: range | list[int]) -> dict[int, Any]:
     shown = {}
     for interview_id in ids:
         held = server.interview(interview_id)
-        shown[interview_id] = None if held is None else json.dumps(
-            {k: held[k] for k in SHOWN}, sort_keys=True, ensure_ascii=False)  # fmt: skip
+        shown[interview_id] = (
+            None
+            if held is None
+            else json.dumps({k: held[k] for k in SHOWN}, sort_keys=True, ensure_ascii=False)
+        )
     return shown
 
 
@@ -55,21 +82,33 @@ def statuses(tmp_path: Path, ledger: str) -> dict[str, str]:
 def write_night_a(tmp_path: Path) -> None:
     """Run A: names, objectives and contexts; notes known for two contacts from a notes file,
     and names and objectives first set by a run before it (so their values before are known)."""
-    write_csv(tmp_path / "notes.csv", ["contact_email", "interview_id", "notes"], [
-        ["ana@x.com", "", '{"relationship": "Met at SaaStr", "stage": "Demo"}'],
-        ["", "3", "Prefers email."],
-        ["bo@x.com", "", "Met at a fair"],
-    ])  # fmt: skip
-    write_csv(tmp_path / "setup.csv", HEADER, [
-        [1, "ana@x.com", "Ana", "Intro call", ""],
-        [2, "bo@x.com", "Bo", "Intro call", ""],
-        [3, "", "Cy", "Intro call", ""],
-    ])  # fmt: skip
-    write_csv(tmp_path / "a.csv", HEADER, [
-        [1, "ana@x.com", "Ana Lima", "Discuss pricing", "POC done"],
-        [2, "bo@x.com", "Bo", "Renewal", '{"stage": "Won"}'],
-        [3, "", "Cy", "Intro", "Renewal in March"],
-    ])  # fmt: skip
+    write_csv(
+        tmp_path / "notes.csv",
+        ["contact_email", "interview_id", "notes"],
+        [
+            ["ana@x.com", "", '{"relationship": "Met at SaaStr", "stage": "Demo"}'],
+            ["", "3", "Prefers email."],
+            ["bo@x.com", "", "Met at a fair"],
+        ],
+    )
+    write_csv(
+        tmp_path / "setup.csv",
+        HEADER,
+        [
+            [1, "ana@x.com", "Ana", "Intro call", ""],
+            [2, "bo@x.com", "Bo", "Intro call", ""],
+            [3, "", "Cy", "Intro call", ""],
+        ],
+    )
+    write_csv(
+        tmp_path / "a.csv",
+        HEADER,
+        [
+            [1, "ana@x.com", "Ana Lima", "Discuss pricing", "POC done"],
+            [2, "bo@x.com", "Bo", "Renewal", '{"stage": "Won"}'],
+            [3, "", "Cy", "Intro", "Renewal in March"],
+        ],
+    )
 
 
 def test_revert_a_bad_run_then_the_good_one(tmp_path: Path, sandbox: SandboxServer) -> None:
@@ -79,15 +118,22 @@ def test_revert_a_bad_run_then_the_good_one(tmp_path: Path, sandbox: SandboxServ
     assert first.code == 0, first.stderr
     after_a = snapshot(sandbox, [1, 2, 3])
     assert json.loads(after_a[1])["contact_context"] == {  # type: ignore[arg-type]
-        "notes": "POC done", "relationship": "Met at SaaStr", "stage": "Demo"}  # fmt: skip
+        "notes": "POC done",
+        "relationship": "Met at SaaStr",
+        "stage": "Demo",
+    }
 
     (tmp_path / "bad.toml").write_text(BAD_MAPPING)
-    write_csv(tmp_path / "b.csv", ["interview_id", "contact_email", "Title", "Stage"], [
-        [1, "ana@x.com", "CTO", "Closed Lost"],
-        [3, "", "CFO", "Demo"],
-        [7, "new@x.com", "COO", "Demo"],  # contacts run A never touched
-        [8, "", "VP", "Won"],
-    ])  # fmt: skip
+    write_csv(
+        tmp_path / "b.csv",
+        ["interview_id", "contact_email", "Title", "Stage"],
+        [
+            [1, "ana@x.com", "CTO", "Closed Lost"],
+            [3, "", "CFO", "Demo"],
+            [7, "new@x.com", "COO", "Demo"],  # contacts run A never touched
+            [8, "", "VP", "Won"],
+        ],
+    )
     bad = sync(tmp_path, sandbox, "b.csv", "b.ledger.csv", "--config", "bad.toml")
     assert bad.code == 0, bad.stderr
     after_b = snapshot(sandbox, [1, 2, 3, 7, 8])
@@ -100,7 +146,11 @@ def test_revert_a_bad_run_then_the_good_one(tmp_path: Path, sandbox: SandboxServ
     assert snapshot(sandbox, [1, 2, 3]) == after_a  # A's state back, byte for byte
     assert snapshot(sandbox, [7, 8]) == {7: after_b[7], 8: after_b[8]}  # left alone
     assert statuses(tmp_path, "revert-b.csv") == {
-        "1": "ok", "3": "ok", "7": "not_restorable", "8": "not_restorable"}  # fmt: skip
+        "1": "ok",
+        "3": "ok",
+        "7": "not_restorable",
+        "8": "not_restorable",
+    }
     assert sorted(r["id"] for r in sandbox.requests()[sent:]) == ["1", "3"]
     lines = read_ledger(tmp_path / "revert-b.csv")
     assert {x["source_file"] for x in lines} == {f"revert {run_b}"}
@@ -112,12 +162,23 @@ def test_revert_a_bad_run_then_the_good_one(tmp_path: Path, sandbox: SandboxServ
     undo_a = revert(tmp_path, sandbox, run_a, "revert-a.csv")
     assert undo_a.code == 0, undo_a.stderr  # every value A wrote had a known value before
     notes_back = {i: sandbox.interview(i)["contact_context"] for i in (1, 2, 3)}  # type: ignore[index]
-    assert notes_back == {1: {"relationship": "Met at SaaStr", "stage": "Demo"},
-                          2: "Met at a fair", 3: "Prefers email."}  # the notes file's  # fmt: skip
+    assert notes_back == {
+        1: {"relationship": "Met at SaaStr", "stage": "Demo"},
+        2: "Met at a fair",
+        3: "Prefers email.",
+    }  # the notes file's
     assert sandbox.interview(1)["objective"] == "Intro call"  # type: ignore[index]
 
-    shown = run_cli("history", "--email", "ana@x.com", "--state", "state.sqlite", "--json",
-                    cwd=tmp_path, env=cli_env(HINDSIGHT_API_KEY=""))  # fmt: skip
+    shown = run_cli(
+        "history",
+        "--email",
+        "ana@x.com",
+        "--state",
+        "state.sqlite",
+        "--json",
+        cwd=tmp_path,
+        env=cli_env(HINDSIGHT_API_KEY=""),
+    )
     assert shown.code == 0, shown.stderr
     notes_runs = [v["run_id"] for v in json.loads(shown.stdout) if v["field"] == "contact_context"]
     revert_b, revert_a = run_id_of(tmp_path, "revert-b.csv"), run_id_of(tmp_path, "revert-a.csv")
@@ -196,10 +257,14 @@ def test_dry_run_writes_the_plan_and_sends_nothing(tmp_path: Path, sandbox: Sand
 
 def test_a_killed_revert_rerun_reaches_the_same_end(tmp_path: Path, sandbox: SandboxServer) -> None:
     count = 60
-    write_csv(tmp_path / "a.csv", HEADER, [[i, "", f"N{i}", f"O{i}", f"ctx {i}"]
-                                           for i in range(1, count + 1)])  # fmt: skip
-    write_csv(tmp_path / "b.csv", HEADER, [[i, "", f"BAD{i}", "BAD", "BAD"]
-                                           for i in range(1, count + 1)])  # fmt: skip
+    write_csv(
+        tmp_path / "a.csv",
+        HEADER,
+        [[i, "", f"N{i}", f"O{i}", f"ctx {i}"] for i in range(1, count + 1)],
+    )
+    write_csv(
+        tmp_path / "b.csv", HEADER, [[i, "", f"BAD{i}", "BAD", "BAD"] for i in range(1, count + 1)]
+    )
     assert sync(tmp_path, sandbox, "a.csv", "a.l.csv").code == 0
     expected = snapshot(sandbox, range(1, count + 1))
     assert sync(tmp_path, sandbox, "b.csv", "b.l.csv").code == 0
@@ -207,11 +272,29 @@ def test_a_killed_revert_rerun_reaches_the_same_end(tmp_path: Path, sandbox: San
 
     before = len(sandbox.requests())
     process = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "revert", run_b, "--base-url", sandbox.base_url,
-         "--state", "state.sqlite", "--ledger", "killed.csv", "--rate-limit", "20",
-         "--rate-period", "1"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sync_worker",
+            "revert",
+            run_b,
+            "--base-url",
+            sandbox.base_url,
+            "--state",
+            "state.sqlite",
+            "--ledger",
+            "killed.csv",
+            "--rate-limit",
+            "20",
+            "--rate-period",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while len(sandbox.requests()) < before + 10:
         assert time.monotonic() < deadline, "the revert did not get going"

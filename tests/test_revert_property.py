@@ -45,8 +45,11 @@ def server() -> Iterator[SandboxServer]:
 def invoke(work: Path, *args: str) -> int:
     runner = CliRunner()
     with _cwd(work):
-        result = runner.invoke(main, [*args, "--log-format", "json", "--no-progress"],
-                               env={"HINDSIGHT_API_KEY": API_KEY})  # fmt: skip
+        result = runner.invoke(
+            main,
+            [*args, "--log-format", "json", "--no-progress"],
+            env={"HINDSIGHT_API_KEY": API_KEY},
+        )
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result.exit_code
 
@@ -80,16 +83,30 @@ def test_run_then_revert_leaves_every_known_field_as_it_was(
 ) -> None:
     base = next(_bases) * 10
     ids = [base + i for i in range(INTERVIEWS)]
-    common = ["--base-url", server.base_url, "--state", "state.sqlite", "--rate-limit",
-              "100000", "--rate-period", "1"]  # fmt: skip
+    common = [
+        "--base-url",
+        server.base_url,
+        "--state",
+        "state.sqlite",
+        "--rate-limit",
+        "100000",
+        "--rate-period",
+        "1",
+    ]
     with tempfile.TemporaryDirectory(prefix="revert-property-") as folder:
         work = Path(folder)
-        write_csv(work / "a.csv", HEADER, [[i, f"c{i}@x.com", f"Name {i}", f"Goal {i}",
-                                            f"Notes {i}"] for i in ids])  # fmt: skip
+        write_csv(
+            work / "a.csv",
+            HEADER,
+            [[i, f"c{i}@x.com", f"Name {i}", f"Goal {i}", f"Notes {i}"] for i in ids],
+        )
         assert invoke(work, "run", "a.csv", "--ledger", "a.csv.l.csv", *common) == 0
         known = fields_of(server, ids)
-        rows = [[i, f"c{i}@x.com", *(v or "" for v in change)]
-                for i, change in zip(ids, changes, strict=True) if any(change)]  # fmt: skip
+        rows = [
+            [i, f"c{i}@x.com", *(v or "" for v in change)]
+            for i, change in zip(ids, changes, strict=True)
+            if any(change)
+        ]
         if not rows:
             return
         write_csv(work / "b.csv", HEADER, rows)

@@ -27,21 +27,33 @@ def _run(
     tmp_path: Path, sandbox: SandboxServer, *args: str, ledger: str = "ledger.csv", **kw: object
 ) -> object:
     return run_cli(
-        "run", *args, "--base-url", sandbox.base_url, "--state", "state.sqlite",
-        "--ledger", ledger, cwd=tmp_path, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+        "run",
+        *args,
+        "--base-url",
+        sandbox.base_url,
+        "--state",
+        "state.sqlite",
+        "--ledger",
+        ledger,
+        cwd=tmp_path,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_every_row_sent_or_accounted_for(tmp_path: Path, sandbox: SandboxServer) -> None:
-    write_csv(tmp_path / "in.csv", HEADER, [
-        [101, "Ana Ruiz", "Why we lost", '{"title": "CTO"}', "ana@x.com"],
-        [102, "", "", "plain note", "bo@x.com"],
-        ["10x", "Bad Id", "", "", ""],
-        [103, "", "", "", ""],
-        [900000001, "Ghost", "", "", ""],
-        [104, "", "", '{"broken": ', ""],
-        [101, "", "Later objective", "", "ana@x.com"],
-    ])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        HEADER,
+        [
+            [101, "Ana Ruiz", "Why we lost", '{"title": "CTO"}', "ana@x.com"],
+            [102, "", "", "plain note", "bo@x.com"],
+            ["10x", "Bad Id", "", "", ""],
+            [103, "", "", "", ""],
+            [900000001, "Ghost", "", "", ""],
+            [104, "", "", '{"broken": ', ""],
+            [101, "", "Later objective", "", "ana@x.com"],
+        ],
+    )
     result = _run(tmp_path, sandbox, "in.csv", "--rate-limit", "1000", "--rate-period", "1")
     assert result.code == 1, result.stderr
     ledger = read_ledger(tmp_path / "ledger.csv")
@@ -49,8 +61,14 @@ def test_every_row_sent_or_accounted_for(tmp_path: Path, sandbox: SandboxServer)
     by_row = {int(line["source_row"]): line for line in ledger}
     assert sorted(by_row) == [1, 2, 3, 4, 5, 6, 7]
     assert {r: by_row[r]["status"] for r in by_row} == {
-        1: "ok", 2: "ok", 3: "invalid", 4: "invalid", 5: "failed", 6: "invalid", 7: "ok",
-    }  # fmt: skip
+        1: "ok",
+        2: "ok",
+        3: "invalid",
+        4: "invalid",
+        5: "failed",
+        6: "invalid",
+        7: "ok",
+    }
     assert by_row[3]["error_code"] == "invalid_interview_id"
     assert by_row[4]["error_code"] == "no_fields"
     assert by_row[6]["error_code"] == "invalid_json"
@@ -82,8 +100,11 @@ def test_rerun_skips_unchanged_and_force_resends(tmp_path: Path, sandbox: Sandbo
         "skipped_unchanged"
     }
     assert len(sandbox.requests()) == 5
-    write_csv(tmp_path / "in.csv", HEADER, [[i, f"N{i}", "", "", ""] for i in range(1, 5)]
-              + [[5, "Changed", "", "", ""]])  # fmt: skip
+    write_csv(
+        tmp_path / "in.csv",
+        HEADER,
+        [[i, f"N{i}", "", "", ""] for i in range(1, 5)] + [[5, "Changed", "", "", ""]],
+    )
     assert _run(tmp_path, sandbox, "in.csv", ledger="third.csv").code == 0
     assert len(sandbox.requests()) == 6
     assert _run(tmp_path, sandbox, "in.csv", "--force", ledger="fourth.csv").code == 0
@@ -132,17 +153,22 @@ def test_unusable_file_stops_before_sending(tmp_path: Path, sandbox: SandboxServ
 
 def test_plan_prints_what_run_would_send(tmp_path: Path) -> None:
     write_csv(tmp_path / "in.csv", HEADER, [[7, "Ana", "", "", ""], [7, "", "Obj", "", ""]])
-    result = run_cli("plan", "in.csv", "--state", "state.sqlite", cwd=tmp_path, env=cli_env(
-        HINDSIGHT_API_KEY=""))  # fmt: skip
+    result = run_cli(
+        "plan", "in.csv", "--state", "state.sqlite", cwd=tmp_path, env=cli_env(HINDSIGHT_API_KEY="")
+    )
     assert result.code == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert lines == [{
-        "interview_id": 7,
-        "body": {"contact_name": "Ana", "objective": "Obj"},
-        "source_rows": [{"source_file": "in.csv", "source_row": 1},
-                        {"source_file": "in.csv", "source_row": 2}],
-        "merge": "off",
-    }]  # fmt: skip
+    assert lines == [
+        {
+            "interview_id": 7,
+            "body": {"contact_name": "Ana", "objective": "Obj"},
+            "source_rows": [
+                {"source_file": "in.csv", "source_row": 1},
+                {"source_file": "in.csv", "source_row": 2},
+            ],
+            "merge": "off",
+        }
+    ]
     assert not (tmp_path / "state.sqlite").exists()
 
 
@@ -150,8 +176,9 @@ def test_missing_key_names_the_variable(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, sandbox: SandboxServer
 ) -> None:
     write_csv(tmp_path / "in.csv", HEADER, [[1, "A", "", "", ""]])
-    result = _run(tmp_path, sandbox, "in.csv", "--api-key-env", "MY_KEY", env=cli_env(
-        HINDSIGHT_API_KEY=""))  # fmt: skip
+    result = _run(
+        tmp_path, sandbox, "in.csv", "--api-key-env", "MY_KEY", env=cli_env(HINDSIGHT_API_KEY="")
+    )
     assert result.code == 2
     assert "MY_KEY" in result.event("error")["message"]
     key_file = tmp_path_factory.mktemp("secrets") / "key.txt"  # outside the scanned folder

@@ -15,9 +15,13 @@ from conftest import API_KEY, SandboxServer
 
 
 def call(
-    server: SandboxServer, method: str, path: str, body: Any = None, key: str | None = API_KEY,
+    server: SandboxServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    key: str | None = API_KEY,
     raw: bytes | None = None,
-) -> tuple[int, dict[str, Any], dict[str, str]]:  # fmt: skip
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(server.base_url + path, data=data, method=method)
     if key is not None:
@@ -42,13 +46,26 @@ def call(
         ("/interviews/900000001", {"objective": "x"}, API_KEY, None, 404, "not_found"),
         ("/interviews/abc", {"objective": "x"}, API_KEY, None, 404, "not_found"),
     ],
-    ids=["ok", "no-key", "wrong-key", "empty-body", "invalid-json", "bad-context-type",
-         "unknown-id", "non-integer-id"],
-)  # fmt: skip
+    ids=[
+        "ok",
+        "no-key",
+        "wrong-key",
+        "empty-body",
+        "invalid-json",
+        "bad-context-type",
+        "unknown-id",
+        "non-integer-id",
+    ],
+)
 def test_api_shapes_and_errors(
-    sandbox: SandboxServer, path: str, body: Any, key: str | None, raw: bytes | None,
-    status: int, code: str | None,
-) -> None:  # fmt: skip
+    sandbox: SandboxServer,
+    path: str,
+    body: Any,
+    key: str | None,
+    raw: bytes | None,
+    status: int,
+    code: str | None,
+) -> None:
     got_status, payload, _headers = call(sandbox, "PATCH", path, body, key, raw)
     assert got_status == status
     if code is None:
@@ -62,8 +79,12 @@ def test_keeps_notes_per_contact(sandbox: SandboxServer) -> None:
     _s, second, _h = call(sandbox, "POST", "/interviews", {"contact_email": "ANA@x.com"})
     assert first["contact_id"] == second["contact_id"]
     context = {"title": "CTO", "evaluation_notes": "POC done"}
-    call(sandbox, "PATCH", f"/interviews/{first['interview_request_id']}",
-         {"contact_context": context})  # fmt: skip
+    call(
+        sandbox,
+        "PATCH",
+        f"/interviews/{first['interview_request_id']}",
+        {"contact_context": context},
+    )
     shown = sandbox.interview(second["interview_request_id"])
     assert shown is not None and shown["contact_context"] == context  # one notes field
     assert json.loads(shown["notes"]) == context
@@ -74,8 +95,9 @@ def test_keeps_notes_per_contact(sandbox: SandboxServer) -> None:
 def test_strict_window_answers_429_with_reset(
     sandbox_factory: Callable[..., SandboxServer], reset_format: str
 ) -> None:
-    server = sandbox_factory("--rate-limit", "3", "--rate-period", "2",
-                             "--reset-format", reset_format)  # fmt: skip
+    server = sandbox_factory(
+        "--rate-limit", "3", "--rate-period", "2", "--reset-format", reset_format
+    )
     statuses = [call(server, "PATCH", "/interviews/1", {"objective": "x"})[0] for _ in range(3)]
     status, payload, headers = call(server, "PATCH", "/interviews/1", {"objective": "x"})
     assert statuses == [200, 200, 200] and status == 429
@@ -92,8 +114,15 @@ def test_strict_window_answers_429_with_reset(
 def test_whole_second_reset_is_rounded_up(
     sandbox_factory: Callable[..., SandboxServer], reset_format: str
 ) -> None:
-    server = sandbox_factory("--rate-limit", "1", "--rate-period", "1.5", "--reset-format",
-                             reset_format, "--whole-second-reset")  # fmt: skip
+    server = sandbox_factory(
+        "--rate-limit",
+        "1",
+        "--rate-period",
+        "1.5",
+        "--reset-format",
+        reset_format,
+        "--whole-second-reset",
+    )
     call(server, "PATCH", "/interviews/1", {"objective": "x"})
     _status, _payload, headers = call(server, "PATCH", "/interviews/1", {"objective": "x"})
     first, refused = server.requests()

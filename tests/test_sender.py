@@ -17,10 +17,12 @@ from sync_worker.send.sender import SendConfig, Sender
 
 
 def requests(count: int) -> RequestTable:
-    return RequestTable.from_requests([
-        Request(i, b'{"objective":"x"}', "", [i - 1], f"interview:{i}", "off", None)
-        for i in range(1, count + 1)
-    ])  # fmt: skip
+    return RequestTable.from_requests(
+        [
+            Request(i, b'{"objective":"x"}', "", [i - 1], f"interview:{i}", "off", None)
+            for i in range(1, count + 1)
+        ]
+    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,8 +44,15 @@ def send_all(
             results[request.interview_id] = outcome
 
         async with TestServer(app, host="127.0.0.1") as server:
-            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, concurrency=concurrency,
-                                timeout_s=5.0, policy=RetryPolicy())  # fmt: skip
+            config = SendConfig(
+                str(server.make_url("")),
+                "k",
+                1000,
+                1.0,
+                concurrency=concurrency,
+                timeout_s=5.0,
+                policy=RetryPolicy(),
+            )
             if stop_after is not None:
                 asyncio.get_running_loop().call_later(stop_after, stop.set)
             await Sender(config, sink, stop).run(ChainQueue(requests(count)))
@@ -115,8 +124,9 @@ def test_a_stop_cuts_off_the_first_request_after_the_grace(
         app.router.add_patch("/interviews/{id}", slow)
         stop = asyncio.Event()
         async with TestServer(app, host="127.0.0.1") as server:
-            config = SendConfig(str(server.make_url("")), "k", 1000, 1.0, timeout_s=60.0,
-                                policy=RetryPolicy())  # fmt: skip
+            config = SendConfig(
+                str(server.make_url("")), "k", 1000, 1.0, timeout_s=60.0, policy=RetryPolicy()
+            )
             asyncio.get_running_loop().call_later(0.3, stop.set)
             started = asyncio.get_running_loop().time()
             report = await Sender(config, lambda _r, _o: None, stop).run(ChainQueue(requests(3)))
@@ -132,8 +142,11 @@ def test_a_stop_while_waiting_out_a_429_is_interrupted_not_rate_limit_exceeded()
     """rate_limit_exceeded means a row met 429 after 429; one refused try then a stop is not."""
 
     async def refuse(_request: web.Request) -> web.Response:
-        return web.json_response({"error": {"code": "rate_limit_exceeded", "message": "slow"}},
-                                 status=429, headers={"X-RateLimit-Reset": "30"})  # fmt: skip
+        return web.json_response(
+            {"error": {"code": "rate_limit_exceeded", "message": "slow"}},
+            status=429,
+            headers={"X-RateLimit-Reset": "30"},
+        )
 
     results = send_all(refuse, 2, stop_after=0.3)
     first = results[1]

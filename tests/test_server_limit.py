@@ -69,13 +69,23 @@ def never_looser(learned: Learned, limit: int, window: float) -> bool:
         (20, 2.0, True, 40.0, 0.0, 1.0),
         (20, 2.0, True, 40.0, JITTER_S, 1.0 + JITTER_S),
     ],
-    ids=["fractional-resets", "whole-second-resets", "lower-limit", "longer-window", "both",
-         "jitter"],
-)  # fmt: skip
+    ids=[
+        "fractional-resets",
+        "whole-second-resets",
+        "lower-limit",
+        "longer-window",
+        "both",
+        "jitter",
+    ],
+)
 def test_learns_the_limit_exactly_and_a_window_never_shorter(
-    limit: int, window: float, whole_seconds: bool, told: float, jitter: float,
+    limit: int,
+    window: float,
+    whole_seconds: bool,
+    told: float,
+    jitter: float,
     most_above: float,
-) -> None:  # fmt: skip
+) -> None:
     server = StrictWindow(limit, window, whole_seconds, clock_offset=0.37)
     sends = paced(server, told, 6 * limit, jitter)
     delays = [random.Random(i).uniform(0, jitter) for i in range(len(sends))]
@@ -97,9 +107,15 @@ def test_learns_the_limit_exactly_and_a_window_never_shorter(
         (0.1, 1_764_000_000.2, 0.1),
         (1.737, 1_764_000_000.2501, FRACTIONAL_RESOLUTION),
     ],
-    ids=["whole-seconds-to-wait", "integer-unix-time", "integer-unix-time-read-later",
-         "half-seconds", "tenths", "milliseconds"],
-)  # fmt: skip
+    ids=[
+        "whole-seconds-to-wait",
+        "integer-unix-time",
+        "integer-unix-time-read-later",
+        "half-seconds",
+        "tenths",
+        "milliseconds",
+    ],
+)
 def test_reset_resolution(wait: float, unix_now: float, resolution: float) -> None:
     """Taken as the coarsest rounding the reset fits: a rounded reset taken for an exact one
     would put a lower bound above the truth."""

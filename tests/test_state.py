@@ -69,24 +69,38 @@ def test_planning_reads_the_same_state_as_columns(tmp_path: Path) -> None:
     hold, the journal of a killed run laid over the keyed tables, the last send winning."""
     path = tmp_path / "state.sqlite"
     state = State.open(path)
-    state.add([Success(1, "aa" * 32, "a@x.com", json.dumps({"k": "v"}), "r1", "t1"),
-               Success(2, "bb" * 32, "b@x.com", json.dumps("text"), "r1", "t1")])  # fmt: skip
+    state.add(
+        [
+            Success(1, "aa" * 32, "a@x.com", json.dumps({"k": "v"}), "r1", "t1"),
+            Success(2, "bb" * 32, "b@x.com", json.dumps("text"), "r1", "t1"),
+        ]
+    )
     state.close()
     killed = State.open(path)
-    killed.add([Success(2, "cc" * 32, "b@x.com", json.dumps({"k": "new"}), "r2", "t2"),
-                Success(3, "dd" * 32, "c@x.com", None, "r2", "t2"),
-                Success(2, "ee" * 32, "b@x.com", None, "r2", "t3")])  # fmt: skip
+    killed.add(
+        [
+            Success(2, "cc" * 32, "b@x.com", json.dumps({"k": "new"}), "r2", "t2"),
+            Success(3, "dd" * 32, "c@x.com", None, "r2", "t2"),
+            Success(2, "ee" * 32, "b@x.com", None, "r2", "t3"),
+        ]
+    )
     killed.flush()  # no close: as after a kill -9
     seen = State.read_only(path)
     sends = seen.sends()
     assert sends.ids.tolist() == [1, 2, 3]
     assert [h.hex() for h in sends.hashes.to_pylist()] == ["aa" * 32, "ee" * 32, "dd" * 32]
     remembered = seen.remembered(with_times=True)
-    rows = zip(remembered.contacts.to_pylist(), remembered.texts.to_pylist(),
-               remembered.times.to_pylist(), strict=True)  # fmt: skip
+    rows = zip(
+        remembered.contacts.to_pylist(),
+        remembered.texts.to_pylist(),
+        remembered.times.to_pylist(),
+        strict=True,
+    )
     assert sorted(rows) == [("a@x.com", '{"k": "v"}', "t1"), ("b@x.com", '{"k": "new"}', "t2")]
-    assert {k: json.loads(v) for k, v in zip(remembered.contacts.to_pylist(),
-            remembered.texts.to_pylist(), strict=True)} == seen.contexts()  # fmt: skip
+    assert {
+        k: json.loads(v)
+        for k, v in zip(remembered.contacts.to_pylist(), remembered.texts.to_pylist(), strict=True)
+    } == seen.contexts()
 
 
 def test_a_state_value_of_the_wrong_type_is_one_config_error(tmp_path: Path) -> None:
@@ -115,9 +129,11 @@ def test_state_from_before_the_journal_is_read_and_upgraded(tmp_path: Path) -> N
 
 
 def test_now_iso_is_utc_with_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
-    for stamp, text in [(1_764_431_272.497, "2025-11-29T15:47:52.497Z"),
-                        (1_764_431_272.0004, "2025-11-29T15:47:52.000Z"),
-                        (1_764_431_273.9999, "2025-11-29T15:47:53.999Z")]:  # fmt: skip
+    for stamp, text in [
+        (1_764_431_272.497, "2025-11-29T15:47:52.497Z"),
+        (1_764_431_272.0004, "2025-11-29T15:47:52.000Z"),
+        (1_764_431_273.9999, "2025-11-29T15:47:53.999Z"),
+    ]:
         monkeypatch.setattr(time, "time", lambda stamp=stamp: stamp)
         assert now_iso() == text
 
@@ -141,8 +157,9 @@ time.sleep(60)
 
 def test_second_run_refused_and_stale_lock_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE,
-                              text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with pytest.raises(LockedError) as error:
@@ -225,11 +242,15 @@ def _hard_link(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("make", "words"),
-    [(_garbage, "mv "), (_foreign, "another program's SQLite database (tables: customers)"),
-     (_future, "written by a newer sync-worker"), (_old_columns, "table sent has no column"),
-     (_hard_link, "2 names (hard links)")],
+    [
+        (_garbage, "mv "),
+        (_foreign, "another program's SQLite database (tables: customers)"),
+        (_future, "written by a newer sync-worker"),
+        (_old_columns, "table sent has no column"),
+        (_hard_link, "2 names (hard links)"),
+    ],
     ids=["garbage", "foreign-database", "future-schema", "missing-columns", "hard-link"],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("opener", [State.open, State.read_only], ids=["open", "read-only"])
 def test_a_file_that_is_no_usable_state_is_one_config_error(
     tmp_path: Path, make: Callable[[Path], None], words: str, opener: Callable[[Path], State]

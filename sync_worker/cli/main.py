@@ -93,66 +93,130 @@ inputs_argument = click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str)
 )
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file [default: config/sync.toml if it exists].")  # fmt: skip
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file [default: config/sync.toml if it exists].",
+)
 tier_option = click.option(
-    "--tier", type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
-    help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth].")  # fmt: skip
+    "--tier",
+    type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
+    help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth].",
+)
 rate_limit_option = click.option(
-    "--rate-limit", type=click.IntRange(min=1),
-    help="Requests per rate period; overrides the tier.")  # fmt: skip
+    "--rate-limit", type=click.IntRange(min=1), help="Requests per rate period; overrides the tier."
+)
 rate_period_option = click.option(
-    "--rate-period", "rate_period_s", type=POSITIVE_NUMBER,
-    help="Seconds the limit is counted in [default: 60].")  # fmt: skip
+    "--rate-period",
+    "rate_period_s",
+    type=POSITIVE_NUMBER,
+    help="Seconds the limit is counted in [default: 60].",
+)
 state_option = click.option(
-    "--state", "state_path", type=click.Path(path_type=str),  # a folder: our one line
-    help="State database [default: state/sync-state.sqlite].")  # fmt: skip
+    "--state",
+    "state_path",
+    type=click.Path(path_type=str),  # a folder: our one line
+    help="State database [default: state/sync-state.sqlite].",
+)
 log_format_option = click.option(
-    "--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
-    show_default=True, help="auto: console lines on a terminal, JSON lines otherwise.")  # fmt: skip
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    show_default=True,
+    help="auto: console lines on a terminal, JSON lines otherwise.",
+)
 refuse_key_option = click.option(
-    "--api-key", hidden=True, expose_value=False, callback=_refuse_key,
-    help="Refused: see --api-key-env.")  # fmt: skip
+    "--api-key",
+    hidden=True,
+    expose_value=False,
+    callback=_refuse_key,
+    help="Refused: see --api-key-env.",
+)
 shared_options = _options(
-    config_option, tier_option, rate_limit_option, rate_period_option,
-    click.option("--merge/--no-merge", default=None,
-                 help="Merge new context into the contact's existing notes [default: off]."),
-    click.option("--existing-notes", type=click.Path(dir_okay=False, path_type=str),
-                 help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
-                 "implies --merge."),
+    config_option,
+    tier_option,
+    rate_limit_option,
+    rate_period_option,
+    click.option(
+        "--merge/--no-merge",
+        default=None,
+        help="Merge new context into the contact's existing notes [default: off].",
+    ),
+    click.option(
+        "--existing-notes",
+        type=click.Path(dir_okay=False, path_type=str),
+        help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
+        "implies --merge.",
+    ),
     state_option,
-    click.option("--force", is_flag=True, help="Send rows even when unchanged since the last "
-                 "successful send."),
-    click.option("--max-rows", type=click.IntRange(min=0),
-                 help="Send at most N requests (a trial run); the rest are not_attempted."),
-    log_format_option, refuse_key_option,
-)  # fmt: skip
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Send rows even when unchanged since the last successful send.",
+    ),
+    click.option(
+        "--max-rows",
+        type=click.IntRange(min=0),
+        help="Send at most N requests (a trial run); the rest are not_attempted.",
+    ),
+    log_format_option,
+    refuse_key_option,
+)
 # `revert`: the options of `run` that apply to putting a run back
-limit_options = _options(config_option, tier_option, rate_limit_option, rate_period_option,
-                         state_option, log_format_option, refuse_key_option)  # fmt: skip
+limit_options = _options(
+    config_option,
+    tier_option,
+    rate_limit_option,
+    rate_period_option,
+    state_option,
+    log_format_option,
+    refuse_key_option,
+)
 run_options = _options(
     click.option("--base-url", help="API base URL [default: https://app.usehindsight.com/api/v1]."),
-    click.option("--api-key-env", help="Environment variable holding the API key "
-                 "[default: HINDSIGHT_API_KEY]."),
-    click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=str),
-                 help="Read the API key from this file instead."),
-    click.option("--ledger", type=click.Path(path_type=str),  # a folder: our one line
-                 help="Ledger file, .csv or .jsonl; {run_id} and {date} are filled in [default: "
-                 "ledgers/sync-{run_id}.csv; for revert ledgers/revert-{run_id}.csv]."),
+    click.option(
+        "--api-key-env",
+        help="Environment variable holding the API key [default: HINDSIGHT_API_KEY].",
+    ),
+    click.option(
+        "--api-key-file",
+        type=click.Path(dir_okay=False, path_type=str),
+        help="Read the API key from this file instead.",
+    ),
+    click.option(
+        "--ledger",
+        type=click.Path(path_type=str),  # a folder: our one line
+        help="Ledger file, .csv or .jsonl; {run_id} and {date} are filled in [default: "
+        "ledgers/sync-{run_id}.csv; for revert ledgers/revert-{run_id}.csv].",
+    ),
     click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
-    click.option("--max-duration", type=POSITIVE_NUMBER,
-                 help="Stop sending after this many minutes (a cron window); exit 4."),
-    click.option("--max-outage", "max_outage_s", type=POSITIVE_NUMBER,
-                 help="Seconds the API may not answer at all before the run gives up (exit 3; "
-                 "a re-run resumes) [default: 300]."),
-    click.option("--concurrency", type=click.IntRange(min=1),
-                 help="Fix the requests in flight at N [default: adaptive, enough for the limit "
-                 "at the latency the API shows, up to [api] max_concurrency (256)]."),
-    click.option("--no-progress", is_flag=True, help="No progress bar (shown only on a terminal "
-                 "anyway)."),
-    click.option("--metrics-file", type=click.Path(dir_okay=False, path_type=str),
-                 help="Write Prometheus metrics of the run here (node_exporter textfile)."),
-)  # fmt: skip
+    click.option(
+        "--max-duration",
+        type=POSITIVE_NUMBER,
+        help="Stop sending after this many minutes (a cron window); exit 4.",
+    ),
+    click.option(
+        "--max-outage",
+        "max_outage_s",
+        type=POSITIVE_NUMBER,
+        help="Seconds the API may not answer at all before the run gives up (exit 3; "
+        "a re-run resumes) [default: 300].",
+    ),
+    click.option(
+        "--concurrency",
+        type=click.IntRange(min=1),
+        help="Fix the requests in flight at N [default: adaptive, enough for the limit "
+        "at the latency the API shows, up to [api] max_concurrency (256)].",
+    ),
+    click.option(
+        "--no-progress", is_flag=True, help="No progress bar (shown only on a terminal anyway)."
+    ),
+    click.option(
+        "--metrics-file",
+        type=click.Path(dir_okay=False, path_type=str),
+        help="Write Prometheus metrics of the run here (node_exporter textfile).",
+    ),
+)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,16 +234,34 @@ def run(inputs: tuple[str, ...], **opts: Any) -> None:
     """Sync rows to the API and write a ledger."""
     from sync_worker.commands.api import sync
 
-    _finish(lambda: sync(
-        inputs, config=opts["config_path"], tier=opts["tier"], rate_limit=opts["rate_limit"],
-        rate_period=opts["rate_period_s"], base_url=opts["base_url"],
-        api_key_env=opts["api_key_env"], api_key_file=opts["api_key_file"], merge=opts["merge"],
-        existing_notes=opts["existing_notes"], ledger=opts["ledger"], state=opts["state_path"],
-        force=opts["force"], dry_run=opts["dry_run"], max_rows=opts["max_rows"],
-        max_duration=opts["max_duration"], concurrency=opts["concurrency"],
-        max_outage=opts["max_outage_s"], metrics_file=opts["metrics_file"],
-        log_format=opts["log_format"], progress=not opts["no_progress"], option_names=FLAGS,
-    ).exit_code)  # fmt: skip
+    _finish(
+        lambda: (
+            sync(
+                inputs,
+                config=opts["config_path"],
+                tier=opts["tier"],
+                rate_limit=opts["rate_limit"],
+                rate_period=opts["rate_period_s"],
+                base_url=opts["base_url"],
+                api_key_env=opts["api_key_env"],
+                api_key_file=opts["api_key_file"],
+                merge=opts["merge"],
+                existing_notes=opts["existing_notes"],
+                ledger=opts["ledger"],
+                state=opts["state_path"],
+                force=opts["force"],
+                dry_run=opts["dry_run"],
+                max_rows=opts["max_rows"],
+                max_duration=opts["max_duration"],
+                concurrency=opts["concurrency"],
+                max_outage=opts["max_outage_s"],
+                metrics_file=opts["metrics_file"],
+                log_format=opts["log_format"],
+                progress=not opts["no_progress"],
+                option_names=FLAGS,
+            ).exit_code
+        )
+    )
 
 
 @main.command()
@@ -245,10 +327,12 @@ def revert(run_id: str, **opts: Any) -> None:
 
     settings = _settings(opts)
     options = RunOptions(
-        inputs=(), dry_run=opts["dry_run"], max_duration_min=opts["max_duration"],
+        inputs=(),
+        dry_run=opts["dry_run"],
+        max_duration_min=opts["max_duration"],
         ledger=opts["ledger"] or settings.ledger_path or "ledgers/revert-{run_id}.csv",
         progress=not opts["no_progress"],
-    )  # fmt: skip
+    )
     job = RevertJob(settings, run_id.strip(), force=opts["force"])
     _finish(lambda: pipeline.launch(settings, options, opts["api_key_file"], job)["exit_code"])
 
@@ -274,14 +358,27 @@ def revert(run_id: str, **opts: Any) -> None:
     help="TOML config file [default: config/sync.toml if it exists].",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
-def history(email: str | None, interview_id: int | None, state_path: Path | None,
-            config_path: Path | None, as_json: bool) -> None:  # fmt: skip
+def history(
+    email: str | None,
+    interview_id: int | None,
+    state_path: Path | None,
+    config_path: Path | None,
+    as_json: bool,
+) -> None:
     """Versions of a contact's notes and name (and an interview's objective), newest first."""
     from sync_worker.commands import history_report
 
-    settings = _settings({"log_format": "auto", "config_path": config_path, "tier": None,
-                          "rate_limit": None, "rate_period_s": None, "merge": None,
-                          "state_path": str(state_path) if state_path else None})  # fmt: skip
+    settings = _settings(
+        {
+            "log_format": "auto",
+            "config_path": config_path,
+            "tier": None,
+            "rate_limit": None,
+            "rate_period_s": None,
+            "merge": None,
+            "state_path": str(state_path) if state_path else None,
+        }
+    )
     if (email is None) == (interview_id is None):
         _fail(ConfigError("history: give exactly one of --email E or --interview N"))
 
@@ -389,13 +486,17 @@ def sandbox(**opts: Any) -> None:
     configure("auto")
     config = SandboxConfig(
         limit=_sandbox_limit(opts),
-        period_s=opts["rate_period"], api_key=opts["api_key"], latency_ms=opts["latency_ms"],
+        period_s=opts["rate_period"],
+        api_key=opts["api_key"],
+        latency_ms=opts["latency_ms"],
         latency_jitter_ms=opts["latency_jitter_ms"],
-        fail_rate=opts["fail_rate"], drop_rate=opts["drop_rate"],
+        fail_rate=opts["fail_rate"],
+        drop_rate=opts["drop_rate"],
         garbage_rate=opts["garbage_rate"],
-        reset_format=opts["reset_format"], whole_seconds=opts["whole_second_reset"],
+        reset_format=opts["reset_format"],
+        whole_seconds=opts["whole_second_reset"],
         seed=opts["seed"],
-    )  # fmt: skip
+    )
     _finish(lambda: _serve_sandbox(config, opts["port"]))
 
 
@@ -412,8 +513,9 @@ def _serve_sandbox(config: SandboxConfig, port: int) -> int:
 
 def _sandbox_limit(opts: dict[str, Any]) -> int:
     """The same rule as `run`: a tier is per 60 s; another window needs --rate-limit."""
-    settings = Settings(tier=opts["tier"].lower(), rate_limit=opts["rate_limit"],
-                        rate_period_s=opts["rate_period"])  # fmt: skip
+    settings = Settings(
+        tier=opts["tier"].lower(), rate_limit=opts["rate_limit"], rate_period_s=opts["rate_period"]
+    )
     tier_source = click.get_current_context().get_parameter_source("tier")
     sources = {"rate_period_s": "--rate-period"}
     if tier_source != ParameterSource.DEFAULT:

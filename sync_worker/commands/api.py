@@ -44,11 +44,17 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 # keyword -> the Settings field it overrides
 SETTINGS = {
-    "tier": "tier", "rate_limit": "rate_limit", "rate_period": "rate_period_s",
-    "merge": "merge", "state": "state_path", "base_url": "base_url",
-    "api_key_env": "api_key_env", "concurrency": "concurrency",
-    "metrics_file": "metrics_path", "max_outage": "max_outage_s",
-}  # fmt: skip
+    "tier": "tier",
+    "rate_limit": "rate_limit",
+    "rate_period": "rate_period_s",
+    "merge": "merge",
+    "state": "state_path",
+    "base_url": "base_url",
+    "api_key_env": "api_key_env",
+    "concurrency": "concurrency",
+    "metrics_file": "metrics_path",
+    "max_outage": "max_outage_s",
+}
 
 
 @dataclass(frozen=True)
@@ -80,17 +86,31 @@ class ValidationResult:
 
 
 def sync(
-    inputs: PathLike | Sequence[PathLike], *, config: PathLike | None = None,
-    tier: str | None = None, rate_limit: int | None = None, rate_period: float | None = None,
-    base_url: str | None = None, api_key: str | None = None, api_key_env: str | None = None,
-    api_key_file: PathLike | None = None, merge: bool | None = None,
-    existing_notes: PathLike | None = None, ledger: PathLike | None = None,
-    state: PathLike | None = None, force: bool = False, dry_run: bool = False,
-    max_rows: int | None = None, max_duration: float | None = None,
-    concurrency: int | None = None, max_outage: float | None = None,
-    metrics_file: PathLike | None = None, log_format: str = "json", progress: bool = False,
+    inputs: PathLike | Sequence[PathLike],
+    *,
+    config: PathLike | None = None,
+    tier: str | None = None,
+    rate_limit: int | None = None,
+    rate_period: float | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    api_key_env: str | None = None,
+    api_key_file: PathLike | None = None,
+    merge: bool | None = None,
+    existing_notes: PathLike | None = None,
+    ledger: PathLike | None = None,
+    state: PathLike | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    max_rows: int | None = None,
+    max_duration: float | None = None,
+    concurrency: int | None = None,
+    max_outage: float | None = None,
+    metrics_file: PathLike | None = None,
+    log_format: str = "json",
+    progress: bool = False,
     option_names: Mapping[str, str] | None = None,
-) -> RunResult:  # fmt: skip
+) -> RunResult:
     """Sync rows to the API and write a ledger, as `sync-worker run` does.
 
     `api_key` may be given directly (else `api_key_file`, else the variable `api_key_env`,
@@ -100,33 +120,40 @@ def sync(
     its own event loop. `option_names`: how messages name the settings (the CLI's flags)."""
     given = _checked(locals())
     settings = _settings(config, given, log_format, option_names)
-    options = _options(inputs, existing_notes, force, dry_run, max_rows, max_duration, ledger,
-                       progress)  # fmt: skip
+    options = _options(
+        inputs, existing_notes, force, dry_run, max_rows, max_duration, ledger, progress
+    )
     from sync_worker.commands import pipeline
 
     key_file = None if api_key_file is None else os.fspath(api_key_file)
     summary = pipeline.run(settings, options, key_file, api_key=api_key)
     return RunResult(
-        run_id=summary["run_id"], exit_code=summary["exit_code"],
-        counts=dict(summary["counts"]), ledger_path=Path(summary["ledger"]), summary=summary,
-    )  # fmt: skip
+        run_id=summary["run_id"],
+        exit_code=summary["exit_code"],
+        counts=dict(summary["counts"]),
+        ledger_path=Path(summary["ledger"]),
+        summary=summary,
+    )
 
 
 def validate(
-    inputs: PathLike | Sequence[PathLike], *, config: PathLike | None = None,
-    merge: bool | None = None, existing_notes: PathLike | None = None,
+    inputs: PathLike | Sequence[PathLike],
+    *,
+    config: PathLike | None = None,
+    merge: bool | None = None,
+    existing_notes: PathLike | None = None,
     log_format: str = "json",
-) -> ValidationResult:  # fmt: skip
+) -> ValidationResult:
     """Check files and mapping, as `sync-worker validate` does: no network, no key, no state."""
     settings = _settings(config, _checked({"merge": merge}), log_format)
     options = _options(inputs, existing_notes, False, False, None, None, None, False)
     from sync_worker.commands import planning
 
     batch, plan, notes_problems = planning.validate(settings, options)
-    invalid = tuple(f"{s.error_message} [{s.error_code}]"
-                    for _p, s in plan.settled.invalid())  # fmt: skip
-    return ValidationResult(len(batch), batch.files, len(plan.table), invalid,
-                            tuple(notes_problems))  # fmt: skip
+    invalid = tuple(f"{s.error_message} [{s.error_code}]" for _p, s in plan.settled.invalid())
+    return ValidationResult(
+        len(batch), batch.files, len(plan.table), invalid, tuple(notes_problems)
+    )
 
 
 def _checked(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,9 +171,11 @@ def _checked(given: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _settings(
-    config: PathLike | None, overrides: dict[str, Any], log_format: str,
+    config: PathLike | None,
+    overrides: dict[str, Any],
+    log_format: str,
     option_names: Mapping[str, str] | None = None,
-) -> Settings:  # fmt: skip
+) -> Settings:
     if log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format= must be auto, json or console, got {log_format!r}")
     configure(log_format)
@@ -158,16 +187,25 @@ def _settings(
 
 
 def _options(
-    inputs: PathLike | Sequence[PathLike], existing_notes: PathLike | None, force: bool,
-    dry_run: bool, max_rows: int | None, max_duration: float | None, ledger: PathLike | None,
+    inputs: PathLike | Sequence[PathLike],
+    existing_notes: PathLike | None,
+    force: bool,
+    dry_run: bool,
+    max_rows: int | None,
+    max_duration: float | None,
+    ledger: PathLike | None,
     progress: bool,
-) -> RunOptions:  # fmt: skip
+) -> RunOptions:
     paths = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if not paths:
         raise ConfigError("inputs: give at least one CSV or Parquet file")
     return RunOptions(
         inputs=tuple(os.fspath(p) for p in paths),
         existing_notes=None if existing_notes is None else os.fspath(existing_notes),
-        force=force, dry_run=dry_run, max_rows=max_rows, max_duration_min=max_duration,
-        ledger=None if ledger is None else os.fspath(ledger), progress=progress,
-    )  # fmt: skip
+        force=force,
+        dry_run=dry_run,
+        max_rows=max_rows,
+        max_duration_min=max_duration,
+        ledger=None if ledger is None else os.fspath(ledger),
+        progress=progress,
+    )

@@ -50,8 +50,9 @@ def as_text(found: list[Version], subject: str) -> str:
     lines = [f"history of {subject}: {len(found)} versions, newest first"]
     for v in found:
         where = f"contact {v.key}" if v.level == "contact" else f"interview {v.key}"
-        lines.append(f"{v.at}  run {v.run_id}  {v.field} of {where} (via interview "
-                     f"{v.interview_id})")  # fmt: skip
+        lines.append(
+            f"{v.at}  run {v.run_id}  {v.field} of {where} (via interview {v.interview_id})"
+        )
         lines.append(f"    sent:   {_shown(v.sent_json)}")
         before = _shown(v.before_json) if v.before_json is not None else "unknown"
         lines.append(f"    before: {before}  [{v.source.replace('_', ' ')}]")

@@ -110,9 +110,12 @@ def run(
 
 
 def launch(
-    settings: Settings, options: RunOptions, key_file: str | None, job: Job,
+    settings: Settings,
+    options: RunOptions,
+    key_file: str | None,
+    job: Job,
     api_key: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """A run of any job (`run`, `revert`): key, lock, signals, then plan, send and record.
     Returns its summary. Metrics, when asked for, are written however the run ends."""
     metrics = Path(settings.metrics_path) if settings.metrics_path else None
@@ -148,9 +151,13 @@ def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
 
 
 def _run(
-    settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None,
-    run_id: str, job: Job,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Settings,
+    options: RunOptions,
+    key_file: str | None,
+    api_key: str | None,
+    run_id: str,
+    job: Job,
+) -> dict[str, Any]:
     started_at = now_iso()
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
     send = None if options.dry_run else _send_config(settings, options, key_file, api_key)
@@ -161,16 +168,21 @@ def _run(
         lock.acquire(run_id)
     try:
         with StopSignal().installed() as stopper:
-            return _run_locked(settings, options, job, run_id, started_at, send, stopper,
-                               ledger)  # fmt: skip
+            return _run_locked(settings, options, job, run_id, started_at, send, stopper, ledger)
     finally:
         lock.release()
 
 
 def _run_locked(
-    settings: Settings, options: RunOptions, job: Job, run_id: str, started_at: str,
-    send: SendConfig | None, stopper: StopSignal, ledger_path: Path,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Settings,
+    options: RunOptions,
+    job: Job,
+    run_id: str,
+    started_at: str,
+    send: SendConfig | None,
+    stopper: StopSignal,
+    ledger_path: Path,
+) -> dict[str, Any]:
     state = (
         State.read_only(Path(settings.state_path))
         if options.dry_run
@@ -185,9 +197,14 @@ def _run_locked(
         _remember_notes(state, prepared, options)
         _plan_history(state, run_id, prepared, options)
         try:
-            recorder = Recorder(run_id, batch, ledger, None if options.dry_run else state,
-                                on_failure=stopper.request,
-                                remarks=prepared.remarks)  # fmt: skip
+            recorder = Recorder(
+                run_id,
+                batch,
+                ledger,
+                None if options.dry_run else state,
+                on_failure=stopper.request,
+                remarks=prepared.remarks,
+            )
             recorder.settle_all(plan.settled)
             recorder.flush()
             _log_start(settings, options, batch, plan, ledger.path)
@@ -202,8 +219,16 @@ def _run_locked(
             code = exit_code(recorder.counts, report, stopper.reason, unsent)
             if code == 0 and prepared.unresolved:
                 code = 1  # a revert that could not put everything back
-            summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
-                                   prepared.inputs, settings.rate_period_s)  # fmt: skip
+            summary = make_summary(
+                run_id,
+                started_at,
+                recorder.counts,
+                report,
+                plan,
+                code,
+                prepared.inputs,
+                settings.rate_period_s,
+            )
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             summary["ledger"] = str(ledger.path)
             write_summary(ledger.path, summary)
@@ -244,16 +269,22 @@ def _log_start(
     per_minute = settings.limit * 60.0 / settings.rate_period_s
     minutes = len(plan.table) / per_minute
     get_logger().info(
-        "run_started", inputs=list(options.inputs), tier=settings.tier,
-        limit=settings.limit, rate_period_s=settings.rate_period_s,
-        ledger=str(ledger_path), rows=len(batch), requests_to_send=len(plan.table),
+        "run_started",
+        inputs=list(options.inputs),
+        tier=settings.tier,
+        limit=settings.limit,
+        rate_period_s=settings.rate_period_s,
+        ledger=str(ledger_path),
+        rows=len(batch),
+        requests_to_send=len(plan.table),
         rows_to_send=plan.rows_to_send(),
         estimated_minutes=round(minutes, 2),
-        concurrency=settings.concurrency or "adaptive", max_concurrency=settings.max_concurrency,
+        concurrency=settings.concurrency or "adaptive",
+        max_concurrency=settings.max_concurrency,
         dry_run=options.dry_run,
         message=f"{len(plan.table)} requests take about {_duration(minutes)} at "
         f"{per_minute:g} requests a minute",
-    )  # fmt: skip
+    )
 
 
 def _duration(minutes: float) -> str:
@@ -263,9 +294,12 @@ def _duration(minutes: float) -> str:
 
 
 def _send_or_dry_run(
-    options: RunOptions, plan: Plan, recorder: Recorder, send: SendConfig | None,
+    options: RunOptions,
+    plan: Plan,
+    recorder: Recorder,
+    send: SendConfig | None,
     stopper: StopSignal,
-) -> SendReport:  # fmt: skip
+) -> SendReport:
     if send is None:
         for request in plan.table:
             recorder.result(request, Outcome("dry_run", finished_at=now_iso()))
@@ -305,16 +339,19 @@ def _send_config(
 ) -> SendConfig:
     """How to send, settled before anything is read: a bad key or CA bundle stops the run first."""
     return SendConfig(
-        base_url=settings.base_url, api_key=load_key(settings, key_file, api_key),
+        base_url=settings.base_url,
+        api_key=load_key(settings, key_file, api_key),
         limit=settings.limit,
-        period_s=settings.rate_period_s, concurrency=settings.concurrency,
+        period_s=settings.rate_period_s,
+        concurrency=settings.concurrency,
         max_concurrency=settings.max_concurrency,
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
         max_outage_s=settings.max_outage_s,
         max_duration_s=None if options.max_duration_min is None else options.max_duration_min * 60,
-        proxy=proxy_for(settings.base_url, settings.proxy), tls=tls_context(settings.ca_bundle),
-    )  # fmt: skip
+        proxy=proxy_for(settings.base_url, settings.proxy),
+        tls=tls_context(settings.ca_bundle),
+    )
 
 
 async def _send(

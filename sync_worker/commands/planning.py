@@ -82,9 +82,11 @@ def _log_notes_problems(notes: NotesFile) -> None:
         log.warning("notes_row_unusable", message=problem)
     if len(notes.problems) > INVALID_LOGGED:
         log.warning(
-            "notes_rows_unusable", count=len(notes.problems), logged=INVALID_LOGGED,
+            "notes_rows_unusable",
+            count=len(notes.problems),
+            logged=INVALID_LOGGED,
             message="`sync-worker validate ... --existing-notes FILE` lists every one",
-        )  # fmt: skip
+        )
 
 
 def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
@@ -94,9 +96,11 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
         log.warning("invalid_row", error_code=settled.error_code, message=settled.error_message)
     if len(invalid) > INVALID_LOGGED:
         log.warning(
-            "invalid_rows", count=len(invalid), logged=INVALID_LOGGED,
+            "invalid_rows",
+            count=len(invalid),
+            logged=INVALID_LOGGED,
             message="see the ledger for every invalid row",
-        )  # fmt: skip
+        )
     several = plan.contacts_with_several_contexts() if warn_contexts else 0
     if several:
         log.warning(

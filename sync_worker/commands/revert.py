@@ -186,8 +186,9 @@ def _prepared(target: str, interviews: list[InterviewPlan], db: sqlite3.Connecti
         else:
             settled[position] = _settled(interview)
     plan = Plan(RequestTable.from_requests(requests), Outcomes(settled))
-    return Prepared(batch, plan, changes, unresolved=unresolved, inputs=(f"revert {target}",),
-                    remarks=remarks)  # fmt: skip
+    return Prepared(
+        batch, plan, changes, unresolved=unresolved, inputs=(f"revert {target}",), remarks=remarks
+    )
 
 
 def _joined(fields: list[FieldPlan]) -> str:
@@ -211,15 +212,31 @@ def _request(position: int, interview: InterviewPlan, fields: list[FieldPlan]) -
     body = "{" + ",".join(f"{canonical(name)}:{value}" for name, value in members) + "}"
     context = next((value for name, value in members if name == CONTEXT), None)
     body_json = body.encode("utf-8")
-    return Request(interview.interview_id, body_json, sha256_hex(body_json), [position],
-                   interview.contact, "off", context)  # fmt: skip
+    return Request(
+        interview.interview_id,
+        body_json,
+        sha256_hex(body_json),
+        [position],
+        interview.contact,
+        "off",
+        context,
+    )
 
 
 def _change(plan: FieldPlan) -> Change:
     first = plan.first
     now = plan.current if plan.current is not None else plan.wrote
-    return Change(first.level, first.key, first.interview_id, first.field, now,
-                  first.before_json or "", EARLIER_SEND, 1, False)  # fmt: skip
+    return Change(
+        first.level,
+        first.key,
+        first.interview_id,
+        first.field,
+        now,
+        first.before_json or "",
+        EARLIER_SEND,
+        1,
+        False,
+    )
 
 
 def _batch(target: str, interviews: list[InterviewPlan]) -> Batch:

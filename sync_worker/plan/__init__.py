@@ -84,8 +84,10 @@ def _unmerged(
         by_columns = np.zeros(len(batch), dtype=bool)
     by_rows = np.flatnonzero(cells.sendable & ~by_columns)
     requests = row_requests(batch, cells, by_rows, options, memory, plan)
-    return [column_requests(cells, by_columns, options.for_sending),
-            RequestTable.from_requests(requests)]  # fmt: skip
+    return [
+        column_requests(cells, by_columns, options.for_sending),
+        RequestTable.from_requests(requests),
+    ]
 
 
 def _merged(

@@ -91,8 +91,9 @@ def _may_need_trimming(column: pa.ChunkedArray) -> bool:
         _validity, offsets_buffer, data = chunk.buffers()
         if data is None or len(chunk) == 0:
             continue
-        offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[chunk.offset : chunk.offset
-                                                                + len(chunk) + 1]  # fmt: skip
+        offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
         starts, ends = offsets[:-1], offsets[1:]
         filled = ends > starts
         raw = np.frombuffer(data, dtype=np.uint8)

@@ -72,9 +72,13 @@ def fields_of(body: str) -> list[tuple[str, str]]:
 
 
 def _change(
-    interview_id: int, contact: str, name: str, sent: str, known_before: Mapping[str, Known],
+    interview_id: int,
+    contact: str,
+    name: str,
+    sent: str,
+    known_before: Mapping[str, Known],
     last_values: Mapping[FieldKey, str],
-) -> Change | None:  # fmt: skip
+) -> Change | None:
     level = level_of(name)
     key = contact if name in CONTACT_FIELDS else str(interview_id)
     last = last_values.get((level, key, name))

@@ -37,10 +37,11 @@ def column_requests(cells: Cells, mask: np.ndarray, for_sending: bool = True) ->
     cells_by_key = {key: take(column) for key, column in cells.context.items()}
     present = {key: nonempty(column) for key, column in cells_by_key.items()}
     members = [
-        vj.text_member(key, cells_by_key[key], present[key]) if key in cells_by_key
+        vj.text_member(key, cells_by_key[key], present[key])
+        if key in cells_by_key
         else vj.text_member(NOTES_KEY, text, has_text)
         for key in sorted({*cells_by_key, NOTES_KEY})
-    ]  # fmt: skip
+    ]
     any_cell = np.logical_or.reduce([*present.values(), np.zeros(length, bool)])
     context = _context_literal(members, text, any_cell, has_text, length)
     has_context = any_cell | has_text
@@ -51,8 +52,9 @@ def column_requests(cells: Cells, mask: np.ndarray, for_sending: bool = True) ->
     body = _chunked(vj.join_object([body_members[k] for k in sorted(body_members)], length))
     if not for_sending:
         unknown = pa.chunked_array([pa.nulls(length, pa.string())])
-        return RequestTable(positions, cells.id_numbers[positions], body, unknown, unknown,
-                            _repeat("off", length))  # fmt: skip
+        return RequestTable(
+            positions, cells.id_numbers[positions], body, unknown, unknown, _repeat("off", length)
+        )
     none = pa.scalar(None, pa.string())
     emails = take(cells.text[CONTACT_KEY])
     return RequestTable(
@@ -70,9 +72,12 @@ def _repeat(value: str, length: int) -> pa.ChunkedArray:
 
 
 def _context_literal(
-    members: list[vj.Pieces], text: pa.ChunkedArray, any_cell: np.ndarray,
-    has_text: np.ndarray, length: int,
-) -> vj.Text:  # fmt: skip
+    members: list[vj.Pieces],
+    text: pa.ChunkedArray,
+    any_cell: np.ndarray,
+    has_text: np.ndarray,
+    length: int,
+) -> vj.Text:
     """The context as JSON: an object where a context.* cell is filled, else the plain text."""
     if any_cell.all():
         return vj.join_object(members, length)

@@ -39,8 +39,9 @@ def lower(emails: pa.ChunkedArray) -> pa.ChunkedArray:
     texts = [text.lower() for text in emails.take(pa.array(other)).to_pylist()]
     mask = np.zeros(len(emails), dtype=bool)
     mask[other] = True
-    replaced = pc.replace_with_mask(lowered.combine_chunks(), pa.array(mask),
-                                    pa.array(texts, pa.string()))  # fmt: skip
+    replaced = pc.replace_with_mask(
+        lowered.combine_chunks(), pa.array(mask), pa.array(texts, pa.string())
+    )
     return pa.chunked_array([replaced])
 
 

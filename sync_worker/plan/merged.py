@@ -59,8 +59,16 @@ def merged_requests(
     combined, slot, label = _combined(cells, contacts, options, memory, plan)
     for start in range(0, len(contacts), CHUNK):
         part = slice(start, start + CHUNK)
-        yield _part(cells, contacts.positions[part], contacts.codes[part], contacts.keys,
-                    combined, slot, label, options.for_sending)  # fmt: skip
+        yield _part(
+            cells,
+            contacts.positions[part],
+            contacts.codes[part],
+            contacts.keys,
+            combined,
+            slot,
+            label,
+            options.for_sending,
+        )
 
 
 def _combined(
@@ -72,8 +80,9 @@ def _combined(
     in the plan (the history's value before)."""
     last = _last_filled(cells, contacts)
     filled = [at >= 0 for at in last.values()]
-    with_context = np.flatnonzero(np.logical_or.reduce([*filled, np.zeros(len(contacts.keys),
-                                                                          bool)]))  # fmt: skip
+    with_context = np.flatnonzero(
+        np.logical_or.reduce([*filled, np.zeros(len(contacts.keys), bool)])
+    )
     fresh = _new_contexts(cells, contacts, last, with_context)
     merged = _onto_existing(cells, contacts, with_context, fresh, options, memory)
     plan.contacts_merged += int(merged.known.sum())
@@ -96,9 +105,13 @@ class _Merged(NamedTuple):
 
 
 def _onto_existing(
-    cells: Cells, contacts: Contacts, with_context: Ints, fresh: pa.Array,
-    options: PlanOptions, memory: Memory,
-) -> _Merged:  # fmt: skip
+    cells: Cells,
+    contacts: Contacts,
+    with_context: Ints,
+    fresh: pa.Array,
+    options: PlanOptions,
+    memory: Memory,
+) -> _Merged:
     """The new contexts (`fresh`, contacts at `with_context`) merged onto what is known of each
     contact's notes, by the row road's rule (`rows.existing_notes`). A contact whose remembered
     context is exactly its new one (the nightly case: nothing changed) keeps it without a
@@ -117,8 +130,9 @@ def _onto_existing(
     one_by_one = np.flatnonzero(in_file | (in_state & ~same))
     if not len(one_by_one):
         return _Merged(fresh, known, before, as_sent)
-    found = _one_by_one(cells, contacts, with_context, one_by_one, keys, remembered, fresh,
-                        options.rules, memory)  # fmt: skip
+    found = _one_by_one(
+        cells, contacts, with_context, one_by_one, keys, remembered, fresh, options.rules, memory
+    )
     replaced = np.zeros(len(keys), dtype=bool)
     texts_by_index: dict[int, str] = {}
     for index, (key, notes, text) in found.items():
@@ -126,16 +140,24 @@ def _onto_existing(
         texts_by_index[index] = text
         if options.for_sending:
             before[key] = notes
-    replacements = pa.array([texts_by_index[i] for i in np.flatnonzero(replaced).tolist()],
-                            pa.string())  # fmt: skip
+    replacements = pa.array(
+        [texts_by_index[i] for i in np.flatnonzero(replaced).tolist()], pa.string()
+    )
     texts = pc.replace_with_mask(fresh, pa.array(replaced), replacements)
     return _Merged(texts, known, before, as_sent)
 
 
 def _one_by_one(
-    cells: Cells, contacts: Contacts, with_context: Ints, indices: Ints, keys: pa.Array,
-    remembered: Ints, fresh: pa.Array, rules: MergeRules, memory: Memory,
-) -> dict[int, tuple[str, Known, str]]:  # fmt: skip
+    cells: Cells,
+    contacts: Contacts,
+    with_context: Ints,
+    indices: Ints,
+    keys: pa.Array,
+    remembered: Ints,
+    fresh: pa.Array,
+    rules: MergeRules,
+    memory: Memory,
+) -> dict[int, tuple[str, Known, str]]:
     """index -> (contact, its known notes, its combined context) for the contacts at `indices`
     (of `with_context`) whose notes are known, merged by the merger itself."""
     chosen = keys.take(pa.array(indices)).to_pylist()
@@ -146,14 +168,18 @@ def _one_by_one(
     ids = _interview_ids(cells, contacts, codes) if memory.notes_by_interview else None
     texts = fresh.take(pa.array(indices)).to_pylist()
     found: dict[int, tuple[str, Known, str]] = {}
-    for n, (index, key, email, text) in enumerate(zip(indices.tolist(), chosen, emails, texts,
-                                                      strict=True)):  # fmt: skip
+    for n, (index, key, email, text) in enumerate(
+        zip(indices.tolist(), chosen, emails, texts, strict=True)
+    ):
         notes = file_notes(email, ids[n] if ids is not None else (), memory)
         known = existing_notes(states.get(key), notes, rules)
         if known is not None:
             new = json.loads(text)
-            combined = text if known.context == new else canonical(merge(known.context or None,
-                                                                          new, rules))  # fmt: skip
+            combined = (
+                text
+                if known.context == new
+                else canonical(merge(known.context or None, new, rules))
+            )
             found[index] = (key, known, combined)
     return found
 
@@ -175,9 +201,15 @@ def _named_by_file(
 
 
 def _part(
-    cells: Cells, positions: Ints, codes: Ints, keys: pa.Array, combined: pa.Array, slot: Ints,
-    label: np.ndarray, for_sending: bool,
-) -> RequestTable:  # fmt: skip
+    cells: Cells,
+    positions: Ints,
+    codes: Ints,
+    keys: pa.Array,
+    combined: pa.Array,
+    slot: Ints,
+    label: np.ndarray,
+    for_sending: bool,
+) -> RequestTable:
     """The requests of one chunk of rows (of contacts `codes`)."""
     slots = slot[codes]
     has_context = slots >= 0
@@ -193,8 +225,14 @@ def _part(
     merges = MERGE_LABELS.take(pa.array(label[codes]))
     if not for_sending:
         unknown = pa.chunked_array([pa.nulls(len(positions), pa.string())])
-        return RequestTable(positions, cells.id_numbers[positions], pa.chunked_array([body]),
-                            unknown, unknown, pa.chunked_array([merges]))  # fmt: skip
+        return RequestTable(
+            positions,
+            cells.id_numbers[positions],
+            pa.chunked_array([body]),
+            unknown,
+            unknown,
+            pa.chunked_array([merges]),
+        )
     none = pa.scalar(None, pa.string())
     return RequestTable(
         position=positions,

@@ -122,11 +122,13 @@ class Outcomes(Mapping[int, Settled]):
             part = slice(start, start + CHUNK)
             yield self._chunk(position[part], source[part], index[part], singles)
 
-    def _chunk(self, positions: Ints, source: Ints, index: Ints,
-               singles: list[tuple[int, Settled]]) -> SettledRows:  # fmt: skip
+    def _chunk(
+        self, positions: Ints, source: Ints, index: Ints, singles: list[tuple[int, Settled]]
+    ) -> SettledRows:
         size = len(positions)
-        rows = SettledRows(positions, [""] * size, [""] * size, [""] * size, [""] * size,
-                           ["off"] * size)  # fmt: skip
+        rows = SettledRows(
+            positions, [""] * size, [""] * size, [""] * size, [""] * size, ["off"] * size
+        )
         for number in np.unique(source).tolist():
             at = np.flatnonzero(source == number)
             if number < 0:
@@ -171,8 +173,11 @@ class _Aside:
 
     def outcome(self, at: int) -> Settled:
         request = int(self.requests[at])
-        return Settled(self.status, sha256=self.hashes[request].as_py().hex(),
-                       merge=self.merges[request].as_py())  # fmt: skip
+        return Settled(
+            self.status,
+            sha256=self.hashes[request].as_py().hex(),
+            merge=self.merges[request].as_py(),
+        )
 
     def columns(self, at: Ints) -> tuple[list[str], list[str]]:
         """The hashes (hex) and merge labels of the rows at indices `at` (into `rows`)."""

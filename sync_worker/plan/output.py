@@ -28,11 +28,17 @@ def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
         if table.more_rows:
             sources = _patch_sources(sources, table, start, stop, names, files, rows)
         line = pc.binary_join_element_wise(
-            '{"interview_id": ', pc.cast(pa.array(table.interview_id[start:stop]), pa.string()),
-            ', "body": ', table.body_json.slice(start, stop - start),
-            ', "source_rows": ', sources,
-            ', "merge": "', table.merge.slice(start, stop - start), '"}\n', "",
-        )  # fmt: skip
+            '{"interview_id": ',
+            pc.cast(pa.array(table.interview_id[start:stop]), pa.string()),
+            ', "body": ',
+            table.body_json.slice(start, stop - start),
+            ', "source_rows": ',
+            sources,
+            ', "merge": "',
+            table.merge.slice(start, stop - start),
+            '"}\n',
+            "",
+        )
         yield _concatenated(line)
 
 
@@ -45,17 +51,25 @@ def _sources(names: list[str], files: Any, rows: Any) -> pa.Array:
 
 
 def _patch_sources(
-    sources: pa.Array, table: RequestTable, start: int, stop: int, names: list[str], files: Any,
+    sources: pa.Array,
+    table: RequestTable,
+    start: int,
+    stop: int,
+    names: list[str],
+    files: Any,
     rows: Any,
-) -> pa.Array:  # fmt: skip
+) -> pa.Array:
     values = sources.to_pylist()
     for index in range(start, stop):
         positions = table.rows_of(index)
         if len(positions) > 1:
-            values[index - start] = json.dumps([
-                {"source_file": json.loads(names[files[p]]), "source_row": int(rows[p])}
-                for p in positions
-            ], ensure_ascii=False)  # fmt: skip
+            values[index - start] = json.dumps(
+                [
+                    {"source_file": json.loads(names[files[p]]), "source_row": int(rows[p])}
+                    for p in positions
+                ],
+                ensure_ascii=False,
+            )
     return pa.array(values, pa.string())
 
 

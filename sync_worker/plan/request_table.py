@@ -86,13 +86,18 @@ class RequestTable:
         if self._sha256 is None:
             self._sha256 = pa.chunked_array(
                 [
-                    pa.array([hashlib.sha256(body).digest()
-                              for body in pc.cast(part, pa.binary()).to_pylist()], DIGEST)
+                    pa.array(
+                        [
+                            hashlib.sha256(body).digest()
+                            for body in pc.cast(part, pa.binary()).to_pylist()
+                        ],
+                        DIGEST,
+                    )
                     for chunk in self.body_json.chunks
                     for part in _parts(chunk)
                 ],
                 DIGEST,
-            )  # fmt: skip
+            )
         return self._sha256
 
     def take(self, indices: Ints) -> RequestTable:
@@ -129,16 +134,26 @@ class RequestTable:
         )
         more_rows = self.more_rows
         return [
-            Request(interview_id, body, sha256 or sha256_hex(body),
-                    more_rows.get(first) or [first], contact, merge, context)
+            Request(
+                interview_id,
+                body,
+                sha256 or sha256_hex(body),
+                more_rows.get(first) or [first],
+                contact,
+                merge,
+                context,
+            )
             for interview_id, body, sha256, first, contact, merge, context in zip(
-                self.interview_id[start:stop].tolist(), bodies, hashes,
+                self.interview_id[start:stop].tolist(),
+                bodies,
+                hashes,
                 self.position[start:stop].tolist(),
                 self.contact.slice(start, count).to_pylist(),
                 self.merge.slice(start, count).to_pylist(),
-                self.context_json.slice(start, count).to_pylist(), strict=True,
+                self.context_json.slice(start, count).to_pylist(),
+                strict=True,
             )
-        ]  # fmt: skip
+        ]
 
 
 def _parts(chunk: pa.Array) -> Iterator[pa.Array]:
@@ -168,8 +183,9 @@ def concat(tables: Sequence[RequestTable]) -> RequestTable:
         more_rows={k: v for t in tables for k, v in t.more_rows.items()},
     )
     if all(h is not None for h in hashes):
-        merged._sha256 = pa.chunked_array([c for h in hashes if h is not None for c in h.chunks],
-                                          DIGEST)  # fmt: skip
+        merged._sha256 = pa.chunked_array(
+            [c for h in hashes if h is not None for c in h.chunks], DIGEST
+        )
     if bool((position[1:] > position[:-1]).all()):
         return merged
     return merged.take(np.argsort(position, kind="stable"))

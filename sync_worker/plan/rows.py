@@ -42,9 +42,14 @@ class RowProblem(ValueError):
 
 
 def row_requests(
-    batch: Batch, cells: Cells, positions: Ints, options: PlanOptions, memory: Memory,
-    plan: Plan, remembered: Mapping[str, StateNotes] | None = None,
-) -> list[Request]:  # fmt: skip
+    batch: Batch,
+    cells: Cells,
+    positions: Ints,
+    options: PlanOptions,
+    memory: Memory,
+    plan: Plan,
+    remembered: Mapping[str, StateNotes] | None = None,
+) -> list[Request]:
     """The requests of the rows at `positions`; rows that cannot be sent go to plan.settled.
     `remembered`: what the state remembers of these rows' contacts, when the caller looked it
     up already (a chunk's contacts, `plan/__init__.py`); else it is looked up here."""
@@ -80,11 +85,11 @@ def _parse_rows(batch: Batch, cells: Cells, positions: Ints, settled: Outcomes) 
         try:
             context = _row_context(contexts[index], {k: v[index] for k, v in by_key.items()})
         except RowProblem as problem:
-            settled[position] = invalid(batch, position, problem.code, problem.column,
-                                        str(problem))  # fmt: skip
+            settled[position] = invalid(batch, position, problem.code, problem.column, str(problem))
             continue
-        yield _Row(position, int(cells.id_numbers[position]), emails[index].lower(), fields,
-                   context)  # fmt: skip
+        yield _Row(
+            position, int(cells.id_numbers[position]), emails[index].lower(), fields, context
+        )
 
 
 def _row_context(text: str, cells: dict[str, str]) -> Context | None:
@@ -133,9 +138,13 @@ def _group_contacts(interviews: list[_Interview]) -> dict[str, list[_Interview]]
 
 
 def _contact_requests(
-    contact: str, members: list[_Interview], options: PlanOptions, memory: Memory,
-    state: StateNotes | None, plan: Plan,
-) -> list[Request]:  # fmt: skip
+    contact: str,
+    members: list[_Interview],
+    options: PlanOptions,
+    memory: Memory,
+    state: StateNotes | None,
+    plan: Plan,
+) -> list[Request]:
     if not options.merge:
         return [_request(i, contact, _last_context(i), "off") for i in members]
     contexts = [r.context for i in members for r in i.rows if r.context is not None]

@@ -64,17 +64,29 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
     cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
     for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
         try:
-            _add_row(notes, row, text, email.strip().lower(), _interview_id(raw_id),
-                     _time(updated) or file_time, seen or {})  # fmt: skip
+            _add_row(
+                notes,
+                row,
+                text,
+                email.strip().lower(),
+                _interview_id(raw_id),
+                _time(updated) or file_time,
+                seen or {},
+            )
         except _Unusable as problem:
             notes.problems.append(f"{path} row {row}: {problem}; the row is not used")
     return notes
 
 
 def _add_row(
-    notes: NotesFile, row: int, text: str, email: str, interview_id: int | None, time: str,
+    notes: NotesFile,
+    row: int,
+    text: str,
+    email: str,
+    interview_id: int | None,
+    time: str,
     seen: Mapping[str, str],
-) -> None:  # fmt: skip
+) -> None:
     if not email and interview_id is None:
         raise _Unusable(f"neither {CONTACT_KEY} nor {ID} is filled")
     try:

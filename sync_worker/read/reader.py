@@ -96,9 +96,12 @@ class Batch:
         """`locate` for many rows at once, as columns (a nightly run's million skipped rows)."""
         files, rows, ids, emails = self._columns
         at = pa.array(positions)
-        return Located([self.files[index] for index in files[positions].tolist()],
-                       rows[positions].tolist(), pc.fill_null(ids.take(at), "").to_pylist(),
-                       pc.fill_null(emails.take(at), "").to_pylist())  # fmt: skip
+        return Located(
+            [self.files[index] for index in files[positions].tolist()],
+            rows[positions].tolist(),
+            pc.fill_null(ids.take(at), "").to_pylist(),
+            pc.fill_null(emails.take(at), "").to_pylist(),
+        )
 
 
 class Located(NamedTuple):
@@ -513,17 +516,23 @@ def column_plan(
 
 
 def _canonical_sources(
-    headers: Sequence[str], by_norm: Mapping[str, list[int]], path: str, options: ReadOptions,
-    sources: dict[str, dict[int, str]], warnings: list[str],
-) -> None:  # fmt: skip
+    headers: Sequence[str],
+    by_norm: Mapping[str, list[int]],
+    path: str,
+    options: ReadOptions,
+    sources: dict[str, dict[int, str]],
+    warnings: list[str],
+) -> None:
     mapping = options.columns or {}
     for field in CANONICAL_COLUMNS:
         found = dict.fromkeys(by_norm.get(field, []), "by name")
         mapped = mapping.get(field)
         also = by_norm.get(_norm(mapped), []) if mapped and _norm(mapped) != field else []
         if found and also:  # SPEC 5: a canonical header is used as it is, the mapping after it
-            warnings.append(f"{path}: column {field!r} is used as it is; the mapped column "
-                            f"{mapped!r} for {field} is ignored")  # fmt: skip
+            warnings.append(
+                f"{path}: column {field!r} is used as it is; the mapped column "
+                f"{mapped!r} for {field} is ignored"
+            )
         elif also:
             found = dict.fromkeys(also, f"[columns] {field} = {mapped!r}")
         if found:
@@ -535,9 +544,13 @@ def _canonical_sources(
 
 
 def _context_sources(
-    headers: Sequence[str], by_norm: Mapping[str, list[int]], path: str, options: ReadOptions,
-    sources: dict[str, dict[int, str]], warnings: list[str],
-) -> None:  # fmt: skip
+    headers: Sequence[str],
+    by_norm: Mapping[str, list[int]],
+    path: str,
+    options: ReadOptions,
+    sources: dict[str, dict[int, str]],
+    warnings: list[str],
+) -> None:
     for position, header in enumerate(headers):
         if not _norm(header).startswith(CONTEXT_PREFIX):
             continue

@@ -64,8 +64,10 @@ COLUMNS = Where._fields + Result._fields  # SPEC section 8, in this order; later
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ERROR_MESSAGE = COLUMNS.index("error_message")
 # Cells that may hold text from the input or the server (the others are ours: numbers, codes).
-TEXT_CELLS = tuple(COLUMNS.index(c) for c in ("source_file", "interview_id", "contact_email",
-                                              "error_code", "error_message"))  # fmt: skip
+TEXT_CELLS = tuple(
+    COLUMNS.index(c)
+    for c in ("source_file", "interview_id", "contact_email", "error_code", "error_message")
+)
 # A cell the csv module would write other than as it is: quoted (a comma, quote or line end in
 # it) or escaped (a formula start).
 _QUOTED = (",", '"', "\r", "\n")
@@ -167,8 +169,9 @@ class Ledger:
                 self._csv.writerow(values)
         self.lines += 1
 
-    def write_settled(self, run_id: str, where: Sequence[Sequence[Any]],
-                      rows: SettledColumns) -> None:  # fmt: skip
+    def write_settled(
+        self, run_id: str, where: Sequence[Sequence[Any]], rows: SettledColumns
+    ) -> None:
         """Lines for rows settled before any request, given as columns (`where`: source files,
         source rows, interview ids, emails): no HTTP status, attempt or time. A nightly run
         writes a million of these: joined as text here, ~10x faster than a `write` each."""
@@ -176,21 +179,37 @@ class Ledger:
         messages = [redact(message) if message else "" for message in rows.messages]
         if self._jsonl:
             for file, row, interview_id, email, status, code, message, merge, digest in zip(
-                files, source_rows, ids, emails, rows.statuses, rows.codes, messages,
-                rows.merges, rows.hashes, strict=True,
-            ):  # fmt: skip
-                self.write(Where(run_id, file, row, interview_id, email),
-                           Result(status, None, code, message, 0, merge, digest))  # fmt: skip
+                files,
+                source_rows,
+                ids,
+                emails,
+                rows.statuses,
+                rows.codes,
+                messages,
+                rows.merges,
+                rows.hashes,
+                strict=True,
+            ):
+                self.write(
+                    Where(run_id, file, row, interview_id, email),
+                    Result(status, None, code, message, 0, merge, digest),
+                )
             return
-        cells = [_csv_cells(column) for column in (files, ids, emails, rows.statuses, rows.codes,
-                                                   messages, rows.merges)]  # fmt: skip
-        self._file.write("".join([
-            f"{run_id},{file},{row},{interview_id},{email},{status},,{code},{message},0,{merge},"
-            f"{digest},,\n"
-            for file, row, interview_id, email, status, code, message, merge, digest in zip(
-                *cells[:1], source_rows, *cells[1:], rows.hashes, strict=True
+        cells = [
+            _csv_cells(column)
+            for column in (files, ids, emails, rows.statuses, rows.codes, messages, rows.merges)
+        ]
+        self._file.write(
+            "".join(
+                [
+                    f"{run_id},{file},{row},{interview_id},{email},{status},,{code},{message},0,{merge},"
+                    f"{digest},,\n"
+                    for file, row, interview_id, email, status, code, message, merge, digest in zip(
+                        *cells[:1], source_rows, *cells[1:], rows.hashes, strict=True
+                    )
+                ]
             )
-        ]))  # fmt: skip
+        )
         self.lines += len(source_rows)
 
     def flush(self) -> None:

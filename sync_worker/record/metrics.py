@@ -23,8 +23,16 @@ from sync_worker.settings.paths import unwritable
 
 PREFIX = "sync_worker"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
-STATUSES = ("ok", "failed", "invalid", "skipped_unchanged", "not_attempted", "dry_run",
-            "not_restorable", "conflict")  # fmt: skip
+STATUSES = (
+    "ok",
+    "failed",
+    "invalid",
+    "skipped_unchanged",
+    "not_attempted",
+    "dry_run",
+    "not_restorable",
+    "conflict",
+)
 
 
 def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> None:
@@ -32,28 +40,44 @@ def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> 
     now = time.time()
     code = int(summary.get("exit_code", 3))
     registry = CollectorRegistry()
-    rows = Gauge(f"{PREFIX}_rows", "Rows of the last run, by ledger status", ["status"],
-                 registry=registry)  # fmt: skip
+    rows = Gauge(
+        f"{PREFIX}_rows", "Rows of the last run, by ledger status", ["status"], registry=registry
+    )
     counts = summary.get("counts") or {}
     for status in sorted({*STATUSES, *counts}):
         rows.labels(status=status).set(counts.get(status, 0))
-    _counter(registry, "requests", "Requests of the last run that got an HTTP answer",
-             summary.get("requests_sent", 0))  # fmt: skip
-    _counter(registry, "rate_limited", "429 answers in the last run",
-             summary.get("rate_limited_429", 0))  # fmt: skip
+    _counter(
+        registry,
+        "requests",
+        "Requests of the last run that got an HTTP answer",
+        summary.get("requests_sent", 0),
+    )
+    _counter(
+        registry, "rate_limited", "429 answers in the last run", summary.get("rate_limited_429", 0)
+    )
     _counter(registry, "retries", "Retries in the last run", summary.get("retries", 0))
     _gauge(registry, "run_duration_seconds", "How long the last run took", duration_s)
     _gauge(registry, "exit_code", "Exit code of the last run (0: success)", code)
     _gauge(registry, "last_run_timestamp_seconds", "When the last run ended (Unix time)", now)
     success = now if code == 0 else _previous_success(path)
-    _gauge(registry, "last_success_timestamp_seconds",
-           "When the last run with exit code 0 ended (Unix time; 0: never)",
-           success or 0)  # fmt: skip
-    _gauge(registry, "effective_requests_per_minute", "Sending rate of the last run",
-           summary.get("effective_requests_per_minute") or 0)  # fmt: skip
-    _gauge(registry, "server_limit_learned_per_minute",
-           "The lower server limit learned in the last run (0: none)",
-           summary.get("server_limit_learned_per_minute") or 0)  # fmt: skip
+    _gauge(
+        registry,
+        "last_success_timestamp_seconds",
+        "When the last run with exit code 0 ended (Unix time; 0: never)",
+        success or 0,
+    )
+    _gauge(
+        registry,
+        "effective_requests_per_minute",
+        "Sending rate of the last run",
+        summary.get("effective_requests_per_minute") or 0,
+    )
+    _gauge(
+        registry,
+        "server_limit_learned_per_minute",
+        "The lower server limit learned in the last run (0: none)",
+        summary.get("server_limit_learned_per_minute") or 0,
+    )
     _write(path, registry)
 
 

@@ -77,31 +77,55 @@ class Recorder:
         successes = []
         for request, outcome in queued:
             result = Result(
-                status=outcome.status, http_status=outcome.http_status,
-                error_code=outcome.error_code, error_message=outcome.error_message,
-                attempts=outcome.attempts, merge=request.merge, payload_sha256=request.sha256,
-                finished_at=outcome.finished_at, duration_ms=outcome.duration_ms,
-            )  # fmt: skip
+                status=outcome.status,
+                http_status=outcome.http_status,
+                error_code=outcome.error_code,
+                error_message=outcome.error_message,
+                attempts=outcome.attempts,
+                merge=request.merge,
+                payload_sha256=request.sha256,
+                finished_at=outcome.finished_at,
+                duration_ms=outcome.duration_ms,
+            )
             if self.remarks and outcome.status == "ok" and request.interview_id in self.remarks:
                 code, message = self.remarks[request.interview_id]
                 result = result._replace(error_code=code, error_message=message)
             self._lines(request.rows, result)
             self.written.update(request.rows)
             if outcome.status == "ok":
-                successes.append(Success(request.interview_id, request.sha256, request.contact,
-                                         request.context_json, self.run_id,
-                                         outcome.finished_at or now_iso()))  # fmt: skip
+                successes.append(
+                    Success(
+                        request.interview_id,
+                        request.sha256,
+                        request.contact,
+                        request.context_json,
+                        self.run_id,
+                        outcome.finished_at or now_iso(),
+                    )
+                )
         if self.state is not None:
             self.state.add(successes)
 
     def _lines(self, positions: list[int], result: Result) -> None:
         """A line for each row of `positions`, all with the same result."""
-        run_id, files, locate, write = self.run_id, self.batch.files, self.batch.locate, \
-            self.ledger.write  # fmt: skip
+        run_id, files, locate, write = (
+            self.run_id,
+            self.batch.files,
+            self.batch.locate,
+            self.ledger.write,
+        )
         for position in positions:
             file_index, row, interview_id, email = locate(position)
-            write(Where(run_id=run_id, source_file=files[file_index], source_row=row,
-                        interview_id=interview_id, contact_email=email), result)  # fmt: skip
+            write(
+                Where(
+                    run_id=run_id,
+                    source_file=files[file_index],
+                    source_row=row,
+                    interview_id=interview_id,
+                    contact_email=email,
+                ),
+                result,
+            )
         self.counts[result.status] += len(positions)
 
     def _schedule_flush(self) -> None:
@@ -159,9 +183,14 @@ class Recorder:
         now = time.monotonic()
         for request in table.take(unwritten[in_flight]):
             began, tries = on_the_wire[request.interview_id]
-            outcome = Outcome("failed", error_code="interrupted", finished_at=now_iso(),
-                              error_message="stopped while in flight; the server may have it",
-                              attempts=tries, duration_ms=round((now - began) * 1000))  # fmt: skip
+            outcome = Outcome(
+                "failed",
+                error_code="interrupted",
+                finished_at=now_iso(),
+                error_message="stopped while in flight; the server may have it",
+                attempts=tries,
+                duration_ms=round((now - began) * 1000),
+            )
             self.result(request, outcome)
             self.cut_in_flight += 1
         never_sent = Outcomes()

@@ -28,9 +28,15 @@ def exit_code(
 
 
 def summary(
-    run_id: str, started_at: str, counts: Counter[str], report: SendReport, plan: Plan,
-    code: int, inputs: tuple[str, ...], rate_period_s: float,
-) -> dict[str, Any]:  # fmt: skip
+    run_id: str,
+    started_at: str,
+    counts: Counter[str],
+    report: SendReport,
+    plan: Plan,
+    code: int,
+    inputs: tuple[str, ...],
+    rate_period_s: float,
+) -> dict[str, Any]:
     counters = report.counters
     per_minute = _per_minute(counters.requests, report.elapsed_s, rate_period_s)
     return {

@@ -218,8 +218,9 @@ async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
 
 async def _json_object(request: web.Request) -> dict[str, Any] | None:
     try:
-        body = json.loads(await request.read() or b"null", parse_constant=_not_json,
-                          parse_float=_finite)  # fmt: skip
+        body = json.loads(
+            await request.read() or b"null", parse_constant=_not_json, parse_float=_finite
+        )
     except (ValueError, UnicodeDecodeError):
         return None
     return body if isinstance(body, dict) else None
@@ -290,13 +291,15 @@ async def show_interview(request: web.Request) -> web.Response:
         name: (contact if name in CONTACT_FIELDS else interview).values.get(name)
         for name in SENT_FIELDS
     }
-    return web.json_response({
-        "interview_request_id": interview.interview_id,
-        "contact_id": contact.contact_id,
-        **values,
-        "notes": notes if notes is None or isinstance(notes, str) else json.dumps(notes),
-        "updates": interview.updates,
-    })  # fmt: skip
+    return web.json_response(
+        {
+            "interview_request_id": interview.interview_id,
+            "contact_id": contact.contact_id,
+            **values,
+            "notes": notes if notes is None or isinstance(notes, str) else json.dumps(notes),
+            "updates": interview.updates,
+        }
+    )
 
 
 async def show_requests(request: web.Request) -> web.Response:

@@ -209,8 +209,12 @@ class Client:
     def url(self, interview_id: int) -> URL:
         """Built from parts already encoded and a number: nothing to parse or encode again."""
         scheme, authority, path = self._url_parts
-        return URL.build(scheme=scheme, authority=authority,
-                         path=f"{path}/interviews/{interview_id}", encoded=True)  # fmt: skip
+        return URL.build(
+            scheme=scheme,
+            authority=authority,
+            path=f"{path}/interviews/{interview_id}",
+            encoded=True,
+        )
 
     async def _attempts(self, interview_id: int, body: bytes, began: float) -> Outcome:
         """Tries until an outcome. One loop over locals, longer than most: the hot path (one
@@ -301,9 +305,12 @@ class Client:
     ) -> None:
         self.counters.retries += 1
         self._log.warning(
-            "retry", interview_id=interview_id, error_code=verdict.code,
-            attempt=attempts, delay_s=round(delay, 2),
-        )  # fmt: skip
+            "retry",
+            interview_id=interview_id,
+            error_code=verdict.code,
+            attempt=attempts,
+            delay_s=round(delay, 2),
+        )
         await sleep_unless_stopped(self._stop, delay)
 
     async def _attempt(self, url: URL, body: bytes) -> tuple[int | None, Verdict, float | None]:

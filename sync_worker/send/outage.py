@@ -120,10 +120,12 @@ class Outage:
         self._probes = 0
         self._probe_out = False
         get_logger().warning(
-            "api_unreachable", error=error, max_outage_s=self.max_s,
+            "api_unreachable",
+            error=error,
+            max_outage_s=self.max_s,
             message="the API does not answer: sending paused, one probe at a time until it "
             f"answers (giving up after {self.max_s:g} s)",
-        )  # fmt: skip
+        )
 
     def _end(self) -> None:
         assert self.down_since is not None
@@ -131,9 +133,11 @@ class Outage:
         self.down_since = None
         self._probe_out = False
         get_logger().info(
-            "api_reachable", down_s=round(down_s, 2), unanswered_probes=self._probes,
+            "api_reachable",
+            down_s=round(down_s, 2),
+            unanswered_probes=self._probes,
             message="the API answers again: sending goes on",
-        )  # fmt: skip
+        )
         self._wake()
 
     def _log_probe(self, error: str) -> None:

@@ -69,8 +69,14 @@ class PoolSize:
     """The target number of workers: fixed (--concurrency), or following the latency."""
 
     __slots__ = (
-        "capped", "fixed", "latencies", "latency", "logged", "maximum", "target",
-    )  # fmt: skip
+        "capped",
+        "fixed",
+        "latencies",
+        "latency",
+        "logged",
+        "maximum",
+        "target",
+    )
 
     def __init__(self, fixed: int | None, maximum: int, initial: int) -> None:
         self.fixed = fixed  # --concurrency: never changes

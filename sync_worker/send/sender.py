@@ -94,8 +94,9 @@ class Sender:
         outage = Outage(config.max_outage_s, self._stop, self._gave_up)
         size = PoolSize(config.concurrency, config.max_concurrency, initial=needed(0.0, 0.0))
         async with self._session(pacer, size.maximum) as session:
-            client = Client(session, config.base_url, pacer, config.policy, self._stop, outage,
-                            size.latencies)  # fmt: skip
+            client = Client(
+                session, config.base_url, pacer, config.policy, self._stop, outage, size.latencies
+            )
             watcher = asyncio.create_task(self._cancel_after_stop())
             try:
                 if await self._first(client, queue):
@@ -110,11 +111,15 @@ class Sender:
         now = pacer.now()
         p95 = size.recent(PERCENTILE, now)
         return SendReport(
-            client.counters, self._fatal, client.started, elapsed,
+            client.counters,
+            self._fatal,
+            client.started,
+            elapsed,
             learned_per_minute=None if pacer.learned is None else pacer.learned.per_minute,
-            workers_peak=self._peak, latency_p95_ms=None if p95 is None else round(p95 * 1000),
+            workers_peak=self._peak,
+            latency_p95_ms=None if p95 is None else round(p95 * 1000),
             past_deadline=now >= pacer.deadline,
-        )  # fmt: skip
+        )
 
     def _session(self, pacer: Pacer, connections: int) -> aiohttp.ClientSession:
         import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
@@ -234,11 +239,14 @@ class Sender:
         latency_ms = round(change.latency_s * 1000)
         per_minute = change.rate_per_s * 60
         self._log.info(
-            "pool_resized", workers=change.workers, previous=change.previous,
-            latency_p95_ms=latency_ms, requests_per_minute=round(per_minute, 1),
+            "pool_resized",
+            workers=change.workers,
+            previous=change.previous,
+            latency_p95_ms=latency_ms,
+            requests_per_minute=round(per_minute, 1),
             message=f"up to {change.workers} requests in flight: enough for {per_minute:g} a "
             f"minute at {latency_ms} ms an answer",
-        )  # fmt: skip
+        )
 
     def _log_capped(self, size: PoolSize, rate_per_s: float) -> None:
         """Once a run: at the API's latency, the most requests in flight cannot reach the rate."""
@@ -250,22 +258,26 @@ class Sender:
         else:
             what, fix = f"max_concurrency {size.maximum}", "raise [api] max_concurrency"
         self._log.warning(
-            "pool_at_max", workers=size.maximum, latency_p95_ms=latency_ms,
+            "pool_at_max",
+            workers=size.maximum,
+            latency_p95_ms=latency_ms,
             needed=needed(rate_per_s, size.latency),
             message=f"the API answers in {latency_ms} ms: {what} requests in flight reach about "
             f"{size.maximum / size.latency * 60:.0f} a minute of the {per_minute:g} allowed "
             f"({fix})",
-        )  # fmt: skip
+        )
 
     def _log_pool_end(self, size: PoolSize, now: float, queue: ChainQueue) -> None:
         p50 = size.recent(0.5, now)
         p95 = size.recent(PERCENTILE, now)
         self._log.info(
-            "pool_summary", workers_peak=self._peak, fixed=size.fixed is not None,
+            "pool_summary",
+            workers_peak=self._peak,
+            fixed=size.fixed is not None,
             latency_p50_ms=None if p50 is None else round(p50 * 1000),
             latency_p95_ms=None if p95 is None else round(p95 * 1000),
             longest_chain=queue.longest,
-        )  # fmt: skip
+        )
 
     async def _send(self, client: Client, request: Request) -> Outcome:
         try:
@@ -287,8 +299,13 @@ class Sender:
         message = redact(f"{type(exc).__name__}: {exc}")
         self._log.error("request_error", interview_id=request.interview_id, error=message)
         went_out = client.started.get(request.interview_id, (0.0, 0))[1]
-        return Outcome("failed", error_code="internal_error", error_message=message,
-                       attempts=went_out, finished_at=now_iso())  # fmt: skip
+        return Outcome(
+            "failed",
+            error_code="internal_error",
+            error_message=message,
+            attempts=went_out,
+            finished_at=now_iso(),
+        )
 
     def _gave_up(self, down_s: float) -> None:
         message = (

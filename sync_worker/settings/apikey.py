@@ -44,8 +44,9 @@ def load_key(settings: Settings, key_file: str | None, given: str | None = None)
     register_secret(key)
     problem = key_problem(key)
     if problem:
-        raise ConfigError(f"{where}: {problem}; the key is one line of letters, digits and "
-                          "punctuation")  # fmt: skip
+        raise ConfigError(
+            f"{where}: {problem}; the key is one line of letters, digits and punctuation"
+        )
     return key
 
 
@@ -76,5 +77,6 @@ def _read_key_file(path: Path, where: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError:
-        raise ConfigError(f"{where}: the file is not UTF-8 text; save just the key in it, "
-                          "as UTF-8") from None  # fmt: skip
+        raise ConfigError(
+            f"{where}: the file is not UTF-8 text; save just the key in it, as UTF-8"
+        ) from None

@@ -26,10 +26,15 @@ BASE_URL_ENV = "HINDSIGHT_BASE_URL"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # How the command line names each setting it can override, for messages naming the source.
 FLAGS = {
-    "base_url": "--base-url", "tier": "--tier", "rate_limit": "--rate-limit",
-    "rate_period_s": "--rate-period", "merge": "--merge/--no-merge", "state_path": "--state",
-    "api_key_env": "--api-key-env", "concurrency": "--concurrency",
-}  # fmt: skip
+    "base_url": "--base-url",
+    "tier": "--tier",
+    "rate_limit": "--rate-limit",
+    "rate_period_s": "--rate-period",
+    "merge": "--merge/--no-merge",
+    "state_path": "--state",
+    "api_key_env": "--api-key-env",
+    "concurrency": "--concurrency",
+}
 
 
 @dataclass(frozen=True)
@@ -379,8 +384,10 @@ def check_base_url(url: str, source: str = "base URL") -> None:
     except ValueError as exc:
         raise ConfigError(f"{source} {url!r} is not a valid URL ({exc})") from None
     if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{source} holds a user or password: give the URL without them "
-                          "(the key goes in HINDSIGHT_API_KEY)")  # fmt: skip
+        raise ConfigError(
+            f"{source} holds a user or password: give the URL without them "
+            "(the key goes in HINDSIGHT_API_KEY)"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{source} {url!r} is not an http(s) URL (like {DEFAULT_BASE_URL})")
     if parts.query or parts.fragment:

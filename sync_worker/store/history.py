@@ -110,10 +110,21 @@ class Version(NamedTuple):
 def plan(db: sqlite3.Connection, run_id: str, changes: Mapping[int, tuple[Change, ...]]) -> None:
     """Write a run's planned changes before it sends (one commit, off the hot path)."""
     rows = (
-        (run_id, c.interview_id, c.level, c.key, c.field, c.before_json, c.sent_json, c.source,
-         c.changed, int(c.shared))
-        for found in changes.values() for c in found
-    )  # fmt: skip
+        (
+            run_id,
+            c.interview_id,
+            c.level,
+            c.key,
+            c.field,
+            c.before_json,
+            c.sent_json,
+            c.source,
+            c.changed,
+            int(c.shared),
+        )
+        for found in changes.values()
+        for c in found
+    )
     with db:
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO planned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -244,8 +255,11 @@ def of_contact(db: sqlite3.Connection, email: str) -> list[Version]:
 
 def of_interview(db: sqlite3.Connection, interview_id: int) -> list[Version]:
     """An interview's versions, and those of the contact it was sent for, newest first."""
-    own = _versions(db, "interview_id = ? OR (level = 'contact' AND key = ?)",
-                    (interview_id, f"interview:{interview_id}"))  # fmt: skip
+    own = _versions(
+        db,
+        "interview_id = ? OR (level = 'contact' AND key = ?)",
+        (interview_id, f"interview:{interview_id}"),
+    )
     contacts = sorted({v.key for v in own if v.level == "contact"})
     marks = ", ".join("?" * len(contacts))
     shared = _versions(db, f"level = 'contact' AND key IN ({marks})", tuple(contacts))

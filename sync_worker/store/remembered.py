@@ -94,9 +94,12 @@ class Remembered:
 
     @classmethod
     def latest(
-        cls, contacts: pa.ChunkedArray, texts: pa.ChunkedArray, times: pa.ChunkedArray | None,
+        cls,
+        contacts: pa.ChunkedArray,
+        texts: pa.ChunkedArray,
+        times: pa.ChunkedArray | None,
         distinct: bool = False,
-    ) -> Remembered:  # fmt: skip
+    ) -> Remembered:
         """From sends in arrival order: the last of each contact wins. `distinct`: each contact
         comes once (the keyed table alone, the usual case), so nothing is looked for."""
         if distinct:

@@ -68,8 +68,9 @@ class Sizes:
     startup_repeats: int  # alternated runs of each start-up command and its baseline (least kept)
 
 
-FULL = Sizes(400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0),
-             100_000, 2, 20)  # fmt: skip
+FULL = Sizes(
+    400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0), 100_000, 2, 20
+)
 SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1)
 
 
@@ -93,8 +94,9 @@ def write_rows(path: Path, count: int, seed: int = 1, changed: set[int] | None =
     stages, titles = ["Closed Lost", "Closed Won", "Demo"], ["CTO", "VP Sales", "CFO", "COO"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["interview_id", "contact_name", "contact_email", "context.stage",
-                         "context.title"])  # fmt: skip
+        writer.writerow(
+            ["interview_id", "contact_name", "contact_email", "context.stage", "context.title"]
+        )
         for i in range(1, count + 1):
             name = f"Name {i}" + (" (changed)" if changed and i in changed else "")
             email = f"c{rng.randint(1, max(1, count * 6 // 10))}@x.example"
@@ -112,12 +114,27 @@ def write_backfill(path: Path, count: int, seed: int = 1) -> Path:
     stages, titles = ["Closed Lost", "Closed Won", "Demo"], ["CTO", "VP Sales", "CFO", "COO"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["interview_id", "contact_name", "contact_email", "objective",
-                         "context.stage", "context.title"])  # fmt: skip
+        writer.writerow(
+            [
+                "interview_id",
+                "contact_name",
+                "contact_email",
+                "objective",
+                "context.stage",
+                "context.title",
+            ]
+        )
         for i, contact in enumerate(who, start=1):
-            writer.writerow([i, f"Name {contact}", f"c{contact}@x.example",
-                             "Win back" if i % 3 else "", rng.choice(stages),
-                             rng.choice(titles)])  # fmt: skip
+            writer.writerow(
+                [
+                    i,
+                    f"Name {contact}",
+                    f"c{contact}@x.example",
+                    "Win back" if i % 3 else "",
+                    rng.choice(stages),
+                    rng.choice(titles),
+                ]
+            )
     return path
 
 
@@ -129,8 +146,17 @@ def summary_of(ledger: Path) -> dict[str, Any]:
 
 
 def run_args(server: SandboxServer, work: Path, name: str, *extra: str) -> list[str]:
-    return ["run", *extra, "--base-url", server.base_url, "--state", str(work / f"{name}.sqlite"),
-            "--ledger", str(ledger_of(work, name)), "--no-progress"]  # fmt: skip
+    return [
+        "run",
+        *extra,
+        "--base-url",
+        server.base_url,
+        "--state",
+        str(work / f"{name}.sqlite"),
+        "--ledger",
+        str(ledger_of(work, name)),
+        "--no-progress",
+    ]
 
 
 def ledger_of(work: Path, name: str) -> Path:
@@ -148,10 +174,14 @@ def bench_rate(sizes: Sizes, work: Path) -> Figure:
     allowed = limit / period
     ratio = achieved / allowed
     return Figure(
-        "rate adherence", f"{achieved * 60:.1f}/min", f"{allowed * 60:.1f}/min allowed",
-        ratio, ">= 0.995, 0 429s", ratio >= 0.995 and rejected == 0,
+        "rate adherence",
+        f"{achieved * 60:.1f}/min",
+        f"{allowed * 60:.1f}/min allowed",
+        ratio,
+        ">= 0.995, 0 429s",
+        ratio >= 0.995 and rejected == 0,
         f"{rejected} 429s over {windows:.1f} windows of {period:g} s",
-    )  # fmt: skip
+    )
 
 
 def _paced_run(
@@ -161,8 +191,16 @@ def _paced_run(
     server = sandbox("--rate-limit", str(limit), "--rate-period", str(period), *server_args)
     try:
         write_rows(work / f"{name}.csv", rows)
-        args = run_args(server, work, name, f"{name}.csv", "--rate-limit", str(limit),
-                        "--rate-period", str(period))  # fmt: skip
+        args = run_args(
+            server,
+            work,
+            name,
+            f"{name}.csv",
+            "--rate-limit",
+            str(limit),
+            "--rate-period",
+            str(period),
+        )
         sync_worker(*args, cwd=work)
         return server.requests()
     finally:
@@ -210,14 +248,24 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
     try:
         for attempt in range(sizes.overhead_rounds):  # alternated: the machine drifts
             _reset(server)
-            out = subprocess.run([sys.executable, "-c", BARE_LOOP, server.base_url, KEY,
-                                  str(count), str(workers)], capture_output=True, text=True,
-                                 check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-c", BARE_LOOP, server.base_url, KEY, str(count), str(workers)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             bare.append(float(out.stdout))
             _reset(server)
             unlimited = ["--rate-limit", "100000000", "--rate-period", "1"]
-            args = run_args(server, work, f"overhead{attempt}", "overhead.csv", *unlimited,
-                            "--concurrency", str(workers))  # fmt: skip
+            args = run_args(
+                server,
+                work,
+                f"overhead{attempt}",
+                "overhead.csv",
+                *unlimited,
+                "--concurrency",
+                str(workers),
+            )
             sync_worker(*args, cwd=work)
             ours.append(
                 summary_of(ledger_of(work, f"overhead{attempt}"))["effective_requests_per_minute"]
@@ -228,10 +276,17 @@ def bench_overhead(sizes: Sizes, work: Path) -> Figure:
     ours_rate, bare_rate = statistics.median(ours), statistics.median(bare)
     ratio = ours_rate / bare_rate
     rounds = [o / b for o, b in zip(ours, bare, strict=True)]
-    return Figure("overhead", f"{ours_rate:.0f} req/s", f"{bare_rate:.0f} req/s bare aiohttp",
-                  ratio, ">= 0.9", ratio >= 0.9, f"{count:,} requests, concurrency {workers}, "
-                  f"ledger and state on, medians of {len(ours)} (rounds {min(rounds):.2f}-"
-                  f"{max(rounds):.2f})")  # fmt: skip
+    return Figure(
+        "overhead",
+        f"{ours_rate:.0f} req/s",
+        f"{bare_rate:.0f} req/s bare aiohttp",
+        ratio,
+        ">= 0.9",
+        ratio >= 0.9,
+        f"{count:,} requests, concurrency {workers}, "
+        f"ledger and state on, medians of {len(ours)} (rounds {min(rounds):.2f}-"
+        f"{max(rounds):.2f})",
+    )
 
 
 # 2b. Whole-process overhead: the same sending, timed from start to exit ----------------------
@@ -263,14 +318,29 @@ def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
     try:
         for attempt in range(sizes.whole_rounds):  # alternated; the least of each
             _reset(server)
-            command = [sys.executable, "-c", BARE_JOB, server.base_url, KEY, str(count),
-                       str(workers), str(path)]  # fmt: skip
+            command = [
+                sys.executable,
+                "-c",
+                BARE_JOB,
+                server.base_url,
+                KEY,
+                str(count),
+                str(workers),
+                str(path),
+            ]
             took, began, _done = timed(command, work)
             bare.append(_phases(server, took, began))
             _reset(server)
             unlimited = ["--rate-limit", "100000000", "--rate-period", "1"]
-            args = run_args(server, work, f"whole{attempt}", "whole.csv", *unlimited,
-                            "--concurrency", str(workers))  # fmt: skip
+            args = run_args(
+                server,
+                work,
+                f"whole{attempt}",
+                "whole.csv",
+                *unlimited,
+                "--concurrency",
+                str(workers),
+            )
             took, began, done = timed([sys.executable, "-m", "sync_worker", *args], work)
             ours.append(_our_phases(server, took, began, done, ledger_of(work, f"whole{attempt}")))
     finally:
@@ -278,21 +348,26 @@ def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
     mine, theirs = min(ours, key=lambda p: p.total), min(bare, key=lambda p: p.total)
     ratio = theirs.total / mine.total
     return Figure(
-        "overhead, whole process", f"{mine.total:.2f} s ({count / mine.total:.0f} req/s)",
-        f"{theirs.total:.2f} s bare read_csv + aiohttp", ratio, ">= 0.8", ratio >= 0.8,
+        "overhead, whole process",
+        f"{mine.total:.2f} s ({count / mine.total:.0f} req/s)",
+        f"{theirs.total:.2f} s bare read_csv + aiohttp",
+        ratio,
+        ">= 0.8",
+        ratio >= 0.8,
         f"{count:,} requests, concurrency {workers}, least of {len(ours)}; ours: start-up "
         f"{mine.startup:.2f} s, reading and planning {mine.before - mine.startup:.2f} s, "
         f"sending {mine.sending:.2f} s, after {mine.after:.2f} s; bare: before "
         f"{theirs.before:.2f} s, sending {theirs.sending:.2f} s, after {theirs.after:.2f} s",
-    )  # fmt: skip
+    )
 
 
 def timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess[str]]:
     """Wall seconds of one process from start to exit (as installed: bytecode cached), when it
     started (Unix time), and what it printed. Exit 0 or 1 only, as `sync_worker` asks."""
     began, start = time.time(), time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=INSTALLED, capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        command, cwd=cwd, env=INSTALLED, capture_output=True, text=True, check=False
+    )
     took = time.perf_counter() - start
     if done.returncode not in (0, 1):
         raise SystemExit(f"`{' '.join(command[:4])}` exited {done.returncode}: {done.stderr}")
@@ -307,17 +382,25 @@ def _phases(server: SandboxServer, took: float, began: float) -> Phases:
 
 
 def _our_phases(
-    server: SandboxServer, took: float, began: float, done: subprocess.CompletedProcess[str],
+    server: SandboxServer,
+    took: float,
+    began: float,
+    done: subprocess.CompletedProcess[str],
     ledger: Path,
-) -> Phases:  # fmt: skip
+) -> Phases:
     """The worker's own marks: the run's start (summary) and its run_started event (after
     planning, before the first request)."""
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     sending_from = _unix(next(e for e in events if e["event"] == "run_started")["timestamp"])
     whole = _phases(server, took, began)
     before = sending_from - began
-    return Phases(took, before, whole.before + whole.sending - before, whole.after,
-                  startup=_unix(summary_of(ledger)["started_at"]) - began)  # fmt: skip
+    return Phases(
+        took,
+        before,
+        whole.before + whole.sending - before,
+        whole.after,
+        startup=_unix(summary_of(ledger)["started_at"]) - began,
+    )
 
 
 def _unix(iso: str) -> float:
@@ -343,8 +426,14 @@ print(elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 def measure(command: list[str], cwd: Path) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command in its own process."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=cwd, env=ENV,
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, *command],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds, peak = out.stdout.split()
     return float(seconds), int(peak)
 
@@ -352,8 +441,15 @@ def measure(command: list[str], cwd: Path) -> tuple[float, int]:
 def bench_plan(sizes: Sizes, work: Path) -> list[Figure]:
     path = write_rows(work / "plan.csv", sizes.plan_rows)
     bare = [sys.executable, "-c", f"import pandas; pandas.read_csv({str(path)!r}, dtype=str)"]
-    ours = [sys.executable, "-m", "sync_worker", "plan", str(path), "--state",
-            str(work / "no-state.sqlite")]  # fmt: skip
+    ours = [
+        sys.executable,
+        "-m",
+        "sync_worker",
+        "plan",
+        str(path),
+        "--state",
+        str(work / "no-state.sqlite"),
+    ]
     base_runs, our_runs = [], []
     for _ in range(sizes.repeats):  # alternated; the least of each (noise only ever adds)
         base_runs.append(measure(bare, work))
@@ -362,11 +458,25 @@ def bench_plan(sizes: Sizes, work: Path) -> list[Figure]:
     our_t, our_m = min(t for t, _m in our_runs), min(m for _t, m in our_runs)
     rows = f"{sizes.plan_rows:,} rows"
     return [
-        Figure("planning time", f"{our_t:.2f} s", f"{base_t:.2f} s read_csv", our_t / base_t,
-               "<= 1.5", our_t / base_t <= 1.5, rows),
-        Figure("planning memory", f"{our_m / 1024:.0f} MiB", f"{base_m / 1024:.0f} MiB read_csv",
-               our_m / base_m, "<= 1.5", our_m / base_m <= 1.5, rows),
-    ]  # fmt: skip
+        Figure(
+            "planning time",
+            f"{our_t:.2f} s",
+            f"{base_t:.2f} s read_csv",
+            our_t / base_t,
+            "<= 1.5",
+            our_t / base_t <= 1.5,
+            rows,
+        ),
+        Figure(
+            "planning memory",
+            f"{our_m / 1024:.0f} MiB",
+            f"{base_m / 1024:.0f} MiB read_csv",
+            our_m / base_m,
+            "<= 1.5",
+            our_m / base_m <= 1.5,
+            rows,
+        ),
+    ]
 
 
 # 3b. Planning a million rows with --merge ---------------------------------------------------
@@ -385,8 +495,21 @@ def bench_merge(sizes: Sizes, work: Path) -> list[Figure]:
     for _ in range(sizes.repeats):  # alternated; the least of each (noise only ever adds)
         runs["bare"].append(measure(bare, work))
         for case, state in cases.items():
-            runs[case].append(measure([sys.executable, "-m", "sync_worker", "plan", str(path),
-                                       "--merge", "--state", str(state)], work))  # fmt: skip
+            runs[case].append(
+                measure(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sync_worker",
+                        "plan",
+                        str(path),
+                        "--merge",
+                        "--state",
+                        str(state),
+                    ],
+                    work,
+                )
+            )
     base_t, base_m = (min(values) for values in zip(*runs["bare"], strict=True))
     figures = []
     for case in cases:
@@ -394,13 +517,25 @@ def bench_merge(sizes: Sizes, work: Path) -> list[Figure]:
         time_goal, memory_goal = MERGE_GOALS[case]
         note = f"{sizes.plan_rows:,} rows, {sizes.plan_rows * 3 // 4:,} contacts"
         figures += [
-            Figure(f"merged planning time, {case}", f"{our_t:.2f} s",
-                   f"{base_t:.2f} s read_csv", our_t / base_t, f"<= {time_goal:g}",
-                   our_t / base_t <= time_goal, note),
-            Figure(f"merged planning memory, {case}", f"{our_m / 1024:.0f} MiB",
-                   f"{base_m / 1024:.0f} MiB read_csv", our_m / base_m, f"<= {memory_goal:g}",
-                   our_m / base_m <= memory_goal, note),
-        ]  # fmt: skip
+            Figure(
+                f"merged planning time, {case}",
+                f"{our_t:.2f} s",
+                f"{base_t:.2f} s read_csv",
+                our_t / base_t,
+                f"<= {time_goal:g}",
+                our_t / base_t <= time_goal,
+                note,
+            ),
+            Figure(
+                f"merged planning memory, {case}",
+                f"{our_m / 1024:.0f} MiB",
+                f"{base_m / 1024:.0f} MiB read_csv",
+                our_m / base_m,
+                f"<= {memory_goal:g}",
+                our_m / base_m <= memory_goal,
+                note,
+            ),
+        ]
     return figures
 
 
@@ -415,9 +550,19 @@ def _remember_merged(path: Path, state_path: Path) -> None:
     plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(merge=True), Memory())
     state = State.open(state_path)
     for start in range(0, len(plan.table), 100_000):
-        state.add([Success(r.interview_id, r.sha256, r.contact, r.context_json, "bench",
-                           "2026-01-01T00:00:00.000Z")
-                   for r in plan.table.slice(start, start + 100_000)])  # fmt: skip
+        state.add(
+            [
+                Success(
+                    r.interview_id,
+                    r.sha256,
+                    r.contact,
+                    r.context_json,
+                    "bench",
+                    "2026-01-01T00:00:00.000Z",
+                )
+                for r in plan.table.slice(start, start + 100_000)
+            ]
+        )
         state.flush()
     state.close()
 
@@ -442,17 +587,46 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
     plans, sends, diffs = [], [], []
     try:
         for attempt in range(sizes.repeats):  # alternated; the least of each
-            plans.append(measure([sys.executable, "-m", "sync_worker", "plan", "night1.csv",
-                                  "--state", "night.sqlite"], work)[0])  # fmt: skip
+            plans.append(
+                measure(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sync_worker",
+                        "plan",
+                        "night1.csv",
+                        "--state",
+                        "night.sqlite",
+                    ],
+                    work,
+                )[0]
+            )
             _reset(server)
             only_changed = run_args(server, work, f"changed-only{attempt}", "changed.csv", *rate)
             sends.append(measure([sys.executable, "-m", "sync_worker", *only_changed], work)[0])
             _reset(server)
             state = work / f"night{attempt}.sqlite"  # each diff starts from the same state
             shutil.copy(work / "night.sqlite", state)
-            diffs.append(measure([sys.executable, "-m", "sync_worker", "run", "night1.csv",
-                                  *rate, "--base-url", server.base_url, "--state", str(state),
-                                  "--ledger", "night.csv", "--no-progress"], work)[0])  # fmt: skip
+            diffs.append(
+                measure(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sync_worker",
+                        "run",
+                        "night1.csv",
+                        *rate,
+                        "--base-url",
+                        server.base_url,
+                        "--state",
+                        str(state),
+                        "--ledger",
+                        "night.csv",
+                        "--no-progress",
+                    ],
+                    work,
+                )[0]
+            )
             counts = summary_of(work / "night.csv")["counts"]
             assert counts.get("ok") == len(changed), counts
             (work / "night.csv").unlink()
@@ -460,9 +634,15 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
         server.stop()
     plan_t, send_t, diff_t = min(plans), min(sends), min(diffs)
     ratio = (diff_t - plan_t) / send_t
-    return Figure("nightly diff", f"{diff_t:.2f} s ({count:,} rows, 1% changed)",
-                  f"{send_t:.2f} s sending the {len(changed):,} + {plan_t:.2f} s planning",
-                  ratio, "<= 1.1 (after planning)", ratio <= 1.1, "at 1000 requests/s")  # fmt: skip
+    return Figure(
+        "nightly diff",
+        f"{diff_t:.2f} s ({count:,} rows, 1% changed)",
+        f"{send_t:.2f} s sending the {len(changed):,} + {plan_t:.2f} s planning",
+        ratio,
+        "<= 1.1 (after planning)",
+        ratio <= 1.1,
+        "at 1000 requests/s",
+    )
 
 
 def _remember_all(path: Path, state_path: Path) -> None:
@@ -474,8 +654,19 @@ def _remember_all(path: Path, state_path: Path) -> None:
 
     plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(), Memory())
     state = State.open(state_path)
-    state.add([Success(request.interview_id, request.sha256, request.contact, None, "bench",
-                       "2026-01-01T00:00:00Z") for request in plan.table])  # fmt: skip
+    state.add(
+        [
+            Success(
+                request.interview_id,
+                request.sha256,
+                request.contact,
+                None,
+                "bench",
+                "2026-01-01T00:00:00Z",
+            )
+            for request in plan.table
+        ]
+    )
     state.close()
 
 
@@ -488,21 +679,47 @@ def bench_recovery(sizes: Sizes, work: Path) -> list[Figure]:
     scenarios = [
         ("lower limit", ["--rate-limit", "25", "--rate-period", "1"], 25, 1.0, ["50", "1"]),
         ("longer window", ["--rate-limit", "25", "--rate-period", "3"], 25, 3.0, ["25", "1"]),
-        ("lower limit, whole-second reset", ["--rate-limit", "25", "--rate-period", "2", whole],
-         25, 2.0, ["50", "2"]),
-        ("longer window, whole-second reset", ["--rate-limit", "20", "--rate-period", "2",
-         whole], 20, 2.0, ["20", "1"]),
-        ("both, whole seconds to wait", ["--rate-limit", "20", "--rate-period", "2", whole,
-         "--reset-format", "seconds"], 20, 2.0, ["40", "1"]),
-    ]  # fmt: skip
+        (
+            "lower limit, whole-second reset",
+            ["--rate-limit", "25", "--rate-period", "2", whole],
+            25,
+            2.0,
+            ["50", "2"],
+        ),
+        (
+            "longer window, whole-second reset",
+            ["--rate-limit", "20", "--rate-period", "2", whole],
+            20,
+            2.0,
+            ["20", "1"],
+        ),
+        (
+            "both, whole seconds to wait",
+            ["--rate-limit", "20", "--rate-period", "2", whole, "--reset-format", "seconds"],
+            20,
+            2.0,
+            ["40", "1"],
+        ),
+    ]
     figures = []
     for name, server_args, limit, span, told in scenarios:
         server = sandbox(*server_args)
         tag = name.replace(" ", "-").replace(",", "")
         try:
             write_rows(work / f"{tag}.csv", count)
-            done = sync_worker(*run_args(server, work, tag, f"{tag}.csv", "--rate-limit", told[0],
-                                         "--rate-period", told[1]), cwd=work)  # fmt: skip
+            done = sync_worker(
+                *run_args(
+                    server,
+                    work,
+                    tag,
+                    f"{tag}.csv",
+                    "--rate-limit",
+                    told[0],
+                    "--rate-period",
+                    told[1],
+                ),
+                cwd=work,
+            )
             log = server.requests()
         finally:
             server.stop()
@@ -514,12 +731,18 @@ def bench_recovery(sizes: Sizes, work: Path) -> list[Figure]:
         ratio = took / least
         learned = _learned(done.stderr, ledger_of(work, tag))
         rejected = sum(1 for r in log if r["status"] == 429)
-        figures.append(Figure(
-            f"recovery, {name}", f"{took:.2f} s", f"{least:.2f} s least the server allows",
-            ratio, "<= 1.2, 0 lost, 0 in pause", ratio <= 1.2 and lost == 0 and during_pause == 0,
-            f"{lost} rows lost, {during_pause} requests during a pause, told {told[0]} per "
-            f"{told[1]} s, server {limit} per {span:g} s, {learned}, {rejected} 429s",
-        ))  # fmt: skip
+        figures.append(
+            Figure(
+                f"recovery, {name}",
+                f"{took:.2f} s",
+                f"{least:.2f} s least the server allows",
+                ratio,
+                "<= 1.2, 0 lost, 0 in pause",
+                ratio <= 1.2 and lost == 0 and during_pause == 0,
+                f"{lost} rows lost, {during_pause} requests during a pause, told {told[0]} per "
+                f"{told[1]} s, server {limit} per {span:g} s, {learned}, {rejected} 429s",
+            )
+        )
     return figures
 
 
@@ -543,19 +766,32 @@ def bench_slow_api(sizes: Sizes, work: Path) -> Figure:
     must grow to rate x latency. Measured at the sandbox from the second arrival: the first
     request goes alone by design (SPEC section 7), and its 2 s would say nothing about the pool."""
     limit, period, rows, latency = sizes.slow_api
-    log = _paced_run(work, "slow", rows, limit, period, "--latency-ms", str(latency),
-                     "--latency-jitter-ms", str(latency / 4))  # fmt: skip
+    log = _paced_run(
+        work,
+        "slow",
+        rows,
+        limit,
+        period,
+        "--latency-ms",
+        str(latency),
+        "--latency-jitter-ms",
+        str(latency / 4),
+    )
     achieved, rejected, windows = _arrivals(log, period, skip=1)
     allowed = limit / period
     ratio = achieved / allowed
     summary = summary_of(ledger_of(work, "slow"))
     return Figure(
-        "slow API", f"{achieved * 60:.1f}/min", f"{allowed * 60:.1f}/min allowed", ratio,
-        ">= 0.98, 0 429s", ratio >= 0.98 and rejected == 0,
+        "slow API",
+        f"{achieved * 60:.1f}/min",
+        f"{allowed * 60:.1f}/min allowed",
+        ratio,
+        ">= 0.98, 0 429s",
+        ratio >= 0.98 and rejected == 0,
         f"latency {latency * 0.75 / 1000:g}-{latency * 1.25 / 1000:g} s, {rejected} 429s over "
         f"{windows:.1f} windows of {period:g} s, pool peak {summary['workers_peak']}, "
         f"most in flight at the server {max(r['in_flight'] for r in log)}",
-    )  # fmt: skip
+    )
 
 
 # 7. Start-up ---------------------------------------------------------------------------------
@@ -585,14 +821,18 @@ def bench_startup(sizes: Sizes, work: Path) -> list[Figure]:
     unlimited = ["--rate-limit", "100000", "--rate-period", "1", "--force"]  # no pacing
     py, worker = sys.executable, [sys.executable, "-m", "sync_worker"]
     pairs = {
-        "10-row run": ([*worker, *run_args(server, work, "ten", "ten.csv", *unlimited)],
-                       [py, "-c", BARE_TEN, server.base_url, KEY, str(path)],
-                       "bare read_csv + 10 aiohttp requests"),
-        "validate": ([*worker, "validate", "ten.csv"],
-                     [py, "-c", f"import pandas; pandas.read_csv({str(path)!r}, dtype=str)"],
-                     "bare import pandas + read_csv"),
+        "10-row run": (
+            [*worker, *run_args(server, work, "ten", "ten.csv", *unlimited)],
+            [py, "-c", BARE_TEN, server.base_url, KEY, str(path)],
+            "bare read_csv + 10 aiohttp requests",
+        ),
+        "validate": (
+            [*worker, "validate", "ten.csv"],
+            [py, "-c", f"import pandas; pandas.read_csv({str(path)!r}, dtype=str)"],
+            "bare import pandas + read_csv",
+        ),
         "--help": ([*worker, "--help"], [py, "-c", "import click"], "bare import click"),
-    }  # fmt: skip
+    }
     least: dict[str, list[float]] = {name: [math.inf, math.inf] for name in pairs}
     try:
         for attempt in range(sizes.startup_repeats + 1):  # the first fills the cache, untimed
@@ -610,15 +850,28 @@ def bench_startup(sizes: Sizes, work: Path) -> list[Figure]:
 def _startup_figure(name: str, ours: float, bare: float, label: str, sizes: Sizes) -> Figure:
     ratio = ours / bare
     goal = 1.5 if name == "--help" else 1.25
-    return Figure(f"start-up, {name}", f"{ours * 1000:.0f} ms", f"{bare * 1000:.0f} ms {label}",
-                  ratio, f"<= {goal}", ratio <= goal,
-                  f"whole process, least of {sizes.startup_repeats}")  # fmt: skip
+    return Figure(
+        f"start-up, {name}",
+        f"{ours * 1000:.0f} ms",
+        f"{bare * 1000:.0f} ms {label}",
+        ratio,
+        f"<= {goal}",
+        ratio <= goal,
+        f"whole process, least of {sizes.startup_repeats}",
+    )
 
 
 BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
-    bench_rate, bench_overhead, bench_overhead_whole_process, bench_plan, bench_merge,
-    bench_nightly, bench_recovery, bench_slow_api, bench_startup,
-]  # fmt: skip
+    bench_rate,
+    bench_overhead,
+    bench_overhead_whole_process,
+    bench_plan,
+    bench_merge,
+    bench_nightly,
+    bench_recovery,
+    bench_slow_api,
+    bench_startup,
+]
 
 
 def main() -> int:
@@ -642,11 +895,23 @@ def print_table(figures: list[Figure]) -> None:
     import aiohttp
     import pandas
 
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"pandas {pandas.__version__}, aiohttp {aiohttp.__version__}")  # fmt: skip
+    print(
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"pandas {pandas.__version__}, aiohttp {aiohttp.__version__}"
+    )
     header = ("figure", "measured", "baseline", "ratio", "goal", "met", "notes")
-    rows = [(f.name, f.measured, f.baseline, f"{f.ratio:.3f}", f.goal, "yes" if f.met else "NO",
-             f.extra) for f in figures]  # fmt: skip
+    rows = [
+        (
+            f.name,
+            f.measured,
+            f.baseline,
+            f"{f.ratio:.3f}",
+            f.goal,
+            "yes" if f.met else "NO",
+            f.extra,
+        )
+        for f in figures
+    ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
