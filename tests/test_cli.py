@@ -166,7 +166,7 @@ def test_usage_errors_are_one_line_but_bare_command_shows_help() -> None:
     assert "Usage:" in output and "Commands:" in output
 
 
-# Start-up (issue 13): a command imports only what it uses. The module lists at exit, not
+# Start-up: a command imports only what it uses. The module lists at exit, not
 # timings (those are `make bench`'s start-up figures); each case also names modules it must have
 # imported, so a list taken too early cannot pass.
 MODULES_AT_EXIT = """

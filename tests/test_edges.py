@@ -1515,7 +1515,7 @@ def test_history_days_must_be_a_positive_whole_number(tmp_path: Path) -> None:
     assert_one_line(result, 2, "c.toml", "[state] history_days", "positive whole number")
 
 
-# -- found by the red team ---------------------------------------------------------------------
+# -- edges of real use --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ def test_other_suffixes_refused(tmp_path: Path) -> None:
 
 
 def test_a_dated_ledger_taken_while_this_run_planned_gets_the_run_id(tmp_path: Path) -> None:
-    """Found by the red team: two runs with `--ledger l/{date}.csv` (other states, or dry runs)
+    """Two runs with `--ledger l/{date}.csv` (other states, or dry runs)
     both chose `l/<date>.csv` at start; the one that planned longer was refused (exit 2) after
     planning, told to put {date} in a path that had it."""
     from sync_worker.record.ledger import fills_in, ledger_path
