@@ -169,3 +169,88 @@ def test_answers_that_are_not_http_on_request(
             received += chunk
     assert received == NOT_HTTP
     assert [r.get("not_http") for r in garbling.requests()] == [True]
+
+
+def admin(server: SandboxServer, method: str, path: str, body: Any = None) -> Any:
+    """A call to the sandbox's own /_sandbox/ routes (beside the API, not under /api/v1)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(server.root + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_get_interview_answers_as_the_api_with_its_contact(sandbox: SandboxServer) -> None:
+    status, body, _h = call(sandbox, "GET", "/interviews/4821")
+    assert status == 200
+    assert body["interview_request_id"] == 4821 and body["contact_id"] == 4821
+    assert set(body) >= {"deal_id", "survey_url", "status", "objective", "created_at"}
+    assert "contact_context" not in body and "notes" not in body  # the API never reads notes back
+    assert call(sandbox, "GET", "/interviews/4821", key=None)[0] == 401
+    assert call(sandbox, "GET", "/interviews/900000001")[:2] == (
+        404,
+        {"error": {"code": "not_found", "message": "Interview request not found"}},
+    )
+    gets = [r for r in sandbox.requests() if r.get("method") == "GET"]
+    assert [r["status"] for r in gets] == [200, 401, 404]
+
+
+def test_get_interview_is_paced_under_the_same_window(
+    sandbox_factory: Callable[..., SandboxServer],
+) -> None:
+    server = sandbox_factory("--rate-limit", "2", "--rate-period", "30")
+    assert call(server, "PATCH", "/interviews/1", {"objective": "x"})[0] == 200
+    assert call(server, "GET", "/interviews/1")[0] == 200
+    status, body, headers = call(server, "GET", "/interviews/2")
+    assert (status, body["error"]["code"]) == (429, "rate_limit_exceeded")
+    assert "X-RateLimit-Reset" in headers
+
+
+def test_linked_interviews_share_one_contact_and_its_notes(sandbox: SandboxServer) -> None:
+    assert admin(sandbox, "POST", "/_sandbox/contacts", {"502": 501, "503": 501})[0] == 200
+    assert call(sandbox, "PATCH", "/interviews/502", {"contact_context": "Jane"})[0] == 200
+    assert call(sandbox, "PATCH", "/interviews/503", {"objective": "renewal"})[0] == 200
+    assert call(sandbox, "GET", "/interviews/503")[1]["contact_id"] == 501
+    assert admin(sandbox, "GET", "/_sandbox/interviews/503")[1]["notes"] == "Jane"
+    assert call(sandbox, "GET", "/interviews/504")[1]["contact_id"] == 504
+    status, body = admin(sandbox, "POST", "/_sandbox/contacts", {"502": 9})
+    assert (status, "already in use" in body["error"]["message"]) == (400, True)
+
+
+def test_contacts_file_links_interviews_at_start(
+    sandbox_factory: Callable[..., SandboxServer], tmp_path: Any
+) -> None:
+    links = tmp_path / "contacts.json"
+    links.write_text('{"7001": 7002}')
+    server = sandbox_factory("--contacts", str(links))
+    assert call(server, "PATCH", "/interviews/7002", {"contact_context": "Q"})[0] == 200
+    assert call(server, "GET", "/interviews/7001")[1]["contact_id"] == 7002
+    assert admin(server, "GET", "/_sandbox/interviews/7001")[1]["notes"] == "Q"
+    admin(server, "POST", "/_sandbox/reset")
+    assert call(server, "GET", "/interviews/7001")[1]["contact_id"] == 7002  # the file's links stay
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1, 2]", "expected an object"),
+        ("{not json", "not JSON"),
+        ('{"abc": 1}', "is not interview_id: contact_id"),
+        ('{"5": "x"}', "is not interview_id: contact_id"),
+        ('{"5": 0}', "ids must be positive"),
+    ],
+    ids=["a-list", "not-json", "id-not-digits", "contact-not-int", "contact-zero"],
+)
+def test_contacts_file_errors_are_one_line(tmp_path: Any, text: str, expected: str) -> None:
+    from click.testing import CliRunner
+
+    from sync_worker.cli import main
+
+    links = tmp_path / "contacts.json"
+    links.write_text(text)
+    result = CliRunner().invoke(main, ["sandbox", "--port", "0", "--contacts", str(links)])
+    assert result.exit_code == 2
+    assert expected in result.output and str(links) in result.output
+    assert "Traceback" not in result.output

@@ -479,6 +479,11 @@ def report(ledger: Path) -> None:
     "to wait), as many real servers do: the announced reset is then up to a second late.",
 )
 @click.option("--seed", type=int, help="Seed for the random failures, for repeatable runs.")
+@click.option(
+    "--contacts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='JSON {interview_id: contact_id}: interviews that share a contact, e.g. {"502": 501}.',
+)
 def sandbox(**opts: Any) -> None:
     """Run the local simulated API on 127.0.0.1 (for the demo, tests and trying a mapping)."""
     from sync_worker.sandbox.server import SandboxConfig
@@ -496,8 +501,25 @@ def sandbox(**opts: Any) -> None:
         reset_format=opts["reset_format"],
         whole_seconds=opts["whole_second_reset"],
         seed=opts["seed"],
+        links=_sandbox_links(opts["contacts"]),
     )
     _finish(lambda: _serve_sandbox(config, opts["port"]))
+
+
+def _sandbox_links(path: Path | None) -> dict[int, int]:
+    """--contacts FILE: which interviews share a contact, {interview_id: contact_id}."""
+    from sync_worker.sandbox.server import read_links
+
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(ConfigError(f"sandbox: --contacts {path}: cannot be read ({exc})"))
+    try:
+        return read_links(text, str(path))
+    except ConfigError as exc:
+        _fail(exc)
 
 
 def _serve_sandbox(config: SandboxConfig, port: int) -> int:

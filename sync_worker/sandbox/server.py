@@ -45,6 +45,7 @@ class SandboxConfig:
     reset_format: str = "unix"  # unix: absolute Unix seconds; seconds: seconds to wait
     whole_seconds: bool = False  # the reset rounded up to a whole second, as many servers send it
     seed: int | None = None
+    links: dict[int, int] = field(default_factory=dict)  # interview id -> contact id (--contacts)
 
 
 @dataclass
@@ -66,6 +67,9 @@ class Interview:
     contact_id: int
     values: dict[str, Any] = field(default_factory=dict)  # its fields as last sent
     updates: int = 0
+    created_at: str = field(
+        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
 
 
 @dataclass
@@ -79,14 +83,18 @@ class Sandbox:
     random: random.Random = field(default_factory=random.Random)
     in_flight: int = 0  # PATCHes received and not yet answered
     next_id: int = 1_000_000
+    links: dict[int, int] = field(default_factory=dict)  # --contacts, and POST /_sandbox/contacts
 
     def interview(self, interview_id: int) -> Interview | None:
-        """Every id below UNKNOWN_IDS_FROM exists; by default each is its own contact."""
+        """Every id below UNKNOWN_IDS_FROM exists. Each is its own contact (whose id is the
+        interview's) unless --contacts links it to another: {"7001": 7002} puts interview 7001
+        on the contact of interview 7002, and two interviews linked to one new id share it."""
         if interview_id in self.interviews:
             return self.interviews[interview_id]
         if not 0 < interview_id < UNKNOWN_IDS_FROM:
             return None
-        contact = self.contacts.setdefault(interview_id, Contact(interview_id))
+        contact_id = self.links.get(interview_id, interview_id)
+        contact = self.contacts.setdefault(contact_id, Contact(contact_id))
         return self.interviews.setdefault(interview_id, Interview(interview_id, contact.contact_id))
 
     def admit(self, now: float) -> float | None:
@@ -278,6 +286,69 @@ async def create_interview(request: web.Request) -> web.Response:
     return web.json_response(body_out, status=201)
 
 
+async def get_interview(request: web.Request) -> web.StreamResponse:
+    """GET /interviews/{id}: as the API answers it, with the interview's `contact_id`; under
+    the same key check and the same window as a PATCH, and logged with its method."""
+    sandbox = _sandbox(request)
+    entry: dict[str, Any] = {"t": time.time(), "id": request.match_info["id"], "method": "GET"}
+    sandbox.log.append(entry)
+    response = await _get(request, sandbox, entry)
+    entry["status"] = response.status
+    return response
+
+
+async def _get(request: web.Request, sandbox: Sandbox, entry: dict[str, Any]) -> web.Response:
+    if not _authorised(request, sandbox):
+        return error(401, "unauthorized", "Invalid or missing API key")
+    wait = sandbox.admit(time.monotonic())
+    if wait is not None:
+        reset, entry["reset_at"] = announced_reset(sandbox.config, wait, entry["t"])
+        return _too_many(wait, reset)
+    raw_id = request.match_info["id"]
+    interview = sandbox.interview(int(raw_id)) if raw_id.isdigit() else None
+    if interview is None:
+        return error(404, "not_found", "Interview request not found")
+    return web.json_response(
+        {
+            "interview_request_id": interview.interview_id,
+            "contact_id": interview.contact_id,
+            "deal_id": None,
+            "survey_url": f"https://app.usehindsight.com/s/{interview.interview_id}",
+            "status": "created",
+            "objective": interview.values.get("objective"),
+            "email_sent_at": None,
+            "created_at": interview.created_at,
+            "transcript": None,
+        }
+    )
+
+
+def read_links(text: str, source: str) -> dict[int, int]:
+    """A --contacts file: a JSON object {interview_id: contact_id}, both positive integers."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"sandbox: --contacts {source}: not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"sandbox: --contacts {source}: expected an object {{interview_id: contact_id}}"
+        )
+    links: dict[int, int] = {}
+    for key, value in raw.items():
+        if not (str(key).isdigit() and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(
+                f"sandbox: --contacts {source}: {key!r}: {value!r} is not "
+                "interview_id: contact_id (positive integers)"
+            )
+        if not (0 < int(key) < UNKNOWN_IDS_FROM and value > 0):
+            raise ConfigError(
+                f"sandbox: --contacts {source}: {key}: {value}: ids must be positive, "
+                f"interview ids below {UNKNOWN_IDS_FROM}"
+            )
+        links[int(key)] = value
+    return links
+
+
 async def show_interview(request: web.Request) -> web.Response:
     """GET /_sandbox/interviews/{id}: what the sandbox holds, notes included."""
     sandbox = _sandbox(request)
@@ -322,8 +393,24 @@ async def set_latency(request: web.Request) -> web.Response:
     return web.json_response({"latency_ms": latency, "latency_jitter_ms": jitter})
 
 
+async def link_contacts(request: web.Request) -> web.Response:
+    """POST /_sandbox/contacts {interview_id: contact_id}: link interviews not yet seen to a
+    shared contact, as --contacts does at start (kept until the next reset)."""
+    sandbox = _sandbox(request)
+    try:
+        links = read_links(await request.text(), "POST /_sandbox/contacts")
+    except ConfigError as exc:
+        return error(400, "bad_request", str(exc))
+    taken = sorted(set(links) & set(sandbox.interviews))
+    if taken:
+        return error(400, "bad_request", f"interviews already in use: {taken}")
+    sandbox.links.update(links)
+    return web.json_response({"linked": len(links)})
+
+
 async def reset(request: web.Request) -> web.Response:
     sandbox = _sandbox(request)
+    sandbox.links = dict(sandbox.config.links)
     sandbox.contacts.clear()
     sandbox.interviews.clear()
     sandbox.window.clear()
@@ -333,17 +420,19 @@ async def reset(request: web.Request) -> web.Response:
 
 def make_app(config: SandboxConfig) -> web.Application:
     app = web.Application()
-    sandbox = Sandbox(config)
+    sandbox = Sandbox(config, links=dict(config.links))
     sandbox.random.seed(config.seed)
     sandbox.jitter.seed(config.seed)
     app[SANDBOX_KEY] = sandbox
     for prefix in ("/api/v1", ""):
         app.router.add_patch(prefix + "/interviews/{id}", patch_interview)
         app.router.add_post(prefix + "/interviews", create_interview)
+        app.router.add_get(prefix + "/interviews/{id}", get_interview)
     app.router.add_get("/_sandbox/interviews/{id}", show_interview)
     app.router.add_get("/_sandbox/requests", show_requests)
     app.router.add_post("/_sandbox/reset", reset)
     app.router.add_post("/_sandbox/latency", set_latency)
+    app.router.add_post("/_sandbox/contacts", link_contacts)
     return app
 
 
