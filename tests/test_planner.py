@@ -711,3 +711,39 @@ def test_notes_the_state_holds_unchanged_are_the_value_before_of_a_request_sent(
     assert [r.interview_id for r in requests_of(plan)] == [1]  # 2 is unchanged
     assert plan.known_notes() == {"a@x.com": Known(context, "earlier_send")}
     assert len(plan.known_as_sent) == 2 and not plan.known_before
+
+
+@pytest.mark.parametrize(
+    ("notes", "rows", "sent"),
+    [
+        ("{}", ["hello"], {"notes": "hello"}),
+        ("", ["hello"], "hello"),
+        ("{}", ["hello", '{"a": 1}'], {"a": 1, "notes": "hello"}),
+    ],
+    ids=["empty-object-plus-text", "empty-text-plus-text", "empty-object-two-rows"],
+)
+def test_empty_existing_notes_keep_their_kind(
+    tmp_path: Path, notes: str, rows: list[str], sent: object
+) -> None:
+    """Known-empty notes: an empty object stays an object (text goes under `notes`), empty
+    text is nothing (text stays text); by both roads (one row per contact, and several)."""
+    from click.testing import CliRunner
+
+    from sync_worker.cli import main
+
+    inputs = tmp_path / "in.csv"
+    inputs.write_text(
+        "interview_id,contact_email,contact_context\n"
+        + "".join(
+            f'{n},a@x.com,"{r.replace(chr(34), chr(34) * 2)}"\n' for n, r in enumerate(rows, 1)
+        )
+    )
+    notes_file = tmp_path / "notes.csv"
+    notes_file.write_text(f"contact_email,notes\na@x.com,{notes}\n")
+    result = CliRunner().invoke(
+        main,
+        ["plan", str(inputs), "--existing-notes", str(notes_file), "--state", str(tmp_path / "s")],
+    )
+    assert result.exit_code == 0, result.output
+    bodies = [json.loads(line)["body"] for line in result.stdout.splitlines()]
+    assert bodies and all(body["contact_context"] == sent for body in bodies)

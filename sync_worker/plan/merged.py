@@ -32,7 +32,7 @@ from sync_worker.plan.cells import Cells, nonempty
 from sync_worker.plan.contacts import Contacts, lower, pick
 from sync_worker.plan.model import Known, Memory, Plan, PlanOptions
 from sync_worker.plan.request_table import CHUNK, RequestTable
-from sync_worker.plan.rows import existing_notes, file_notes
+from sync_worker.plan.rows import existing_notes, file_notes, merge_base
 from sync_worker.store.digests import Ints
 
 MERGE_LABELS = pa.array(["off", "merged", "no_existing"], pa.string())  # by code 0, 1, 2
@@ -178,7 +178,7 @@ def _one_by_one(
             combined = (
                 text
                 if known.context == new
-                else canonical(merge(known.context or None, new, rules))
+                else canonical(merge(merge_base(known.context), new, rules))
             )
             found[index] = (key, known, combined)
     return found

@@ -159,13 +159,19 @@ def _contact_requests(
     else:
         plan.contacts_merged += 1
         plan.known_before[contact] = known
-    combined = fold(existing or None, contexts, options.rules)
+    combined = fold(merge_base(existing), contexts, options.rules)
     return [_request(i, contact, combined, label) for i in members]
 
 
 def _last_context(interview: _Interview) -> Context | None:
     contexts = [r.context for r in interview.rows if r.context is not None]
     return contexts[-1] if contexts else None
+
+
+def merge_base(existing: Context | None) -> Context | None:
+    """What new context merges onto: notes known to be empty text ('') are nothing, so new text
+    stays text; an empty object stays an object, so new text goes under its `notes` key."""
+    return None if existing == "" else existing
 
 
 def existing_notes(state: StateNotes | None, notes: list[Note], rules: MergeRules) -> Known | None:
