@@ -73,6 +73,7 @@ class ValidationResult:
     requests: int  # requests a run would send
     invalid: tuple[str, ...]  # one line per invalid row: file, row, column, what, [code]
     notes_problems: tuple[str, ...] = ()  # --existing-notes rows that cannot be used
+    lines_set_aside: int = 0  # lines of the inputs that are not rows (a report's footer, ...)
 
     @property
     def exit_code(self) -> int:
@@ -126,7 +127,7 @@ def validate(
     invalid = tuple(f"{s.error_message} [{s.error_code}]"
                     for _p, s in plan.settled.invalid())  # fmt: skip
     return ValidationResult(len(batch), batch.files, len(plan.table), invalid,
-                            tuple(notes_problems))  # fmt: skip
+                            tuple(notes_problems), batch.lines_set_aside)  # fmt: skip
 
 
 def _checked(given: Mapping[str, Any]) -> dict[str, Any]:

@@ -118,8 +118,8 @@ shared_options = _options(
     click.option("--merge/--no-merge", default=None,
                  help="Merge new context into the contact's existing notes [default: off]."),
     click.option("--existing-notes", type=click.Path(dir_okay=False, path_type=str),
-                 help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
-                 "implies --merge."),
+                 help="CSV, XLSX or Parquet of current notes (interview_id or contact_email, "
+                 "notes); implies --merge."),
     state_option,
     click.option("--force", is_flag=True, help="Send rows even when unchanged since the last "
                  "successful send."),
@@ -158,7 +158,7 @@ run_options = _options(
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sync-worker")
 def main() -> None:
-    """Sync CRM exports (CSV or Parquet) to Hindsight interviews, at the plan's rate, with a
+    """Sync CRM exports (CSV, XLSX or Parquet) to Hindsight interviews, at the plan's rate, with a
     ledger line for every row."""
 
 
@@ -223,9 +223,12 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
         for problem in notes_problems:
             click.echo(f"{problem} [notes_row_unusable]")
         notes = f", {len(notes_problems)} unusable notes rows" if notes_problems else ""
+        for lines in batch.set_aside:
+            click.echo(lines.message())
+        aside = f", {batch.lines_set_aside} lines set aside" if batch.set_aside else ""
         click.echo(
             f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.table)} requests "
-            f"to send, {len(invalid)} invalid rows{notes}"
+            f"to send, {len(invalid)} invalid rows{notes}{aside}"
         )
         return 1 if invalid or notes_problems else 0
 

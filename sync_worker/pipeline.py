@@ -30,7 +30,7 @@ from sync_worker.clock import now_iso
 from sync_worker.config import RunOptions, Settings
 from sync_worker.errors import SyncWorkerError
 from sync_worker.ledger import Ledger, fills_in, ledger_path
-from sync_worker.logs import get_logger
+from sync_worker.logs import get_logger, showing_progress
 from sync_worker.network import proxy_for, tls_context
 from sync_worker.notes import NotesFile
 from sync_worker.plan import Plan
@@ -203,7 +203,8 @@ def _run_locked(
             if code == 0 and prepared.unresolved:
                 code = 1  # a revert that could not put everything back
             summary = make_summary(run_id, started_at, recorder.counts, report, plan, code,
-                                   prepared.inputs, settings.rate_period_s)  # fmt: skip
+                                   prepared.inputs, settings.rate_period_s,
+                                   batch.lines_set_aside)  # fmt: skip
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             summary["ledger"] = str(ledger.path)
             write_summary(ledger.path, summary)
@@ -272,10 +273,12 @@ def _send_or_dry_run(
         return SendReport(Counters())
     show = options.progress and sys.stderr.isatty()
     recorder.progress = _progress_bar(plan.rows_to_send()) if show else None
+    showing_progress(recorder.progress)
     try:
         with _collector_ignoring_the_plan():
             return asyncio.run(_send(send, options, plan, recorder, stopper))
     finally:
+        showing_progress(None)
         if recorder.progress is not None:
             recorder.progress.close()
 

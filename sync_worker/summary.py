@@ -29,8 +29,9 @@ def exit_code(
 
 def summary(
     run_id: str, started_at: str, counts: Counter[str], report: SendReport, plan: Plan,
-    code: int, inputs: tuple[str, ...], rate_period_s: float,
+    code: int, inputs: tuple[str, ...], rate_period_s: float, lines_set_aside: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
+    """`lines_set_aside`: lines of the inputs that were not rows (a report's footer, ...)."""
     counters = report.counters
     per_minute = _per_minute(counters.requests, report.elapsed_s, rate_period_s)
     return {
@@ -40,6 +41,7 @@ def summary(
         "inputs": list(inputs),
         "rows": sum(counts.values()),
         "counts": dict(sorted(counts.items())),
+        "lines_set_aside": lines_set_aside,
         "requests_sent": counters.requests,
         "retries": counters.retries,
         "connection_errors": counters.connection_errors,

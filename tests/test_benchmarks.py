@@ -11,7 +11,8 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).parent / "benchmarks" / "run.py"
 FIGURES = ["rate adherence", "overhead", "overhead, whole process", "planning time",
-           "planning memory", "merged planning time, first backfill",
+           "planning memory", "xlsx planning time", "xlsx planning memory",
+           "merged planning time, first backfill",
            "merged planning memory, first backfill", "merged planning time, nightly",
            "merged planning memory, nightly", "nightly diff", "recovery, lower limit",
            "recovery, longer window", "recovery, lower limit, whole-second reset",
