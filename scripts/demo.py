@@ -30,6 +30,12 @@ RUNS = [
         ],
     ),
     ("hubspot", ["samples/hubspot_contacts.csv", "--config", "config/hubspot.toml", "--merge"]),
+    # a Salesforce report as Salesforce gives it: its footer is set aside, not read as rows
+    ("salesforce-report", ["samples/salesforce_report.csv", "--config", "config/salesforce.toml"]),
+    (
+        "hubspot-xlsx",
+        ["samples/hubspot_contacts.xlsx", "--config", "config/hubspot.toml", "--merge"],
+    ),
     ("warehouse", ["samples/warehouse_contacts.parquet", "--merge"]),
 ]
 
@@ -73,9 +79,11 @@ def sync_all(base_url: str, round_name: str) -> None:
         print(f"$ sync-worker run {shown}")
         result = sync_worker(*run_args)
         finished = [json.loads(x) for x in result.stderr.splitlines() if '"run_finished"' in x]
+        aside = finished[-1].get("lines_set_aside")
         print(
             f"  exit {result.returncode}; summary: {json.dumps(finished[-1]['counts'])}, "
             f"requests sent: {finished[-1]['requests_sent']}"
+            + (f", lines set aside: {aside}" if aside else "")
         )
         print("$ sync-worker report " + str(ledger.relative_to(ROOT)))
         print("  " + sync_worker("report", str(ledger)).stdout.strip().replace("\n", "\n  "))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -12,6 +12,29 @@ if TYPE_CHECKING:
 REDACTED = "[REDACTED]"
 _secrets: list[str] = []  # values that must never leave the process in any text
 _mode = {"json": True}  # how the last configure() renders: JSON lines or console lines
+_bar: list[Any] = []  # the progress bar on screen (tqdm), if any: lines are written above it
+
+
+class LineWriter:
+    """structlog's logger: each event one line on the stream, written above the progress bar
+    when one is shown (tqdm clears it, writes, and draws it again), never through it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        if _bar:
+            _bar[0].write(message, file=self._stream)
+        else:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    debug = info = warning = error = critical = exception = msg
+
+
+def showing_progress(bar: Any | None) -> None:
+    """The bar now on screen (None: gone): log lines go above it while it is shown."""
+    _bar[:] = [bar] if bar is not None else []
 
 
 def register_secret(value: str) -> None:
@@ -45,8 +68,14 @@ def redact_secrets(
     return {key: _scrub(value) for key, value in event_dict.items()}
 
 
-def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
-    """`auto` means console lines on a terminal, JSON lines otherwise."""
+def configure(
+    log_format: str = "auto",
+    stream: TextIO | None = None,
+    console: Callable[[], Any] | None = None,
+) -> None:
+    """`auto` means console lines on a terminal, JSON lines otherwise. `console` gives the
+    renderer of console lines (the CLI's: a run's start line, its report at the end); without
+    one, structlog's own."""
     # here, not at the top: `--help` never logs, and structlog with the asyncio it imports
     # costs ~50 ms of start-up
     import logging
@@ -56,11 +85,12 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     _mode["json"] = use_json
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
-    )
+    if use_json:
+        renderer: Any = structlog.processors.JSONRenderer()
+    elif console is not None:
+        renderer = console()  # asked for only here: cron (JSON) never imports it
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -71,7 +101,7 @@ def configure(log_format: str = "auto", stream: TextIO | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_args: LineWriter(out),
         cache_logger_on_first_use=False,
     )
 

@@ -16,6 +16,8 @@ FIGURES = [
     "overhead, whole process",
     "planning time",
     "planning memory",
+    "xlsx planning time",
+    "xlsx planning memory",
     "merged planning time, first backfill",
     "merged planning memory, first backfill",
     "merged planning time, nightly",

@@ -152,9 +152,9 @@ def test_progress_and_console_logs_only_on_a_terminal(
     ]
     shown = run_on_terminal([*args, "--ledger", "a.csv"], tmp_path)
     assert re.search(r"20/20 \[.*row/s\]", shown), shown  # rows done, rate, time
-    assert "run_finished" in shown and '{"' not in shown  # console lines, not JSON
+    assert "ledger a.csv: 20 rows" in shown and '{"' not in shown  # the report, not JSON
     quiet = run_on_terminal([*args, "--ledger", "b.csv", "--no-progress", "--force"], tmp_path)
-    assert "20/20" not in quiet and "run_finished" in quiet
+    assert "20/20" not in quiet and "ledger b.csv: 20 rows" in quiet
     assert API_KEY not in shown + quiet
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
+from sync_worker.commands.terminal import console
 from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
 from sync_worker.settings.config import FLAGS, TIER_LIMITS, Settings, check_rate, resolve
@@ -57,7 +58,7 @@ class OneLineErrors(click.Group):
 
 class OneLineUsageError(click.UsageError):
     def show(self, file: Any = None) -> None:
-        configure("auto")  # the options, --log-format included, could not be read
+        configure("auto", console=console)  # the options, --log-format included, could not be read
         _error_line(" ".join(self.format_message().split()), self.exit_code)
 
 
@@ -145,8 +146,8 @@ shared_options = _options(
     click.option(
         "--existing-notes",
         type=click.Path(dir_okay=False, path_type=str),
-        help="CSV/Parquet of current notes (interview_id or contact_email, notes); "
-        "implies --merge.",
+        help="CSV, XLSX or Parquet of current notes (interview_id or contact_email, "
+        "notes); implies --merge.",
     ),
     state_option,
     click.option(
@@ -222,7 +223,7 @@ run_options = _options(
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sync-worker")
 def main() -> None:
-    """Sync CRM exports (CSV or Parquet) to Hindsight interviews, at the plan's rate, with a
+    """Sync CRM exports (CSV, XLSX or Parquet) to Hindsight interviews, at the plan's rate, with a
     ledger line for every row."""
 
 
@@ -305,9 +306,12 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
         for problem in notes_problems:
             click.echo(f"{problem} [notes_row_unusable]")
         notes = f", {len(notes_problems)} unusable notes rows" if notes_problems else ""
+        for lines in batch.set_aside:
+            click.echo(lines.message())
+        aside = f", {batch.lines_set_aside} lines set aside" if batch.set_aside else ""
         click.echo(
             f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.table)} requests "
-            f"to send, {len(invalid)} invalid rows{notes}"
+            f"to send, {len(invalid)} invalid rows{notes}{aside}"
         )
         return 1 if invalid or notes_problems else 0
 
@@ -397,7 +401,7 @@ def report(ledger: Path) -> None:
     """Summarise a ledger: counts by status and error code, failed rows, what to do next."""
     from sync_worker.commands.report import render
 
-    configure("auto")
+    configure("auto", console=console)
     _finish(lambda: _echo(render(ledger)))
 
 
@@ -488,7 +492,7 @@ def sandbox(**opts: Any) -> None:
     """Run the local simulated API on 127.0.0.1 (for the demo, tests and trying a mapping)."""
     from sync_worker.sandbox.server import SandboxConfig
 
-    configure("auto")
+    configure("auto", console=console)
     config = SandboxConfig(
         limit=_sandbox_limit(opts),
         period_s=opts["rate_period"],
@@ -545,7 +549,7 @@ def _sandbox_limit(opts: dict[str, Any]) -> int:
     try:
         check_rate(settings, sources)
     except ConfigError as exc:
-        configure("auto")
+        configure("auto", console=console)
         _fail(exc)
     return settings.limit
 
@@ -561,7 +565,7 @@ def _echo(text: str) -> int:
 
 
 def _settings(opts: dict[str, Any]) -> Settings:
-    configure(opts["log_format"])
+    configure(opts["log_format"], console=console)
     overrides = {
         "tier": opts["tier"].lower() if opts["tier"] else None,
         "rate_limit": opts["rate_limit"],

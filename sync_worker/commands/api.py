@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from sync_worker.commands.terminal import console
 from sync_worker.errors import ConfigError
 from sync_worker.logs import configure
 from sync_worker.settings.config import (
@@ -79,6 +80,7 @@ class ValidationResult:
     requests: int  # requests a run would send
     invalid: tuple[str, ...]  # one line per invalid row: file, row, column, what, [code]
     notes_problems: tuple[str, ...] = ()  # --existing-notes rows that cannot be used
+    lines_set_aside: int = 0  # lines of the inputs that are not rows (a report's footer, ...)
 
     @property
     def exit_code(self) -> int:
@@ -152,7 +154,12 @@ def validate(
     batch, plan, notes_problems = planning.validate(settings, options)
     invalid = tuple(f"{s.error_message} [{s.error_code}]" for _p, s in plan.settled.invalid())
     return ValidationResult(
-        len(batch), batch.files, len(plan.table), invalid, tuple(notes_problems)
+        len(batch),
+        batch.files,
+        len(plan.table),
+        invalid,
+        tuple(notes_problems),
+        batch.lines_set_aside,
     )
 
 
@@ -178,7 +185,7 @@ def _settings(
 ) -> Settings:
     if log_format not in ("auto", "json", "console"):
         raise ConfigError(f"log_format= must be auto, json or console, got {log_format!r}")
-    configure(log_format)
+    configure(log_format, console=console)
     structlog.contextvars.clear_contextvars()  # an earlier call's run_id is not this one's
     if "tier" in overrides:
         overrides["tier"] = overrides["tier"].lower()

@@ -27,7 +27,7 @@ from sync_worker.clock import now_iso
 from sync_worker.commands.planning import plan_with_notes, read_inputs
 from sync_worker.commands.signals import StopSignal
 from sync_worker.errors import SyncWorkerError
-from sync_worker.logs import get_logger
+from sync_worker.logs import get_logger, showing_progress
 from sync_worker.plan import Plan
 from sync_worker.plan.changes import Changes, plan_changes
 from sync_worker.plan.request_table import ChainQueue
@@ -228,6 +228,7 @@ def _run_locked(
                 code,
                 prepared.inputs,
                 settings.rate_period_s,
+                batch.lines_set_aside,
             )
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             summary["ledger"] = str(ledger.path)
@@ -306,10 +307,12 @@ def _send_or_dry_run(
         return SendReport(Counters())
     show = options.progress and sys.stderr.isatty()
     recorder.progress = _progress_bar(plan.rows_to_send()) if show else None
+    showing_progress(recorder.progress)
     try:
         with _collector_ignoring_the_plan():
             return asyncio.run(_send(send, options, plan, recorder, stopper))
     finally:
+        showing_progress(None)
         if recorder.progress is not None:
             recorder.progress.close()
 

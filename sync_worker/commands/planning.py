@@ -25,12 +25,24 @@ INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
 def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
     use_lean_memory_pool()
     options = ReadOptions(
-        settings.encoding, settings.delimiter, settings.columns, settings.context_columns
+        settings.encoding,
+        settings.delimiter,
+        settings.columns,
+        settings.context_columns,
+        settings.sheet,
     )
     batch = read_batch(inputs, options)
     log = get_logger()
     for warning in batch.warnings:
         log.warning("input_warning", message=warning)
+    for aside in batch.set_aside:
+        log.warning(
+            "lines_set_aside",
+            file=aside.path,
+            count=aside.count,
+            reasons=dict(aside.kinds),
+            message=aside.message(),
+        )
     return batch
 
 
@@ -118,6 +130,15 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
+    get_logger().info(
+        "plan_finished",
+        rows=len(batch),
+        requests=len(plan.table),
+        invalid=len(plan.settled.invalid()),
+        lines_set_aside=batch.lines_set_aside,
+        message=f"{len(batch)} rows: {len(plan.table)} requests to send, "
+        f"{len(plan.settled.invalid())} invalid rows, {batch.lines_set_aside} lines set aside",
+    )
     return plan_lines(plan, batch)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sync_worker.record.ledger import load_ledger, summary_path
 
@@ -27,8 +29,10 @@ def render(path: Path) -> str:
     if problems:
         lines.append(f"first {min(len(problems), FAILED_SHOWN)} failed or invalid rows:")
         lines += [_describe(r) for r in problems[:FAILED_SHOWN]]
-    lines += _rate(path)
-    lines += _next_steps(statuses)
+    summary, unreadable = _summary(path)
+    lines += unreadable + _rate(summary)
+    set_aside = summary.get("lines_set_aside") or 0 if summary else 0
+    lines += _next_steps(statuses, set_aside if isinstance(set_aside, int) else 0)
     return "\n".join(lines)
 
 
@@ -40,27 +44,45 @@ def _describe(row: dict[str, object]) -> str:
     )
 
 
-def _rate(path: Path) -> list[str]:
-    """The figures of the summary beside the ledger; none (a killed run) is fine, and one that
-    cannot be read is said so without hiding the rest of the report."""
+def _summary(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The summary beside the ledger; none (a killed run) is fine, and one that cannot be read
+    is said so without hiding the rest of the report."""
     summary_file = summary_path(path)
     if not summary_file.exists():
-        return []
+        return None, []
     try:
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        return [f"summary {summary_file}: cannot be read ({exc}); its figures are left out"]
+        return None, [f"summary {summary_file}: cannot be read ({exc}); its figures are left out"]
     if not isinstance(summary, dict):
-        return [f"summary {summary_file}: not a JSON object; its figures are left out"]
-    return [
-        f"requests sent: {summary.get('requests_sent')}, retries: {summary.get('retries')}, "
-        f"429s: {summary.get('rate_limited_429')}, effective rate: "
+        return None, [f"summary {summary_file}: not a JSON object; its figures are left out"]
+    return summary, []
+
+
+def _rate(summary: dict[str, Any] | None) -> list[str]:
+    if summary is None:
+        return []
+    lines = [
+        f"requests sent: {summary.get('requests_sent')}{_took(summary)}, retries: "
+        f"{summary.get('retries')}, 429s: {summary.get('rate_limited_429')}, effective rate: "
         f"{summary.get('effective_requests_per_minute')} requests/minute, "
         f"exit code {summary.get('exit_code')}"
     ]
+    if summary.get("lines_set_aside"):
+        lines.append(f"lines set aside, not rows: {summary['lines_set_aside']}")
+    return lines
 
 
-def _next_steps(statuses: Counter[str]) -> list[str]:
+def _took(summary: dict[str, Any]) -> str:
+    try:
+        began = datetime.fromisoformat(str(summary["started_at"]))
+        ended = datetime.fromisoformat(str(summary["finished_at"]))
+    except (KeyError, ValueError):
+        return ""
+    return f" in {(ended - began).total_seconds():.1f} s"
+
+
+def _next_steps(statuses: Counter[str], set_aside: int = 0) -> list[str]:
     steps = []
     retry = statuses["failed"] + statuses["not_attempted"]
     if retry:
@@ -72,6 +94,11 @@ def _next_steps(statuses: Counter[str]) -> list[str]:
         steps.append(
             f"next: fix the {statuses['invalid']} invalid rows in the export (see error_message), "
             "then re-run"
+        )
+    if set_aside:
+        steps.append(
+            f"next: nothing to do for the {set_aside} lines set aside (a report's footer, lines "
+            "with no data) unless one of them is a row: then fix it in the export and re-run"
         )
     if not steps and not statuses:
         steps.append("nothing to do: the ledger has no rows (the run had no input rows)")

@@ -51,6 +51,10 @@ class Cells:
 
         ids = stripped(ID)
         valid = _valid_ids(ids)
+        if batch.bad_rows:  # a row read only in part is never sent, whatever its id
+            whole = np.ones(len(frame), dtype=bool)
+            whole[list(batch.bad_rows)] = False
+            valid = pc.and_(valid, pa.chunked_array([whole]))
         numbers = pc.cast(pc.if_else(valid, ids, "0"), pa.int64()).to_numpy()
         text = {c: stripped(c) for c in CANONICAL_COLUMNS if c != ID}
         context = {k: stripped(CONTEXT_PREFIX + k) for k in batch.context_keys}
@@ -109,8 +113,13 @@ def nonempty(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def settle_invalid(batch: Batch, cells: Cells, settled: Outcomes) -> None:
-    """Rows with an id that is not a positive whole number, or nothing to update."""
+    """Rows the reader could read only in part, rows with an id that is not a positive whole
+    number, and rows with nothing to update."""
+    for position, bad in batch.bad_rows.items():
+        settled[position] = invalid(batch, position, bad.code, bad.column, bad.message)
     bad_ids = np.flatnonzero(~cells.valid_id)
+    if batch.bad_rows:
+        bad_ids = bad_ids[~np.isin(bad_ids, list(batch.bad_rows))]
     for position, raw in zip(bad_ids.tolist(), cells.ids.take(bad_ids).to_pylist(), strict=True):
         message = f"{ID} {raw!r} is not a positive whole number"
         settled[position] = invalid(batch, position, "invalid_interview_id", ID, message)

@@ -52,10 +52,12 @@ class _Unusable(ValueError):
 def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = None) -> NotesFile:
     """Columns `notes` and `contact_email` and/or `interview_id`, optional `updated_at`; notes
     text or a JSON object. `seen`: digests of rows seen in earlier notes files -> first seen."""
-    options = ReadOptions(settings.encoding, settings.delimiter)
-    raw, warnings = read_raw(path, options, lambda headers: _notes_headers(headers, path))
+    options = ReadOptions(settings.encoding, settings.delimiter)  # a workbook: its first sheet
+    read = read_raw(path, options, lambda headers: _notes_headers(headers, path))
+    raw = read.frame
     columns = _columns(raw, path)
-    notes = NotesFile(warnings=list(warnings))
+    aside = [read.set_aside.message()] if read.set_aside is not None else []
+    notes = NotesFile(warnings=[*read.warnings, *aside])
     blank = [""] * len(raw)
     emails = _texts(raw, columns.get(CONTACT_KEY)) or blank
     ids = _texts(raw, columns.get(ID)) or blank
@@ -63,6 +65,11 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
     file_time = _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
     cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
     for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
+        if row - 1 in read.bad_rows:
+            bad = read.bad_rows[row - 1]
+            column = f"column {bad.column}: " if bad.column else ""
+            notes.problems.append(f"{path} row {row}: {column}{bad.message}; the row is not used")
+            continue
         try:
             _add_row(
                 notes,

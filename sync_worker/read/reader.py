@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import gzip
+import io
 import json
 import os
 import zlib
@@ -26,11 +28,13 @@ import pyarrow.csv as pacsv
 
 from sync_worker.errors import InputError
 from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT_PREFIX, ID
+from sync_worker.read.footer import SetAside, byte_length, trailing_lines
 
 FILE_COL = "_file"
 ROW_COL = "_row"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+SHEET_SUFFIXES = (".xlsx",)
 # Byte-order marks, longest first: UTF-32 LE starts with the UTF-16 LE mark.
 BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
@@ -42,6 +46,9 @@ BOMS = (
 LIKELY_DELIMITERS = (";", "\t", "|", ",")
 MAX_BLOCK = 1 << 30  # the largest CSV block (so the longest row) Arrow is asked to take
 QUOTE_SCAN_CHUNK = 1 << 24
+# The end of a file looked at for lines that are not rows: Salesforce's footer is ~200 bytes, and
+# 64 KiB holds 20,000 lines of Excel's `,,`. Lines past it stay rows (invalid), never lost.
+TAIL_BYTES = 1 << 16
 
 # Picks, from a file's headers, the ones to read.
 HeaderFilter = Callable[[Sequence[str]], Sequence[str]]
@@ -53,6 +60,28 @@ class ReadOptions:
     delimiter: str | None = None
     columns: Mapping[str, str] | None = None  # canonical field -> export header
     context_columns: Mapping[str, str] | None = None  # context key -> export header
+    sheet: str | None = None  # the XLSX sheet to read; None: the first
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row the reader could read only in part (a line with a field too many, a number Excel
+    cannot hold exactly): it is `invalid`, whatever its cells say."""
+
+    code: str
+    column: str  # the column to blame, "" for the whole row
+    message: str
+
+
+@dataclass
+class RawFile:
+    """One file as read: text cells with headers as written, and what was not a clean row."""
+
+    frame: pd.DataFrame
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    set_aside: SetAside | None = None  # lines that are not rows (a report footer, ...)
+    # 0-based row -> its problem
+    bad_rows: dict[int, BadRow] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,9 +92,15 @@ class Batch:
     files: tuple[str, ...]
     context_keys: tuple[str, ...]
     warnings: tuple[str, ...]
+    set_aside: tuple[SetAside, ...] = ()  # per file that set lines aside
+    bad_rows: Mapping[int, BadRow] = dataclasses.field(default_factory=dict)  # position -> problem
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    @property
+    def lines_set_aside(self) -> int:
+        return sum(aside.count for aside in self.set_aside)
 
     @cached_property
     def _lookup(self) -> tuple[list[int], list[int], list[str], list[str]]:
@@ -128,13 +163,18 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     frames: list[pd.DataFrame] = []
     warnings: list[str] = []
     context_keys: dict[str, None] = {}
+    set_aside: list[SetAside] = []
+    bad_rows: dict[int, BadRow] = {}
     _refuse_repeated_inputs(paths)
     for index, path in enumerate(paths):
         picker = _ColumnPicker(path, options)
-        raw, read_warnings = read_raw(Path(path), options, picker)
-        warnings.extend(read_warnings)
+        raw = read_raw(Path(path), options, picker)
+        warnings.extend(raw.warnings)
         warnings.extend(picker.warnings)
-        frame = raw.rename(columns=picker.renames)
+        set_aside.extend([raw.set_aside] if raw.set_aside is not None else [])
+        before = sum(map(len, frames))
+        bad_rows.update((before + row, bad) for row, bad in raw.bad_rows.items())
+        frame = raw.frame.rename(columns=picker.renames)
         context_keys.update(dict.fromkeys(_context_keys(frame)))
         frame[FILE_COL] = index
         frame[ROW_COL] = range(1, len(frame) + 1)
@@ -143,7 +183,7 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     columns = [*CANONICAL_COLUMNS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
     aligned = [_align(frame, columns) for frame in frames]
     combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
-    return Batch(combined, tuple(paths), keys, tuple(warnings))
+    return Batch(combined, tuple(paths), keys, tuple(warnings), tuple(set_aside), bad_rows)
 
 
 def _refuse_repeated_inputs(paths: Sequence[str]) -> None:
@@ -194,9 +234,7 @@ def _context_keys(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def read_raw(
-    path: Path, options: ReadOptions, wanted: HeaderFilter | None = None
-) -> tuple[pd.DataFrame, list[str]]:
+def read_raw(path: Path, options: ReadOptions, wanted: HeaderFilter | None = None) -> RawFile:
     """Read one file as text cells, headers as written. `wanted` picks the headers to keep
     (and, for Parquet, to read at all); None keeps every column."""
     name = path.name.lower()
@@ -205,19 +243,23 @@ def read_raw(
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a file")
     if name.endswith(PARQUET_SUFFIXES):
-        return _read_parquet(path, wanted), []
+        return RawFile(_read_parquet(path, wanted))
+    if name.endswith(SHEET_SUFFIXES):
+        from sync_worker.read.workbook import read_xlsx  # here: only a workbook needs calamine
+
+        return read_xlsx(path, options.sheet, wanted)
     if name.endswith(CSV_SUFFIXES):
-        frame, warnings = _read_csv(path, options)
+        raw = _read_csv(path, options)
         if wanted is not None:
-            frame = frame[list(dict.fromkeys(wanted([str(h) for h in frame.columns])))]
-        return frame, warnings
-    raise InputError(f"{path}: unsupported file type (use .csv, .csv.gz, .tsv or .parquet)")
+            raw.frame = raw.frame[list(dict.fromkeys(wanted([str(h) for h in raw.frame.columns])))]
+        return raw
+    raise InputError(f"{path}: unsupported file type (use .csv, .csv.gz, .tsv, .xlsx or .parquet)")
 
 
 # -- CSV ------------------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]]:
+def _read_csv(path: Path, options: ReadOptions) -> RawFile:
     is_tsv = path.name.lower().endswith((".tsv", ".tsv.gz"))
     delimiter = options.delimiter or ("\t" if is_tsv else ",")
     sniff = options.delimiter is None
@@ -225,9 +267,11 @@ def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]
     if marked or options.encoding:
         encoding = marked or options.encoding or ""
         what = f"a {encoding.upper()} byte-order mark" if marked else "the configured encoding"
-        return _decoded(path, delimiter, encoding, sniff, f"not {encoding} text ({what})"), warnings
+        raw = _decoded(path, delimiter, encoding, sniff, f"not {encoding} text ({what})")
+        raw.warnings[:0] = warnings
+        return raw
     try:
-        return _read_csv_as(path, delimiter, "utf-8", sniff), []
+        return _read_csv_as(path, delimiter, "utf-8", sniff)
     except UnicodeDecodeError:
         warning = (
             f"{path}: not valid UTF-8, read as cp1252 (Excel on Windows); "
@@ -236,10 +280,12 @@ def _read_csv(path: Path, options: ReadOptions) -> tuple[pd.DataFrame, list[str]
         what = "neither UTF-8 nor cp1252 text" + (
             " (or a damaged gzip file)" if path.name.lower().endswith(".gz") else ""
         )
-        return _decoded(path, delimiter, "cp1252", sniff, what), [warning]
+        raw = _decoded(path, delimiter, "cp1252", sniff, what)
+        raw.warnings.insert(0, warning)
+        return raw
 
 
-def _decoded(path: Path, delimiter: str, encoding: str, sniff: bool, what: str) -> pd.DataFrame:
+def _decoded(path: Path, delimiter: str, encoding: str, sniff: bool, what: str) -> RawFile:
     """Read in a known encoding; bytes it cannot decode make one line that says so."""
     try:
         return _read_csv_as(path, delimiter, encoding, sniff)
@@ -289,29 +335,49 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _read_csv_as(path: Path, delimiter: str, encoding: str, sniff: bool) -> pd.DataFrame:
+def _read_csv_as(path: Path, delimiter: str, encoding: str, sniff: bool) -> RawFile:
     """Parse with Arrow's CSV reader (the engine pandas uses for engine="pyarrow"), every
     column declared text up front so nothing is ever inferred: "004821" stays "004821".
 
     `sniff`: no delimiter was configured, so a header with tabs and no `delimiter` is read as
-    tab-separated (Excel's "Unicode text" is, whatever the file is called)."""
+    tab-separated (Excel's "Unicode text" is, whatever the file is called).
+
+    The lines after the data that are not rows (footer.py) are cut off before Arrow reads the
+    file. Only when Arrow then finds a line whose field count is not the header's is the file
+    read again line by line, so that line alone is `invalid`: a clean file pays nothing."""
     header = _header(path, delimiter, encoding)
     if sniff and len(header) == 1 and "\t" in header[0]:
         delimiter = "\t"
         header = _header(path, delimiter, encoding)
-    _check_quotes_closed(path, delimiter, encoding)
-    table = _parse_csv(path, delimiter, encoding, header)
-    return _frame(table)
+    quotes, end, size = _scan(path, encoding)
+    tail = trailing_lines(end, delimiter, encoding)
+    del end  # not kept through the parse
+    length = size - tail.size if tail.size else None
+    _check_quotes_closed(path, delimiter, encoding, quotes - tail.quotes, length)
+    bad_rows: dict[int, BadRow] = {}
+    try:
+        table = _parse_csv(path, delimiter, encoding, header, length)
+    except _RaggedRows:
+        table, bad_rows = _parse_by_lines(path, delimiter, encoding, header, length)
+    return RawFile(_frame(table), [], SetAside.of(str(path), tail.kinds), bad_rows)
 
 
-def _parse_csv(path: Path, delimiter: str, encoding: str, header: list[str]) -> pa.Table:
+class _RaggedRows(Exception):
+    """Arrow met a line whose field count is not the header's."""
+
+
+def _parse_csv(
+    path: Path, delimiter: str, encoding: str, header: list[str], length: int | None
+) -> pa.Table:
     """Arrow needs a whole row inside one block: a row longer than the block (a cell of
-    megabytes) is read again with bigger blocks."""
+    megabytes) is read again with bigger blocks. `length`: read only the file's first bytes."""
     block_size = 1 << 20  # Arrow's default
     while True:
         try:
-            return _arrow_csv(path, delimiter, encoding, header, block_size)
+            return _arrow_csv(path, delimiter, encoding, header, block_size, length)
         except pa.ArrowInvalid as exc:
+            if "columns, got" in str(exc):
+                raise _RaggedRows from None
             if "straddl" not in str(exc) or block_size >= MAX_BLOCK:
                 raise _csv_error(path, delimiter, encoding, exc) from None
             block_size *= 16
@@ -320,10 +386,16 @@ def _parse_csv(path: Path, delimiter: str, encoding: str, header: list[str]) -> 
 
 
 def _arrow_csv(
-    path: Path, delimiter: str, encoding: str, header: list[str], block_size: int
+    path: Path,
+    delimiter: str,
+    encoding: str,
+    header: list[str],
+    block_size: int,
+    length: int | None,
 ) -> pa.Table:
+    source: Path | pa.NativeFile = path if length is None else pa.BufferReader(_head(path, length))
     return pacsv.read_csv(
-        path,
+        source,
         read_options=pacsv.ReadOptions(encoding=encoding, use_threads=True, block_size=block_size),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
@@ -364,15 +436,70 @@ def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
     return header
 
 
-def _check_quotes_closed(path: Path, delimiter: str, encoding: str) -> None:
+def _head(path: Path, length: int) -> pa.Buffer:
+    """The first `length` bytes of the file (decompressed): mapped, not copied, when plain."""
+    if path.name.lower().endswith(".gz"):
+        with gzip.open(path, "rb") as handle:
+            return pa.py_buffer(handle.read(length))
+    return pa.memory_map(str(path)).read_buffer(length)
+
+
+def _parse_by_lines(
+    path: Path, delimiter: str, encoding: str, header: list[str], length: int | None
+) -> tuple[pa.Table, dict[int, BadRow]]:
+    """Every record with Python's csv module: one with a field too many or too few is kept as
+    a row (its cells as far as they go), marked `malformed_row` with its line and both counts."""
+    csv.field_size_limit(MAX_BLOCK)  # a cell of megabytes, as Arrow takes
+    width = len(header)
+    columns: list[list[str]] = [[] for _ in header]
+    bad_rows: dict[int, BadRow] = {}
+    line = 0  # the last line read
+    try:
+        with _text_head(path, encoding, length) as handle:
+            records = csv.reader(handle, delimiter=delimiter)
+            next((record for record in records if record), None)  # the header
+            line = records.line_num
+            for record in records:
+                first, line = line + 1, records.line_num
+                if not record:
+                    continue  # a blank line is no row, as for Arrow
+                if len(record) != width:
+                    bad_rows[len(columns[0])] = _malformed(first, len(record), width)
+                    record = (record + [""] * width)[:width]
+                for column, cell in zip(columns, record, strict=True):
+                    column.append(cell)
+    except csv.Error as exc:
+        raise InputError(f"{path}: cannot parse as CSV: line {line + 1}: {exc}") from None
+    arrays = [pa.array(column, pa.string()) for column in columns]
+    return pa.table(arrays, names=header), bad_rows
+
+
+def _malformed(line: int, fields: int, width: int) -> BadRow:
+    return BadRow(
+        "malformed_row",
+        "",
+        f"line {line} has {fields} fields where the header has {width}; "
+        "fix that line in the export (a stray delimiter, or a cell that needed quotes)",
+    )
+
+
+def _text_head(path: Path, encoding: str, length: int | None) -> IO[str]:
+    if length is None:
+        return _open_text(path, encoding)
+    return io.TextIOWrapper(io.BytesIO(_head(path, length).to_pybytes()), encoding, newline="")
+
+
+def _check_quotes_closed(
+    path: Path, delimiter: str, encoding: str, quotes: int, length: int | None
+) -> None:
     """A quote never closed swallows the rest of the file into one cell, and Arrow accepts
     that silently. Every closed quote comes in a pair, so only an odd count of quote marks
     (one fast pass over the bytes) makes it worth finding the row with Python's csv module."""
-    if _quote_marks(path, encoding) % 2 == 0:
+    if quotes % 2 == 0:
         return
     complete = 0  # records read whole, the header included
     try:
-        with _open_text(path, encoding) as handle:
+        with _text_head(path, encoding, length) as handle:
             for record in csv.reader(handle, delimiter=delimiter, strict=True):
                 complete += bool(record)  # blank lines are no rows, for Arrow either
     except csv.Error as exc:
@@ -386,23 +513,46 @@ def _check_quotes_closed(path: Path, delimiter: str, encoding: str) -> None:
         pass  # the parse that follows says what is wrong
 
 
-def _quote_marks(path: Path, encoding: str) -> int:
-    """How many `"` the file holds: counted in the bytes where the encoding keeps ASCII as
-    one byte (UTF-8, cp1252, ...), else in the decoded text."""
-    ascii_compatible = '"\n'.encode(encoding, errors="replace") == b'"\n'
-    count = 0
+class _Scan(NamedTuple):
+    quotes: int  # how many `"` the file holds
+    tail: str  # its last TAIL_BYTES, decoded (the first line may be cut short)
+    size: int  # its length in bytes (decompressed)
+
+
+def _scan(path: Path, encoding: str) -> _Scan:
+    """One pass over the file: its quote marks, counted in the bytes where the encoding keeps
+    ASCII as one byte (UTF-8, cp1252, ...), else in the decoded text; and its end."""
+    if '"\n'.encode(encoding, errors="replace") != b'"\n':
+        return _scan_text(path, encoding)
+    count, size, tail = 0, 0, b""
     try:
-        if ascii_compatible:
-            with _open_binary(path) as raw:
-                while chunk := raw.read(QUOTE_SCAN_CHUNK):
-                    count += chunk.count(b'"')
-        else:
-            with _open_text(path, encoding) as text:
-                while piece := text.read(QUOTE_SCAN_CHUNK):
-                    count += piece.count('"')
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError):
-        return 0  # the parse that follows says what is wrong
-    return count
+        with _open_binary(path) as raw:
+            while chunk := raw.read(QUOTE_SCAN_CHUNK):
+                count += chunk.count(b'"')
+                size += len(chunk)
+                tail = chunk[-TAIL_BYTES:] if len(chunk) >= TAIL_BYTES else tail + chunk
+                tail = tail[-TAIL_BYTES:]
+    except (OSError, EOFError, zlib.error):
+        return _Scan(0, "", 0)  # the parse that follows says what is wrong
+    return _Scan(count, tail.decode(encoding, "surrogateescape"), size)
+
+
+def _scan_text(path: Path, encoding: str) -> _Scan:
+    count, size, tail = 0, 0, ""
+    try:
+        with _open_text(path, encoding) as text:
+            while piece := text.read(QUOTE_SCAN_CHUNK):
+                count += piece.count('"')
+                size += byte_length(piece, encoding)
+                tail = (tail + piece)[-TAIL_BYTES:]
+    except (OSError, EOFError, zlib.error, UnicodeError):
+        return _Scan(0, "", 0)  # the parse that follows says what is wrong
+    return _Scan(count, tail, size + _bom_length(path))
+
+
+def _bom_length(path: Path) -> int:
+    start = _first_bytes(path, 4)
+    return next((len(bom) for bom, _name in BOMS if start.startswith(bom)), 0)
 
 
 def _locate_csv_problem(path: Path, delimiter: str, encoding: str, exc: Exception) -> str:

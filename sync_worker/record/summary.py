@@ -36,7 +36,9 @@ def summary(
     code: int,
     inputs: tuple[str, ...],
     rate_period_s: float,
+    lines_set_aside: int = 0,
 ) -> dict[str, Any]:
+    """`lines_set_aside`: lines of the inputs that were not rows (a report's footer, ...)."""
     counters = report.counters
     per_minute = _per_minute(counters.requests, report.elapsed_s, rate_period_s)
     return {
@@ -46,6 +48,7 @@ def summary(
         "inputs": list(inputs),
         "rows": sum(counts.values()),
         "counts": dict(sorted(counts.items())),
+        "lines_set_aside": lines_set_aside,
         "requests_sent": counters.requests,
         "retries": counters.retries,
         "connection_errors": counters.connection_errors,

@@ -56,6 +56,7 @@ class Settings:
     api_key_env: str = "HINDSIGHT_API_KEY"
     encoding: str | None = None
     delimiter: str | None = None
+    sheet: str | None = None  # the XLSX sheet to read; None: the first
     columns: Mapping[str, str] = field(default_factory=dict)
     context_columns: Mapping[str, str] = field(default_factory=dict)
     merge: bool = False
@@ -190,7 +191,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
         "ca_bundle": ("ca_bundle", _text),
         "api_key_env": ("api_key_env", _env_name),
     },
-    "input": {"encoding": ("encoding", _encoding), "delimiter": ("delimiter", _delimiter)},
+    "input": {
+        "encoding": ("encoding", _encoding),
+        "delimiter": ("delimiter", _delimiter),
+        "sheet": ("sheet", _text),
+    },
     "merge": {
         "enabled": ("merge", _bool),
         "separator": ("merge_separator", _any_text),

@@ -66,12 +66,13 @@ class Sizes:
     whole_rows: int  # requests of the whole-process overhead figure
     whole_rounds: int  # its alternated rounds (least kept)
     startup_repeats: int  # alternated runs of each start-up command and its baseline (least kept)
+    xlsx_rows: int = 100_000  # rows of the workbook planned
 
 
 FULL = Sizes(
     400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0), 100_000, 2, 20
 )
-SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1)
+SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1, 500)
 
 
 def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -479,6 +480,85 @@ def bench_plan(sizes: Sizes, work: Path) -> list[Figure]:
     ]
 
 
+# 3a. Planning a workbook ------------------------------------------------------------------------
+
+
+def write_workbook(path: Path, count: int, seed: int = 1) -> Path:
+    """`write_rows` as an XLSX sheet, the way HubSpot writes one: ids as number cells, a date."""
+    import xlsxwriter  # a test dependency: the worker itself only reads workbooks
+
+    rng = random.Random(seed)
+    stages, titles = ["Closed Lost", "Closed Won", "Demo"], ["CTO", "VP Sales", "CFO", "COO"]
+    book = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+    sheet = book.add_worksheet("Contacts")
+    dates = book.add_format({"num_format": "yyyy-mm-dd"})
+    sheet.write_row(
+        0,
+        0,
+        [
+            "interview_id",
+            "contact_name",
+            "contact_email",
+            "context.stage",
+            "context.title",
+            "context.created",
+        ],
+    )
+    for i in range(1, count + 1):
+        email = f"c{rng.randint(1, max(1, count * 6 // 10))}@x.example"
+        sheet.write_row(i, 0, [i, f"Name {i}", email, rng.choice(stages), rng.choice(titles)])
+        sheet.write_datetime(i, 5, datetime(2026, 1 + i % 12, 1 + i % 28), dates)
+    book.close()
+    return path
+
+
+def bench_xlsx(sizes: Sizes, work: Path) -> list[Figure]:
+    """`plan` of a workbook against bare `pandas.read_excel(engine="calamine", dtype=str)` of
+    the same file: what reading every cell as text, and planning, add to the reading."""
+    path = write_workbook(work / "plan.xlsx", sizes.xlsx_rows)
+    bare = [
+        sys.executable,
+        "-c",
+        f"import pandas; pandas.read_excel({str(path)!r}, engine='calamine', dtype=str)",
+    ]
+    ours = [
+        sys.executable,
+        "-m",
+        "sync_worker",
+        "plan",
+        str(path),
+        "--state",
+        str(work / "no-state.sqlite"),
+    ]
+    base_runs, our_runs = [], []
+    for _ in range(sizes.repeats):  # alternated; the least of each (noise only ever adds)
+        base_runs.append(measure(bare, work))
+        our_runs.append(measure(ours, work))
+    base_t, base_m = min(t for t, _m in base_runs), min(m for _t, m in base_runs)
+    our_t, our_m = min(t for t, _m in our_runs), min(m for _t, m in our_runs)
+    rows = f"{sizes.xlsx_rows:,} rows"
+    return [
+        Figure(
+            "xlsx planning time",
+            f"{our_t:.2f} s",
+            f"{base_t:.2f} s read_excel",
+            our_t / base_t,
+            "<= 1.5",
+            our_t / base_t <= 1.5,
+            rows,
+        ),
+        Figure(
+            "xlsx planning memory",
+            f"{our_m / 1024:.0f} MiB",
+            f"{base_m / 1024:.0f} MiB read_excel",
+            our_m / base_m,
+            "<= 1.5",
+            our_m / base_m <= 1.5,
+            rows,
+        ),
+    ]
+
+
 # 3b. Planning a million rows with --merge ---------------------------------------------------
 
 MERGE_GOALS = {"first backfill": (2.0, 1.5), "nightly": (3.0, 1.5)}  # time, memory: see README
@@ -866,6 +946,7 @@ BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
     bench_overhead,
     bench_overhead_whole_process,
     bench_plan,
+    bench_xlsx,
     bench_merge,
     bench_nightly,
     bench_recovery,
