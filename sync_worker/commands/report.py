@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from sync_worker.record.ledger import load_ledger, summary_path
+from sync_worker.vocabulary import Status
 
 FAILED_SHOWN = 10
 
@@ -23,7 +24,7 @@ def render(path: Path) -> str:
     if codes:
         lines.append("error codes:")
         lines += [f"  {code:<24} {count:>8}" for code, count in codes.most_common()]
-    problems = [r for r in rows if r["status"] in ("failed", "invalid")]
+    problems = [r for r in rows if r["status"] in (Status.FAILED, Status.INVALID)]
     if problems:
         lines.append(f"first {min(len(problems), FAILED_SHOWN)} failed or invalid rows:")
         lines += [_describe(r) for r in problems[:FAILED_SHOWN]]
@@ -62,16 +63,15 @@ def _rate(path: Path) -> list[str]:
 
 def _next_steps(statuses: Counter[str]) -> list[str]:
     steps = []
-    retry = statuses["failed"] + statuses["not_attempted"]
+    retry = statuses[Status.FAILED] + statuses[Status.NOT_ATTEMPTED]
     if retry:
         steps.append(
-            f"next: re-run the same command to retry the {statuses['failed']} failed and "
-            f"{statuses['not_attempted']} not attempted rows (rows already sent are skipped)"
+            f"next: re-run the same command to retry the {statuses[Status.FAILED]} failed and "
+            f"{statuses[Status.NOT_ATTEMPTED]} not attempted rows (rows already sent are skipped)"
         )
-    if statuses["invalid"]:
+    if invalid := statuses[Status.INVALID]:
         steps.append(
-            f"next: fix the {statuses['invalid']} invalid rows in the export (see error_message), "
-            "then re-run"
+            f"next: fix the {invalid} invalid rows in the export (see error_message), then re-run"
         )
     if not steps and not statuses:
         steps.append("nothing to do: the ledger has no rows (the run had no input rows)")
