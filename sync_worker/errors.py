@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
+from sync_worker.vocabulary import ExitCode
+
 
 class SyncWorkerError(Exception):
     """Root of every error this package raises on purpose."""
 
-    exit_code = 3
+    exit_code: ExitCode = ExitCode.ABORTED
 
 
 class ConfigError(SyncWorkerError):
     """A bad option, config key or value: nothing was sent."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class InputError(SyncWorkerError):
     """An input file that cannot be used at all: nothing was sent."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class LockedError(SyncWorkerError):
     """Another run holds the state database."""
 
-    exit_code = 75
+    exit_code = ExitCode.LOCKED
 
 
 class FatalApiError(SyncWorkerError):
     """The API refused the run as a whole (bad key, wrong base URL): stop sending."""
 
-    exit_code = 3
+    exit_code = ExitCode.ABORTED
 
     def __init__(self, message: str, *, code: str, http_status: int | None = None) -> None:
         super().__init__(message)

@@ -57,6 +57,20 @@ ID_DIGITS = "[0-9]{1,19}"  # an interview id as written: whole, positive, at mos
 MAX_ID = 2**63 - 1  # ... and no larger than this (plan/cells applies the rule to whole columns)
 CONTEXT_PREFIX = "context."  # `context.<key>` columns: one key each of the context object
 NOTES_KEY = "notes"  # where plain-text context lives inside a context object
+NO_EMAIL = "interview:"  # the key of a contact without an email: interview:<id>
+
+
+def email_key(email: str) -> str:
+    """An email as a contact's key: lower case as Python's str.lower makes it (the column road,
+    plan/contacts.lower, gives the same cell for cell; Arrow's own lowering differs)."""
+    return email.lower()
+
+
+def contact_key(email: str, interview_id: int | None) -> str:
+    """Which contact a row belongs to: its email, as `email_key` made it, or for a row without
+    one `interview:<id>` (each such interview is a contact of its own). Runs, the state, the
+    history and notes files all key contacts by this text."""
+    return email or f"{NO_EMAIL}{interview_id}"
 
 
 def interview_id(text: str) -> int | None:

@@ -17,7 +17,7 @@ from sync_worker.merger import canonical
 from sync_worker.plan.changes import fields_of
 from sync_worker.store import history
 from sync_worker.store.history import Change
-from sync_worker.store.state import State
+from sync_worker.store.state import State, Success
 
 HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact_context"]
 
@@ -137,19 +137,13 @@ def materialized(tmp_path: Path, sends: list[tuple[str, str, list[Change]]]) -> 
     """The same sends planned and journaled in a real state, then folded into its history."""
     path = Path(tempfile.mkdtemp(dir=tmp_path)) / "state.sqlite"  # a new one for each example
     state = State.open(path)
-    db = state.database
-    assert db is not None
     by_run: dict[str, dict[int, tuple[Change, ...]]] = {}
     for run_id, _at, changes in sends:
         by_run.setdefault(run_id, {})[changes[0].interview_id] = tuple(changes)
     for run_id, planned in by_run.items():
-        history.plan(db, run_id, planned)
-    with db:
-        db.executemany(
-            "INSERT INTO journal VALUES (?, '', '', NULL, ?, ?)",
-            [(c[0].interview_id, run_id, at) for run_id, at, c in sends],
-        )
-    state.close()  # folds the journal: MATERIALIZE
+        state.plan_history(run_id, planned)
+    state.add([Success(c[0].interview_id, "", "", None, run_id, at) for run_id, at, c in sends])
+    state.close()  # flushes the sends to the journal and folds it: MATERIALIZE
     with sqlite3.connect(path) as db:
         return db.execute("SELECT * FROM history ORDER BY rowid").fetchall()
 
@@ -211,19 +205,20 @@ def test_the_history_statement_chains_as_the_python_it_replaced(
 
 
 def test_pruning_keeps_the_last_values_and_the_fold_mark_sound(tmp_path: Path) -> None:
-    state = State.open(tmp_path / "s.sqlite")
-    db = state.database
-    assert db is not None
+    path = tmp_path / "s.sqlite"
+    state = State.open(path)
+    db = sqlite3.connect(path, isolation_level=None)  # the history rows, written as a fold would
     old = row_of("r1", "2020-01-01T00:00:00.000Z", change("contact_name", '"Ana"'))
     insert(db, [old])
-    assert history.prune(db, 90, datetime.now(UTC)) == 1
-    assert history.last_values(db) == {("contact", "ana@x.com", "contact_name"): '"Ana"'}
+    assert state.prune_history(90, datetime.now(UTC)) == 1
+    assert state.last_values() == {("contact", "ana@x.com", "contact_name"): '"Ana"'}
     new = row_of("r2", datetime.now(UTC).isoformat(), change("contact_name", '"Bo"'))
     insert(db, [new])  # its rowid restarts at 1, below the old mark
-    assert history.last_values(db) == {("contact", "ana@x.com", "contact_name"): '"Bo"'}
+    assert state.last_values() == {("contact", "ana@x.com", "contact_name"): '"Bo"'}
     history.fold(db)
     assert db.execute("SELECT value_json FROM field_values").fetchall() == [('"Bo"',)]
-    assert history.prune(db, 90, datetime.now(UTC) + timedelta(days=1)) == 0
+    assert state.prune_history(90, datetime.now(UTC) + timedelta(days=1)) == 0
+    db.close()
     state.close()
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -21,9 +22,13 @@ from sync_worker.store.state import (
     SCHEMA_VERSION,
     RunLock,
     State,
+    StateWriteError,
     Success,
     read_holder,
 )
+
+PACKAGE = Path(__file__).resolve().parent.parent / "sync_worker"
+SQL_CALLS = frozenset({"execute", "executemany", "executescript"})
 
 
 def test_remembers_confirmed_sends(tmp_path: Path) -> None:
@@ -281,3 +286,42 @@ def test_odd_characters_in_the_path_name_the_file(tmp_path: Path) -> None:
     state.add([Success(1, "h1", "a@x.com", None, "r1", "t")])
     state.close()
     assert State.read_only(path).sent_hashes() == {1: "h1"}
+
+
+def _sql_uses(path: Path) -> list[str]:
+    """What in one module reaches SQLite itself: an import of sqlite3, a call of a connection's
+    execute methods, or a State's connection (`_db`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        found += [f"import {n}" for n in names if n.split(".")[0] in ("sqlite3", "_sqlite3")]
+        if isinstance(node, ast.Attribute) and (node.attr in SQL_CALLS or node.attr == "_db"):
+            found.append(f".{node.attr}")
+    return [f"{path.relative_to(PACKAGE.parent)}:{use}" for use in found]
+
+
+def test_only_the_store_speaks_sqlite() -> None:
+    """The state file has one owner: every other module goes through State's typed methods
+    (the import-linter contract in pyproject.toml says the same of imports)."""
+    modules = [
+        p for p in sorted(PACKAGE.rglob("*.py")) if "store" not in p.relative_to(PACKAGE).parts
+    ]
+    assert len(modules) > 40  # the scan sees the package
+    assert [use for path in modules for use in _sql_uses(path)] == []
+    assert _sql_uses(PACKAGE / "store" / "state.py")  # and would see a use
+    assert not hasattr(State, "database")
+
+
+def test_a_failed_write_of_confirmed_sends_is_a_state_write_error(tmp_path: Path) -> None:
+    """The recorder stops the run on it, naming SQLite's reason."""
+    path = tmp_path / "state.sqlite"
+    State.open(path).close()
+    state = State.read_only(path)  # a connection that cannot write
+    state.add([Success(1, "h1", "a@x.com", None, "r1", "t")])
+    with pytest.raises(StateWriteError, match="readonly"):
+        state.flush()
+    state.close()

@@ -18,6 +18,7 @@ from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
 from sync_worker.settings.config import FLAGS, TIER_LIMITS, Settings, check_rate, resolve
 from sync_worker.version import __version__
+from sync_worker.vocabulary import ExitCode
 
 if TYPE_CHECKING:
     from sync_worker.sandbox.server import SandboxConfig
@@ -283,7 +284,7 @@ def plan(inputs: tuple[str, ...], **opts: Any) -> None:
             out.flush()
         except BrokenPipeError:  # `plan ... | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 0
+        return ExitCode.OK
 
     _finish(emit)
 
@@ -313,7 +314,7 @@ def validate(inputs: tuple[str, ...], **opts: Any) -> None:
             f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.table)} requests "
             f"to send, {len(invalid)} invalid rows{notes}{aside}"
         )
-        return 1 if invalid or notes_problems else 0
+        return ExitCode.ROWS_FAILED if invalid or notes_problems else ExitCode.OK
 
     _finish(check_files)
 
@@ -534,7 +535,7 @@ def _serve_sandbox(config: SandboxConfig, port: int) -> int:
 
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # a signal at start-up
         asyncio.run(serve(config, port, _announce))
-    return 0
+    return ExitCode.OK
 
 
 def _sandbox_limit(opts: dict[str, Any]) -> int:
@@ -561,7 +562,7 @@ def _announce(line: str) -> None:
 
 def _echo(text: str) -> int:
     click.echo(text)
-    return 0
+    return ExitCode.OK
 
 
 def _settings(opts: dict[str, Any]) -> Settings:
@@ -605,7 +606,7 @@ def _finish(action: Callable[[], int]) -> NoReturn:
     except SyncWorkerError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(ExitCode.SIGINT)
     sys.exit(code)
 
 

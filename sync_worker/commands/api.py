@@ -30,6 +30,7 @@ from sync_worker.settings.config import (
     resolve,
     tier_name,
 )
+from sync_worker.vocabulary import ExitCode
 
 PathLike = str | os.PathLike[str]
 
@@ -70,7 +71,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == ExitCode.OK
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class ValidationResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.invalid or self.notes_problems else 0
+        return int(ExitCode.ROWS_FAILED if self.invalid or self.notes_problems else ExitCode.OK)
 
 
 def sync(

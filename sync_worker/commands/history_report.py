@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from sync_worker.errors import ConfigError
-from sync_worker.store import history
 from sync_worker.store.history import Version
 from sync_worker.store.state import State
 
@@ -19,13 +18,10 @@ def versions(state_path: Path, email: str | None, interview_id: int | None) -> l
         raise ConfigError(f"state {state_path} not found: give the --state your runs used")
     state = State.read_only(state_path)
     try:
-        db = state.database
-        if db is None:
-            return []
         if email is not None:
-            return history.of_contact(db, email)
+            return state.versions_of_contact(email)
         assert interview_id is not None
-        return history.of_interview(db, interview_id)
+        return state.versions_of_interview(interview_id)
     finally:
         state.close()
 

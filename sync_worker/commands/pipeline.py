@@ -17,13 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from sync_worker.clock import now_iso
+from sync_worker.clock import now_iso, run_stamp
 from sync_worker.commands.planning import plan_with_notes, read_inputs
 from sync_worker.commands.signals import StopSignal
 from sync_worker.errors import SyncWorkerError
@@ -42,15 +41,16 @@ from sync_worker.send.sender import SendConfig, Sender, SendReport
 from sync_worker.settings.apikey import load_key
 from sync_worker.settings.config import RunOptions, Settings
 from sync_worker.settings.network import proxy_for, tls_context
-from sync_worker.store import history
+from sync_worker.store.history import FieldKey
 from sync_worker.store.state import RunLock, State
+from sync_worker.vocabulary import ExitCode, Status
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 
 def new_run_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{run_stamp()}-{secrets.token_hex(3)}"
 
 
 @dataclass
@@ -95,10 +95,10 @@ class InputJob:
         return Prepared(self.batch, plan, changes, inputs=options.inputs, notes=notes)
 
 
-def _last_values(state: State, plan: Plan) -> dict[history.FieldKey, str]:
+def _last_values(state: State, plan: Plan) -> dict[FieldKey, str]:
     """The state's last values of the fields this plan sends (its contacts and interviews)."""
     contacts = set(plan.table.contact.to_pylist())
-    return history.last_values(state.database, contacts | set(map(str, plan.table.interview_id)))
+    return state.last_values(contacts | set(map(str, plan.table.interview_id)))
 
 
 def run(
@@ -217,8 +217,8 @@ def _run_locked(
             report.counters.requests += recorder.cut_in_flight  # sent too, though unanswered
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason, unsent)
-            if code == 0 and prepared.unresolved:
-                code = 1  # a revert that could not put everything back
+            if code == ExitCode.OK and prepared.unresolved:
+                code = ExitCode.ROWS_FAILED  # a revert that could not put everything back
             summary = make_summary(
                 run_id,
                 started_at,
@@ -233,7 +233,7 @@ def _run_locked(
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
             summary["ledger"] = str(ledger.path)
             write_summary(ledger.path, summary)
-            state.run_finished(run_id, code, summary)
+            state.run_finished(run_id, int(code), summary)
             _prune_history(state, settings, options)
         finally:
             ledger.close()
@@ -245,23 +245,20 @@ def _run_locked(
 
 def _remember_notes(state: State, prepared: Prepared, options: RunOptions) -> None:
     """Notes-file rows seen for the first time: their time is kept for later notes files."""
-    db = state.database
-    if prepared.notes is not None and prepared.notes.sightings and db and not options.dry_run:
-        history.remember_notes(db, prepared.notes.sightings)
+    if prepared.notes is not None and prepared.notes.sightings and not options.dry_run:
+        state.remember_notes(prepared.notes.sightings)
 
 
 def _plan_history(state: State, run_id: str, prepared: Prepared, options: RunOptions) -> None:
     """The changes each send will make, written before anything is sent: the journal's
     confirmed sends become history rows when it is folded (history.py)."""
-    db = state.database
-    if db is not None and prepared.changes and not options.dry_run:
-        history.plan(db, run_id, prepared.changes)
+    if prepared.changes and not options.dry_run:
+        state.plan_history(run_id, prepared.changes)
 
 
 def _prune_history(state: State, settings: Settings, options: RunOptions) -> None:
-    db = state.database
-    if db is not None and not options.dry_run:
-        history.prune(db, settings.history_days)
+    if not options.dry_run:
+        state.prune_history(settings.history_days)
 
 
 def _log_start(
@@ -303,7 +300,7 @@ def _send_or_dry_run(
 ) -> SendReport:
     if send is None:
         for request in plan.table:
-            recorder.result(request, Outcome("dry_run", finished_at=now_iso()))
+            recorder.result(request, Outcome(Status.DRY_RUN, finished_at=now_iso()))
         return SendReport(Counters())
     show = options.progress and sys.stderr.isatty()
     recorder.progress = _progress_bar(plan.rows_to_send()) if show else None

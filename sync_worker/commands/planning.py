@@ -15,7 +15,6 @@ from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.read.notes import NotesFile, read_notes
 from sync_worker.read.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
 from sync_worker.settings.config import RunOptions, Settings
-from sync_worker.store import history
 from sync_worker.store.remembered import NotJSON, Remembered
 from sync_worker.store.state import State
 
@@ -59,7 +58,7 @@ def plan_with_notes(
     """The plan, and the notes file it used (its problems are logged here)."""
     merge = settings.merge or options.existing_notes is not None
     notes = (
-        read_notes(Path(options.existing_notes), settings, history.seen_notes(state.database))
+        read_notes(Path(options.existing_notes), settings, state.seen_notes())
         if options.existing_notes
         else NotesFile()
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sync_worker.record.ledger import load_ledger, summary_path
+from sync_worker.vocabulary import Status
 
 FAILED_SHOWN = 10
 
@@ -25,7 +26,7 @@ def render(path: Path) -> str:
     if codes:
         lines.append("error codes:")
         lines += [f"  {code:<24} {count:>8}" for code, count in codes.most_common()]
-    problems = [r for r in rows if r["status"] in ("failed", "invalid")]
+    problems = [r for r in rows if r["status"] in (Status.FAILED, Status.INVALID)]
     if problems:
         lines.append(f"first {min(len(problems), FAILED_SHOWN)} failed or invalid rows:")
         lines += [_describe(r) for r in problems[:FAILED_SHOWN]]
@@ -84,16 +85,15 @@ def _took(summary: dict[str, Any]) -> str:
 
 def _next_steps(statuses: Counter[str], set_aside: int = 0) -> list[str]:
     steps = []
-    retry = statuses["failed"] + statuses["not_attempted"]
+    retry = statuses[Status.FAILED] + statuses[Status.NOT_ATTEMPTED]
     if retry:
         steps.append(
-            f"next: re-run the same command to retry the {statuses['failed']} failed and "
-            f"{statuses['not_attempted']} not attempted rows (rows already sent are skipped)"
+            f"next: re-run the same command to retry the {statuses[Status.FAILED]} failed and "
+            f"{statuses[Status.NOT_ATTEMPTED]} not attempted rows (rows already sent are skipped)"
         )
-    if statuses["invalid"]:
+    if invalid := statuses[Status.INVALID]:
         steps.append(
-            f"next: fix the {statuses['invalid']} invalid rows in the export (see error_message), "
-            "then re-run"
+            f"next: fix the {invalid} invalid rows in the export (see error_message), then re-run"
         )
     if set_aside:
         steps.append(

@@ -14,29 +14,26 @@ and `source_row` the interview's place (1-based) in the order that run's changes
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from sync_worker.clock import days_ago
 from sync_worker.commands.pipeline import Prepared
 from sync_worker.errors import ConfigError
-from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID
+from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID, NO_EMAIL, contact_key
 from sync_worker.merger import canonical
 from sync_worker.plan import Outcomes, Plan, Settled
 from sync_worker.plan.request_table import Request, RequestTable
 from sync_worker.read.reader import FILE_COL, ROW_COL, Batch
 from sync_worker.settings.config import RunOptions, Settings
-from sync_worker.store import history
 from sync_worker.store.digests import sha256_hex
 from sync_worker.store.history import EARLIER_SEND, Change, FieldKey, Version
 from sync_worker.store.state import State
+from sync_worker.vocabulary import Status
 
-NOT_RESTORABLE = "not_restorable"
-CONFLICT = "conflict"
-ALREADY_BACK = "skipped_unchanged"
+SEND = "send"  # a field to put back; the others end as their line's status
 
 
 @dataclass
@@ -46,7 +43,7 @@ class FieldPlan:
     first: Version  # the run's first change of the field: its value before
     wrote: str  # the value the run left it at (its last change of the field)
     current: str | None  # the last value known now
-    status: str = "send"  # send | not_restorable | conflict | skipped_unchanged
+    status: str = SEND  # or not_restorable, conflict, skipped_unchanged (already back)
     message: str = ""
 
     @property
@@ -79,94 +76,67 @@ class RevertJob:
             )
 
     def prepare(self, state: State, options: RunOptions) -> Prepared:
-        db = state.database
-        self._check_known(db)
-        assert db is not None
-        interviews = self._interviews(db)
-        return _prepared(self.target, interviews, db)
+        self._check_known(state)
+        return _prepared(self.target, self._interviews(state))
 
-    def _check_known(self, db: sqlite3.Connection | None) -> None:
+    def _check_known(self, state: State) -> None:
         where = f"the state {self.settings.state_path}"
-        if db is None or not history.has_tables(db) or not history.run_known(db, self.target):
+        started = state.run_started_at(self.target)
+        if started is None:
             raise ConfigError(
                 f"run {self.target} is not in {where}: give the run_id of a run made with this "
                 "state (a ledger's run_id column, or `sync-worker history`), or the --state it used"
             )
-        started = db.execute("SELECT started_at FROM runs WHERE run_id = ?", (self.target,))
-        cutoff = datetime.now(UTC) - timedelta(days=self.settings.history_days)
-        if started.fetchone()[0] < cutoff.strftime("%Y-%m-%dT%H:%M:%S"):
+        if started < days_ago(self.settings.history_days):
             raise ConfigError(
                 f"run {self.target} is older than [state] history_days "
                 f"({self.settings.history_days}): its history was pruned, nothing can be put back"
             )
 
-    def _interviews(self, db: sqlite3.Connection) -> list[InterviewPlan]:
+    def _interviews(self, state: State) -> list[InterviewPlan]:
         """The run's changed fields, grouped by the interview their PATCH went to."""
         firsts: dict[FieldKey, Version] = {}
         wrote: dict[FieldKey, str] = {}
-        for version in history.of_run(db, self.target):
+        for version in state.versions_of_run(self.target):
             key = (version.level, version.key, version.field)
             firsts.setdefault(key, version)
             wrote[key] = version.sent_json
-        last = history.last_values(db)
+        last = state.last_values()
         interviews: dict[int, InterviewPlan] = {}
         for key, first in firsts.items():
             entry = interviews.get(first.interview_id)
             if entry is None:
-                contact = _contact_of(db, first)
+                contact = _contact_of(state, first)
                 entry = interviews[first.interview_id] = InterviewPlan(first.interview_id, contact)
-            entry.fields.append(self._decide(FieldPlan(first, wrote[key], last.get(key)), db))
+            entry.fields.append(self._decide(FieldPlan(first, wrote[key], last.get(key)), state))
         return list(interviews.values())
 
-    def _decide(self, plan: FieldPlan, db: sqlite3.Connection) -> FieldPlan:
+    def _decide(self, plan: FieldPlan, state: State) -> FieldPlan:
         name, before = plan.first.field, plan.first.before_json
         if before is None:
-            plan.status = NOT_RESTORABLE
+            plan.status = Status.NOT_RESTORABLE
             plan.message = f"{name}: its value before run {self.target} was never known"
         elif plan.current == before:
-            plan.status = ALREADY_BACK
+            plan.status = Status.SKIPPED_UNCHANGED
             plan.message = f"{name}: already as before run {self.target}"
         elif plan.current != plan.wrote and not self.force:
-            plan.status = CONFLICT
+            writer = state.last_writer(plan.key) or "a later run"
+            plan.status = Status.CONFLICT
             plan.message = (
-                f"{name}: run {_last_writer(db, plan.key)} wrote it after run {self.target}; "
+                f"{name}: run {writer} wrote it after run {self.target}; "
                 "left alone (--force puts it back anyway)"
             )
         return plan
 
 
-def _contact_of(db: sqlite3.Connection, version: Version) -> str:
+def _contact_of(state: State, version: Version) -> str:
     """The contact key the interview's sends carry (for an objective alone: the state's)."""
     if version.level == "contact":
         return version.key
-    row = (
-        db.execute(
-            "SELECT key FROM history WHERE level = 'contact' AND interview_id = ? "
-            "ORDER BY rowid DESC LIMIT 1",
-            (version.interview_id,),
-        ).fetchone()
-        or db.execute(
-            "SELECT contact FROM sent WHERE interview_id = ?", (version.interview_id,)
-        ).fetchone()
-    )
-    return str(row[0]) if row else f"interview:{version.interview_id}"
+    return state.contact_of(version.interview_id) or contact_key("", version.interview_id)
 
 
-def _last_writer(db: sqlite3.Connection, key: FieldKey) -> str:
-    row = (
-        db.execute(
-            "SELECT run_id FROM history WHERE level = ? AND key = ? AND field = ? "
-            "ORDER BY rowid DESC LIMIT 1",
-            key,
-        ).fetchone()
-        or db.execute(
-            "SELECT run_id FROM field_values WHERE level = ? AND key = ? AND field = ?", key
-        ).fetchone()
-    )
-    return str(row[0]) if row else "a later run"
-
-
-def _prepared(target: str, interviews: list[InterviewPlan], db: sqlite3.Connection) -> Prepared:
+def _prepared(target: str, interviews: list[InterviewPlan]) -> Prepared:
     batch = _batch(target, interviews)
     settled: dict[int, Settled] = {}
     requests: list[Request] = []
@@ -174,8 +144,8 @@ def _prepared(target: str, interviews: list[InterviewPlan], db: sqlite3.Connecti
     remarks: dict[int, tuple[str, str]] = {}
     unresolved = 0
     for position, interview in enumerate(interviews):
-        sending = [f for f in interview.fields if f.status == "send"]
-        left = [f for f in interview.fields if f.status in (NOT_RESTORABLE, CONFLICT)]
+        sending = [f for f in interview.fields if f.status == SEND]
+        left = [f for f in interview.fields if f.status in (Status.NOT_RESTORABLE, Status.CONFLICT)]
         unresolved += len(left)
         if sending:
             request = _request(position, interview, sending)
@@ -197,10 +167,10 @@ def _joined(fields: list[FieldPlan]) -> str:
 
 def _settled(interview: InterviewPlan) -> Settled:
     """An interview with nothing to send: the worst of its fields names the line."""
-    for status in (CONFLICT, NOT_RESTORABLE, ALREADY_BACK):
+    for status in (Status.CONFLICT, Status.NOT_RESTORABLE, Status.SKIPPED_UNCHANGED):
         fields = [f for f in interview.fields if f.status == status]
         if fields:
-            code = "" if status == ALREADY_BACK else status
+            code = "" if status == Status.SKIPPED_UNCHANGED else status.value
             return Settled(status, code, _joined(interview.fields))
     raise AssertionError("an interview without fields")  # pragma: no cover
 
@@ -244,9 +214,7 @@ def _batch(target: str, interviews: list[InterviewPlan]) -> Batch:
     count = len(interviews)
     frame = pd.DataFrame({column: [""] * count for column in CANONICAL_COLUMNS})
     frame[ID] = [str(i.interview_id) for i in interviews]
-    frame[CONTACT_KEY] = [
-        "" if i.contact.startswith("interview:") else i.contact for i in interviews
-    ]
+    frame[CONTACT_KEY] = ["" if i.contact.startswith(NO_EMAIL) else i.contact for i in interviews]
     frame[FILE_COL] = [0] * count
     frame[ROW_COL] = list(range(1, count + 1))
     return Batch(frame, (f"revert {target}",), (), ())

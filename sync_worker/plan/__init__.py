@@ -25,9 +25,6 @@ from sync_worker.plan.columns import column_requests
 from sync_worker.plan.contacts import Contacts, unparsable
 from sync_worker.plan.merged import flat_rows, merged_requests
 from sync_worker.plan.model import (
-    INVALID,
-    NOT_ATTEMPTED,
-    SKIPPED,
     Memory,
     Outcomes,
     Plan,
@@ -44,9 +41,6 @@ from sync_worker.store.digests import Ints
 from sync_worker.store.remembered import StateNotes
 
 __all__ = [
-    "INVALID",
-    "NOT_ATTEMPTED",
-    "SKIPPED",
     "Memory",
     "Outcomes",
     "Plan",

@@ -19,24 +19,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sync_worker.fields import CONTACT_KEY, CONTEXT
+from sync_worker.fields import CONTACT_KEY, CONTEXT, NO_EMAIL, email_key
 from sync_worker.merger import parse_context
 from sync_worker.plan.cells import Cells, nonempty
 from sync_worker.store.digests import Ints
 
-NO_EMAIL = "interview:"  # the key of a contact without an email: interview:<id>
-
 
 def lower(emails: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Python's str.lower, which the row road uses, for a whole column. Arrow's utf8_lower maps
-    some letters differently (U+0130 `İ` becomes `i`, where Python gives `i` and a combining
-    dot) and follows its own Unicode version, so only ASCII cells are lowered by Arrow; the
-    rare others go through Python, a cell at a time."""
+    """fields.email_key (Python's str.lower), which the row road uses, for a whole column.
+    Arrow's utf8_lower maps some letters differently (U+0130 `İ` becomes `i`, where Python
+    gives `i` and a combining dot) and follows its own Unicode version, so only ASCII cells are
+    lowered by Arrow; the rare others go through Python, a cell at a time."""
     lowered = pc.ascii_lower(emails)
     other = np.flatnonzero(~pc.string_is_ascii(emails).to_numpy(zero_copy_only=False))
     if not len(other):
         return lowered
-    texts = [text.lower() for text in emails.take(pa.array(other)).to_pylist()]
+    texts = [email_key(text) for text in emails.take(pa.array(other)).to_pylist()]
     mask = np.zeros(len(emails), dtype=bool)
     mask[other] = True
     replaced = pc.replace_with_mask(

@@ -18,10 +18,8 @@ from sync_worker.read.reader import Batch
 from sync_worker.store.digests import Ints, digest_texts
 from sync_worker.store.history import EARLIER_SEND
 from sync_worker.store.remembered import Remembered, Sent
+from sync_worker.vocabulary import Status
 
-INVALID = "invalid"
-SKIPPED = "skipped_unchanged"
-NOT_ATTEMPTED = "not_attempted"
 # Merging: rows the row road takes at a time (whole contacts), ~1.7 KiB of Python objects a row.
 CHUNK_ROWS = 100_000
 
@@ -31,7 +29,7 @@ class Settled(NamedTuple):
     tuple: a nightly run makes one for each skipped row as it writes the row's ledger line,
     ~1 us each, where a frozen dataclass took ~1.6 us."""
 
-    status: str
+    status: Status
     error_code: str = ""
     error_message: str = ""
     sha256: str = ""
@@ -43,7 +41,7 @@ def invalid(batch: Batch, position: int, code: str, column: str, message: str) -
     column."""
     file_index, row, _id, _email = batch.locate(position)
     where = f"{batch.files[file_index]} row {row}" + (f", column {column}" if column else "")
-    return Settled(INVALID, code, f"{where}: {message}")
+    return Settled(Status.INVALID, code, f"{where}: {message}")
 
 
 class Outcomes(Mapping[int, Settled]):
@@ -61,7 +59,7 @@ class Outcomes(Mapping[int, Settled]):
     def __setitem__(self, position: int, outcome: Settled) -> None:
         self._rows[position] = outcome
 
-    def set_aside(self, status: str, table: RequestTable, indices: Ints) -> None:
+    def set_aside(self, status: Status, table: RequestTable, indices: Ints) -> None:
         """Every row of the requests of `table` at `indices` settles with `status`, carrying
         its request's hash and merge label."""
         if not len(indices):
@@ -145,7 +143,7 @@ class Outcomes(Mapping[int, Settled]):
 
     def invalid(self) -> list[tuple[int, Settled]]:
         """The invalid rows, in position order (always settled one by one)."""
-        return sorted((p, s) for p, s in self._rows.items() if s.status == INVALID)
+        return sorted((p, s) for p, s in self._rows.items() if s.status == Status.INVALID)
 
     def _kept(self, aside: _Aside) -> np.ndarray:
         """Indices of the rows of `aside` not also settled one by one (those count once, as
@@ -165,7 +163,7 @@ class _InOrder(ItemsView[int, Settled]):
 
 @dataclass(frozen=True)
 class _Aside:
-    status: str
+    status: Status
     rows: Ints  # row positions, sorted
     requests: Ints  # each row's request: an index into hashes and merges
     hashes: pa.ChunkedArray  # DIGEST

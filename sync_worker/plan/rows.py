@@ -13,7 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
+from sync_worker.fields import (
+    CONTACT_KEY,
+    CONTEXT,
+    NOTES_KEY,
+    TEXT_FIELDS,
+    contact_key,
+    email_key,
+)
 from sync_worker.merger import Context, MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells
 from sync_worker.plan.model import Known, Memory, Outcomes, Plan, PlanOptions, invalid
@@ -88,7 +95,7 @@ def _parse_rows(batch: Batch, cells: Cells, positions: Ints, settled: Outcomes) 
             settled[position] = invalid(batch, position, problem.code, problem.column, str(problem))
             continue
         yield _Row(
-            position, int(cells.id_numbers[position]), emails[index].lower(), fields, context
+            position, int(cells.id_numbers[position]), email_key(emails[index]), fields, context
         )
 
 
@@ -132,7 +139,7 @@ def _group_contacts(interviews: list[_Interview]) -> dict[str, list[_Interview]]
     """Interviews sharing a contact_email; without one, each interview is its own contact."""
     contacts: dict[str, list[_Interview]] = {}
     for interview in interviews:
-        key = interview.email or f"interview:{interview.interview_id}"
+        key = contact_key(interview.email, interview.interview_id)
         contacts.setdefault(key, []).append(interview)
     return contacts
 

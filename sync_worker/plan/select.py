@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
-from sync_worker.plan.model import NOT_ATTEMPTED, SKIPPED, Memory, Plan, PlanOptions
+from sync_worker.plan.model import Memory, Plan, PlanOptions
 from sync_worker.plan.request_table import RequestTable
 from sync_worker.store.digests import Ints
+from sync_worker.vocabulary import Status
 
 
 def skip_unchanged(
@@ -17,7 +18,7 @@ def skip_unchanged(
     --force): its rows settle in the plan, and the requests of `table` left are returned."""
     if options.force or not len(memory.sent) or not len(table):
         return table
-    return _set_aside(plan, table, _unchanged(table, memory), SKIPPED)
+    return _set_aside(plan, table, _unchanged(table, memory), Status.SKIPPED_UNCHANGED)
 
 
 def _unchanged(table: RequestTable, memory: Memory) -> Ints:
@@ -32,10 +33,10 @@ def apply_max_rows(plan: Plan, max_rows: int | None) -> None:
     if max_rows is None or len(plan.table) <= max_rows:
         return
     left_out = np.arange(max_rows, len(plan.table), dtype=np.int64)
-    plan.table = _set_aside(plan, plan.table, left_out, NOT_ATTEMPTED)
+    plan.table = _set_aside(plan, plan.table, left_out, Status.NOT_ATTEMPTED)
 
 
-def _set_aside(plan: Plan, table: RequestTable, aside: Ints, status: str) -> RequestTable:
+def _set_aside(plan: Plan, table: RequestTable, aside: Ints, status: Status) -> RequestTable:
     """Settle every row of the requests of `table` at `aside` with `status`; the rest."""
     plan.settled.set_aside(status, table, aside)
     kept = np.ones(len(table), dtype=bool)

@@ -18,8 +18,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from sync_worker.clock import iso
 from sync_worker.errors import InputError
-from sync_worker.fields import CONTACT_KEY, ID, interview_id
+from sync_worker.fields import CONTACT_KEY, ID, contact_key, email_key, interview_id
 from sync_worker.merger import Context, canonical, parse_context
 from sync_worker.read.reader import ReadOptions, read_raw
 from sync_worker.settings.config import Settings
@@ -62,7 +63,7 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
     emails = _texts(raw, columns.get(CONTACT_KEY)) or blank
     ids = _texts(raw, columns.get(ID)) or blank
     times = _texts(raw, columns.get(UPDATED_AT)) or blank
-    file_time = _iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
+    file_time = iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
     cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
     for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
         if row - 1 in read.bad_rows:
@@ -75,7 +76,7 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
                 notes,
                 row,
                 text,
-                email.strip().lower(),
+                email_key(email.strip()),
                 _interview_id(raw_id),
                 _time(updated) or file_time,
                 seen or {},
@@ -100,7 +101,7 @@ def _add_row(
         context = parse_context(text.strip())
     except ValueError as problem:
         raise _Unusable(f"column notes: {problem}") from None
-    digest = sighting_digest(email or f"interview:{interview_id}", context)
+    digest = sighting_digest(contact_key(email, interview_id), context)
     if digest in seen:
         time = seen[digest]
     else:
@@ -166,12 +167,7 @@ def _time(text: str) -> str | None:
     if not valid:
         raise _Unusable(f"column {UPDATED_AT}: {text!r} is not a date and time")
     stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
-    return _iso(stamp.to_pydatetime())
-
-
-def _iso(moment: datetime) -> str:
-    """The state's timestamp format (clock.now_iso), so times compare as text."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return iso(stamp.to_pydatetime())
 
 
 def _texts(raw: pd.DataFrame, column: str | None) -> list[str]:

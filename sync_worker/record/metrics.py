@@ -20,25 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from sync_worker.errors import ConfigError
 from sync_worker.settings import paths
 from sync_worker.settings.paths import unwritable
+from sync_worker.vocabulary import ExitCode, Status
 
 PREFIX = "sync_worker"
 LAST_SUCCESS = f"{PREFIX}_last_success_timestamp_seconds"
-STATUSES = (
-    "ok",
-    "failed",
-    "invalid",
-    "skipped_unchanged",
-    "not_attempted",
-    "dry_run",
-    "not_restorable",
-    "conflict",
-)
+STATUSES = tuple(status.value for status in Status)  # every one gets a line, 0 or not
 
 
 def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> None:
     """The metrics of one run, from its summary (SPEC section 13)."""
     now = time.time()
-    code = int(summary.get("exit_code", 3))
+    code = int(summary.get("exit_code", ExitCode.ABORTED))
     registry = CollectorRegistry()
     rows = Gauge(
         f"{PREFIX}_rows", "Rows of the last run, by ledger status", ["status"], registry=registry
@@ -59,7 +51,7 @@ def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> 
     _gauge(registry, "run_duration_seconds", "How long the last run took", duration_s)
     _gauge(registry, "exit_code", "Exit code of the last run (0: success)", code)
     _gauge(registry, "last_run_timestamp_seconds", "When the last run ended (Unix time)", now)
-    success = now if code == 0 else _previous_success(path)
+    success = now if code == ExitCode.OK else _previous_success(path)
     _gauge(
         registry,
         "last_success_timestamp_seconds",

@@ -8,7 +8,6 @@ commit per batch), so the hot path only queues, yet a kill -9 loses only what ar
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -19,12 +18,13 @@ import numpy as np
 
 from sync_worker.clock import now_iso
 from sync_worker.errors import SyncWorkerError
-from sync_worker.plan import NOT_ATTEMPTED, Outcomes, Plan
+from sync_worker.plan import Outcomes, Plan
 from sync_worker.plan.request_table import Request
 from sync_worker.read.reader import Batch
 from sync_worker.record.ledger import Ledger, Result, Where
 from sync_worker.send.client import Outcome
-from sync_worker.store.state import State, Success
+from sync_worker.store.state import State, StateWriteError, Success
+from sync_worker.vocabulary import Status
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -64,7 +64,7 @@ class Recorder:
     def result(self, request: Request, outcome: Outcome) -> None:
         """A request's outcome (the hot path: queued, written in the next flush)."""
         self._queued.append((request, outcome))
-        if outcome.status == "not_attempted":
+        if outcome.status == Status.NOT_ATTEMPTED:
             self.cut_short += len(request.rows)
         if self.progress is not None:
             self.progress.update(len(request.rows))
@@ -87,12 +87,16 @@ class Recorder:
                 finished_at=outcome.finished_at,
                 duration_ms=outcome.duration_ms,
             )
-            if self.remarks and outcome.status == "ok" and request.interview_id in self.remarks:
+            if (
+                self.remarks
+                and outcome.status == Status.OK
+                and request.interview_id in self.remarks
+            ):
                 code, message = self.remarks[request.interview_id]
                 result = result._replace(error_code=code, error_message=message)
             self._lines(request.rows, result)
             self.written.update(request.rows)
-            if outcome.status == "ok":
+            if outcome.status == Status.OK:
                 successes.append(
                     Success(
                         request.interview_id,
@@ -142,7 +146,7 @@ class Recorder:
         and the run is told to stop; `check` raises it once sending has ended."""
         try:
             self.flush()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, StateWriteError) as exc:
             if self.failure is None:
                 self.failure = exc
                 if self.on_failure is not None:
@@ -184,7 +188,7 @@ class Recorder:
         for request in table.take(unwritten[in_flight]):
             began, tries = on_the_wire[request.interview_id]
             outcome = Outcome(
-                "failed",
+                Status.FAILED,
                 error_code="interrupted",
                 finished_at=now_iso(),
                 error_message="stopped while in flight; the server may have it",
@@ -194,6 +198,6 @@ class Recorder:
             self.result(request, outcome)
             self.cut_in_flight += 1
         never_sent = Outcomes()
-        never_sent.set_aside(NOT_ATTEMPTED, table, unwritten[~in_flight])
+        never_sent.set_aside(Status.NOT_ATTEMPTED, table, unwritten[~in_flight])
         self.settle_all(never_sent)
         return self.cut_short + len(never_sent)

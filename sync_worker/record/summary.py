@@ -11,20 +11,21 @@ from sync_worker.clock import now_iso
 from sync_worker.plan import Plan
 from sync_worker.send.sender import SendReport
 from sync_worker.settings.paths import create_private
-from sync_worker.vocabulary import SIGNAL_EXIT
+from sync_worker.vocabulary import SIGNAL_EXIT, ExitCode, Status
 
 
 def exit_code(
     counts: Counter[str], report: SendReport, stop_reason: str | None, unsent: int
-) -> int:
+) -> ExitCode:
     """`unsent`: rows the plan meant to send that were never sent (not --max-rows' rest)."""
     if report.fatal is not None:
         return report.fatal.exit_code
     if stop_reason in SIGNAL_EXIT:
         return SIGNAL_EXIT[stop_reason]
     if stop_reason == "max_duration" and unsent:
-        return 4  # stopped with work left; every row done in time is a normal ending
-    return 1 if counts["failed"] or counts["invalid"] else 0
+        return ExitCode.STOPPED_IN_TIME  # with work left; all done in time is a normal ending
+    failed = counts[Status.FAILED] or counts[Status.INVALID]
+    return ExitCode.ROWS_FAILED if failed else ExitCode.OK
 
 
 def summary(
@@ -47,7 +48,8 @@ def summary(
         "finished_at": now_iso(),
         "inputs": list(inputs),
         "rows": sum(counts.values()),
-        "counts": dict(sorted(counts.items())),
+        # plain text keys: a console log line shows a Status key as <Status.OK: 'ok'>
+        "counts": {str(status): count for status, count in sorted(counts.items())},
         "lines_set_aside": lines_set_aside,
         "requests_sent": counters.requests,
         "retries": counters.retries,
@@ -61,7 +63,7 @@ def summary(
         "latency_p95_ms": report.latency_p95_ms,
         "contacts_merged": plan.contacts_merged,
         "contacts_no_existing": plan.contacts_no_existing,
-        "exit_code": code,
+        "exit_code": int(code),
     }
 
 

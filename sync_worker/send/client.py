@@ -29,6 +29,7 @@ from sync_worker.logs import get_logger, redact
 from sync_worker.send.limiter import SLOT, Pacer, Stopped, sleep_unless_stopped
 from sync_worker.send.outage import Outage
 from sync_worker.send.pool import Latencies
+from sync_worker.vocabulary import Status
 
 MAX_RATE_LIMITED = 8  # 429s one request may meet before it fails
 MAX_PAUSE_S = 300.0  # the longest 429 pause (or 5xx Retry-After) we honour
@@ -146,7 +147,7 @@ class RetryPolicy:
 
 @dataclass(slots=True)
 class Outcome:
-    status: str  # ok | failed (the server may have it) | not_attempted (it never reached it)
+    status: Status  # ok | failed (the server may have it) | not_attempted (it never reached it)
     http_status: int | None = None
     error_code: str = ""
     error_message: str = ""
@@ -245,7 +246,7 @@ class Client:
                 counters.requests += 1
                 outage.answered()
                 self._pacer.accepted(sent_at)
-                return Outcome("ok", status, attempts=attempts + 1)
+                return Outcome(Status.OK, status, attempts=attempts + 1)
             if verdict.kind is Kind.NO_ANSWER:
                 attempts += self._unanswered(interview_id, verdict, attempts)
                 if outage.no_answer(probing, verdict.sent, verdict.code):
@@ -344,7 +345,7 @@ class Client:
         """The row ends before its outcome (a stop, an abort): `not_attempted` while nothing of
         it went out, for the server never saw it; else `failed` with what it last got."""
         if attempts == 0:
-            return Outcome("not_attempted", None, verdict.code, verdict.message)
+            return Outcome(Status.NOT_ATTEMPTED, None, verdict.code, verdict.message)
         if verdict.kind is Kind.RATE_LIMITED:
             return _interrupted_in_pause(attempts)
         return Client._failed(status, verdict, attempts)
@@ -352,7 +353,7 @@ class Client:
     @staticmethod
     def _failed(status: int | None, verdict: Verdict, attempts: int) -> Outcome:
         return Outcome(
-            "failed",
+            Status.FAILED,
             status,
             verdict.code,
             verdict.message,
@@ -366,7 +367,7 @@ def _interrupted_in_pause(attempts: int) -> Outcome:
     """Stopped while waiting out a 429: not rate_limit_exceeded (that is for MAX_RATE_LIMITED
     429s), and the last try was refused, not applied."""
     message = "stopped while waiting out a rate-limit pause; the server refused the last try (429)"
-    return Outcome("failed", 429, "interrupted", message, attempts)
+    return Outcome(Status.FAILED, 429, "interrupted", message, attempts)
 
 
 def _no_answer(exc: Exception, sent: bool) -> Verdict:

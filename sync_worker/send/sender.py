@@ -31,6 +31,7 @@ from sync_worker.send.limiter import Pacer
 from sync_worker.send.outage import Outage
 from sync_worker.send.pool import DEFAULT_MAX, PERCENTILE, PoolSize, Resize, needed
 from sync_worker.version import __version__
+from sync_worker.vocabulary import Status
 
 STOP_GRACE_S = 10.0  # how long requests in flight may take to finish after a stop
 RESIZE_EVERY_S = 0.25  # how often the pool looks at the latency
@@ -160,7 +161,9 @@ class Sender:
             outcome = await self._send(client, request)
             if self._stop.is_set():  # a signal, --max-duration or a refused key: not unreachable
                 return False
-            if outcome.status == "ok" or (outcome.api_shaped and outcome.http_status is not None):
+            if outcome.status == Status.OK or (
+                outcome.api_shaped and outcome.http_status is not None
+            ):
                 return True
             if outcome.http_status is None or outcome.http_status == 404:
                 self._abort(_unreachable(self._config.base_url, outcome), outcome.error_code)
@@ -300,7 +303,7 @@ class Sender:
         self._log.error("request_error", interview_id=request.interview_id, error=message)
         went_out = client.started.get(request.interview_id, (0.0, 0))[1]
         return Outcome(
-            "failed",
+            Status.FAILED,
             error_code="internal_error",
             error_message=message,
             attempts=went_out,

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import NamedTuple
 
-from sync_worker.fields import CONTACT_FIELDS, CONTEXT, SENT_FIELDS
+from sync_worker.clock import days_ago
+from sync_worker.fields import CONTACT_FIELDS, CONTEXT, SENT_FIELDS, contact_key, email_key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -246,7 +247,7 @@ def of_run(db: sqlite3.Connection, run_id: str) -> list[Version]:
 
 def of_contact(db: sqlite3.Connection, email: str) -> list[Version]:
     """A contact's versions (by email) and those of its interviews' objectives, newest first."""
-    contact = _versions(db, "level = 'contact' AND key = ?", (email.strip().lower(),))
+    contact = _versions(db, "level = 'contact' AND key = ?", (email_key(email.strip()),))
     ids = sorted({v.interview_id for v in contact})
     marks = ", ".join("?" * len(ids))
     interviews = _versions(db, f"level = 'interview' AND interview_id IN ({marks})", tuple(ids))
@@ -258,7 +259,7 @@ def of_interview(db: sqlite3.Connection, interview_id: int) -> list[Version]:
     own = _versions(
         db,
         "interview_id = ? OR (level = 'contact' AND key = ?)",
-        (interview_id, f"interview:{interview_id}"),
+        (interview_id, contact_key("", interview_id)),
     )
     contacts = sorted({v.key for v in own if v.level == "contact"})
     marks = ", ".join("?" * len(contacts))
@@ -272,15 +273,46 @@ def _newest_first(versions: list[Version]) -> list[Version]:
     return sorted(versions, key=lambda v: (v.at, -order.get(v.field, 0)), reverse=True)
 
 
-def run_known(db: sqlite3.Connection, run_id: str) -> bool:
-    return db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+def run_started_at(db: sqlite3.Connection, run_id: str) -> str | None:
+    """When a run started; None: no such run in this state (or a state without history)."""
+    if not has_tables(db):
+        return None
+    row = db.execute("SELECT started_at FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return str(row[0]) if row is not None else None
+
+
+def contact_of(db: sqlite3.Connection, interview_id: int) -> str | None:
+    """The contact key an interview's sends last carried: its history's, else the state's."""
+    row = (
+        db.execute(
+            "SELECT key FROM history WHERE level = 'contact' AND interview_id = ? "
+            "ORDER BY rowid DESC LIMIT 1",
+            (interview_id,),
+        ).fetchone()
+        or db.execute("SELECT contact FROM sent WHERE interview_id = ?", (interview_id,)).fetchone()
+    )
+    return str(row[0]) if row else None
+
+
+def last_writer(db: sqlite3.Connection, key: FieldKey) -> str | None:
+    """The run that last wrote a field; None: no run this state remembers."""
+    row = (
+        db.execute(
+            "SELECT run_id FROM history WHERE level = ? AND key = ? AND field = ? "
+            "ORDER BY rowid DESC LIMIT 1",
+            key,
+        ).fetchone()
+        or db.execute(
+            "SELECT run_id FROM field_values WHERE level = ? AND key = ? AND field = ?", key
+        ).fetchone()
+    )
+    return str(row[0]) if row else None
 
 
 def prune(db: sqlite3.Connection, days: int, now: datetime | None = None) -> int:
     """Drop versions older than `days` (their last values stay in `field_values`). Folds first,
     so no value is dropped before it is remembered."""
-    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
-    text = cutoff.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    text = days_ago(days, now)
     with db:
         db.execute("BEGIN")
         fold(db)

@@ -27,8 +27,9 @@ import os
 import shlex
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,6 +44,7 @@ from sync_worker.merger import Context
 from sync_worker.settings.paths import create_private, open_private
 from sync_worker.store import history
 from sync_worker.store.digests import DIGEST, hex_digests
+from sync_worker.store.history import Change, FieldKey, Version
 from sync_worker.store.remembered import Remembered, Sent
 
 SCHEMA = """
@@ -107,6 +109,11 @@ FOLD = (
 SQLITE_IN_USE = frozenset({5, 6})  # BUSY, LOCKED
 SQLITE_CANNOT_WRITE = frozenset({3, 8, 10, 13, 14})  # PERM, READONLY, IOERR, FULL, CANTOPEN
 FETCH_ROWS = 50_000  # rows read into columns at a time (planning's view of the state)
+
+
+class StateWriteError(Exception):
+    """Confirmed sends could not be written to the state mid-run (a full disk, a file gone);
+    the message is SQLite's. The recorder stops the run on it."""
 
 
 class Success(NamedTuple):
@@ -397,19 +404,64 @@ class State:
         """Queue confirmed sends; `flush` commits everything queued."""
         self._pending.extend(successes)
 
-    @property
-    def database(self) -> sqlite3.Connection | None:
-        """The connection, for the history queries (history.py); None: no state file."""
-        return self._db
-
     def flush(self) -> None:
-        """Commit the queued sends to the journal: one append, one page or so per commit."""
+        """Commit the queued sends to the journal: one append, one page or so per commit. A
+        failed write is a StateWriteError carrying SQLite's words."""
         if not self._pending or self._db is None:
             return
         pending, self._pending = self._pending, []
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?)", pending)
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?)", pending)
+        except sqlite3.Error as exc:
+            raise StateWriteError(str(exc)) from exc
+
+    # The history (history.py). Without a state file there is none: reads find nothing, and
+    # writes are the callers' to skip (a dry run opens the state read-only and writes nothing).
+
+    def plan_history(self, run_id: str, changes: Mapping[int, tuple[Change, ...]]) -> None:
+        """A run's planned changes, written before it sends; its confirmed sends become
+        history rows when the journal is folded."""
+        if self._db is not None:
+            history.plan(self._db, run_id, changes)
+
+    def last_values(self, keys: Iterable[str] | None = None) -> dict[FieldKey, str]:
+        """The last value sent per field (of these contacts and interview ids only, if given)."""
+        return history.last_values(self._db, keys)
+
+    def prune_history(self, days: int, now: datetime | None = None) -> int:
+        """Drop versions older than `days`; how many went."""
+        return history.prune(self._db, days, now) if self._db is not None else 0
+
+    def seen_notes(self) -> dict[str, str]:
+        """Notes-file rows seen before: digest -> when first seen."""
+        return history.seen_notes(self._db)
+
+    def remember_notes(self, sightings: Iterable[tuple[str, str]]) -> None:
+        if self._db is not None:
+            history.remember_notes(self._db, sightings)
+
+    def versions_of_run(self, run_id: str) -> list[Version]:
+        return history.of_run(self._db, run_id) if self._db is not None else []
+
+    def versions_of_contact(self, email: str) -> list[Version]:
+        return history.of_contact(self._db, email) if self._db is not None else []
+
+    def versions_of_interview(self, interview_id: int) -> list[Version]:
+        return history.of_interview(self._db, interview_id) if self._db is not None else []
+
+    def run_started_at(self, run_id: str) -> str | None:
+        """When a run recorded in this state started; None: not recorded here."""
+        return history.run_started_at(self._db, run_id) if self._db is not None else None
+
+    def contact_of(self, interview_id: int) -> str | None:
+        """The contact key an interview's sends last carried; None: never sent."""
+        return history.contact_of(self._db, interview_id) if self._db is not None else None
+
+    def last_writer(self, key: FieldKey) -> str | None:
+        """The run that last wrote a field; None: none this state remembers."""
+        return history.last_writer(self._db, key) if self._db is not None else None
 
     def fold(self) -> None:
         """Move the journal into the keyed tables, in arrival order (the last send wins), and its
