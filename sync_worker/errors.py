@@ -17,6 +17,13 @@ class ConfigError(SyncWorkerError):
     exit_code = ExitCode.USAGE
 
 
+class EventLoopError(SyncWorkerError, RuntimeError):
+    """A run started inside a running event loop, where it cannot run its own: nothing was
+    read, locked or written. The message names the async function to await instead."""
+
+    exit_code = ExitCode.USAGE
+
+
 class InputError(SyncWorkerError):
     """An input file that cannot be used at all: nothing was sent."""
 

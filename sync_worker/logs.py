@@ -1,18 +1,32 @@
-"""structlog set-up: JSON lines for cron, console lines on a terminal, the key never shown."""
+"""structlog set-up: JSON lines for cron, console lines on a terminal, the key never shown.
+
+The command line owns its process, so it configures structlog (`configure`). A call from Python
+(`sync_worker.sync`) changes nothing global: inside `library_logging`, events go through the
+host's structlog configuration when it has one (the key scrubbed first), and otherwise through a
+logger of our own, on stderr, that the host's structlog never sees.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from structlog.typing import FilteringBoundLogger
+    from structlog.typing import FilteringBoundLogger, Processor
 
 REDACTED = "[REDACTED]"
 _secrets: list[str] = []  # values that must never leave the process in any text
 _mode = {"json": True}  # how the last configure() renders: JSON lines or console lines
+# the logger of a call from Python, for its duration (a context variable: asyncio tasks and
+# threads started with the context see it, another thread's call has its own)
+_call_logger: ContextVar[FilteringBoundLogger | None] = ContextVar(
+    "sync_worker_logger", default=None
+)
 _bar: list[Any] = []  # the progress bar on screen (tqdm), if any: lines are written above it
+Console = Callable[[], Any]  # gives the renderer of console lines, asked for only when used
 
 
 class LineWriter:
@@ -69,9 +83,7 @@ def redact_secrets(
 
 
 def configure(
-    log_format: str = "auto",
-    stream: TextIO | None = None,
-    console: Callable[[], Any] | None = None,
+    log_format: str = "auto", stream: TextIO | None = None, console: Console | None = None
 ) -> None:
     """`auto` means console lines on a terminal, JSON lines otherwise. `console` gives the
     renderer of console lines (the CLI's: a run's start line, its report at the end); without
@@ -83,34 +95,76 @@ def configure(
     import structlog
 
     out = stream or sys.stderr
-    use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
-    _mode["json"] = use_json
-    if use_json:
-        renderer: Any = structlog.processors.JSONRenderer()
-    elif console is not None:
-        renderer = console()  # asked for only here: cron (JSON) never imports it
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    _mode["json"] = _uses_json(log_format, out)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            renderer,
-        ],
+        processors=_processors(log_format, out, console),
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=lambda *_args: LineWriter(out),
         cache_logger_on_first_use=False,
     )
 
 
+def _uses_json(log_format: str, out: TextIO) -> bool:
+    return log_format == "json" or (log_format == "auto" and not out.isatty())
+
+
+def _processors(log_format: str, out: TextIO, console: Console | None = None) -> list[Processor]:
+    import structlog
+
+    if _uses_json(log_format, out):
+        renderer: Any = structlog.processors.JSONRenderer()
+    elif console is not None:
+        renderer = console()  # asked for only here: cron (JSON) never imports it
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        renderer,
+    ]
+
+
+@contextmanager
+def library_logging(log_format: str = "json") -> Iterator[None]:
+    """Where a Python call's events go, for its duration, without touching structlog's global
+    configuration: a host that configured structlog gets them through its own processors (the
+    key scrubbed before any of them); otherwise a private logger writes them to stderr as
+    `log_format` says, as the command line would."""
+    import logging
+
+    import structlog
+
+    if structlog.is_configured():
+        processors = [redact_secrets, *structlog.get_config()["processors"]]
+        logger = structlog.wrap_logger(
+            None, processors=processors, logger_factory_args=("sync_worker",)
+        )
+    else:
+        out = sys.stderr
+        logger = structlog.wrap_logger(
+            LineWriter(out),
+            processors=_processors(log_format, out),
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            context_class=dict,
+        )
+    token = _call_logger.set(logger)
+    try:
+        yield
+    finally:
+        _call_logger.reset(token)
+
+
 def get_logger() -> FilteringBoundLogger:
+    logger = _call_logger.get()
+    if logger is not None:
+        return logger
     import structlog  # see configure()
 
-    logger: FilteringBoundLogger = structlog.get_logger("sync_worker")
-    return logger
+    configured: FilteringBoundLogger = structlog.get_logger("sync_worker")
+    return configured
 
 
 def json_mode() -> bool:

@@ -128,6 +128,17 @@ def key_never_written(tmp_path: Path) -> Iterator[None]:
     assert_no_key(paths=(tmp_path,))
 
 
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts as a host that never configured structlog: the command line, run in
+    this process (CliRunner), configures it as it does in its own process, and that must not
+    decide where a later test's library call logs to (a CliRunner's stream is closed after)."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def sandbox_factory() -> Iterator[Callable[..., SandboxServer]]:
     started: list[SandboxServer] = []

@@ -16,7 +16,9 @@ from click.core import ParameterSource
 from sync_worker.commands.terminal import console
 from sync_worker.errors import ConfigError, SyncWorkerError
 from sync_worker.logs import configure, get_logger, json_mode, redact
-from sync_worker.settings.config import FLAGS, TIER_LIMITS, Settings, check_rate, resolve
+from sync_worker.settings.checks import LOG_FORMATS, TIER_LIMITS
+from sync_worker.settings.config import Settings, check_rate
+from sync_worker.settings.options import Command, Kind, Option, for_command
 from sync_worker.version import __version__
 from sync_worker.vocabulary import ExitCode
 
@@ -94,39 +96,6 @@ def _refuse_key(ctx: click.Context, _param: click.Parameter, value: Any) -> None
 inputs_argument = click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=str)
 )
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file [default: config/sync.toml if it exists].",
-)
-tier_option = click.option(
-    "--tier",
-    type=click.Choice(list(TIER_LIMITS), case_sensitive=False),
-    help="Plan tier: 60 / 300 / 1000 requests per minute [default: growth].",
-)
-rate_limit_option = click.option(
-    "--rate-limit", type=click.IntRange(min=1), help="Requests per rate period; overrides the tier."
-)
-rate_period_option = click.option(
-    "--rate-period",
-    "rate_period_s",
-    type=POSITIVE_NUMBER,
-    help="Seconds the limit is counted in [default: 60].",
-)
-state_option = click.option(
-    "--state",
-    "state_path",
-    type=click.Path(path_type=str),  # a folder: our one line
-    help="State database [default: state/sync-state.sqlite].",
-)
-log_format_option = click.option(
-    "--log-format",
-    type=click.Choice(["auto", "json", "console"]),
-    default="auto",
-    show_default=True,
-    help="auto: console lines on a terminal, JSON lines otherwise.",
-)
 refuse_key_option = click.option(
     "--api-key",
     hidden=True,
@@ -134,91 +103,42 @@ refuse_key_option = click.option(
     callback=_refuse_key,
     help="Refused: see --api-key-env.",
 )
-shared_options = _options(
-    config_option,
-    tier_option,
-    rate_limit_option,
-    rate_period_option,
-    click.option(
-        "--merge/--no-merge",
-        default=None,
-        help="Merge new context into the contact's existing notes [default: off].",
-    ),
-    click.option(
-        "--existing-notes",
-        type=click.Path(dir_okay=False, path_type=str),
-        help="CSV, XLSX or Parquet of current notes (interview_id or contact_email, "
-        "notes); implies --merge.",
-    ),
-    state_option,
-    click.option(
-        "--force",
-        is_flag=True,
-        help="Send rows even when unchanged since the last successful send.",
-    ),
-    click.option(
-        "--max-rows",
-        type=click.IntRange(min=0),
-        help="Send at most N requests (a trial run); the rest are not_attempted.",
-    ),
-    log_format_option,
-    refuse_key_option,
-)
-# `revert`: the options of `run` that apply to putting a run back
-limit_options = _options(
-    config_option,
-    tier_option,
-    rate_limit_option,
-    rate_period_option,
-    state_option,
-    log_format_option,
-    refuse_key_option,
-)
-run_options = _options(
-    click.option("--base-url", help="API base URL [default: https://app.usehindsight.com/api/v1]."),
-    click.option(
-        "--api-key-env",
-        help="Environment variable holding the API key [default: HINDSIGHT_API_KEY].",
-    ),
-    click.option(
-        "--api-key-file",
-        type=click.Path(dir_okay=False, path_type=str),
-        help="Read the API key from this file instead.",
-    ),
-    click.option(
-        "--ledger",
-        type=click.Path(path_type=str),  # a folder: our one line
-        help="Ledger file, .csv or .jsonl; {run_id} and {date} are filled in [default: "
-        "ledgers/sync-{run_id}.csv; for revert ledgers/revert-{run_id}.csv].",
-    ),
-    click.option("--dry-run", is_flag=True, help="Do everything but send; ledger status dry_run."),
-    click.option(
-        "--max-duration",
-        type=POSITIVE_NUMBER,
-        help="Stop sending after this many minutes (a cron window); exit 4.",
-    ),
-    click.option(
-        "--max-outage",
-        "max_outage_s",
-        type=POSITIVE_NUMBER,
-        help="Seconds the API may not answer at all before the run gives up (exit 3; "
-        "a re-run resumes) [default: 300].",
-    ),
-    click.option(
-        "--concurrency",
-        type=click.IntRange(min=1),
-        help="Fix the requests in flight at N [default: adaptive, enough for the limit "
-        "at the latency the API shows, up to [api] max_concurrency (256)].",
-    ),
-    click.option(
-        "--no-progress", is_flag=True, help="No progress bar (shown only on a terminal anyway)."
-    ),
-    click.option(
-        "--metrics-file",
-        type=click.Path(dir_okay=False, path_type=str),
-        help="Write Prometheus metrics of the run here (node_exporter textfile).",
-    ),
-)
+# How each kind of option in the table reads its value from the command line.
+CLICK_TYPES: dict[Kind, click.ParamType[Any]] = {
+    Kind.TEXT: click.STRING,
+    Kind.FILE: click.Path(dir_okay=False, path_type=str),
+    Kind.PATH: click.Path(path_type=str),  # a folder: the writer's own one line
+    Kind.POSITIVE_INT: click.IntRange(min=1),
+    Kind.NON_NEGATIVE_INT: click.IntRange(min=0),
+    Kind.POSITIVE_NUMBER: POSITIVE_NUMBER,
+    Kind.TIER: click.Choice(list(TIER_LIMITS), case_sensitive=False),
+    Kind.LOG_FORMAT: click.Choice(list(LOG_FORMATS)),
+}
+
+
+def _click_option(option: Option, command: Command) -> Callable[[F], F]:
+    """One entry of the option table as a click option of `command`."""
+    assert option.flag is not None
+    names, help_text = (option.flag, option.keyword), option.help_on(command)
+    if option.kind is Kind.FLAG:
+        return click.option(*names, is_flag=True, help=help_text)
+    if option.kind is Kind.SWITCH:
+        return click.option(*names, default=None, help=help_text)
+    if option.kind is Kind.NEGATED_FLAG:
+        return click.option(*names, is_flag=True, flag_value=False, default=True, help=help_text)
+    return click.option(
+        *names,
+        type=CLICK_TYPES[option.kind],
+        default=option.default,
+        show_default=option.default is not None,
+        help=help_text,
+    )
+
+
+def table_options(command: Command) -> Callable[[F], F]:
+    """The options the table gives `command`, in the table's order, and the key refused."""
+    flags = [option for option in for_command(command) if option.flag is not None]
+    return _options(*(_click_option(option, command) for option in flags), refuse_key_option)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -230,116 +150,74 @@ def main() -> None:
 
 @main.command()
 @inputs_argument
-@shared_options
-@run_options
+@table_options("run")
 def run(inputs: tuple[str, ...], **opts: Any) -> None:
     """Sync rows to the API and write a ledger."""
-    from sync_worker.commands.api import sync
+    configure(opts["log_format"], console=console)
+    from sync_worker.commands import api
 
-    _finish(
-        lambda: (
-            sync(
-                inputs,
-                config=opts["config_path"],
-                tier=opts["tier"],
-                rate_limit=opts["rate_limit"],
-                rate_period=opts["rate_period_s"],
-                base_url=opts["base_url"],
-                api_key_env=opts["api_key_env"],
-                api_key_file=opts["api_key_file"],
-                merge=opts["merge"],
-                existing_notes=opts["existing_notes"],
-                ledger=opts["ledger"],
-                state=opts["state_path"],
-                force=opts["force"],
-                dry_run=opts["dry_run"],
-                max_rows=opts["max_rows"],
-                max_duration=opts["max_duration"],
-                concurrency=opts["concurrency"],
-                max_outage=opts["max_outage_s"],
-                metrics_file=opts["metrics_file"],
-                log_format=opts["log_format"],
-                progress=not opts["no_progress"],
-                option_names=FLAGS,
-            ).exit_code
-        )
-    )
+    _finish(lambda: api.run(inputs, opts, "cli").exit_code)
 
 
 @main.command()
 @inputs_argument
-@shared_options
+@table_options("plan")
 def plan(inputs: tuple[str, ...], **opts: Any) -> None:
     """Print the requests a run would send, one JSON line each; no network, no key."""
-    settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker.commands import planning
-
-    options = _run_options(inputs, opts)
+    configure(opts["log_format"], console=console)
+    from sync_worker.commands import api
 
     def emit() -> int:
         out = sys.stdout.buffer
-        try:
-            for chunk in planning.plan_output(settings, options):
-                out.write(chunk)
-            out.flush()
-        except BrokenPipeError:  # `plan ... | head`: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return ExitCode.OK
+        with contextlib.closing(api.plan_lines(inputs, opts, "cli")) as lines:
+            try:
+                for chunk in lines:
+                    out.write(chunk)
+                out.flush()
+            except BrokenPipeError:  # `plan ... | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
 
     _finish(emit)
 
 
 @main.command()
 @inputs_argument
-@shared_options
+@table_options("validate")
 def validate(inputs: tuple[str, ...], **opts: Any) -> None:
     """Check files and mapping and list row problems; no network, no key."""
-    settings = _settings(opts)  # before the import: a config error needs no pandas (~1 s)
-    from sync_worker.commands import planning
-
-    options = _run_options(inputs, opts)
+    configure(opts["log_format"], console=console)
+    from sync_worker.commands import api
 
     def check_files() -> int:
-        batch, plan, notes_problems = planning.validate(settings, options)
-        invalid = [s for _p, s in plan.settled.invalid()]
-        for settled in invalid:
-            click.echo(f"{settled.error_message} [{settled.error_code}]")
-        for problem in notes_problems:
+        checked = api.check_inputs(inputs, opts, "cli")
+        for line in checked.invalid:
+            click.echo(line)
+        for problem in checked.notes_problems:
             click.echo(f"{problem} [notes_row_unusable]")
-        notes = f", {len(notes_problems)} unusable notes rows" if notes_problems else ""
-        for lines in batch.set_aside:
-            click.echo(lines.message())
-        aside = f", {batch.lines_set_aside} lines set aside" if batch.set_aside else ""
+        notes = f", {len(checked.notes_problems)} unusable notes rows"
+        for line in checked.set_aside:
+            click.echo(line)
+        aside = f", {checked.lines_set_aside} lines set aside" if checked.lines_set_aside else ""
         click.echo(
-            f"{len(batch)} rows in {len(batch.files)} file(s): {len(plan.table)} requests "
-            f"to send, {len(invalid)} invalid rows{notes}{aside}"
+            f"{checked.rows} rows in {len(checked.files)} file(s): {checked.requests} requests "
+            f"to send, {len(checked.invalid)} invalid rows"
+            f"{notes if checked.notes_problems else ''}{aside}"
         )
-        return ExitCode.ROWS_FAILED if invalid or notes_problems else ExitCode.OK
+        return checked.exit_code
 
     _finish(check_files)
 
 
 @main.command()
 @click.argument("run_id")
-@limit_options
-@run_options
-@click.option("--force", is_flag=True, help="Put back fields a later run changed again too.")
+@table_options("revert")
 def revert(run_id: str, **opts: Any) -> None:
     """Put back what a run changed (its history in the state); a revert is itself a run."""
-    from sync_worker.commands import pipeline
-    from sync_worker.commands.revert import RevertJob
-    from sync_worker.settings.config import RunOptions
+    configure(opts["log_format"], console=console)
+    from sync_worker.commands import api
 
-    settings = _settings(opts)
-    options = RunOptions(
-        inputs=(),
-        dry_run=opts["dry_run"],
-        max_duration_min=opts["max_duration"],
-        ledger=opts["ledger"] or settings.ledger_path or "ledgers/revert-{run_id}.csv",
-        progress=not opts["no_progress"],
-    )
-    job = RevertJob(settings, run_id.strip(), force=opts["force"])
-    _finish(lambda: pipeline.launch(settings, options, opts["api_key_file"], job)["exit_code"])
+    _finish(lambda: api.revert_run(run_id, opts, "cli").exit_code)
 
 
 @main.command()
@@ -371,24 +249,13 @@ def history(
     as_json: bool,
 ) -> None:
     """Versions of a contact's notes and name (and an interview's objective), newest first."""
-    from sync_worker.commands import history_report
-
-    settings = _settings(
-        {
-            "log_format": "auto",
-            "config_path": config_path,
-            "tier": None,
-            "rate_limit": None,
-            "rate_period_s": None,
-            "merge": None,
-            "state_path": str(state_path) if state_path else None,
-        }
-    )
-    if (email is None) == (interview_id is None):
-        _fail(ConfigError("history: give exactly one of --email E or --interview N"))
+    configure("auto", console=console)
+    from sync_worker.commands import api
 
     def show() -> int:
-        found = history_report.versions(Path(settings.state_path), email, interview_id)
+        from sync_worker.commands import history_report
+
+        found = api.history_versions(email, interview_id, state_path, config_path)
         subject = f"contact {email}" if email is not None else f"interview {interview_id}"
         text = history_report.as_json(found) if as_json else history_report.as_text(found, subject)
         return _echo(text)
@@ -563,41 +430,6 @@ def _announce(line: str) -> None:
 def _echo(text: str) -> int:
     click.echo(text)
     return ExitCode.OK
-
-
-def _settings(opts: dict[str, Any]) -> Settings:
-    configure(opts["log_format"], console=console)
-    overrides = {
-        "tier": opts["tier"].lower() if opts["tier"] else None,
-        "rate_limit": opts["rate_limit"],
-        "rate_period_s": opts["rate_period_s"],
-        "merge": opts.get("merge"),
-        "state_path": opts["state_path"],
-        "base_url": opts.get("base_url"),
-        "api_key_env": opts.get("api_key_env"),
-        "concurrency": opts.get("concurrency"),
-        "metrics_path": opts.get("metrics_file"),
-        "max_outage_s": opts.get("max_outage_s"),
-    }
-    try:
-        return resolve(opts["config_path"], overrides)
-    except SyncWorkerError as exc:
-        _fail(exc)
-
-
-def _run_options(inputs: tuple[str, ...], opts: dict[str, Any]) -> Any:
-    from sync_worker.settings.config import RunOptions
-
-    return RunOptions(
-        inputs=inputs,
-        existing_notes=opts["existing_notes"],
-        force=opts["force"],
-        dry_run=opts.get("dry_run", False),
-        max_rows=opts["max_rows"],
-        max_duration_min=opts.get("max_duration"),
-        ledger=opts.get("ledger"),
-        progress=not opts.get("no_progress", False),
-    )
 
 
 def _finish(action: Callable[[], int]) -> NoReturn:

@@ -92,7 +92,7 @@ class InputJob:
         assert self.batch is not None
         plan, notes = plan_with_notes(self.settings, options, self.batch, state)
         changes = {} if options.dry_run else plan_changes(plan, _last_values(state, plan))
-        return Prepared(self.batch, plan, changes, inputs=options.inputs, notes=notes)
+        return Prepared(self.batch, plan, changes, inputs=options.input_names, notes=notes)
 
 
 def _last_values(state: State, plan: Plan) -> dict[FieldKey, str]:
@@ -125,16 +125,15 @@ def launch(
 
         check_writable(metrics)  # first: a file that cannot be written gets no metrics
     run_id = new_run_id()
-    structlog.contextvars.bind_contextvars(run_id=run_id)
     began = time.monotonic()
-    try:
-        summary = _run(settings, options, key_file, api_key, run_id, job)
-    except SyncWorkerError as exc:
-        if metrics is not None:
-            _write_metrics(metrics, {"run_id": run_id, "exit_code": exc.exit_code}, began)
-        raise
-    finally:
-        structlog.contextvars.unbind_contextvars("run_id")
+    # bound for the run only: a host's own context variables are as they were after it
+    with structlog.contextvars.bound_contextvars(run_id=run_id):
+        try:
+            summary = _run(settings, options, key_file, api_key, run_id, job)
+        except SyncWorkerError as exc:
+            if metrics is not None:
+                _write_metrics(metrics, {"run_id": run_id, "exit_code": exc.exit_code}, began)
+            raise
     if metrics is not None:
         _write_metrics(metrics, summary, began)
     return summary
@@ -268,7 +267,7 @@ def _log_start(
     minutes = len(plan.table) / per_minute
     get_logger().info(
         "run_started",
-        inputs=list(options.inputs),
+        inputs=list(options.input_names),
         tier=settings.tier,
         limit=settings.limit,
         rate_period_s=settings.rate_period_s,

@@ -6,23 +6,26 @@ aiolimiter, yarl, the recorder: ~30 ms of start-up), as the test of start-up imp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.read.notes import NotesFile, read_notes
-from sync_worker.read.reader import Batch, ReadOptions, read_batch, use_lean_memory_pool
+from sync_worker.read.reader import Batch, ReadOptions, read_batch
 from sync_worker.settings.config import RunOptions, Settings
 from sync_worker.store.remembered import NotJSON, Remembered
 from sync_worker.store.state import State
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 INVALID_LOGGED = 5  # invalid rows logged one by one; past this, only counted
 
 
-def read_inputs(settings: Settings, inputs: tuple[str, ...]) -> Batch:
-    use_lean_memory_pool()
+def read_inputs(settings: Settings, inputs: Sequence[str | pd.DataFrame]) -> Batch:
     options = ReadOptions(
         settings.encoding,
         settings.delimiter,

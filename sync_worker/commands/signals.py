@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from sync_worker.vocabulary import ExitCode
 
 
 class StopSignal:
@@ -16,6 +20,9 @@ class StopSignal:
         self.reason: str | None = None  # what asked for the stop: a signal's name, max_duration
         self._event: asyncio.Event | None = None  # the send loop's stop event, once bound
         self._loop: asyncio.AbstractEventLoop | None = None
+        relay = _relay.get()
+        if relay is not None:
+            relay.attach(self)
 
     def request(self, reason: str) -> None:
         if self.reason is None:
@@ -43,4 +50,61 @@ class StopSignal:
             yield self
         finally:
             for sig, previous in handlers.items():
-                signal.signal(sig, previous)
+                # None: a handler set outside Python, which Python cannot set back
+                signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+
+
+class StopRelay:
+    """Stop requests from outside the run's thread: `sync_async`'s task cancelled while the run
+    goes on in a worker thread. A run started in a context holding one (`relaying`) attaches
+    its StopSignal; a stop asked for before that reaches it as it attaches."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._stoppers: list[StopSignal] = []
+        self._lock = threading.Lock()
+
+    def attach(self, stopper: StopSignal) -> None:
+        with self._lock:
+            self._stoppers.append(stopper)
+            if self.reason is not None:
+                stopper.request(self.reason)
+
+    def request(self, reason: str) -> None:
+        with self._lock:
+            self.reason = reason
+            for stopper in self._stoppers:
+                stopper.request(reason)
+
+    def relaying(self) -> contextvars.Context:
+        """A context to run the run in, so its StopSignal attaches here."""
+        context = contextvars.copy_context()
+        context.run(_relay.set, self)
+        return context
+
+
+_relay: contextvars.ContextVar[StopRelay | None] = contextvars.ContextVar(
+    "sync_worker_stop_relay", default=None
+)
+
+
+def pass_on(stopped_by: str | None) -> None:
+    """After a run a signal stopped has ended cleanly (ledger, state and metrics written, the
+    handlers put back), the signal goes on to what the process had before the run, as if the
+    run had not caught it: the previous handler is called (Python's own SIGINT handler raises
+    KeyboardInterrupt). A default handler gets the signal's meaning without killing the process
+    outright, so the host's `finally` blocks and exit hooks still run: SIGINT raises
+    KeyboardInterrupt, SIGTERM SystemExit(143), the status a shell gives a process SIGTERM
+    ended. An ignored signal (SIG_IGN) goes no further: the run's exit code says it stopped."""
+    if stopped_by not in ("SIGINT", "SIGTERM"):
+        return
+    sig = signal.Signals[stopped_by]
+    previous = signal.getsignal(sig)
+    if callable(previous):
+        previous(sig, sys._getframe(1))
+    elif previous == signal.SIG_IGN:
+        return
+    elif sig == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:
+        raise SystemExit(ExitCode.SIGTERM)

@@ -14,7 +14,8 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyarrow.csv as pacsv
 from sync_worker.errors import InputError
 from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT_PREFIX, ID
 from sync_worker.read.footer import SetAside, byte_length, trailing_lines
+from sync_worker.settings.config import FRAME_SOURCE
 
 FILE_COL = "_file"
 ROW_COL = "_row"
@@ -148,27 +150,46 @@ class Located(NamedTuple):
     emails: list[str]
 
 
-def use_lean_memory_pool() -> None:
+JEMALLOC_DECAY_MS = 1000  # Arrow's own setting for its jemalloc pool, put back after a command
+
+
+@contextmanager
+def lean_memory_pool() -> Iterator[None]:
     """Arrow's default pool (mimalloc) keeps the pages it frees; jemalloc told to hand them
-    back at once keeps a million-row plan's peak near what pandas alone needs (`make bench`)."""
+    back at once keeps a million-row plan's peak near what pandas alone needs (`make bench`).
+    For one command only: the process's default pool (and jemalloc's decay) are put back after,
+    so a host process (a notebook, a task runner) keeps the pool it had. Buffers made meanwhile
+    go back to the pool they came from, whenever they are freed."""
+    previous = pa.default_memory_pool()
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
         pa.jemalloc_set_decay_ms(0)
     except (NotImplementedError, pa.ArrowException):  # a pyarrow built without jemalloc
-        pass
+        yield
+        return
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+        pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
 
 
-def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
-    """Read every input in order and stack them into one batch."""
+def read_batch(sources: Sequence[str | pd.DataFrame], options: ReadOptions) -> Batch:
+    """Read every input (a file, or a DataFrame read as a file would be) in order and stack
+    them into one batch."""
     frames: list[pd.DataFrame] = []
     warnings: list[str] = []
     context_keys: dict[str, None] = {}
     set_aside: list[SetAside] = []
     bad_rows: dict[int, BadRow] = {}
-    _refuse_repeated_inputs(paths)
-    for index, path in enumerate(paths):
-        picker = _ColumnPicker(path, options)
-        raw = read_raw(Path(path), options, picker)
+    names = [s if isinstance(s, str) else FRAME_SOURCE for s in sources]
+    _refuse_repeated_inputs(sources)
+    for index, (source, name) in enumerate(zip(sources, names, strict=True)):
+        picker = _ColumnPicker(name, options)
+        if isinstance(source, str):
+            raw = read_raw(Path(source), options, picker)
+        else:
+            raw = RawFile(read_frame(source, picker))
         warnings.extend(raw.warnings)
         warnings.extend(picker.warnings)
         set_aside.extend([raw.set_aside] if raw.set_aside is not None else [])
@@ -183,12 +204,21 @@ def read_batch(paths: Sequence[str], options: ReadOptions) -> Batch:
     columns = [*CANONICAL_COLUMNS, *(CONTEXT_PREFIX + k for k in keys), FILE_COL, ROW_COL]
     aligned = [_align(frame, columns) for frame in frames]
     combined = pd.concat(aligned, ignore_index=True) if len(aligned) > 1 else aligned[0]
-    return Batch(combined, tuple(paths), keys, tuple(warnings), tuple(set_aside), bad_rows)
+    return Batch(combined, tuple(names), keys, tuple(warnings), tuple(set_aside), bad_rows)
 
 
-def _refuse_repeated_inputs(paths: Sequence[str]) -> None:
+def _refuse_repeated_inputs(sources: Sequence[str | pd.DataFrame]) -> None:
     """One file given twice (`a.csv ./a.csv`, an overlapping glob, a link) would send its rows
-    twice and write two ledger lines for each of its rows: refused, naming both."""
+    twice and write two ledger lines for each of its rows: refused, naming both. So is one
+    DataFrame given twice."""
+    frames: dict[int, int] = {}
+    for index, source in enumerate(sources):
+        if not isinstance(source, str) and frames.setdefault(id(source), index) != index:
+            raise InputError(
+                f"{FRAME_SOURCE} (input {index + 1}): the same DataFrame as input "
+                f"{frames[id(source)] + 1}; give each input once"
+            )
+    paths = [s for s in sources if isinstance(s, str)]
     seen: dict[tuple[int, int], int] = {}
     for index, path in enumerate(paths):
         try:
@@ -254,6 +284,41 @@ def read_raw(path: Path, options: ReadOptions, wanted: HeaderFilter | None = Non
             raw.frame = raw.frame[list(dict.fromkeys(wanted([str(h) for h in raw.frame.columns])))]
         return raw
     raise InputError(f"{path}: unsupported file type (use .csv, .csv.gz, .tsv, .xlsx or .parquet)")
+
+
+# -- DataFrame ------------------------------------------------------------------------------------
+
+
+def read_frame(frame: pd.DataFrame, wanted: HeaderFilter | None = None) -> pd.DataFrame:
+    """A DataFrame's columns read as a file's would be: headers as text, picked and mapped by
+    the same rules, every cell as text ("" for None and NaN; 4821, never 4821.0)."""
+    headers = [str(column) for column in frame.columns]
+    picked = list(dict.fromkeys(wanted(headers))) if wanted is not None else headers
+    position = {header: headers.index(header) for header in picked}  # the first of a name
+    as_text = [_series_as_text(frame.iloc[:, position[header]], header) for header in picked]
+    return _frame(pa.table(as_text, names=picked))
+
+
+def _series_as_text(series: pd.Series, name: str) -> pa.ChunkedArray:
+    """Typed columns go through Arrow, as a Parquet file's do; an object column of mixed
+    values (ints, floats, text, None, as a frame built in Python holds) cell by cell."""
+    try:
+        array = pa.chunked_array([pa.array(series, from_pandas=True)])
+    except (pa.ArrowException, TypeError, ValueError):
+        array = pa.chunked_array([pa.array([_cell_text(v) for v in series], pa.string())])
+    return _column_as_text(array, name, Path(FRAME_SOURCE))
+
+
+def _cell_text(value: object) -> str | None:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
 
 
 # -- CSV ------------------------------------------------------------------------------------------

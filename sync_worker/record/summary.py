@@ -5,13 +5,37 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from sync_worker.clock import now_iso
 from sync_worker.plan import Plan
 from sync_worker.send.sender import SendReport
 from sync_worker.settings.paths import create_private
 from sync_worker.vocabulary import SIGNAL_EXIT, ExitCode, Status
+
+
+class RunSummary(TypedDict):
+    """A run's summary: `<ledger>.summary.json`, the last log event, `RunResult.summary`."""
+
+    run_id: str
+    started_at: str
+    finished_at: str
+    inputs: list[str]  # the files (`<DataFrame>` for a DataFrame), `revert <RUN_ID>` for a revert
+    rows: int
+    counts: dict[str, int]  # ledger status -> rows
+    requests_sent: int
+    retries: int
+    connection_errors: int
+    rate_limited_429: int
+    effective_requests_per_minute: float
+    server_limit_learned_per_minute: float | None
+    workers_peak: int
+    latency_p95_ms: int | None
+    contacts_merged: int
+    contacts_no_existing: int
+    exit_code: int
+    stopped_by: str | None  # SIGINT, SIGTERM, max_duration, auth_or_unreachable, cancelled
+    ledger: str  # the ledger's path
 
 
 def exit_code(

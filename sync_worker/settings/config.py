@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
-import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS
-from sync_worker.settings.network import check_proxy
+from sync_worker.settings.checks import TIER_LIMITS, check, env_name
+from sync_worker.settings.checks import text as non_empty_text
+from sync_worker.settings.options import file_schema, setting_names
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_CONFIG = Path("config/sync.toml")
 DEFAULT_BASE_URL = "https://app.usehindsight.com/api/v1"
-TIER_LIMITS = {"essentials": 60, "growth": 300, "enterprise": 1000}
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 TIER_PERIOD_S = 60.0  # a tier's limit is always per minute
 BASE_URL_ENV = "HINDSIGHT_BASE_URL"
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Where each setting came from, as the user would name it: "sync.toml: [api] tier", "--tier".
+Sources = dict[str, str]
+FRAME_SOURCE = "<DataFrame>"  # how a pandas DataFrame input is named (ledger, messages)
 # How the command line names each setting it can override, for messages naming the source.
-FLAGS = {
-    "base_url": "--base-url",
-    "tier": "--tier",
-    "rate_limit": "--rate-limit",
-    "rate_period_s": "--rate-period",
-    "merge": "--merge/--no-merge",
-    "state_path": "--state",
-    "api_key_env": "--api-key-env",
-    "concurrency": "--concurrency",
-}
+FLAGS = setting_names("cli")
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class Settings:
 class RunOptions:
     """What one invocation asks for beyond the settings: its inputs and run limits."""
 
-    inputs: tuple[str, ...]
+    inputs: tuple[str | pd.DataFrame, ...]
     existing_notes: str | None = None
     force: bool = False
     dry_run: bool = False
@@ -86,125 +81,14 @@ class RunOptions:
     ledger: str | None = None
     progress: bool = True
 
-
-# A validator takes the raw value and returns the clean one, or raises ValueError(why).
-Validator = Callable[[Any], Any]
-# Where each setting came from, as the user would name it: "sync.toml: [api] tier", "--tier".
-Sources = dict[str, str]
-
-
-class Unechoed(ValueError):
-    """A complaint about a value that may be a secret (a key pasted in the wrong place): the
-    message never repeats the value."""
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The inputs as the ledger, the summary and the logs name them."""
+        return tuple(i if isinstance(i, str) else FRAME_SOURCE for i in self.inputs)
 
 
-def positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("must be a positive whole number")
-    return value
-
-
-def non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be a whole number, 0 or more")
-    return value
-
-
-def positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a finite number above 0")
-    if not math.isfinite(value) or value <= 0:  # TOML has nan and inf
-        raise ValueError("must be a finite number above 0")
-    return float(value)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-def _any_text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _env_name(value: Any) -> str:
-    if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
-        raise Unechoed(
-            "takes the NAME of a variable, not the key itself (letters, digits and _, "
-            "not starting with a digit)"
-        )
-    return value
-
-
-def tier_name(value: Any) -> str:
-    if not isinstance(value, str) or value.lower() not in TIER_LIMITS:
-        raise ValueError(f"must be one of {', '.join(TIER_LIMITS)}")
-    return value.lower()
-
-
-def _text_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("must be a list of strings")
-    return tuple(value)
-
-
-def _delimiter(value: Any) -> str:
-    if not isinstance(value, str) or len(value) != 1:
-        raise ValueError("must be a single character")
-    return value
-
-
-def _encoding(value: Any) -> str:
-    import codecs
-
-    text = _text(value)
-    try:
-        codecs.lookup(text)
-    except LookupError:
-        raise ValueError(f"is not an encoding Python knows ({text!r})") from None
-    return text
-
-
-# section -> key -> (Settings field, validator)
-SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
-    "api": {
-        "base_url": ("base_url", _text),
-        "tier": ("tier", tier_name),
-        "rate_limit": ("rate_limit", positive_int),
-        "rate_period_s": ("rate_period_s", positive_number),
-        "concurrency": ("concurrency", positive_int),
-        "max_concurrency": ("max_concurrency", positive_int),
-        "timeout_s": ("timeout_s", positive_number),
-        "max_retries": ("max_retries", non_negative_int),
-        "backoff_base_s": ("backoff_base_s", positive_number),
-        "max_outage_s": ("max_outage_s", positive_number),
-        "proxy": ("proxy", check_proxy),
-        "ca_bundle": ("ca_bundle", _text),
-        "api_key_env": ("api_key_env", _env_name),
-    },
-    "input": {
-        "encoding": ("encoding", _encoding),
-        "delimiter": ("delimiter", _delimiter),
-        "sheet": ("sheet", _text),
-    },
-    "merge": {
-        "enabled": ("merge", _bool),
-        "separator": ("merge_separator", _any_text),
-        "append_keys": ("append_keys", _text_list),
-    },
-    "ledger": {"path": ("ledger_path", _text)},
-    "state": {"path": ("state_path", _text), "history_days": ("history_days", positive_int)},
-    "metrics": {"path": ("metrics_path", _text)},
-}
+# section -> key -> (Settings field, check): the option table's config keys
+SCHEMA = file_schema()
 MAPPING_SECTIONS = ("columns", "context_columns")
 # Settings field -> where it lives in the file ("[api] tier"), for messages.
 FILE_KEYS = {
@@ -288,18 +172,8 @@ def _validate_mapping(section: str, body: Mapping[str, Any], origin: str) -> dic
                 f"{origin}: unknown key [columns] {key} "
                 f"(canonical fields: {', '.join(CANONICAL_COLUMNS)})"
             )
-        check(f"{origin}: [{section}] {key}", _text, value)
+        check(f"{origin}: [{section}] {key}", non_empty_text, value)
     return dict(body)
-
-
-def check(where: str, validate: Validator, value: Any) -> Any:
-    """Run one validator, turning its complaint into a ConfigError that names `where`."""
-    try:
-        return validate(value)
-    except Unechoed as exc:
-        raise ConfigError(f"{where} {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where} {exc}, got {value!r}") from None
 
 
 def resolve(
@@ -354,7 +228,7 @@ def _flag_layer(
     values = {name: value for name, value in overrides.items() if value is not None}
     sources = {name: names.get(name, name) for name in values}
     if "api_key_env" in values:
-        values["api_key_env"] = check(sources["api_key_env"], _env_name, values["api_key_env"])
+        values["api_key_env"] = check(sources["api_key_env"], env_name, values["api_key_env"])
     return values, sources
 
 
