@@ -24,6 +24,10 @@ class EventLoopError(SyncWorkerError, RuntimeError):
     exit_code = ExitCode.USAGE
 
 
+class GuardError(ConfigError):
+    """A guard for unattended runs refused the run before sending (SPEC section 14)."""
+
+
 class InputError(SyncWorkerError):
     """An input file that cannot be used at all: nothing was sent."""
 

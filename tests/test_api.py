@@ -77,6 +77,10 @@ def test_a_run_from_a_worker_thread(inputs: Path, sandbox: SandboxServer) -> Non
         ({"base_url": "http://example.com/api"}, "base_url= 'http://example.com/api' uses plain"),
         ({"rate_period": 1.0, "rate_limit": None}, "rate_period= 1 with"),
         ({"log_format": "xml"}, "log_format= must be auto, json or console"),
+        ({"max_changes": "many"}, "max_changes= must be a number of requests"),
+        ({"max_changes": 1}, "would send 2 requests, more than max_changes= 1 allows"),
+        ({"allow_unknown_notes": "yes"}, "allow_unknown_notes= must be True or False"),
+        ({"ping_url": "ftp://x"}, "ping_url= must be an http(s) URL"),
     ],
     ids=[
         "rate-limit",
@@ -89,6 +93,10 @@ def test_a_run_from_a_worker_thread(inputs: Path, sandbox: SandboxServer) -> Non
         "plain-http",
         "tier-and-period",
         "log-format",
+        "max-changes",
+        "a-guard",
+        "allow-unknown-notes",
+        "ping-url",
     ],
 )
 def test_a_bad_option_raises_naming_it(

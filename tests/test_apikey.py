@@ -95,3 +95,27 @@ def test_key_from_the_environment_same_rules(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MY_KEY", f"{KEY[:5]} {KEY[5:]}")
     with pytest.raises(ConfigError, match="the environment variable MY_KEY: the key holds a space"):
         load_key(Settings(api_key_env="MY_KEY"), None)
+
+
+@pytest.mark.parametrize("short", ["2", "a", "s", "abcdefg"], ids=["1-digit", "1-letter", "s", "7"])
+def test_a_key_too_short_to_be_one_is_refused_and_garbles_nothing(
+    tmp_path: Path, short: str
+) -> None:
+    """Redacting a one-character key would scrub it from every line (`rows2.csv` shown as
+    `rows[REDACTED].csv`): it is refused as not a key, and never registered as a secret."""
+    from click.testing import CliRunner
+
+    from sync_worker.cli.main import main
+
+    (tmp_path / "rows2.csv").write_text("interview_id,objective\n1,a task\n")
+    (tmp_path / "none.toml").write_text("")
+    result = CliRunner().invoke(
+        main,
+        ["run", str(tmp_path / "rows2.csv"), "--config", str(tmp_path / "none.toml")],
+        env={"HINDSIGHT_API_KEY": short},
+    )
+    assert result.exit_code == 2
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "HINDSIGHT_API_KEY" in line and "too short to be an API key" in line
+    assert "[REDACTED]" not in line
+    assert redact("rows2.csv as a task in sync-state") == "rows2.csv as a task in sync-state"

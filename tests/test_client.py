@@ -46,6 +46,47 @@ def test_classify(status: int, body: bytes, kind: Kind, code: str) -> None:
     assert verdict.code == code
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "ok"),
+    [
+        (200, b'{"interview_request_id": 7}', "application/json", True),
+        (200, b'{"interview_request_id":7,"contact_id":3}', "application/json", True),
+        (200, b'{"interview_request_id": "7"}', "application/json", True),
+        (200, b'{"interview_request_id": 8}', "application/json", False),
+        (200, b'{"interview_request_id": true}', "application/json", False),
+        (200, b"{}", "application/json", False),
+        (200, b"[7]", "application/json", False),
+        (200, b"<html>Welcome</html>", "text/html", False),
+        (204, b"", "", False),
+    ],
+    ids=["api", "more-keys", "id-as-text", "another-id", "bool", "empty", "list", "html", "204"],
+)
+def test_a_2xx_is_ok_only_when_it_confirms_the_interview(
+    status: int, body: bytes, content_type: str, ok: bool
+) -> None:
+    verdict = classify(status, body, 7, content_type)
+    assert (verdict.kind is Kind.OK) is ok
+    if not ok:
+        assert (verdict.kind, verdict.code, verdict.healthy) == (Kind.FAILED, "bad_response", False)
+        assert f"HTTP {status} {content_type or 'without a content type'}" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "healthy"),
+    [
+        (404, api_error("not_found"), True),
+        (400, api_error("bad_request"), True),
+        (404, b"<h1>Not Found</h1>", False),
+        (502, b"<html>Bad Gateway</html>", False),
+        (503, api_error("server_error"), False),
+        (429, api_error("rate_limit_exceeded"), True),
+    ],
+    ids=["404-api", "400-api", "404-html", "502-html", "503-api", "429"],
+)
+def test_which_answers_count_towards_an_outage(status: int, body: bytes, healthy: bool) -> None:
+    assert classify(status, body, 7).healthy is healthy
+
+
 def test_classify_keeps_server_message_and_shape() -> None:
     verdict = classify(404, api_error("not_found", "Interview request not found"))
     assert (verdict.message, verdict.api_shaped) == ("Interview request not found", True)
@@ -221,7 +262,10 @@ async def _send_one(base_url: str, policy: RetryPolicy, watching: bool = True) -
 def test_a_503_retry_after_is_waited_out() -> None:
     async def scenario() -> tuple[Outcome, list[float]]:
         server, url, arrivals = await _raw_server(
-            [_http("503 Service Unavailable", b"", "Retry-After: 0.3"), _http("200 OK")]
+            [
+                _http("503 Service Unavailable", b"", "Retry-After: 0.3"),
+                _http("200 OK", b'{"interview_request_id": 7}'),
+            ]
         )
         async with server:
             client = await _send_one(url, RetryPolicy(base_s=0.001))
@@ -270,8 +314,8 @@ def test_rows_wait_out_an_outage_without_spending_retries() -> None:
     from sync_worker.send.limiter import Pacer
     from sync_worker.send.outage import OUTAGE_AFTER, Outage
 
-    async def accept(_request: web.Request) -> web.Response:
-        return web.json_response({"interview_request_id": 1})
+    async def accept(request: web.Request) -> web.Response:
+        return web.json_response({"interview_request_id": int(request.match_info["id"])})
 
     async def listen(port: int) -> web.AppRunner:
         app = web.Application()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import SandboxServer, run_cli, start_run, wait_for_arrivals, write_csv
@@ -142,3 +143,65 @@ def test_a_metrics_file_that_cannot_be_written_stops_before_sending(
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert "metrics file prom/sync.prom: cannot be written: prom is a file, not a folder" in line
     assert sandbox.requests() == []
+
+
+def families(path: Path) -> dict[str, str]:
+    """Metric family name -> its type."""
+    text = path.read_text(encoding="utf-8")
+    return {family.name: family.type for family in text_string_to_metric_families(text)}
+
+
+def test_every_metric_is_a_gauge_and_none_is_created(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Per-run values: a counter that starts at 0 every run misleads rate(), and adds _created."""
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"], [2, "Bo"]])
+    assert _run(tmp_path, sandbox, "one.csv") == 0
+    text = (tmp_path / "prom/sync.prom").read_text()
+    assert "_created" not in text
+    assert set(families(tmp_path / "prom/sync.prom").values()) == {"gauge"}
+    assert "# TYPE sync_worker_requests_total gauge" in text  # the documented names stay
+    assert "# TYPE sync_worker_rate_limited_total gauge" in text
+
+
+def test_429s_are_requests_too(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    server = sandbox_factory("--rate-limit", "5", "--rate-period", "1")
+    write_csv(
+        tmp_path / "in.csv", ["interview_id", "contact_name"], [[i, f"N{i}"] for i in range(1, 13)]
+    )
+    assert _run(tmp_path, server, "one.csv", "--rate-limit", "20") == 0
+    values = metrics(tmp_path / "prom/sync.prom")
+    log = server.requests()
+    refused = sum(1 for r in log if r["status"] == 429)
+    assert refused > 0
+    assert values["sync_worker_rate_limited_total"] == refused
+    assert values["sync_worker_requests_total"] == len(log)  # every request the server answered
+
+
+def test_a_config_error_writes_exit_code_2_and_keeps_the_last_success(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
+    assert _run(tmp_path, sandbox, "one.csv") == 0
+    success = metrics(tmp_path / "prom/sync.prom")["sync_worker_last_success_timestamp_seconds"]
+    # a variable name that cannot be one: refused before anything is read
+    assert _run(tmp_path, sandbox, "two.csv", "--api-key-env", "9-not-a-name") == 2
+    after = metrics(tmp_path / "prom/sync.prom")
+    assert after["sync_worker_exit_code"] == 2
+    assert after["sync_worker_last_success_timestamp_seconds"] == success
+    assert sandbox.requests()[-1]["id"] == "1" and len(sandbox.requests()) == 1
+
+
+def test_a_broken_config_file_still_reports_to_its_metrics_path(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """The file's [metrics] path is known even when another of its values is not usable."""
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
+    (tmp_path / "sync.toml").write_text('[api]\ntier = "platinum"\n[metrics]\npath = "m.prom"\n')
+    result = run_cli(
+        "run", "in.csv", "--config", "sync.toml", "--base-url", sandbox.base_url, cwd=tmp_path
+    )
+    assert result.code == 2
+    assert metrics(tmp_path / "m.prom")["sync_worker_exit_code"] == 2

@@ -33,7 +33,7 @@ def test_each_command_s_flags_and_keywords_are_the_table_s(command: str) -> None
 def test_the_config_file_s_keys_are_the_table_s() -> None:
     keys = {(section, key) for section, body in SCHEMA.items() for key in body}
     assert keys == {o.file_key for o in OPTIONS if o.file_key is not None}
-    assert list(SCHEMA) == ["api", "input", "merge", "ledger", "state", "metrics"]
+    assert list(SCHEMA) == ["api", "input", "merge", "ledger", "state", "metrics", "guard"]
 
 
 @pytest.mark.parametrize(

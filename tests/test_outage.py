@@ -8,7 +8,13 @@ import asyncio
 import pytest
 
 from sync_worker.send.limiter import Stopped
-from sync_worker.send.outage import OUTAGE_AFTER, PROBE_BASE_S, Outage, probe_delay
+from sync_worker.send.outage import (
+    BAD_ANSWERS_AFTER,
+    OUTAGE_AFTER,
+    PROBE_BASE_S,
+    Outage,
+    probe_delay,
+)
 
 pytestmark = pytest.mark.timing  # real loop, shrunk windows: run alone (make test)
 
@@ -28,17 +34,39 @@ def watching(max_s: float = 60.0) -> tuple[Outage, asyncio.Event, list[float]]:
         ("dd.dd.dd", False),
         ("r", True),
         ("..r", True),
+        ("b" * OUTAGE_AFTER, True),
+        ("b" * (OUTAGE_AFTER - 1), False),
+        ("." + "b" * (BAD_ANSWERS_AFTER - 1), False),
+        ("." + "b" * BAD_ANSWERS_AFTER, True),
+        (".bbbbb.bbbbb.bbbbb", False),
+        (".bdbdbdbdbd", True),
     ],
-    ids=["drops-in-a-row", "too-few-drops", "drops-between-answers", "refused", "refused-late"],
+    ids=[
+        "drops-in-a-row",
+        "too-few-drops",
+        "drops-between-answers",
+        "refused",
+        "refused-late",
+        "bad-answers-from-the-start",
+        "too-few-bad-answers-from-the-start",
+        "bad-answers-after-a-good-one-need-more",
+        "many-bad-answers-in-a-row",
+        "bad-answers-between-good-ones",
+        "bad-answers-and-drops-together",
+    ],
 )
 def test_when_the_api_counts_as_gone(tries: str, down: bool) -> None:
-    """d: dropped (the request went out), r: refused (no connection opened), .: an answer."""
+    """d: dropped (the request went out), r: refused (no connection opened), b: a 5xx or an
+    answer not the API's, .: a good answer."""
 
     async def scenario() -> bool:
         outage, _stop, _gave_up = watching()
         for kind in tries:
+            outage.sending()
             if kind == ".":
                 outage.answered()
+            elif kind == "b":
+                outage.bad_answer(probe=False, error="HTTP 502, text/html")
             else:
                 outage.no_answer(probe=False, sent=kind == "d", error="connection_error")
         return outage.down_since is not None
@@ -107,3 +135,54 @@ def test_probe_backoff_grows_with_jitter_and_a_cap(probes: int) -> None:
     delays = {probe_delay(probes) for _ in range(50)}
     ceiling = min(10.0, PROBE_BASE_S * 2**probes)
     assert all(ceiling / 2 <= d <= ceiling for d in delays) and len(delays) > 1
+
+
+def test_an_outage_is_timed_from_when_its_first_request_left() -> None:
+    """Three requests time out after 0.3 s each: the outage began when the first left, so the
+    run gives up at max_s from then, not max_s after the third timeout."""
+
+    async def scenario() -> tuple[float, float]:
+        outage, _stop, gave_up = watching(max_s=0.5)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for _ in range(OUTAGE_AFTER):
+            outage.sending()
+        await asyncio.sleep(0.3)  # all three hang, then time out together
+        for _ in range(OUTAGE_AFTER):
+            outage.no_answer(probe=False, sent=True, error="timeout")
+        assert outage.down_since == pytest.approx(began, abs=0.01)
+        with pytest.raises(Stopped):
+            while await outage.turn():
+                outage.no_answer(True, True, "timeout")
+        return loop.time() - began, gave_up[0]
+
+    took, down_s = asyncio.run(scenario())
+    assert down_s >= 0.5 and took < 0.5 + 0.2
+
+
+def test_watch_gives_up_while_a_request_still_hangs() -> None:
+    async def scenario() -> tuple[float, bool]:
+        outage, stop, gave_up = watching(max_s=0.3)
+        outage.watching = False  # the first request, alone: a hang counts all the same
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        outage.sending()  # ... and never an answer
+        await asyncio.wait_for(outage.watch(), timeout=2)
+        return loop.time() - began, stop.is_set() and len(gave_up) == 1
+
+    took, stopped = asyncio.run(scenario())
+    assert stopped and 0.3 <= took < 0.3 + 0.15
+
+
+def test_watch_lets_a_run_that_answers_go_on() -> None:
+    async def scenario() -> bool:
+        outage, stop, gave_up = watching(max_s=0.2)
+        watcher = asyncio.ensure_future(outage.watch())
+        for _ in range(8):  # answers keep coming, each within the limit
+            outage.sending()
+            await asyncio.sleep(0.1)
+            outage.answered()
+        watcher.cancel()
+        return stop.is_set() or bool(gave_up)
+
+    assert asyncio.run(scenario()) is False

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import (
     SandboxServer,
     cli_env,
@@ -23,6 +24,7 @@ from conftest import (
     wait_for_arrivals,
     write_csv,
 )
+from local_server import serving
 
 HEADER = ["interview_id", "contact_name"]
 FAST_BACKOFF = "[api]\nbackoff_base_s = 0.02\n"
@@ -30,6 +32,11 @@ FAST_BACKOFF = "[api]\nbackoff_base_s = 0.02\n"
 
 def rows_csv(tmp_path: Path, count: int, name: str = "in.csv", tag: str = "N") -> Path:
     return write_csv(tmp_path / name, HEADER, [[i, f"{tag}{i}"] for i in range(1, count + 1)])
+
+
+def sandbox_at(base_url: str) -> SandboxServer:
+    """Another server, addressed as run_args addresses a sandbox."""
+    return SandboxServer(None, base_url.removesuffix("/api/v1"))  # type: ignore[arg-type]
 
 
 def run_args(server: SandboxServer, *args: str) -> list[str]:
@@ -86,18 +93,46 @@ def test_transient_failures_are_retried_to_success(
     assert any(e["event"] == "retry" for e in result.events())
 
 
-def test_retries_run_out_as_failed(
-    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
-) -> None:
-    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--fail-rate", "1")
+def test_retries_run_out_as_failed(tmp_path: Path) -> None:
+    """One row the server keeps failing (503) among rows it takes: that row ends `failed`
+    after its retries; the others are sent."""
+
+    async def fails_row_2(request: web.Request) -> web.Response:
+        interview = int(request.match_info["tail"].rsplit("/", 1)[-1])
+        if interview == 2:
+            return web.json_response(
+                {"error": {"code": "server_error", "message": "m"}}, status=503
+            )
+        return web.json_response({"interview_request_id": interview})
+
     (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 2\n")
     rows_csv(tmp_path, 3)
-    result = run_cli(*run_args(server, "--config", "fast.toml"), cwd=tmp_path)
+    with serving(fails_row_2) as server:
+        args = run_args(sandbox_at(server.base_url), "--config", "fast.toml", "--concurrency", "1")
+        result = run_cli(*args, cwd=tmp_path)
     assert result.code == 1
     lines = read_ledger(tmp_path / "ledger.csv")
     assert [(x["status"], x["error_code"], x["attempts"]) for x in lines] == [
-        ("failed", "server_error", "3")
-    ] * 3
+        ("ok", "", "1"),
+        ("failed", "server_error", "3"),
+        ("ok", "", "1"),
+    ]
+
+
+def test_503_to_every_request_from_the_start_is_an_outage(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    """An API that fails every request is waited out as a whole, not row by row: exit 3 at
+    --max-outage, the rows never sent `not_attempted`."""
+    server = sandbox_factory("--rate-limit", "1000", "--rate-period", "1", "--fail-rate", "1")
+    (tmp_path / "fast.toml").write_text(FAST_BACKOFF + "max_retries = 2\n")
+    rows_csv(tmp_path, 30)
+    result = run_cli(*run_args(server, "--config", "fast.toml", "--max-outage", "1"), cwd=tmp_path)
+    assert result.code == 3
+    assert "did not answer for 1 s" in result.event("run_aborted")["reason"]
+    statuses = Counter((x["status"], x["error_code"]) for x in read_ledger(tmp_path / "ledger.csv"))
+    assert statuses == {("failed", "server_error"): 1, ("not_attempted", ""): 29}
+    assert {r["id"] for r in server.requests()} == {"1"}  # every try the first row's own
 
 
 def _assert_recovers(server: SandboxServer, count: int, limit: int, span: float) -> None:
@@ -312,6 +347,10 @@ def test_sigterm_during_a_429_pause_stops_at_once(
     assert statuses["ok"] == 5 and sum(statuses.values()) == 20
     assert statuses["not_attempted"] >= 13  # never sent: not "interrupted in flight"
     assert len(server.requests()) <= 7
+    refused = [x for x in read_ledger(tmp_path / "ledger.csv") if x["http_status"] == "429"]
+    assert refused and {(x["status"], x["error_code"]) for x in refused} == {
+        ("not_attempted", "interrupted")  # the server refused it; it was never tried again
+    }
 
 
 def _free_port() -> int:

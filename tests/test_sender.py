@@ -61,8 +61,8 @@ def send_all(
     return asyncio.run(scenario())
 
 
-async def accept(_request: web.Request) -> web.Response:
-    return web.json_response({"interview_request_id": 1})
+async def accept(request: web.Request) -> web.Response:
+    return web.json_response({"interview_request_id": int(request.match_info["id"])})
 
 
 def test_a_surprise_in_one_request_is_recorded_and_the_worker_goes_on(
@@ -149,6 +149,10 @@ def test_a_stop_while_waiting_out_a_429_is_interrupted_not_rate_limit_exceeded()
         )
 
     results = send_all(refuse, 2, stop_after=0.3)
-    first = results[1]
-    assert (first.status, first.error_code, first.http_status) == ("failed", "interrupted", 429)
+    first = results[1]  # the server refused it, and it was never tried again: not sent
+    assert (first.status, first.error_code, first.http_status) == (
+        "not_attempted",
+        "interrupted",
+        429,
+    )
     assert "rate-limit pause" in first.error_message and first.attempts == 1

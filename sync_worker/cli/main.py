@@ -131,6 +131,7 @@ def _click_option(option: Option, command: Command) -> Callable[[F], F]:
         type=CLICK_TYPES[option.kind],
         default=option.default,
         show_default=option.default is not None,
+        metavar=option.metavar,
         help=help_text,
     )
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sync_worker.errors import ConfigError, EventLoopError, SyncWorkerError
 from sync_worker.settings.checks import check
-from sync_worker.settings.config import RunOptions, Settings, resolve
+from sync_worker.settings.config import RunOptions, Settings, reporting_despite_error, resolve
 from sync_worker.settings.options import Command, Surface, for_command, in_python_words
 from sync_worker.vocabulary import ExitCode
 
@@ -76,6 +76,7 @@ class ValidationResult:
     notes_problems: tuple[str, ...] = ()  # --existing-notes rows that cannot be used
     lines_set_aside: int = 0  # lines of the inputs that are not rows (a report's footer, ...)
     set_aside: tuple[str, ...] = ()  # one line per file that set lines aside: how many, why
+    guards: tuple[str, ...] = ()  # what each guard for unattended runs would say, one line each
 
     @property
     def exit_code(self) -> int:
@@ -159,9 +160,10 @@ def _refuse_running_loop(name: str, instead: str) -> None:
 def run(inputs: Inputs, options: Mapping[str, Any], surface: Surface) -> RunResult:
     """`sync-worker run` and `sync_worker.sync`."""
     with _in_words_of(surface):
-        given = _given("run", options, surface)
-        settings = _settings(given)
-        run_options = _run_options(inputs, given)
+        with _reported_if_refused(options):
+            given = _given("run", options, surface)
+            settings = _settings(given)
+            run_options = _run_options(inputs, given)
         from sync_worker.commands import pipeline
 
         with _call_scope(given):
@@ -176,8 +178,9 @@ def revert_run(run_id: str, options: Mapping[str, Any], surface: Surface) -> Run
     with _in_words_of(surface):
         if not isinstance(run_id, str) or not run_id.strip():
             raise ConfigError(f"run_id must be a run's id (a ledger's run_id), got {run_id!r}")
-        given = _given("revert", options, surface)
-        settings = _settings(given)
+        with _reported_if_refused(options):
+            given = _given("revert", options, surface)
+            settings = _settings(given)
         from sync_worker.commands import pipeline
         from sync_worker.commands.revert import RevertJob
 
@@ -205,7 +208,7 @@ def check_inputs(inputs: Inputs, options: Mapping[str, Any], surface: Surface) -
         from sync_worker.commands import planning
 
         with _call_scope(given):
-            batch, plan, notes_problems = planning.validate(settings, run_options)
+            batch, plan, notes_problems, guards = planning.validate(settings, run_options)
     invalid = tuple(f"{s.error_message} [{s.error_code}]" for _p, s in plan.settled.invalid())
     return ValidationResult(
         len(batch),
@@ -215,6 +218,7 @@ def check_inputs(inputs: Inputs, options: Mapping[str, Any], surface: Surface) -
         tuple(notes_problems),
         batch.lines_set_aside,
         tuple(lines.message() for lines in batch.set_aside),
+        tuple(guards),
     )
 
 
@@ -328,6 +332,33 @@ def _call_scope(given: Mapping[str, Any]) -> Iterator[None]:
         stack.enter_context(library_logging(given.get("log_format") or "json"))
         stack.enter_context(lean_memory_pool())
         yield
+
+
+@contextmanager
+def _reported_if_refused(options: Mapping[str, Any]) -> Iterator[None]:
+    """A run refused before its settings are whole still reports its exit code to the metrics
+    file and the ping URL, where those are known (given, or in a config file that parses): a
+    monitor must hear of a broken config too."""
+    try:
+        yield
+    except SyncWorkerError as exc:
+        from sync_worker.commands.monitor import Monitor
+
+        config = options.get("config")
+        metrics, url = reporting_despite_error(
+            Path(os.fspath(config)) if isinstance(config, str | os.PathLike) else None,
+            {
+                "metrics_path": _text_of(options.get("metrics_file")),
+                "ping_url": options.get("ping_url"),
+            },
+        )
+        if metrics is not None or url is not None:
+            Monitor(metrics, url).failed(None, exc)
+        raise
+
+
+def _text_of(value: Any) -> str | None:
+    return os.fspath(value) if isinstance(value, str | os.PathLike) else None
 
 
 @contextmanager

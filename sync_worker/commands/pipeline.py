@@ -13,7 +13,6 @@ import gc
 import math
 import secrets
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,12 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from sync_worker.clock import now_iso, run_stamp
-from sync_worker.commands.planning import plan_with_notes, read_inputs
+from sync_worker.commands.monitor import Monitor
+from sync_worker.commands.planning import merging, plan_with_notes, read_inputs
 from sync_worker.commands.signals import StopSignal
-from sync_worker.errors import SyncWorkerError
+from sync_worker.errors import GuardError
 from sync_worker.logs import get_logger, showing_progress
 from sync_worker.plan import Plan
 from sync_worker.plan.changes import Changes, plan_changes
+from sync_worker.plan.guards import Verdict, judge, refusals
 from sync_worker.plan.request_table import ChainQueue
 from sync_worker.read.notes import NotesFile
 from sync_worker.read.reader import Batch
@@ -40,7 +41,7 @@ from sync_worker.send.client import Counters, Outcome, RetryPolicy
 from sync_worker.send.sender import SendConfig, Sender, SendReport
 from sync_worker.settings.apikey import load_key
 from sync_worker.settings.config import RunOptions, Settings
-from sync_worker.settings.network import proxy_for, tls_context
+from sync_worker.settings.network import route, tls_context
 from sync_worker.store.history import FieldKey
 from sync_worker.store.state import RunLock, State
 from sync_worker.vocabulary import ExitCode, Status
@@ -65,6 +66,7 @@ class Prepared:
     inputs: tuple[str, ...] = ()
     notes: NotesFile | None = None
     remarks: dict[int, tuple[str, str]] = field(default_factory=dict)  # ok lines' code, message
+    guards: list[Verdict] = field(default_factory=list)  # what each guard says (SPEC 14)
 
 
 class Job(Protocol):
@@ -91,8 +93,13 @@ class InputJob:
     def prepare(self, state: State, options: RunOptions) -> Prepared:
         assert self.batch is not None
         plan, notes = plan_with_notes(self.settings, options, self.batch, state)
+        verdicts = judge(plan, len(self.batch), merging(self.settings, options), self.settings)
+        if refusals(verdicts) and not options.dry_run:
+            return Prepared(self.batch, plan, {}, inputs=options.input_names, guards=verdicts)
         changes = {} if options.dry_run else plan_changes(plan, _last_values(state, plan))
-        return Prepared(self.batch, plan, changes, inputs=options.input_names, notes=notes)
+        return Prepared(
+            self.batch, plan, changes, inputs=options.input_names, notes=notes, guards=verdicts
+        )
 
 
 def _last_values(state: State, plan: Plan) -> dict[FieldKey, str]:
@@ -117,36 +124,19 @@ def launch(
     api_key: str | None = None,
 ) -> dict[str, Any]:
     """A run of any job (`run`, `revert`): key, lock, signals, then plan, send and record.
-    Returns its summary. Metrics, when asked for, are written however the run ends."""
-    metrics = Path(settings.metrics_path) if settings.metrics_path else None
-    if metrics is not None:
-        # here, not at the top: only --metrics-file needs prometheus_client (~25 ms to import)
-        from sync_worker.record.metrics import check_writable
-
-        check_writable(metrics)  # first: a file that cannot be written gets no metrics
+    Returns its summary. Metrics and pings, when asked for, report however the run ends."""
+    monitor = Monitor.of(settings)
     run_id = new_run_id()
-    began = time.monotonic()
     # bound for the run only: a host's own context variables are as they were after it
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
-            summary = _run(settings, options, key_file, api_key, run_id, job)
-        except SyncWorkerError as exc:
-            if metrics is not None:
-                _write_metrics(metrics, {"run_id": run_id, "exit_code": exc.exit_code}, began)
+            monitor.check()  # first: a file that cannot be written gets no metrics
+            summary = _run(settings, options, key_file, api_key, run_id, job, monitor)
+        except Exception as exc:
+            monitor.failed(run_id, exc)
             raise
-    if metrics is not None:
-        _write_metrics(metrics, summary, began)
+        monitor.finished(summary)
     return summary
-
-
-def _write_metrics(path: Path, summary: dict[str, Any], began: float) -> None:
-    """The run's metrics; a failure to write them is logged, never hides the run's exit code."""
-    from sync_worker.record.metrics import write_metrics  # see launch()
-
-    try:
-        write_metrics(path, summary, time.monotonic() - began)
-    except SyncWorkerError as exc:
-        get_logger().error("metrics_not_written", message=str(exc))
 
 
 def _run(
@@ -156,6 +146,7 @@ def _run(
     api_key: str | None,
     run_id: str,
     job: Job,
+    monitor: Monitor,
 ) -> dict[str, Any]:
     started_at = now_iso()
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
@@ -167,7 +158,9 @@ def _run(
         lock.acquire(run_id)
     try:
         with StopSignal().installed() as stopper:
-            return _run_locked(settings, options, job, run_id, started_at, send, stopper, ledger)
+            return _run_locked(
+                settings, options, job, run_id, started_at, send, stopper, ledger, monitor
+            )
     finally:
         lock.release()
 
@@ -181,6 +174,7 @@ def _run_locked(
     send: SendConfig | None,
     stopper: StopSignal,
     ledger_path: Path,
+    monitor: Monitor,
 ) -> dict[str, Any]:
     state = (
         State.read_only(Path(settings.state_path))
@@ -189,6 +183,7 @@ def _run_locked(
     )
     try:
         prepared = job.prepare(state, options)
+        _guard(prepared, options)
         batch, plan = prepared.batch, prepared.plan
         template = options.ledger or settings.ledger_path
         ledger = Ledger(ledger_path, run_id if fills_in(template) else None)
@@ -207,6 +202,7 @@ def _run_locked(
             recorder.settle_all(plan.settled)
             recorder.flush()
             _log_start(settings, options, batch, plan, ledger.path)
+            monitor.started()
             report = _send_or_dry_run(options, plan, recorder, send, stopper)
             recorder.check()
             if stopper.reason is not None:
@@ -226,7 +222,6 @@ def _run_locked(
                 plan,
                 code,
                 prepared.inputs,
-                settings.rate_period_s,
                 batch.lines_set_aside,
             )
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
@@ -240,6 +235,19 @@ def _run_locked(
         return summary
     finally:
         state.close()
+
+
+def _guard(prepared: Prepared, options: RunOptions) -> None:
+    """The guards of SPEC section 14, before anything is written or sent: a refusal is exit 2;
+    a dry run logs it and goes on, to show what the real run would meet."""
+    refused = refusals(prepared.guards)
+    if not refused:
+        return
+    if options.dry_run:
+        for verdict in refused:
+            get_logger().warning("guard_would_refuse", guard=verdict.guard, message=verdict.message)
+        return
+    raise GuardError("; and ".join(verdict.message for verdict in refused))
 
 
 def _remember_notes(state: State, prepared: Prepared, options: RunOptions) -> None:
@@ -337,6 +345,7 @@ def _send_config(
     settings: Settings, options: RunOptions, key_file: str | None, api_key: str | None
 ) -> SendConfig:
     """How to send, settled before anything is read: a bad key or CA bundle stops the run first."""
+    way = route(settings.base_url, settings.proxy)
     return SendConfig(
         base_url=settings.base_url,
         api_key=load_key(settings, key_file, api_key),
@@ -348,8 +357,10 @@ def _send_config(
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
         max_outage_s=settings.max_outage_s,
         max_duration_s=None if options.max_duration_min is None else options.max_duration_min * 60,
-        proxy=proxy_for(settings.base_url, settings.proxy),
+        proxy=way.proxy,
+        proxy_shown=way.shown(),
         tls=tls_context(settings.ca_bundle),
+        first_rejections=settings.first_rejections,
     )
 
 

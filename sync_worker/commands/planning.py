@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.guards import judge
 from sync_worker.read.notes import NotesFile, read_notes
 from sync_worker.read.reader import Batch, ReadOptions, read_batch
 from sync_worker.settings.config import RunOptions, Settings
@@ -55,11 +56,16 @@ def make_plan(
     return plan
 
 
+def merging(settings: Settings, options: RunOptions) -> bool:
+    """--merge, or --existing-notes, which implies it."""
+    return settings.merge or options.existing_notes is not None
+
+
 def plan_with_notes(
     settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
 ) -> tuple[Plan, NotesFile]:
     """The plan, and the notes file it used (its problems are logged here)."""
-    merge = settings.merge or options.existing_notes is not None
+    merge = merging(settings, options)
     notes = (
         read_notes(Path(options.existing_notes), settings, state.seen_notes())
         if options.existing_notes
@@ -125,7 +131,8 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
 
 
 def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
-    """`sync-worker plan`: the requests a run would send, without network or key."""
+    """`sync-worker plan`: the requests a run would send, without network or key; what each
+    guard would say of the run is logged, one line each."""
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
     try:
@@ -141,12 +148,30 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
         message=f"{len(batch)} rows: {len(plan.table)} requests to send, "
         f"{len(plan.settled.invalid())} invalid rows, {batch.lines_set_aside} lines set aside",
     )
+    log_guards(settings, options, batch, plan)
     return plan_lines(plan, batch)
 
 
-def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str]]:
-    """`sync-worker validate`: the batch, its plan with state ignored, and the notes file's
-    unusable rows."""
+def log_guards(
+    settings: Settings, options: RunOptions, batch: Batch, plan: Plan, state_read: bool = True
+) -> list[str]:
+    """What each guard of SPEC section 14 would say of a run of this plan: one `guard` event
+    each (a warning for one that would refuse the run); returns their lines."""
+    verdicts = judge(plan, len(batch), merging(settings, options), settings)
+    note = "" if state_read else " (validate reads no state: a run knows what earlier runs sent)"
+    log, lines = get_logger(), []
+    for verdict in verdicts:
+        line = verdict.line() + (note if verdict.guard != "first_rejections" else "")
+        lines.append(line)
+        event = log.warning if verdict.refuses else log.info
+        event("guard", guard=verdict.guard, refuses=verdict.refuses, message=line)
+    return lines
+
+
+def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str], list[str]]:
+    """`sync-worker validate`: the batch, its plan with state ignored, the notes file's
+    unusable rows, and what each guard would say (logged too)."""
     batch = read_inputs(settings, options.inputs)
     plan, notes = plan_with_notes(settings, options, batch, State(None))
-    return batch, plan, notes.problems
+    guards = log_guards(settings, options, batch, plan, state_read=False)
+    return batch, plan, notes.problems, guards

@@ -65,13 +65,20 @@ def _rate(summary: dict[str, Any] | None) -> list[str]:
         return []
     lines = [
         f"requests sent: {summary.get('requests_sent')}{_took(summary)}, retries: "
-        f"{summary.get('retries')}, 429s: {summary.get('rate_limited_429')}, effective rate: "
-        f"{summary.get('effective_requests_per_minute')} requests/minute, "
+        f"{summary.get('retries')}, 429s: {summary.get('rate_limited_429')}, {_rate_of(summary)}, "
         f"exit code {summary.get('exit_code')}"
     ]
     if summary.get("lines_set_aside"):
         lines.append(f"lines set aside, not rows: {summary['lines_set_aside']}")
     return lines
+
+
+def _rate_of(summary: dict[str, Any]) -> str:
+    """A run of fewer than two requests has no rate (`null`): said so, not `None`."""
+    per_minute = summary.get("effective_requests_per_minute")
+    if per_minute is None:
+        return "no rate (fewer than two requests)"
+    return f"effective rate: {per_minute} requests/minute"
 
 
 def _took(summary: dict[str, Any]) -> str:

@@ -1,10 +1,15 @@
 """Prometheus metrics of a run, for node_exporter's textfile collector (`--metrics-file`).
 
-Written at the end of every run, however it ended, atomically (prometheus_client writes beside
-the file and renames), so a collector never reads half a file. Batch-job conventions: the time of
-the last run and of the last success, so an alert can fire when `time() -
-sync_worker_last_success_timestamp_seconds` grows past twice the schedule. A run that did not
-succeed (exit code other than 0) carries the previous file's last success over.
+Written at the end of every run, however it ended (a config error included, exit code 2),
+atomically (prometheus_client writes beside the file and renames), so a collector never reads
+half a file. Every value is the last run's own, so every metric is a gauge: a counter that
+starts again at 0 with each run is misread by `rate()` and `increase()`, and gets a `_created`
+series besides. `sync_worker_requests_total` and `sync_worker_rate_limited_total` keep the
+names the documentation has always given them, though gauges; the newer per-run values are
+named without `_total`. Batch-job conventions: the time of the last run and of the last
+success, so an alert can fire when `time() - sync_worker_last_success_timestamp_seconds` grows
+past twice the schedule. A run that did not succeed (exit code other than 0) carries the
+previous file's last success over.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync_worker.errors import ConfigError
@@ -38,18 +43,38 @@ def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> 
     counts = summary.get("counts") or {}
     for status in sorted({*STATUSES, *counts}):
         rows.labels(status=status).set(counts.get(status, 0))
-    _counter(
+    _gauge(
         registry,
-        "requests",
-        "Requests of the last run that got an HTTP answer",
+        "requests_total",
+        "HTTP requests of the last run that got an answer, whatever its status (429s "
+        "included), and those a stop cut off in flight (a gauge: the last run's own count)",
         summary.get("requests_sent", 0),
     )
-    _counter(
-        registry, "rate_limited", "429 answers in the last run", summary.get("rate_limited_429", 0)
+    _gauge(
+        registry,
+        "rate_limited_total",
+        "429 answers in the last run (a gauge: the last run's own count)",
+        summary.get("rate_limited_429", 0),
     )
-    _counter(registry, "retries", "Retries in the last run", summary.get("retries", 0))
+    _gauge(
+        registry,
+        "retries",
+        "Requests sent again in the last run (not after a 429)",
+        summary.get("retries", 0),
+    )
+    _gauge(
+        registry,
+        "connection_errors",
+        "Tries of the last run without an HTTP answer (refused, dropped, timed out, not HTTP)",
+        summary.get("connection_errors", 0),
+    )
     _gauge(registry, "run_duration_seconds", "How long the last run took", duration_s)
-    _gauge(registry, "exit_code", "Exit code of the last run (0: success)", code)
+    _gauge(
+        registry,
+        "exit_code",
+        "Exit code of the last run (0: success; 2: refused before sending; 3: aborted)",
+        code,
+    )
     _gauge(registry, "last_run_timestamp_seconds", "When the last run ended (Unix time)", now)
     success = now if code == ExitCode.OK else _previous_success(path)
     _gauge(
@@ -58,12 +83,15 @@ def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> 
         "When the last run with exit code 0 ended (Unix time; 0: never)",
         success or 0,
     )
-    _gauge(
-        registry,
-        "effective_requests_per_minute",
-        "Sending rate of the last run",
-        summary.get("effective_requests_per_minute") or 0,
-    )
+    per_minute = summary.get("effective_requests_per_minute")
+    if per_minute is not None:  # a run of fewer than two requests has no rate
+        _gauge(
+            registry,
+            "effective_requests_per_minute",
+            "The rate the last run's answered requests left at: (n - 1) / the time from the "
+            "first to the last of them",
+            per_minute,
+        )
     _gauge(
         registry,
         "server_limit_learned_per_minute",
@@ -71,10 +99,6 @@ def write_metrics(path: Path, summary: Mapping[str, Any], duration_s: float) -> 
         summary.get("server_limit_learned_per_minute") or 0,
     )
     _write(path, registry)
-
-
-def _counter(registry: CollectorRegistry, name: str, help_text: str, value: float) -> None:
-    Counter(f"{PREFIX}_{name}", help_text, registry=registry).inc(value or 0)
 
 
 def _gauge(registry: CollectorRegistry, name: str, help_text: str, value: float) -> None:

@@ -60,12 +60,11 @@ def summary(
     plan: Plan,
     code: int,
     inputs: tuple[str, ...],
-    rate_period_s: float,
     lines_set_aside: int = 0,
 ) -> dict[str, Any]:
     """`lines_set_aside`: lines of the inputs that were not rows (a report's footer, ...)."""
     counters = report.counters
-    per_minute = _per_minute(counters.requests, report.elapsed_s, rate_period_s)
+    per_minute = report.per_minute
     return {
         "run_id": run_id,
         "started_at": started_at,
@@ -79,7 +78,7 @@ def summary(
         "retries": counters.retries,
         "connection_errors": counters.connection_errors,
         "rate_limited_429": counters.rate_limited,
-        "effective_requests_per_minute": round(per_minute, 1),
+        "effective_requests_per_minute": None if per_minute is None else round(per_minute, 1),
         "server_limit_learned_per_minute": (
             round(report.learned_per_minute, 1) if report.learned_per_minute else None
         ),
@@ -89,13 +88,6 @@ def summary(
         "contacts_no_existing": plan.contacts_no_existing,
         "exit_code": int(code),
     }
-
-
-def _per_minute(requests: int, elapsed_s: float, rate_period_s: float) -> float:
-    """Requests a minute over the longer of the send time and one rate period: no more than the
-    limit goes out in any period, so a run shorter than a period reads at most the limit (a
-    one-request run must not read as 30,000 a minute)."""
-    return requests / max(elapsed_s, rate_period_s) * 60
 
 
 def write_summary(ledger_path: Path, summary: dict[str, Any]) -> None:

@@ -1,16 +1,21 @@
 """One PATCH, from the first attempt to its outcome: pacing, classification, retries.
 
-Every answer is classified in one place (`classify`): 2xx ok; 400/404 and other 4xx failed for
-the row; 401/403 fatal for the run; 429 a shared pause; 5xx and answers that are not HTTP
-retried with exponential backoff and jitter (or the server's Retry-After). No answer at all
-(connection refused or dropped, timeout) is retried the same way, unless several in a row show
-the API is gone: then the run waits the outage out (`Outage`) and the row is not charged for it.
+Every answer is classified in one place (`classify`): a 2xx that confirms the interview
+(`{"interview_request_id": <id>}`) ok, any other 2xx `bad_response` (a catch-all web server or a
+proxy's block page answers 200 too, and a row taken as ok is never sent again); 400/404 and
+other 4xx failed for the row; 401/403 fatal for the run; 429 a shared pause; 5xx and answers
+that are not HTTP retried with exponential backoff and jitter (or the server's Retry-After). No
+answer at all (connection refused or dropped, timeout) is retried the same way, unless several
+in a row show the API is gone; 5xx and answers that are not the API's, many in a row (or every
+one from the start), show the same of a load balancer or proxy in the API's place: then the run
+waits the outage out (`Outage`) and the row is not charged for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -52,24 +57,63 @@ class Verdict:
     message: str = ""
     api_shaped: bool = True  # the body was the API's error shape (proves we reach the API)
     sent: bool = True  # the request may have reached the server (False: no connection opened)
+    healthy: bool = True  # False: a 5xx, or an answer not the API's (counts towards an outage)
+    content_type: str = ""  # of an answer not the API's, for the message naming it
 
 
 ACCEPTED = Verdict(Kind.OK)  # every 2xx: one object, not one a request
 NOTHING_SENT = Verdict(Kind.RETRY)  # a row's verdict before its first attempt
 
 
-def classify(status: int, body: bytes) -> Verdict:
-    """What an HTTP answer means for the row and the run."""
+def classify(
+    status: int, body: bytes, interview_id: int | None = None, content_type: str = ""
+) -> Verdict:
+    """What an HTTP answer means for the row and the run. A 2xx is ok only when it confirms
+    `interview_id` (None: any 2xx, for callers that judged the body already)."""
     if 200 <= status < 300:
-        return ACCEPTED
+        if interview_id is None or confirms(body, interview_id):
+            return ACCEPTED
+        return _not_the_api(status, body, content_type, interview_id)
     code, message, shaped = _api_error(status, body)
     if status in (401, 403):
-        return Verdict(Kind.FATAL, code, message, shaped)
+        return Verdict(Kind.FATAL, code, message, shaped, content_type=content_type)
     if status == 429:
         return Verdict(Kind.RATE_LIMITED, "rate_limit_exceeded", message, shaped)
     if status >= 500 or status == 408:
-        return Verdict(Kind.RETRY, "server_error", message, shaped)
-    return Verdict(Kind.FAILED, code, message, shaped)
+        return Verdict(
+            Kind.RETRY, "server_error", message, shaped, healthy=False, content_type=content_type
+        )
+    return Verdict(Kind.FAILED, code, message, shaped, healthy=shaped, content_type=content_type)
+
+
+def confirms(body: bytes, interview_id: int) -> bool:
+    """The API's 200: `{"interview_request_id": <the id>}` (other keys allowed)."""
+    if body == b'{"interview_request_id": %d}' % interview_id:  # as the API writes it: no parse
+        return True
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    found = answer.get("interview_request_id") if isinstance(answer, dict) else None
+    return (type(found) is int and found == interview_id) or found == str(interview_id)
+
+
+def _not_the_api(status: int, body: bytes, content_type: str, interview_id: int) -> Verdict:
+    text = " ".join(body[:120].decode("utf-8", "replace").split())
+    message = (
+        f"HTTP {status} {content_type or 'without a content type'} is not the API's answer "
+        f'{{"interview_request_id": {interview_id}}}' + (f": {text}" if text else "")
+    )
+    return Verdict(
+        Kind.FAILED, "bad_response", message, False, healthy=False, content_type=content_type
+    )
+
+
+def answer_shown(status: int | None, content_type: str) -> str:
+    """`HTTP 502, text/html`: what came back, for a message."""
+    if status is None:
+        return "the answer is not HTTP"
+    return f"HTTP {status}, " + (content_type or "no content type")
 
 
 def _api_error(status: int, body: bytes) -> tuple[str, str, bool]:
@@ -156,14 +200,33 @@ class Outcome:
     finished_at: str = ""
     fatal: bool = False  # the run must stop (auth refused)
     api_shaped: bool = True
+    content_type: str = ""  # of an answer not the API's
 
 
 @dataclass
 class Counters:
-    requests: int = 0  # requests that got an HTTP answer (and, at the end, those cut off in flight)
+    # requests that got an HTTP answer, whatever its status (429s included), and (added at the
+    # end) those a stop cut off in flight
+    requests: int = 0
     retries: int = 0  # requests sent again after anything but a 429
     rate_limited: int = 0
     connection_errors: int = 0  # tries without an HTTP answer: refused, dropped, timed out, garbage
+    first_sent: float = math.inf  # loop time the first request that got an answer left
+    last_sent: float = -math.inf  # ... and the last one
+
+    def answered(self, sent_at: float) -> None:
+        """A request that left at `sent_at` got an HTTP answer."""
+        self.requests += 1
+        self.first_sent = min(self.first_sent, sent_at)
+        self.last_sent = max(self.last_sent, sent_at)
+
+    def per_minute(self) -> float | None:
+        """The rate the answered requests left at: n requests span n - 1 intervals, so a short
+        run paced at the limit reads the limit (None: fewer than two, no rate to speak of)."""
+        span = self.last_sent - self.first_sent
+        if self.requests < 2 or not span > 0:
+            return None
+        return (self.requests - 1) / span * 60
 
 
 class Client:
@@ -178,6 +241,7 @@ class Client:
         stop: asyncio.Event,
         outage: Outage | None = None,
         latencies: Latencies | None = None,
+        proxy_shown: str = "",
     ) -> None:
         self._session = session
         self._latencies = latencies  # each answer's latency, for the pool to follow
@@ -186,6 +250,7 @@ class Client:
         self._pacer = pacer
         self._policy = policy
         self._stop = stop
+        self._proxy_shown = proxy_shown  # `the proxy http://p:3128 (HTTPS_PROXY)`, for messages
         self.outage = outage or Outage(MAX_OUTAGE_S, stop)
         self.counters = Counters()
         # interview ids whose request went on the wire -> (when its send began, monotonic; its
@@ -195,6 +260,8 @@ class Client:
         import aiohttp  # here, not at the top: `plan` and `validate` never pay for it
 
         # what each failure of an exchange means (looked up only when one is raised)
+        self._untrusted = aiohttp.ClientConnectorCertificateError
+        self._proxy_failed = (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)
         self._not_opened = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
         self._dropped = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
         self._not_http = aiohttp.ClientResponseError
@@ -238,12 +305,13 @@ class Client:
                 continue  # the API went away while this waited for its slot: wait with the rest
             self.started[interview_id] = (began, attempts + 1)
             SLOT.set(sent_at)  # the connector moves it if the send leaves late
-            status, verdict, hint = await self._attempt(url, body)
+            outage.sending()
+            status, verdict, hint = await self._attempt(url, body, interview_id)
             if status is not None:
                 self._answered_after(sent_at)
             sent_at = SLOT.get()  # when it left: the time the server's window holds
             if verdict is ACCEPTED:
-                counters.requests += 1
+                counters.answered(sent_at)
                 outage.answered()
                 self._pacer.accepted(sent_at)
                 return Outcome(Status.OK, status, attempts=attempts + 1)
@@ -257,9 +325,9 @@ class Client:
                 unanswered += 1
             else:
                 attempts += 1
-                outage.answered()
                 if verdict.kind is Kind.RATE_LIMITED:
                     rate_limited += 1
+                    outage.answered()
                     self._on_429(interview_id, hint or 0.0, sent_at)
                     if self._stop.is_set():
                         return _interrupted_in_pause(attempts)
@@ -267,6 +335,14 @@ class Client:
                         return self._failed(status, verdict, attempts)
                     continue
                 self._answered(status, sent_at)
+                if verdict.healthy:
+                    outage.answered()
+                else:
+                    shown = answer_shown(status, verdict.content_type)
+                    if outage.bad_answer(probing, shown) and verdict.kind is Kind.RETRY:
+                        counters.retries += 1
+                        continue  # a load balancer in trouble: waited out with the whole run
+                    unanswered += 1
                 if verdict.kind is not Kind.RETRY:
                     return self._failed(status, verdict, attempts)
             failures += 1
@@ -298,7 +374,7 @@ class Client:
         if status is None:  # an answer that is not HTTP
             self.counters.connection_errors += 1
             return
-        self.counters.requests += 1
+        self.counters.answered(sent_at)
         self._pacer.accepted(sent_at)
 
     async def _back_off(
@@ -314,15 +390,23 @@ class Client:
         )
         await sleep_unless_stopped(self._stop, delay)
 
-    async def _attempt(self, url: URL, body: bytes) -> tuple[int | None, Verdict, float | None]:
+    async def _attempt(
+        self, url: URL, body: bytes, interview_id: int
+    ) -> tuple[int | None, Verdict, float | None]:
         """One HTTP exchange: (status, verdict, the server's hint of when to try again)."""
         try:
             async with self._session.patch(url, data=body) as response:
                 payload = await response.read()
                 status = response.status
-                if 200 <= status < 300:
+                if 200 <= status < 300 and confirms(payload, interview_id):
                     return status, ACCEPTED, None
-                return status, classify(status, payload), wait_hint(status, response.headers)
+                content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+                verdict = classify(status, payload, interview_id, content_type)
+                return status, verdict, wait_hint(status, response.headers)
+        except self._untrusted as exc:
+            return None, self._untrusted_certificate(exc), None
+        except self._proxy_failed as exc:
+            return None, self._proxy_failure(exc), None
         except self._not_opened as exc:
             return None, _no_answer(exc, sent=False), None  # before the connection opened
         except TimeoutError:
@@ -334,8 +418,31 @@ class Client:
             message = f"the answer is not HTTP: {exc.message}".splitlines()[0]
             return None, Verdict(Kind.RETRY, "bad_response", message, api_shaped=False), None
 
+    def _proxy_failure(self, exc: Exception) -> Verdict:
+        """The proxy, not the API, is what failed: say so, and which proxy it is."""
+        status = getattr(exc, "status", None)
+        what = (
+            f"answered HTTP {status} when asked to connect to the API"
+            if status
+            else f"cannot be reached ({_reason(exc)})"
+        )
+        message = f"{self._proxy_shown or 'the proxy'} {what}: check that the proxy runs and "
+        message += "lets this machine through, or the proxy setting"
+        return Verdict(Kind.NO_ANSWER, "proxy_error", message, api_shaped=False, sent=False)
+
+    @staticmethod
+    def _untrusted_certificate(exc: Exception) -> Verdict:
+        reason = getattr(getattr(exc, "certificate_error", None), "verify_message", None)
+        message = (
+            f"CERTIFICATE_VERIFY_FAILED: the server's TLS certificate is not trusted "
+            f"({reason or _reason(exc)}); if a proxy or a company CA signs it, give that CA's "
+            "PEM file as [api] ca_bundle in the config or in SSL_CERT_FILE"
+        )
+        return Verdict(Kind.NO_ANSWER, "certificate_error", message, api_shaped=False, sent=False)
+
     def _on_429(self, interview_id: int, wait: float, sent_at: float) -> None:
         """Pause everyone; the pacer learns from it and logs `server_limit_learned`."""
+        self.counters.answered(sent_at)  # refused, but sent and answered like any other
         self.counters.rate_limited += 1
         self._pacer.rate_limited(wait, sent_at)
         self._log.info("rate_limit_pause", interview_id=interview_id, pause_s=round(wait, 3))
@@ -360,16 +467,25 @@ class Client:
             attempts,
             fatal=verdict.kind is Kind.FATAL,
             api_shaped=verdict.api_shaped,
+            content_type=verdict.content_type,
         )
 
 
 def _interrupted_in_pause(attempts: int) -> Outcome:
-    """Stopped while waiting out a 429: not rate_limit_exceeded (that is for MAX_RATE_LIMITED
-    429s), and the last try was refused, not applied."""
+    """Stopped while waiting out a 429: `not_attempted`, for the server refused every try of
+    it (429) and the worker never tried again; not rate_limit_exceeded either (that is for
+    MAX_RATE_LIMITED 429s)."""
     message = "stopped while waiting out a rate-limit pause; the server refused the last try (429)"
-    return Outcome(Status.FAILED, 429, "interrupted", message, attempts)
+    return Outcome(Status.NOT_ATTEMPTED, 429, "interrupted", message, attempts)
 
 
 def _no_answer(exc: Exception, sent: bool) -> Verdict:
     message = redact(str(exc) or type(exc).__name__)
     return Verdict(Kind.NO_ANSWER, "connection_error", message, api_shaped=False, sent=sent)
+
+
+def _reason(exc: Exception) -> str:
+    """The OS's or the library's words for a failure, on one line."""
+    cause = getattr(exc, "os_error", None) or exc
+    text = getattr(cause, "strerror", None) or str(cause) or type(exc).__name__
+    return redact(" ".join(str(text).split()))

@@ -4,8 +4,13 @@ Each worker takes a whole contact chain and sends its requests one after another
 context overwrites another's. The pool of workers follows the API's latency (pool.PoolSize):
 new workers start when answers slow down, and workers beyond the need leave after their chain.
 The run stops taking new requests when `stop` is set (a signal, --max-duration, a refused key,
-or an outage longer than max_outage_s); requests in flight then get a bounded time to finish,
-and those still waiting for their slot end at once.
+the first answers all refusing the rows alike, or an outage longer than max_outage_s); requests
+in flight then get a bounded time to finish (none after an outage: they are what hangs), and
+those still waiting for their slot end at once.
+
+First rejections (SPEC section 14): when the first `first_rejections` requests that got an
+answer were all refused with one 400 or 404 code, the rest would be refused the same way (a key
+of another organisation, a wrong id column): the run stops after those, not after every row.
 """
 
 from __future__ import annotations
@@ -26,7 +31,14 @@ from sync_worker.clock import now_iso
 from sync_worker.errors import FatalApiError
 from sync_worker.logs import get_logger, redact
 from sync_worker.plan.request_table import ChainQueue, Request
-from sync_worker.send.client import MAX_OUTAGE_S, Client, Counters, Outcome, RetryPolicy
+from sync_worker.send.client import (
+    MAX_OUTAGE_S,
+    Client,
+    Counters,
+    Outcome,
+    RetryPolicy,
+    answer_shown,
+)
 from sync_worker.send.limiter import Pacer
 from sync_worker.send.outage import Outage
 from sync_worker.send.pool import DEFAULT_MAX, PERCENTILE, PoolSize, Resize, needed
@@ -55,8 +67,10 @@ class SendConfig:
     max_concurrency: int = DEFAULT_MAX  # the most the pool grows to
     max_outage_s: float = MAX_OUTAGE_S  # how long the API may not answer before the run stops
     max_duration_s: float | None = None  # no request starts later than this after the start
-    proxy: str | None = None  # None: straight to the API (see network.proxy_for)
+    proxy: str | None = None  # None: straight to the API (see network.route)
+    proxy_shown: str = ""  # the proxy and where it came from, for messages (Route.shown)
     tls: ssl.SSLContext | None = None  # None: the system's CA store
+    first_rejections: int = 20  # that many first answers all refusing alike stop the run (0: off)
 
 
 @dataclass
@@ -70,6 +84,7 @@ class SendReport:
     workers_peak: int = 0  # the most workers that ran at once
     latency_p95_ms: int | None = None  # of the answers near the end of the run
     past_deadline: bool = False  # the send ended after --max-duration's deadline
+    per_minute: float | None = None  # the rate answered requests left at (Counters.per_minute)
 
 
 class Sender:
@@ -84,6 +99,12 @@ class Sender:
         self._peak = 0  # the most workers that ran at once
         self._ended = asyncio.Event()  # a worker ended: the pool may be done
         self._capped_logged = False
+        self._grace = STOP_GRACE_S  # how long requests in flight may finish after a stop
+        self._outage: Outage | None = None
+        # first rejections: (http status, code) every answer so far refused with; the count
+        self._refused_with: tuple[int, str] | None = None
+        self._refused = 0
+        self._judging = config.first_rejections > 0  # off at the first answer that differs
 
     async def run(self, queue: ChainQueue) -> SendReport:
         loop = asyncio.get_running_loop()
@@ -92,20 +113,31 @@ class Sender:
         pacer = Pacer(config.limit, config.period_s, self._stop)
         if config.max_duration_s is not None:
             pacer.deadline = begin + config.max_duration_s
-        outage = Outage(config.max_outage_s, self._stop, self._gave_up)
+        outage = self._outage = Outage(config.max_outage_s, self._stop, self._gave_up)
         size = PoolSize(config.concurrency, config.max_concurrency, initial=needed(0.0, 0.0))
         async with self._session(pacer, size.maximum) as session:
             client = Client(
-                session, config.base_url, pacer, config.policy, self._stop, outage, size.latencies
+                session,
+                config.base_url,
+                pacer,
+                config.policy,
+                self._stop,
+                outage,
+                size.latencies,
+                config.proxy_shown,
             )
-            watcher = asyncio.create_task(self._cancel_after_stop())
+            watchers = [
+                asyncio.create_task(self._cancel_after_stop()),
+                asyncio.create_task(outage.watch()),
+            ]
             try:
                 if await self._first(client, queue):
                     outage.watching = True  # the pool's no-answers may mean the API is gone
                     await self._pool(client, queue, pacer, size)
                     self._log_pool_end(size, pacer.now(), queue)
             finally:
-                watcher.cancel()
+                for watcher in watchers:
+                    watcher.cancel()
         return self._report(client, pacer, size, loop.time() - begin)
 
     def _report(self, client: Client, pacer: Pacer, size: PoolSize, elapsed: float) -> SendReport:
@@ -120,6 +152,7 @@ class Sender:
             workers_peak=self._peak,
             latency_p95_ms=None if p95 is None else round(p95 * 1000),
             past_deadline=now >= pacer.deadline,
+            per_minute=client.counters.per_minute(),
         )
 
     def _session(self, pacer: Pacer, connections: int) -> aiohttp.ClientSession:
@@ -132,7 +165,7 @@ class Sender:
         connector = PacedConnector(pacer, limit=connections, limit_per_host=connections, ssl=tls)
         return aiohttp.ClientSession(
             connector=connector,
-            proxy=config.proxy,  # decided once for the run (network.proxy_for), not per request
+            proxy=config.proxy,  # decided once for the run (network.route), not per request
             proxy_auth=aiohttp.BasicAuth.from_url(URL(config.proxy)) if config.proxy else None,
             timeout=aiohttp.ClientTimeout(total=config.timeout_s),
             headers={
@@ -159,15 +192,17 @@ class Sender:
             request = chain.popleft()
             queue.appendleft(chain)
             outcome = await self._send(client, request)
-            if self._stop.is_set():  # a signal, --max-duration or a refused key: not unreachable
+            if self._stop.is_set():  # a signal, --max-duration, a refused key, an outage
                 return False
-            if outcome.status == Status.OK or (
-                outcome.api_shaped and outcome.http_status is not None
-            ):
+            status = outcome.http_status
+            if outcome.status == Status.OK:
                 return True
-            if outcome.http_status is None or outcome.http_status == 404:
-                self._abort(_unreachable(self._config.base_url, outcome), outcome.error_code)
-                return False
+            if status is not None and (status >= 500 or status == 408):
+                continue  # a load balancer in trouble: the outage's count goes on, row by row
+            if outcome.api_shaped and status is not None:
+                return True  # the API's own error for this row: the API is there
+            self._abort(_unreachable(self._config.base_url, outcome), outcome.error_code)
+            return False
         return False
 
     async def _pool(self, client: Client, queue: ChainQueue, pacer: Pacer, size: PoolSize) -> None:
@@ -220,7 +255,7 @@ class Sender:
         await self._stop.wait()
         if not self._workers:
             return
-        _done, pending = await asyncio.wait(set(self._workers), timeout=STOP_GRACE_S)
+        _done, pending = await asyncio.wait(set(self._workers), timeout=self._grace)
         for task in pending:
             task.cancel()
 
@@ -288,6 +323,8 @@ class Sender:
         except Exception as exc:  # a surprise in one request must not kill the worker: record it
             outcome = self._unexpected(client, request, exc)
         self._sink(request, outcome)
+        if self._judging and outcome.http_status is not None:
+            self._judge_rejection(outcome)
         if outcome.fatal:
             message = (
                 f"the API refused the key (HTTP {outcome.http_status} {outcome.error_code}): "
@@ -310,12 +347,37 @@ class Sender:
             finished_at=now_iso(),
         )
 
+    def _judge_rejection(self, outcome: Outcome) -> None:
+        """Count the first answers while each refuses its row with the same 400/404 code."""
+        assert outcome.http_status is not None
+        refused_with = (outcome.http_status, outcome.error_code)
+        alike = self._refused_with is None or refused_with == self._refused_with
+        if outcome.status != Status.FAILED or outcome.http_status not in (400, 404) or not alike:
+            self._judging = False  # an answer of another kind: the rows are not all wrong
+            return
+        self._refused_with = refused_with
+        self._refused += 1
+        if self._refused >= self._config.first_rejections:
+            self._judging = False
+            status, code = refused_with
+            message = (
+                f"the first {self._refused} requests the API answered were all refused with "
+                f"HTTP {status} {code} ({outcome.error_message}): the API key may belong to "
+                "another organisation, or the id column may not hold Hindsight interview ids "
+                "(check [columns] interview_id); the run stopped sending, rows not sent are "
+                "not_attempted"
+            )
+            self._abort(message, "first_rejections", status)
+
     def _gave_up(self, down_s: float) -> None:
+        last = self._outage.last_error if self._outage is not None else ""
         message = (
-            f"the API at {self._config.base_url} did not answer for {down_s:.0f} s "
-            f"(max_outage_s {self._config.max_outage_s:g}): the run stopped sending; "
-            "a re-run resumes where it stopped"
+            f"the API at {self._config.base_url} did not answer for {down_s:.0f} s, or not as "
+            f"the API (max_outage_s {self._config.max_outage_s:g}"
+            + (f"; the last try: {last}" if last else "")
+            + "): the run stopped sending; a re-run resumes where it stopped"
         )
+        self._grace = 0.0  # what is still in flight is what hangs: no use waiting for it
         self._abort(message, "api_unreachable")
 
     def _abort(self, message: str, code: str, http_status: int | None = None) -> None:
@@ -326,7 +388,10 @@ class Sender:
 
 
 def _unreachable(base_url: str, outcome: Outcome) -> str:
-    if outcome.error_code == "bad_response":
+    """Why the first request proves no API at `base_url`, naming what came back."""
+    if outcome.error_code in ("proxy_error", "certificate_error"):
+        return f"cannot reach the API at {base_url}: {outcome.error_message}"
+    if outcome.error_code == "bad_response" and outcome.http_status is None:
         return (
             f"{base_url} does not answer like the Hindsight API (the answer is not HTTP); "
             "check --base-url"
@@ -338,6 +403,7 @@ def _unreachable(base_url: str, outcome: Outcome) -> str:
             "(HTTPS_PROXY, or [api] proxy in the config)"
         )
     return (
-        f"{base_url} does not answer like the Hindsight API (HTTP {outcome.http_status} "
-        f"without an API error body); check --base-url"
+        f"{base_url} does not answer like the Hindsight API "
+        f"({answer_shown(outcome.http_status, outcome.content_type)}, without the API's answer); "
+        "check --base-url, and whether a proxy or another web server answers in its place"
     )

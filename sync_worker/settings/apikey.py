@@ -3,8 +3,9 @@
 A key is sent in an HTTP header, so it must be one run of printable ASCII. What goes wrong in
 practice is a file with a second line, a Windows line ending, a BOM (Notepad) or a pasted
 zero-width space: the first two are refused by the server or crash aiohttp's header check, so
-every one of them is refused here, before anything is sent, in a line that names the file or
-variable and what is wrong but never echoes the key or any part of it.
+every one of them is refused here, as is a value too short to be a key, before anything is
+sent, in a line that names the file or variable and what is wrong but never echoes the key or
+any part of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from sync_worker.logs import register_secret
 from sync_worker.settings.config import Settings
 
 BOM = "\ufeff"
+# Shorter is not a key (a placeholder, a stray character): and every line that held such a
+# string would be scrubbed of it, `rows2.csv` shown as `rows[REDACTED].csv`
+MIN_KEY_LENGTH = 8
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Notepad's "Unicode" saves a UTF-16 file with one
 
 
@@ -41,6 +45,11 @@ def load_key(settings: Settings, key_file: str | None, given: str | None = None)
                 f"no API key: set the environment variable {settings.api_key_env} "
                 "(or use --api-key-file PATH)"
             )
+    if len(key) < MIN_KEY_LENGTH:  # not registered: redacting it would garble every line
+        raise ConfigError(
+            f"{where}: holds {len(key)} character(s), too short to be an API key (keys are "
+            f"{MIN_KEY_LENGTH} characters or more): check what it holds"
+        )
     register_secret(key)
     problem = key_problem(key)
     if problem:

@@ -10,7 +10,9 @@ import math
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
 
@@ -141,3 +143,49 @@ def encoding(value: Any) -> str:
     except LookupError:
         raise ValueError(f"is not an encoding Python knows ({name!r})") from None
     return name
+
+
+@dataclass(frozen=True)
+class MaxChanges:
+    """`--max-changes`: a number of requests, or a share of the input rows (`10%`)."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def limit(self, rows: int) -> int:
+        """The most requests a run of `rows` input rows may send."""
+        if self.count is not None:
+            return self.count
+        assert self.percent is not None
+        return math.floor(rows * self.percent / 100 + 1e-9)
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent:g}%"
+
+
+def max_changes(value: Any) -> MaxChanges:
+    """`N` (requests) or `P%` (of the input rows), from the command line, Python or the file."""
+    if isinstance(value, MaxChanges):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return MaxChanges(count=value)
+    given = value.strip() if isinstance(value, str) else ""
+    if given.endswith("%"):
+        try:
+            percent = float(given[:-1])
+        except ValueError:
+            percent = math.nan
+        if math.isfinite(percent) and 0 <= percent <= 100:
+            return MaxChanges(percent=percent)
+    elif given.isdigit():
+        return MaxChanges(count=int(given))
+    raise ValueError("must be a number of requests (like 500) or a share of the input rows (10%)")
+
+
+def ping_url(value: Any) -> str:
+    """An http(s) URL the run pings (`URL/start`, `URL/<exit code>`)."""
+    url = text(value).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError("must be an http(s) URL without a query, like https://hc-ping.com/<uuid>")
+    return url

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS
-from sync_worker.settings.checks import TIER_LIMITS, check, env_name
+from sync_worker.settings.checks import TIER_LIMITS, MaxChanges, check, env_name, ping_url
 from sync_worker.settings.checks import text as non_empty_text
 from sync_worker.settings.options import file_schema, setting_names
 
@@ -60,6 +60,11 @@ class Settings:
     ledger_path: str | None = None
     state_path: str = "state/sync-state.sqlite"
     metrics_path: str | None = None  # Prometheus textfile written at the end of every run
+    ping_url: str | None = None  # a healthchecks-style monitor: URL/start, then URL/<exit code>
+    max_changes: MaxChanges | None = None  # refuse a run that would send more requests than this
+    max_unknown_notes: int = 100  # a merged run may overwrite this many contacts' unknown notes
+    allow_unknown_notes: bool = False  # ... or any number of them
+    first_rejections: int = 20  # this many first answers, all one 400/404 code, stop a run (0: off)
     history_days: int = 90  # versions kept in the state's history (SPEC section 12)
 
     @property
@@ -285,3 +290,25 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def reporting_despite_error(
+    config_path: Path | None, overrides: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """Where a run whose settings could not be resolved still reports its exit code (the
+    metrics file, the ping URL): the command line's, else what the config file says, if it
+    reads as TOML at all. A monitor must hear of a broken config too."""
+    section: Mapping[str, Any] = {}
+    path = config_path if config_path is not None else DEFAULT_CONFIG
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        section = raw.get("metrics", {}) if isinstance(raw.get("metrics"), dict) else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass
+    metrics = overrides.get("metrics_path") or section.get("path")
+    url = overrides.get("ping_url") or section.get("ping_url")
+    try:
+        url = ping_url(url) if url is not None else None
+    except ValueError:
+        url = None
+    return (metrics if isinstance(metrics, str) and metrics else None), url

@@ -39,8 +39,10 @@ from sync_worker.settings.checks import (
     encoding,
     env_name,
     log_format,
+    max_changes,
     non_negative_int,
     path,
+    ping_url,
     positive_int,
     positive_number,
     python_bool,
@@ -94,6 +96,7 @@ class Option:
     default: Any = None  # on the command line (None: not given; a lower layer decides)
     python_default: Any = None  # as a Python keyword
     help_for: tuple[tuple[Command, str], ...] = ()  # another help text on some commands
+    metavar: str | None = None  # how --help shows the value (None: click's, from the kind)
 
     def help_on(self, command: Command) -> str:
         return dict(self.help_for).get(command, self.help)
@@ -344,6 +347,55 @@ OPTIONS: tuple[Option, ...] = (
         setting="metrics_path",
         file_key=("metrics", "path"),
         commands=SENDING,
+    ),
+    Option(
+        "ping_url",
+        "--ping-url",
+        "A healthchecks-style monitor: URL/start when sending begins, URL/<exit code> at the "
+        "end with the summary.",
+        check=ping_url,
+        setting="ping_url",
+        file_key=("metrics", "ping_url"),
+        commands=SENDING,
+        metavar="URL",
+    ),
+    Option(
+        "max_changes",
+        "--max-changes",
+        "Refuse before sending (exit 2) a run that would send more than N requests, or more "
+        "than P% of its input rows.",
+        check=max_changes,
+        setting="max_changes",
+        file_key=("guard", "max_changes"),
+        commands=PLANNING,
+        metavar="N|P%",
+    ),
+    Option(
+        "allow_unknown_notes",
+        "--allow-unknown-notes",
+        "Let a merged run overwrite the notes of more than [guard] max_unknown_notes (100) "
+        "contacts whose current notes it does not know.",
+        Kind.FLAG,
+        setting="allow_unknown_notes",
+        commands=PLANNING,
+        default=False,
+        python_default=False,
+    ),
+    Option(
+        "max_unknown_notes",
+        None,
+        "The most contacts whose unknown notes a merged run may overwrite.",
+        check=non_negative_int,
+        setting="max_unknown_notes",
+        file_key=("guard", "max_unknown_notes"),
+    ),
+    Option(
+        "first_rejections",
+        None,
+        "A run whose first N answers all refuse rows with one 400/404 code stops (0: off).",
+        check=non_negative_int,
+        setting="first_rejections",
+        file_key=("guard", "first_rejections"),
     ),
     Option(
         "force",
