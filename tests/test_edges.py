@@ -36,7 +36,7 @@ from conftest import (
     wait_for_arrivals,
     write_csv,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sync_worker.cli.main import main
@@ -364,6 +364,7 @@ def test_duplicate_headers_of_unused_columns_do_not_matter(tmp_path: Path) -> No
     suffix=st.sampled_from([".csv", ".csv.gz", ".tsv"]),
     compress=st.booleans(),
 )
+@example(data=b"\n\r\x01", suffix=".csv", compress=False)  # a lone CR in a trailing line
 def test_random_bytes_never_make_a_traceback(data: bytes, suffix: str, compress: bool) -> None:
     """Whatever the bytes, `validate` ends with 0, 1 or 2, never an exception."""
     with tempfile.TemporaryDirectory() as tmp:

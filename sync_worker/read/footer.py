@@ -122,7 +122,11 @@ def _line_kind(line: str, delimiter: str) -> str | None:
     if line.count('"') % 2:
         return None
     blank = not line.strip() and delimiter not in line
-    return kind_of(next(csv.reader([line], delimiter=delimiter), []), blank)
+    try:
+        cells = next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:  # a lone carriage return inside the line: not a footer's shape
+        return None
+    return kind_of(cells, blank)
 
 
 def byte_length(text: str, encoding: str) -> int:
