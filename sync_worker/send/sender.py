@@ -57,6 +57,7 @@ class SendConfig:
     max_duration_s: float | None = None  # no request starts later than this after the start
     proxy: str | None = None  # None: straight to the API (see network.proxy_for)
     tls: ssl.SSLContext | None = None  # None: the system's CA store
+    sent_before: tuple[float, ...] = ()  # monotonic times of this run's earlier requests (GETs)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Sender:
         begin = loop.time()
         config = self._config
         pacer = Pacer(config.limit, config.period_s, self._stop)
+        pacer.already_sent(config.sent_before)
         if config.max_duration_s is not None:
             pacer.deadline = begin + config.max_duration_s
         outage = Outage(config.max_outage_s, self._stop, self._gave_up)
