@@ -58,6 +58,7 @@ MAX_ID = 2**63 - 1  # ... and no larger than this (plan/cells applies the rule t
 CONTEXT_PREFIX = "context."  # `context.<key>` columns: one key each of the context object
 NOTES_KEY = "notes"  # where plain-text context lives inside a context object
 NO_EMAIL = "interview:"  # the key of a contact without an email: interview:<id>
+RESOLVED = "contact:"  # the key of a contact the API named: contact:<contact_id>
 
 
 def email_key(email: str) -> str:
@@ -71,6 +72,16 @@ def contact_key(email: str, interview_id: int | None) -> str:
     one `interview:<id>` (each such interview is a contact of its own). Runs, the state, the
     history and notes files all key contacts by this text."""
     return email or f"{NO_EMAIL}{interview_id}"
+
+
+def resolved_key(contact_id: int) -> str:
+    """A contact as the API names it (`GET /interviews/{id}` gives its `contact_id`)."""
+    return f"{RESOLVED}{contact_id}"
+
+
+def is_email_key(key: str) -> bool:
+    """A contact key made from an email (not `interview:<id>` nor `contact:<id>`)."""
+    return not key.startswith((NO_EMAIL, RESOLVED))
 
 
 def interview_id(text: str) -> int | None:

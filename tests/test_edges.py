@@ -1152,7 +1152,16 @@ def test_new_folders_odd_names_and_an_upper_case_suffix(
     assert_no_traceback(run_cli(*_run_args(sandbox, state, ledger), cwd=tmp_path), 0)
     assert_ledger_rows(tmp_path / ledger, 4)
     assert (tmp_path / state).is_file()
-    plan = run_cli("plan", "in.csv", "--state", state, cwd=tmp_path, env=cli_env(**NO_KEY))
+    plan = run_cli(
+        "plan",
+        "in.csv",
+        "--state",
+        state,
+        "--base-url",
+        sandbox.base_url,
+        cwd=tmp_path,
+        env=cli_env(**NO_KEY),
+    )
     assert_no_traceback(plan, 0)
     assert plan.stdout == ""  # everything was sent: nothing left to plan
     report = run_cli("report", ledger, cwd=tmp_path)
@@ -1462,12 +1471,12 @@ def test_max_outage_must_be_finite_and_positive(
 # -- revert and history ------------------------------------------------------------------------
 
 
-def _revert(tmp_path: Path, *args: str) -> Result:
+def _revert(tmp_path: Path, *args: str, base_url: str = "http://127.0.0.1:9/api/v1") -> Result:
     return run_cli(
         "revert",
         *args,
         "--base-url",
-        "http://127.0.0.1:9/api/v1",
+        base_url,
         "--state",
         "state.sqlite",
         "--ledger",
@@ -1484,7 +1493,7 @@ def _state_with_one_run(tmp_path: Path, server: SandboxServer) -> str:
 
 def test_revert_of_an_unknown_run_names_it(tmp_path: Path, sandbox: SandboxServer) -> None:
     _state_with_one_run(tmp_path, sandbox)
-    result = _revert(tmp_path, "20200101T000000Z-abcdef")
+    result = _revert(tmp_path, "20200101T000000Z-abcdef", base_url=sandbox.base_url)
     assert_one_line(result, 2, "run 20200101T000000Z-abcdef is not in", "--state")
     assert not (tmp_path / "r.csv").exists()
 
@@ -1541,7 +1550,7 @@ def test_history_needs_one_subject_and_a_state(
 def test_history_days_must_be_a_positive_whole_number(tmp_path: Path) -> None:
     (tmp_path / "c.toml").write_text("[state]\nhistory_days = 0\n")
     result = run_cli("history", "--email", "a@x.com", "--config", "c.toml", cwd=tmp_path)
-    assert_one_line(result, 2, "c.toml", "[state] history_days", "positive whole number")
+    assert_one_line(result, 2, "c.toml", "[state] history_days", "whole number of days from 1")
 
 
 # -- edges of real use --------------------------------------------------------------------------

@@ -117,7 +117,8 @@ def insert(db: sqlite3.Connection, rows: list[HistoryRow]) -> None:
 def chained(sends: list[tuple[str, str, list[Change]]]) -> list[HistoryRow]:
     """The history rows of confirmed sends (run, time, planned changes), in arrival order, as
     the worker made them in Python before `history.MATERIALIZE`: a field several sends of a run
-    share takes the run's previous value as its value before, and one written again is left."""
+    share takes the run's previous value as its value before, and one written again is a repeat
+    (changed 2: no version, but the interview it went through is known)."""
     written: dict[tuple[str, str, str, str], str] = {}
     rows = []
     for run_id, at, changes in sends:
@@ -126,8 +127,8 @@ def chained(sends: list[tuple[str, str, list[Change]]]) -> list[HistoryRow]:
                 prior = written.get((run_id, c.level, c.key, c.field))
                 written[run_id, c.level, c.key, c.field] = c.sent_json
                 if prior == c.sent_json:
-                    continue
-                if prior is not None:
+                    c = c._replace(before_json=prior, source="earlier_send", changed=2)
+                elif prior is not None:
                     c = c._replace(before_json=prior, source="earlier_send", changed=1)
             rows.append(row_of(run_id, at, c))
     return rows
@@ -157,7 +158,8 @@ def test_a_contacts_interviews_chain_their_versions(tmp_path: Path) -> None:
     rows = materialized(tmp_path, sends)
     assert [(r[4], r[6], r[7], r[8]) for r in rows] == [
         (1, '"old"', '"a"', "earlier_send"),
-        (3, '"a"', '"b"', "earlier_send"),  # the contact's second interview wrote nothing new
+        (2, '"a"', '"a"', "earlier_send"),  # the second interview wrote nothing new: a repeat
+        (3, '"a"', '"b"', "earlier_send"),
     ]
     assert rows == chained(sends)
 

@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from sync_worker.commands.terminal import console
 from sync_worker.errors import ConfigError, SyncWorkerError
+from sync_worker.fields import MAX_ID
 from sync_worker.logs import configure, get_logger, json_mode, redact
 from sync_worker.settings.checks import LOG_FORMATS, TIER_LIMITS
 from sync_worker.settings.config import Settings, check_rate
@@ -226,14 +227,18 @@ def revert(run_id: str, **opts: Any) -> None:
 @click.option(
     "--interview",
     "interview_id",
-    type=click.IntRange(min=1),
-    help="The interview id (its objective, and its contact's notes and name).",
+    type=click.IntRange(min=1, max=MAX_ID),
+    help="Any interview of the contact (its objective, and its contact's notes and name).",
 )
 @click.option(
     "--state",
     "state_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="State database [default: state/sync-state.sqlite, or the config's].",
+    help="State database [default: the config's, else the base URL's default state].",
+)
+@click.option(
+    "--base-url",
+    help="The API the runs went to: it picks the default state [default: the vendor's].",
 )
 @click.option(
     "--config",
@@ -246,6 +251,7 @@ def history(
     email: str | None,
     interview_id: int | None,
     state_path: Path | None,
+    base_url: str | None,
     config_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -256,7 +262,7 @@ def history(
     def show() -> int:
         from sync_worker.commands import history_report
 
-        found = api.history_versions(email, interview_id, state_path, config_path)
+        found = api.history_versions(email, interview_id, state_path, config_path, base_url)
         subject = f"contact {email}" if email is not None else f"interview {interview_id}"
         text = history_report.as_json(found) if as_json else history_report.as_text(found, subject)
         return _echo(text)

@@ -241,11 +241,12 @@ def history_versions(
     interview_id: int | None,
     state: PathLike | None,
     config: PathLike | None,
+    base_url: str | None = None,
 ) -> list[Version]:
     """`sync-worker history`: the versions of a contact's fields, newest first."""
     if (email is None) == (interview_id is None):
         raise ConfigError("history: give exactly one of --email E or --interview N")
-    overrides = {"state_path": None if state is None else os.fspath(state)}
+    overrides = {"state_path": None if state is None else os.fspath(state), "base_url": base_url}
     settings = resolve(None if config is None else Path(config), overrides)
     from sync_worker.commands import history_report
 
@@ -285,6 +286,11 @@ def _settings(given: Mapping[str, Any]) -> Settings:
 
 
 def _run_options(inputs: Inputs, given: Mapping[str, Any]) -> RunOptions:
+    if given.get("merge") is False and given.get("existing_notes") is not None:
+        raise ConfigError(
+            "--no-merge and --existing-notes contradict each other: the notes file is what "
+            "merging starts from (it implies --merge); drop one of them"
+        )
     return RunOptions(
         inputs=_inputs(inputs),
         existing_notes=given.get("existing_notes"),

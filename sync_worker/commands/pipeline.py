@@ -9,6 +9,7 @@ put back (revert.py's `RevertJob`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import math
 import secrets
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import structlog
 
 from sync_worker.clock import now_iso, run_stamp
@@ -49,9 +51,19 @@ from sync_worker.vocabulary import ExitCode, Status
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from sync_worker.send.resolver import Resolution
 
-def new_run_id() -> str:
-    return f"{run_stamp()}-{secrets.token_hex(3)}"
+
+DRY = "dry"  # a dry run's id says so: it is recorded nowhere, and a revert can name why
+
+
+def new_run_id(dry_run: bool = False) -> str:
+    return f"{run_stamp()}-{DRY + '-' if dry_run else ''}{secrets.token_hex(3)}"
+
+
+def is_dry_run_id(run_id: str) -> bool:
+    parts = run_id.split("-")
+    return len(parts) == 3 and parts[1] == DRY
 
 
 @dataclass
@@ -75,6 +87,9 @@ class Job(Protocol):
     def load(self) -> None:
         """Read what can be read before the lock (an unusable input: exit 2, nothing sent)."""
 
+    def before_planning(self, state: State, send: SendConfig, stopper: StopSignal) -> SendConfig:
+        """What needs the API before planning (not in a dry run); returns how to send."""
+
     def prepare(self, state: State, options: RunOptions) -> Prepared:
         """Plan with the state open (read-only for a dry run)."""
 
@@ -90,6 +105,13 @@ class InputJob:
     def load(self) -> None:
         self.batch = read_inputs(self.settings, self.options.inputs)
 
+    def before_planning(self, state: State, send: SendConfig, stopper: StopSignal) -> SendConfig:
+        """With `[merge] resolve_contacts`: the contact of each interview never resolved."""
+        assert self.batch is not None
+        if not self.settings.resolve_contacts:
+            return send
+        return resolve_contacts(self.batch, state, send, stopper)
+
     def prepare(self, state: State, options: RunOptions) -> Prepared:
         assert self.batch is not None
         plan, notes = plan_with_notes(self.settings, options, self.batch, state)
@@ -100,6 +122,49 @@ class InputJob:
         return Prepared(
             self.batch, plan, changes, inputs=options.input_names, notes=notes, guards=verdicts
         )
+
+
+def resolve_contacts(
+    batch: Batch, state: State, send: SendConfig, stopper: StopSignal
+) -> SendConfig:
+    """`GET /interviews/{id}` for the batch's interviews the state has never resolved, under
+    the run's limit (resolver.py); the answers kept in the state. Returns how to send, with
+    the GETs' times for the sending pacer's window."""
+    from sync_worker.plan.cells import Cells
+    from sync_worker.send.resolver import resolve
+
+    cells = Cells.of(batch)
+    ids = np.unique(cells.id_numbers[cells.valid_id])
+    known = state.resolved().ids
+    wanted = ids[~np.isin(ids, known)].tolist()
+    if not wanted:
+        return send
+    log = get_logger()
+    log.info(
+        "resolving_contacts",
+        interviews=len(wanted),
+        message=f"asking the API the contact "
+        f"of {len(wanted)} interviews (GET /interviews/{{id}}, under the same limit)",
+    )
+
+    async def ask() -> Resolution:
+        stop = asyncio.Event()
+        stopper.bind(stop)
+        return await resolve(send, wanted, stop)
+
+    found = asyncio.run(ask())
+    state.remember_resolved(found.contacts)
+    log.info(
+        "contacts_resolved",
+        resolved=len(found.contacts),
+        unresolved=len(found.unresolved),
+        requests=len(found.sent_at),
+    )
+    if found.refused:
+        log.error(
+            "contacts_not_resolved", message=f"the API refused GET /interviews: {found.refused}"
+        )
+    return dataclasses.replace(send, sent_before=tuple(sorted(found.sent_at)))
 
 
 def _last_values(state: State, plan: Plan) -> dict[FieldKey, str]:
@@ -126,7 +191,7 @@ def launch(
     """A run of any job (`run`, `revert`): key, lock, signals, then plan, send and record.
     Returns its summary. Metrics and pings, when asked for, report however the run ends."""
     monitor = Monitor.of(settings)
-    run_id = new_run_id()
+    run_id = new_run_id(options.dry_run)
     # bound for the run only: a host's own context variables are as they were after it
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         try:
@@ -182,6 +247,9 @@ def _run_locked(
         else State.open(Path(settings.state_path))
     )
     try:
+        state.belongs_to(settings.base_url)
+        if send is not None:
+            send = job.before_planning(state, send, stopper)
         prepared = job.prepare(state, options)
         _guard(prepared, options)
         batch, plan = prepared.batch, prepared.plan

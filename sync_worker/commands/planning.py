@@ -17,7 +17,7 @@ from sync_worker.plan.guards import judge
 from sync_worker.read.notes import NotesFile, read_notes
 from sync_worker.read.reader import Batch, ReadOptions, read_batch
 from sync_worker.settings.config import RunOptions, Settings
-from sync_worker.store.remembered import NotJSON, Remembered
+from sync_worker.store.remembered import Links, NotJSON, Remembered
 from sync_worker.store.state import State
 
 if TYPE_CHECKING:
@@ -72,12 +72,17 @@ def plan_with_notes(
         else NotesFile()
     )
     _log_notes_problems(notes)
-    with_times = bool(notes.by_email or notes.by_interview)  # the freshness rule needs them
+    # the freshness rule needs the times; so does choosing among a contact's old keys
+    with_times = bool(notes.by_email or notes.by_interview or settings.resolve_contacts)
+    keyed = merge or for_sending  # `plan` without merging prints no contact
+    sent, links = state.sends_and_links(keyed)
     memory = Memory(
-        sent=state.sends(),
+        sent=sent,
         state=state.remembered(with_times) if merge else Remembered.empty(),
         notes_by_email=notes.by_email,
         notes_by_interview=notes.by_interview,
+        links=links,
+        resolved=state.resolved() if keyed and settings.resolve_contacts else Links.empty(),
     )
     plan_options = PlanOptions(
         merge=merge,
@@ -121,6 +126,14 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
             logged=INVALID_LOGGED,
             message="see the ledger for every invalid row",
         )
+    if plan.email_changes:
+        log.warning(
+            "emails_changed",
+            interviews=plan.email_changes,
+            message=f"{plan.email_changes} interviews carry another email than the one they "
+            "were sent as: they stay with the contact the state knows (an interview never "
+            "changes contact); [merge] resolve_contacts = true asks the API instead",
+        )
     several = plan.contacts_with_several_contexts() if warn_contexts else 0
     if several:
         log.warning(
@@ -136,6 +149,7 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
     try:
+        state.belongs_to(settings.base_url)
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()

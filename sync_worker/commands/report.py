@@ -102,6 +102,17 @@ def _next_steps(statuses: Counter[str], set_aside: int = 0) -> list[str]:
         steps.append(
             f"next: fix the {invalid} invalid rows in the export (see error_message), then re-run"
         )
+    if conflicts := statuses[Status.CONFLICT]:
+        steps.append(
+            f"next: {conflicts} lines were left alone because a later run changed them again "
+            "(conflict, see error_message): `sync-worker revert RUN_ID --force` puts them back "
+            "anyway, or leave them as the later run wrote them"
+        )
+    if unrestorable := statuses[Status.NOT_RESTORABLE]:
+        steps.append(
+            f"note: {unrestorable} lines are not_restorable: their values before were never "
+            "known, so nothing can put them back"
+        )
     if set_aside:
         steps.append(
             f"next: nothing to do for the {set_aside} lines set aside (a report's footer, lines "

@@ -1,9 +1,13 @@
 """`sync-worker revert RUN_ID`: put back what a run changed (SPEC section 12).
 
 From that run's history, each field it changed gets back its value before, the JSON byte for
-byte as it was known. A field whose value before was never known is `not_restorable` (nothing is
+byte as it was known, through every interview the run wrote it through (a contact's notes went
+through each of its interviews: the server may keep their contacts apart, whatever the export
+claimed). A field whose value before was never known is `not_restorable` (nothing is
 sent); one that a later run changed again (its last known value is no longer what that run wrote)
-is `conflict` and left alone unless --force. A field already back to its value before (a re-run
+is `conflict` and left alone unless --force. That is judged on what the field belongs to: the
+interview, or the contact under any key a later run gave it (another email, none, the API's
+contact), through any of its interviews. A field already back to its value before (a re-run
 after a kill, or a later run that wrote it back) needs nothing. The requests go through the same
 machinery as `run` (pipeline.launch): pacing, retries, lock, signals, ledger, summary, state and
 history, so a revert is itself a run that can be reverted.
@@ -16,11 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from sync_worker.clock import days_ago
-from sync_worker.commands.pipeline import Prepared
+from sync_worker.commands.pipeline import Prepared, is_dry_run_id
 from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID, NO_EMAIL, contact_key
 from sync_worker.merger import canonical
@@ -33,6 +37,10 @@ from sync_worker.store.history import EARLIER_SEND, Change, FieldKey, Version
 from sync_worker.store.state import State
 from sync_worker.vocabulary import Status
 
+if TYPE_CHECKING:
+    from sync_worker.commands.signals import StopSignal
+    from sync_worker.send.sender import SendConfig
+
 SEND = "send"  # a field to put back; the others end as their line's status
 
 
@@ -43,6 +51,7 @@ class FieldPlan:
     first: Version  # the run's first change of the field: its value before
     wrote: str  # the value the run left it at (its last change of the field)
     current: str | None  # the last value known now
+    through: list[int] = field(default_factory=list)  # the interviews the run wrote it through
     status: str = SEND  # or not_restorable, conflict, skipped_unchanged (already back)
     message: str = ""
 
@@ -75,41 +84,58 @@ class RevertJob:
                 "give the --state that run used"
             )
 
+    def before_planning(self, state: State, send: SendConfig, stopper: StopSignal) -> SendConfig:
+        return send
+
     def prepare(self, state: State, options: RunOptions) -> Prepared:
         self._check_known(state)
         return _prepared(self.target, self._interviews(state))
 
     def _check_known(self, state: State) -> None:
         where = f"the state {self.settings.state_path}"
-        started = state.run_started_at(self.target)
-        if started is None:
+        if state.was_pruned(self.target):
             raise ConfigError(
-                f"run {self.target} is not in {where}: give the run_id of a run made with this "
-                "state (a ledger's run_id column, or `sync-worker history`), or the --state it used"
+                f"run {self.target}: its history in {where} was pruned ([state] history_days "
+                "of a later run), so what it changed can no longer be put back"
             )
-        if started < days_ago(self.settings.history_days):
+        if state.run_started_at(self.target) is not None:
+            return
+        if is_dry_run_id(self.target):
             raise ConfigError(
-                f"run {self.target} is older than [state] history_days "
-                f"({self.settings.history_days}): its history was pruned, nothing can be put back"
+                f"run {self.target} was a dry run: it sent nothing, so there is nothing to put "
+                "back; give the run_id of a run that sent (a ledger's run_id column)"
             )
+        raise ConfigError(
+            f"run {self.target} is not in {where}: give the run_id of a run made with this "
+            "state (a ledger's run_id column, or `sync-worker history`), or the --state it used"
+        )
 
     def _interviews(self, state: State) -> list[InterviewPlan]:
-        """The run's changed fields, grouped by the interview their PATCH went to."""
-        firsts: dict[FieldKey, Version] = {}
-        wrote: dict[FieldKey, str] = {}
-        for version in state.versions_of_run(self.target):
+        """The run's changed fields, each with the interviews it went through, grouped by
+        interview (in the order the run's changes were confirmed)."""
+        fields: dict[FieldKey, FieldPlan] = {}
+        order: dict[int, None] = {}
+        for version in state.versions_of_run(self.target, repeats=True):
             key = (version.level, version.key, version.field)
-            firsts.setdefault(key, version)
-            wrote[key] = version.sent_json
-        last = state.last_values()
-        interviews: dict[int, InterviewPlan] = {}
-        for key, first in firsts.items():
-            entry = interviews.get(first.interview_id)
-            if entry is None:
-                contact = _contact_of(state, first)
-                entry = interviews[first.interview_id] = InterviewPlan(first.interview_id, contact)
-            entry.fields.append(self._decide(FieldPlan(first, wrote[key], last.get(key)), state))
-        return list(interviews.values())
+            plan = fields.get(key)
+            if plan is None:
+                if version.sent_json == version.before_json:  # a repeat of no version
+                    continue
+                plan = fields[key] = FieldPlan(version, version.sent_json, None)
+            plan.wrote = version.sent_json
+            if version.interview_id not in plan.through:
+                plan.through.append(version.interview_id)
+            order.setdefault(version.interview_id)
+        interviews = {i: InterviewPlan(i, "") for i in order}
+        for key, plan in fields.items():
+            later = state.later_value(self.target, key, plan.through)
+            plan.current = later if later is not None else plan.wrote
+            self._decide(plan, state)
+            for interview_id in plan.through:
+                interviews[interview_id].fields.append(plan)
+        for entry in interviews.values():
+            entry.contact = _contact_of(state, entry)
+        return [entry for entry in interviews.values() if entry.fields]
 
     def _decide(self, plan: FieldPlan, state: State) -> FieldPlan:
         name, before = plan.first.field, plan.first.before_json
@@ -129,11 +155,13 @@ class RevertJob:
         return plan
 
 
-def _contact_of(state: State, version: Version) -> str:
+def _contact_of(state: State, interview: InterviewPlan) -> str:
     """The contact key the interview's sends carry (for an objective alone: the state's)."""
-    if version.level == "contact":
-        return version.key
-    return state.contact_of(version.interview_id) or contact_key("", version.interview_id)
+    for plan in interview.fields:
+        if plan.first.level == "contact":
+            return plan.first.key
+    found = state.contact_of(interview.interview_id)
+    return found or contact_key("", interview.interview_id)
 
 
 def _prepared(target: str, interviews: list[InterviewPlan]) -> Prepared:
@@ -150,7 +178,9 @@ def _prepared(target: str, interviews: list[InterviewPlan]) -> Prepared:
         if sending:
             request = _request(position, interview, sending)
             requests.append(request)
-            changes[interview.interview_id] = tuple(_change(f) for f in sending)
+            changes[interview.interview_id] = tuple(
+                _change(f, interview.interview_id) for f in sending
+            )
             if left:
                 remarks[interview.interview_id] = ("partly_restored", _joined(left))
         else:
@@ -193,19 +223,21 @@ def _request(position: int, interview: InterviewPlan, fields: list[FieldPlan]) -
     )
 
 
-def _change(plan: FieldPlan) -> Change:
+def _change(plan: FieldPlan, interview_id: int) -> Change:
+    """What putting the field back through this interview changes (a contact's field through
+    several interviews is shared: the first is the version, the others repeat it)."""
     first = plan.first
     now = plan.current if plan.current is not None else plan.wrote
     return Change(
         first.level,
         first.key,
-        first.interview_id,
+        interview_id,
         first.field,
         now,
         first.before_json or "",
         EARLIER_SEND,
         1,
-        False,
+        len(plan.through) > 1,
     )
 
 

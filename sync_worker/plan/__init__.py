@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from sync_worker.plan.cells import Cells, settle_invalid
 from sync_worker.plan.columns import column_requests
-from sync_worker.plan.contacts import Contacts, unparsable
+from sync_worker.plan.contacts import Contacts, adopt, settle_conflicts, unparsable
 from sync_worker.plan.merged import flat_rows, merged_requests
 from sync_worker.plan.model import (
     Memory,
@@ -57,7 +57,9 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     cells = Cells.of(batch)
     settled = Outcomes()
     settle_invalid(batch, cells, settled)
+    settle_conflicts(batch, cells, settled)
     plan = Plan(RequestTable.empty(), settled)
+    memory, plan.email_changes = adopt(cells, np.flatnonzero(cells.sendable), memory)
     if options.merge and options.vectorise:
         tables = _merged(batch, cells, options, memory, plan)
     else:
@@ -79,7 +81,7 @@ def _unmerged(
     by_rows = np.flatnonzero(cells.sendable & ~by_columns)
     requests = row_requests(batch, cells, by_rows, options, memory, plan)
     return [
-        column_requests(cells, by_columns, options.for_sending),
+        column_requests(cells, by_columns, memory, options.for_sending),
         RequestTable.from_requests(requests),
     ]
 
@@ -91,7 +93,7 @@ def _merged(
     contacts at a time, so its Python objects never outgrow a chunk."""
     sendable = np.flatnonzero(cells.sendable)
     dropped = unparsable(cells, sendable)
-    contacts = Contacts.of(cells, sendable[~dropped])
+    contacts = Contacts.of(cells, sendable[~dropped], memory)
     flat = flat_rows(cells, contacts, options.rules)
     yield from merged_requests(cells, contacts.subset(flat), options, memory, plan)
     dropped_rows = row_requests(batch, cells, sendable[dropped], options, memory, plan, {})

@@ -38,6 +38,7 @@ class Cells:
     text: dict[str, pa.ChunkedArray]  # every canonical column but the id
     context: dict[str, pa.ChunkedArray]  # context key -> column
     has_fields: np.ndarray  # something to update: any sent field or context cell
+    conflicting: np.ndarray  # bool per row: its interview's rows carry two emails (invalid)
 
     @classmethod
     def of(cls, batch: Batch) -> Cells:
@@ -61,11 +62,13 @@ class Cells:
         filled = [nonempty(text[c]) for c in SENT_FIELDS]
         filled += [nonempty(column) for column in context.values()]
         has_fields = np.logical_or.reduce(filled) if filled else np.zeros(len(frame), bool)
-        return cls(ids, numbers, valid.to_numpy(zero_copy_only=False), text, context, has_fields)
+        valid_ids = valid.to_numpy(zero_copy_only=False)
+        unclaimed = np.zeros(len(frame), dtype=bool)
+        return cls(ids, numbers, valid_ids, text, context, has_fields, unclaimed)
 
     @property
     def sendable(self) -> np.ndarray:
-        return np.asarray(self.valid_id & self.has_fields, dtype=bool)
+        return np.asarray(self.valid_id & self.has_fields & ~self.conflicting, dtype=bool)
 
     def needs_rows(self, options: PlanOptions) -> np.ndarray:
         """Rows the column road cannot build: the row-by-row road takes them."""

@@ -15,12 +15,14 @@ import pyarrow.compute as pc
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
 from sync_worker.plan import vectorjson as vj
 from sync_worker.plan.cells import Cells, nonempty
-from sync_worker.plan.contacts import keyed_by_id, lower
+from sync_worker.plan.contacts import contact_keys, lower
+from sync_worker.plan.model import Memory
 from sync_worker.plan.request_table import RequestTable
-from sync_worker.store.digests import Ints
 
 
-def column_requests(cells: Cells, mask: np.ndarray, for_sending: bool = True) -> RequestTable:
+def column_requests(
+    cells: Cells, mask: np.ndarray, memory: Memory, for_sending: bool = True
+) -> RequestTable:
     """One request per row of `mask`, its canonical JSON built for all rows at once.
 
     Contact keys and the context alone (for the state) matter only when sending: `plan`
@@ -62,7 +64,7 @@ def column_requests(cells: Cells, mask: np.ndarray, for_sending: bool = True) ->
         interview_id=cells.id_numbers[positions],
         body_json=body,
         context_json=_chunked(pc.if_else(pa.array(has_context), context, none)),
-        contact=_chunked(_contact_keys(emails, cells.id_numbers[positions])),
+        contact=_chunked(contact_keys(cells.id_numbers[positions], lower(emails), memory)),
         merge=_repeat("off", length),
     )
 
@@ -84,16 +86,6 @@ def _context_literal(
     if not has_text.any():
         return vj.join_object(members, length) if any_cell.any() else pa.nulls(length, pa.string())
     return pc.if_else(pa.array(any_cell), vj.join_object(members, length), vj.quoted(text))
-
-
-def _contact_keys(emails: pa.ChunkedArray, ids: Ints) -> vj.Text:
-    """The contact_email (lower case as Python lowers it, as the row road does), or
-    interview:<id> for a row without one."""
-    emails = lower(emails)
-    has_email = nonempty(emails)
-    if has_email.all():
-        return emails
-    return pc.if_else(pa.array(has_email), emails, keyed_by_id(ids))
 
 
 def _chunked(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:

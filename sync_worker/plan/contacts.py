@@ -1,8 +1,19 @@
 """Which contact each row belongs to, for whole columns, and chunks of whole contacts.
 
 A contact is what the row road (`rows.py`) makes of its rows one at a time: rows of one
-interview are one interview, whose contact is the first non-empty `contact_email` among its rows
-(lower case), else `interview:<id>`. Here the same key is derived for a million rows with Arrow
+interview are one interview, and `contact_keys` (the one rule, used by every road) names its
+contact from what is known, best first:
+- the contact the API named for it (`[merge] resolve_contacts`): `contact:<id>`;
+- the key the state knows it was sent as, unless that was only `interview:<id>` (the state
+  never knew its contact): the server never moves an interview to another contact, so a later
+  export that gives it no email or another one does not make it another contact;
+- the first non-empty `contact_email` among its rows (lower case), else `interview:<id>`.
+Rows of one interview with two different emails are settled `invalid` first
+(`conflicting_contact`). Where an interview's key is no longer the one it was sent as, the
+contact adopts what the state remembers of the old key (`adopt`), so merging never starts from
+nothing for a contact the state knows under another name.
+
+Here the same key is derived for a million rows with Arrow
 and numpy (about 0.4 s, most of it hashing 750,000 distinct keys), so merging can work by
 columns where a contact's shape allows, and hand the rest to the row road a chunk of whole
 contacts at a time: a chunk never splits a contact, so the row road sees every row of each
@@ -19,10 +30,163 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sync_worker.fields import CONTACT_KEY, CONTEXT, NO_EMAIL, email_key
+from sync_worker.fields import CONTACT_KEY, CONTEXT, NO_EMAIL, RESOLVED, email_key
 from sync_worker.merger import parse_context
 from sync_worker.plan.cells import Cells, nonempty
+from sync_worker.plan.model import Memory, Outcomes, invalid
+from sync_worker.read.reader import Batch
 from sync_worker.store.digests import Ints
+from sync_worker.store.remembered import Remembered
+
+CONFLICTING = "conflicting_contact"
+
+
+def contact_keys(ids: Ints, emails: pa.Array | pa.ChunkedArray, memory: Memory) -> pa.Array:
+    """Each interview's contact key (see the module's docstring): `ids` and their `emails`
+    (lower case, as `lower` makes them; empty: none), aligned. Every road keys contacts here,
+    the row road a chunk's interviews at a time, the column roads whole columns."""
+    given = emails.combine_chunks() if isinstance(emails, pa.ChunkedArray) else emails
+    keys = pc.if_else(pa.array(nonempty(given)), given, keyed_by_id(ids))
+    if len(memory.links):
+        sent_as = memory.links.keys_of(ids)
+        named = pc.invert(pc.starts_with(sent_as, NO_EMAIL)).fill_null(False)
+        keys = pc.if_else(named, sent_as, keys)
+    if len(memory.resolved):
+        resolved = memory.resolved.keys_of(ids)
+        keys = pc.if_else(pc.is_valid(resolved), resolved, keys)
+    return _plain(keys)
+
+
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def interview_emails(cells: Cells, positions: Ints) -> tuple[Ints, pa.Array, np.ndarray]:
+    """Each row's interview id, its interview's email (the first non-empty one among its rows,
+    lower case) and whether its interview has several rows."""
+    ids = cells.id_numbers[positions]
+    emails = _plain(lower(pick(cells.text[CONTACT_KEY], positions)))
+    codes, several = interviews(ids)
+    if several.any():  # an interview's contact is its first row with an email
+        has_email = nonempty(emails)
+        rows = np.arange(len(positions), dtype=np.int64)
+        first = np.full(len(ids), len(positions), dtype=np.int64)
+        np.minimum.at(first, codes[has_email], rows[has_email])
+        source = first[codes]
+        found = source < len(positions)
+        picked = emails.take(pa.array(np.where(found, source, 0)))
+        emails = pc.if_else(pa.array(found), picked, "")
+    return ids, emails, several
+
+
+def settle_conflicts(batch: Batch, cells: Cells, settled: Outcomes) -> None:
+    """Rows of an interview that carry two different emails: which contact it belongs to is
+    unknown, so every row of it is `invalid` (the emails named), and none keys a contact."""
+    rows = np.flatnonzero(cells.valid_id)
+    emails = _plain(lower(pick(cells.text[CONTACT_KEY], rows)))
+    with_email = nonempty(emails)
+    rows, emails = rows[with_email], emails.filter(pa.array(with_email))
+    if len(rows) < 2:
+        return
+    codes = np.asarray(pc.dictionary_encode(emails).indices.to_numpy(zero_copy_only=False))
+    ids = cells.id_numbers[rows]
+    order = np.lexsort((codes, ids))
+    same_id = ids[order][1:] == ids[order][:-1]
+    other = same_id & (codes[order][1:] != codes[order][:-1])
+    if not other.any():
+        return
+    bad_ids = np.unique(ids[order][1:][other])
+    _settle(batch, cells, settled, bad_ids, rows, ids, emails)
+
+
+def _settle(
+    batch: Batch,
+    cells: Cells,
+    settled: Outcomes,
+    bad_ids: Ints,
+    rows: Ints,
+    ids: Ints,
+    emails: pa.Array,
+) -> None:
+    named: dict[int, list[str]] = {}
+    hit = np.isin(ids, bad_ids)
+    for interview, email in zip(
+        ids[hit].tolist(), emails.filter(pa.array(hit)).to_pylist(), strict=True
+    ):
+        seen = named.setdefault(interview, [])
+        if email not in seen:
+            seen.append(email)
+    conflicting = np.isin(cells.id_numbers, bad_ids) & cells.valid_id
+    cells.conflicting = conflicting
+    for position in np.flatnonzero(conflicting).tolist():
+        interview = int(cells.id_numbers[position])
+        first, second = named[interview][:2]
+        message = (
+            f"interview {interview} has rows with two emails, {first} and {second}: which "
+            "contact it belongs to is unclear; give all its rows one email (or none)"
+        )
+        settled[position] = invalid(batch, position, CONFLICTING, CONTACT_KEY, message)
+
+
+def adopt(cells: Cells, positions: Ints, memory: Memory) -> tuple[Memory, int]:
+    """What the state remembers, with each contact key that is no longer the one its interviews
+    were sent as given the old key's remembered notes (the latest, when several interviews
+    bring one), where it has none of its own; and how many interviews the export now gives
+    another email than the one they were sent as (they stay with the contact the state knows).
+    Done once per batch, before either road plans, so both see the same notes."""
+    if not len(memory.links) or not len(positions):
+        return memory, 0
+    ids, emails, _several = interview_emails(cells, positions)
+    ids, first = np.unique(ids, return_index=True)
+    emails = emails.take(pa.array(first))
+    sent_as = memory.links.keys_of(ids)
+    was_email = pc.invert(
+        pc.or_(pc.starts_with(sent_as, NO_EMAIL), pc.starts_with(sent_as, RESOLVED))
+    )
+    changed = pc.and_(was_email.fill_null(False), pc.not_equal(emails, sent_as).fill_null(False))
+    changed = pc.and_(changed, pa.array(nonempty(emails)))
+    moves = int(pc.sum(changed).as_py() or 0)
+    if not len(memory.state):
+        return memory, moves
+    keys = contact_keys(ids, emails, memory)
+    moved = pc.and_(pc.is_valid(sent_as), pc.not_equal(keys, sent_as).fill_null(False))
+    moved_at = pa.array(np.flatnonzero(moved.to_numpy(zero_copy_only=False)))
+    new_keys, old_keys = keys.take(moved_at), sent_as.take(moved_at)
+    if len(memory.resolved) and len(new_keys):  # the API's contact: all its interviews known
+        also = pc.is_in(memory.resolved.keys, value_set=new_keys).to_numpy(zero_copy_only=False)
+        others = memory.resolved.ids[also]
+        new_keys = pa.concat_arrays([new_keys, memory.resolved.keys.filter(pa.array(also))])
+        old_keys = pa.concat_arrays([old_keys, memory.links.keys_of(others)])
+    return _adopted(memory, new_keys, old_keys), moves
+
+
+def _adopted(memory: Memory, new_keys: pa.Array, old_keys: pa.Array) -> Memory:
+    """`memory` with each of `new_keys` not remembered given the remembered entry of its
+    `old_keys` (aligned; several for one new key: the latest sent)."""
+    import dataclasses
+
+    state: Remembered = memory.state
+    if not len(new_keys):
+        return memory
+    old_at = state.find(old_keys.fill_null(""))
+    usable = (
+        (state.find(new_keys) < 0)
+        & (old_at >= 0)
+        & (pc.not_equal(new_keys, old_keys).fill_null(True).to_numpy(zero_copy_only=False))
+    )
+    if not usable.any():
+        return memory
+    new_keys = new_keys.filter(pa.array(usable))
+    old_at = old_at[usable]
+    times = state.times.take(pa.array(old_at)).fill_null("").to_pylist()
+    chosen: dict[str, tuple[str, int]] = {}  # new key -> (time, old entry): the latest wins
+    for key, time, at in zip(new_keys.to_pylist(), times, old_at.tolist(), strict=True):
+        if key not in chosen or time > chosen[key][0]:
+            chosen[key] = (time, at)
+    adopted = state.adopting(
+        pa.array(list(chosen), pa.string()), np.array([at for _t, at in chosen.values()])
+    )
+    return dataclasses.replace(memory, state=adopted)
 
 
 def lower(emails: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -105,22 +269,10 @@ class Contacts:
     several: np.ndarray  # bool per row: its interview has several rows
 
     @classmethod
-    def of(cls, cells: Cells, positions: Ints) -> Contacts:
-        ids = cells.id_numbers[positions]
-        emails = lower(pick(cells.text[CONTACT_KEY], positions))
-        has_email = nonempty(emails)
-        codes, several = interviews(ids)
-        if several.any():  # an interview's contact is its first row with an email
-            rows = np.arange(len(positions), dtype=np.int64)
-            first = np.full(len(ids), len(positions), dtype=np.int64)
-            np.minimum.at(first, codes[has_email], rows[has_email])
-            source = first[codes]
-            has_email = source < len(positions)
-            emails = emails.take(pa.array(np.where(has_email, source, 0)))
-        keys = emails
-        if not has_email.all():
-            keys = pc.if_else(pa.array(has_email), emails, keyed_by_id(ids))
-        return cls(positions, *_encoded(keys), several)
+    def of(cls, cells: Cells, positions: Ints, memory: Memory | None = None) -> Contacts:
+        ids, emails, several = interview_emails(cells, positions)
+        keys = contact_keys(ids, emails, memory or Memory())
+        return cls(positions, *_encoded(pa.chunked_array([keys])), several)
 
     def __len__(self) -> int:
         return len(self.positions)

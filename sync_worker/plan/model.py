@@ -17,7 +17,7 @@ from sync_worker.read.notes import Note
 from sync_worker.read.reader import Batch
 from sync_worker.store.digests import Ints, digest_texts
 from sync_worker.store.history import EARLIER_SEND
-from sync_worker.store.remembered import Remembered, Sent
+from sync_worker.store.remembered import Links, Remembered, Sent
 from sync_worker.vocabulary import Status
 
 # Merging: rows the row road takes at a time (whole contacts), ~1.7 KiB of Python objects a row.
@@ -212,6 +212,7 @@ class Plan:
     settled: Outcomes  # row position -> outcome decided up front
     contacts_merged: int = 0
     contacts_no_existing: int = 0
+    email_changes: int = 0  # interviews the export gives another email than they were sent as
     known_before: dict[str, Known] = field(default_factory=dict)  # contact -> notes merged onto
     # contacts whose notes merged onto are the state's, and exactly the context they send (the
     # nightly case): made into Known entries only for the requests left to send (`known_notes`)
@@ -256,3 +257,5 @@ class Memory:
     state: Remembered = field(default_factory=Remembered.empty)  # contact -> last context sent
     notes_by_email: Mapping[str, Sequence[Note]] = field(default_factory=dict)
     notes_by_interview: Mapping[int, Sequence[Note]] = field(default_factory=dict)
+    links: Links = field(default_factory=Links.empty)  # interview -> the key it was sent as
+    resolved: Links = field(default_factory=Links.empty)  # interview -> contact:<id> (the API's)

@@ -11,18 +11,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from sync_worker.fields import (
-    CONTACT_KEY,
-    CONTEXT,
-    NOTES_KEY,
-    TEXT_FIELDS,
-    contact_key,
-    email_key,
-)
+from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS, email_key
 from sync_worker.merger import Context, MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells
+from sync_worker.plan.contacts import contact_keys
 from sync_worker.plan.model import Known, Memory, Outcomes, Plan, PlanOptions, invalid
 from sync_worker.plan.request_table import Request
 from sync_worker.read.notes import Note
@@ -61,7 +56,7 @@ def row_requests(
     `remembered`: what the state remembers of these rows' contacts, when the caller looked it
     up already (a chunk's contacts, `plan/__init__.py`); else it is looked up here."""
     rows = list(_parse_rows(batch, cells, positions, plan.settled))
-    contacts = _group_contacts(_group_interviews(rows))
+    contacts = _group_contacts(_group_interviews(rows), memory)
     if remembered is None:
         remembered = _remembered(contacts, memory) if options.merge else {}
     requests: list[Request] = []
@@ -135,11 +130,15 @@ def _group_interviews(rows: list[_Row]) -> list[_Interview]:
     return list(by_id.values())
 
 
-def _group_contacts(interviews: list[_Interview]) -> dict[str, list[_Interview]]:
-    """Interviews sharing a contact_email; without one, each interview is its own contact."""
+def _group_contacts(interviews: list[_Interview], memory: Memory) -> dict[str, list[_Interview]]:
+    """Interviews of one contact, as `contacts.contact_keys` names it (the API's contact, the
+    state's, the export's email; without any, each interview is its own contact)."""
+    ids = np.fromiter((i.interview_id for i in interviews), dtype=np.int64, count=len(interviews))
+    emails = pa.array([i.email for i in interviews], pa.string())
     contacts: dict[str, list[_Interview]] = {}
-    for interview in interviews:
-        key = contact_key(interview.email, interview.interview_id)
+    for key, interview in zip(
+        contact_keys(ids, emails, memory).to_pylist(), interviews, strict=True
+    ):
         contacts.setdefault(key, []).append(interview)
     return contacts
 

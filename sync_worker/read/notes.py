@@ -2,9 +2,12 @@
 
 Nothing in it is dropped without a word (SPEC section 6): a row that cannot be used (a bad id,
 bad JSON, neither key, a bad `updated_at`) is reported with file, row and reason, and the other
-rows go on. Every usable row carries its time for the freshness rule: its `updated_at` cell,
-else the file's modification time, but a row whose notes were seen in an earlier notes file
-keeps the time of that first sighting (a stale export copied afresh is still stale).
+rows go on. Every usable row carries its time for the freshness rule: its `updated_at` cell
+(UTC where it names no zone), else the file's modification time, but a row whose notes were seen
+in an earlier notes file keeps the time of that first sighting (a stale export copied afresh is
+still stale). No row is newer than its file's modification time or the moment it is read: a
+cell dated in the future (a local time east of UTC read as UTC, a clock set wrong) would
+otherwise beat every later send of the worker's own for good.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from sync_worker.clock import iso
+from sync_worker.clock import iso, now_iso
 from sync_worker.errors import InputError
 from sync_worker.fields import CONTACT_KEY, ID, contact_key, email_key, interview_id
 from sync_worker.merger import Context, canonical, parse_context
@@ -63,7 +66,7 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
     emails = _texts(raw, columns.get(CONTACT_KEY)) or blank
     ids = _texts(raw, columns.get(ID)) or blank
     times = _texts(raw, columns.get(UPDATED_AT)) or blank
-    file_time = iso(datetime.fromtimestamp(path.stat().st_mtime, UTC))
+    file_time = min(iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)), now_iso())
     cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
     for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
         if row - 1 in read.bad_rows:
@@ -78,7 +81,7 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
                 text,
                 email_key(email.strip()),
                 _interview_id(raw_id),
-                _time(updated) or file_time,
+                min(_time(updated) or file_time, file_time),
                 seen or {},
             )
         except _Unusable as problem:

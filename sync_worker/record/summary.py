@@ -33,6 +33,7 @@ class RunSummary(TypedDict):
     latency_p95_ms: int | None
     contacts_merged: int
     contacts_no_existing: int
+    emails_changed: int  # interviews the export gave another email than they were sent as
     exit_code: int
     stopped_by: str | None  # SIGINT, SIGTERM, max_duration, auth_or_unreachable, cancelled
     ledger: str  # the ledger's path
@@ -86,6 +87,7 @@ def summary(
         "latency_p95_ms": report.latency_p95_ms,
         "contacts_merged": plan.contacts_merged,
         "contacts_no_existing": plan.contacts_no_existing,
+        "emails_changed": plan.email_changes,
         "exit_code": int(code),
     }
 

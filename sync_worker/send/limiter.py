@@ -236,6 +236,13 @@ class Pacer:
         else:
             await self._take_bucket(1)
 
+    def already_sent(self, times: tuple[float, ...]) -> None:
+        """Requests the run sent before this pacer (loop clock, oldest first): the window holds
+        them too."""
+        for guard in self._guards:
+            for sent in times:
+                guard.record(sent)
+
     def accepted(self, sent_at: float) -> None:
         """The server took a request sent at `sent_at` (any answer but 429)."""
         accepted = self._accepted

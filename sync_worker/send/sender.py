@@ -71,6 +71,7 @@ class SendConfig:
     proxy_shown: str = ""  # the proxy and where it came from, for messages (Route.shown)
     tls: ssl.SSLContext | None = None  # None: the system's CA store
     first_rejections: int = 20  # that many first answers all refusing alike stop the run (0: off)
+    sent_before: tuple[float, ...] = ()  # monotonic times of this run's earlier requests (GETs)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Sender:
         begin = loop.time()
         config = self._config
         pacer = Pacer(config.limit, config.period_s, self._stop)
+        pacer.already_sent(config.sent_before)
         if config.max_duration_s is not None:
             pacer.deadline = begin + config.max_duration_s
         outage = self._outage = Outage(config.max_outage_s, self._stop, self._gave_up)

@@ -45,6 +45,16 @@ def positive_int(value: Any) -> int:
     return value
 
 
+HISTORY_DAYS = (1, 3650)  # a day to ten years: further back than a date can go is no setting
+
+
+def history_days(value: Any) -> int:
+    low, high = HISTORY_DAYS
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"must be a whole number of days from {low} to {high}")
+    return value
+
+
 def non_negative_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("must be a whole number, 0 or more")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = Path("config/sync.toml")
 DEFAULT_BASE_URL = "https://app.usehindsight.com/api/v1"
+DEFAULT_STATE = "state/sync-state.sqlite"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 TIER_PERIOD_S = 60.0  # a tier's limit is always per minute
 BASE_URL_ENV = "HINDSIGHT_BASE_URL"
@@ -55,10 +57,11 @@ class Settings:
     columns: Mapping[str, str] = field(default_factory=dict)
     context_columns: Mapping[str, str] = field(default_factory=dict)
     merge: bool = False
+    resolve_contacts: bool = False  # ask the API each interview's contact (GET /interviews/{id})
     merge_separator: str = "\n\n"
     append_keys: tuple[str, ...] = ()
     ledger_path: str | None = None
-    state_path: str = "state/sync-state.sqlite"
+    state_path: str = DEFAULT_STATE  # resolve() makes it the base URL's own (default_state)
     metrics_path: str | None = None  # Prometheus textfile written at the end of every run
     ping_url: str | None = None  # a healthchecks-style monitor: URL/start, then URL/<exit code>
     max_changes: MaxChanges | None = None  # refuse a run that would send more requests than this
@@ -209,7 +212,21 @@ def resolve(
     settings = replace(Settings(), **values)
     check_rate(settings, sources)
     check_base_url(settings.base_url, sources.get("base_url", "the default base URL"))
+    if "state_path" not in values:
+        settings = replace(settings, state_path=default_state(settings.base_url))
     return settings
+
+
+def default_state(base_url: str) -> str:
+    """Each API its own state, so a trial against the sandbox never changes what a run against
+    the API skips, merges or reverts: the vendor's URL keeps the plain name (the states made
+    before this rule), any other gets its host and port in the name."""
+    if base_url.rstrip("/") == DEFAULT_BASE_URL:
+        return DEFAULT_STATE
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", parts.hostname or "api")
+    return str(Path(DEFAULT_STATE).with_name(f"sync-state-{host}-{port}.sqlite"))
 
 
 def _file_layer(config_path: Path | None) -> tuple[dict[str, Any], Sources]:

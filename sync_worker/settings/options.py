@@ -38,6 +38,7 @@ from sync_worker.settings.checks import (
     delimiter,
     encoding,
     env_name,
+    history_days,
     log_format,
     max_changes,
     non_negative_int,
@@ -128,10 +129,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "base_url",
         "--base-url",
-        "API base URL [default: https://app.usehindsight.com/api/v1].",
+        "API base URL [default: https://app.usehindsight.com/api/v1]; it also picks the "
+        "default state (each API has its own).",
         setting="base_url",
         file_key=("api", "base_url"),
-        commands=SENDING,
+        commands=ALL_RUNS,
     ),
     Option(
         "tier",
@@ -289,6 +291,15 @@ OPTIONS: tuple[Option, ...] = (
         commands=PLANNING,
     ),
     Option(
+        "resolve_contacts",
+        None,
+        "Ask the API which contact each interview belongs to (GET /interviews/{id}, once per "
+        "interview) instead of trusting the export's emails.",
+        check=toml_bool,
+        setting="resolve_contacts",
+        file_key=("merge", "resolve_contacts"),
+    ),
+    Option(
         "merge_separator",
         None,
         "What goes between existing and new text [default: a blank line].",
@@ -325,7 +336,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "state",
         "--state",
-        "State database [default: state/sync-state.sqlite].",
+        "State database [default: state/sync-state.sqlite for the vendor's API, "
+        "state/sync-state-<host>-<port>.sqlite for another base URL].",
         Kind.PATH,
         setting="state_path",
         file_key=("state", "path"),
@@ -335,7 +347,7 @@ OPTIONS: tuple[Option, ...] = (
         "history_days",
         None,
         "Days the state keeps the versions of the fields runs changed.",
-        check=positive_int,
+        check=history_days,
         setting="history_days",
         file_key=("state", "history_days"),
     ),

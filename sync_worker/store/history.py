@@ -15,17 +15,31 @@ and `revert` can tell whether a later run wrote something else since. It is fold
 history when the state is closed (or next opened, after a kill), like the journal: an append per
 send, not an upsert. A row with `changed = 0` only moves that last value (a value equal to the
 notes file's, which the state had not seen); it is no version and is never shown or reverted.
+A row with `changed = 2` (REPEAT) is a contact's value carried again, in the same run, through
+another of its interviews: no version either, but it records that the run wrote through that
+interview, so a revert puts the value back through it too (the server may keep that
+interview's contact apart from the one the export named).
+
+Pruning records the runs it took history from (`pruned_runs`), so a revert of such a run is
+refused for that reason, whatever `history_days` the revert itself is given.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from datetime import datetime
 from typing import NamedTuple
 
-from sync_worker.clock import days_ago
-from sync_worker.fields import CONTACT_FIELDS, CONTEXT, SENT_FIELDS, contact_key, email_key
+from sync_worker.clock import days_ago, now_iso
+from sync_worker.fields import (
+    CONTACT_FIELDS,
+    CONTEXT,
+    RESOLVED,
+    SENT_FIELDS,
+    contact_key,
+    email_key,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -63,6 +77,10 @@ CREATE TABLE IF NOT EXISTS field_values (
     PRIMARY KEY (level, key, field)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS history_folded (upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pruned_runs (
+    run_id TEXT PRIMARY KEY,
+    pruned_at TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notes_seen (
     digest TEXT PRIMARY KEY,
     first_seen TEXT NOT NULL
@@ -73,6 +91,7 @@ NOTES_FILE = "notes_file"  # the value before came from the --existing-notes fil
 EARLIER_SEND = "earlier_send"  # from what this worker itself sent earlier
 UNKNOWN = "unknown"  # never known: a revert cannot put it back
 
+VERSION, MOVED, REPEAT = 1, 0, 2  # the `changed` column: what a history row is
 FieldKey = tuple[str, str, str]  # (level, key, field): key is the contact or the interview id
 
 
@@ -134,14 +153,14 @@ def plan(db: sqlite3.Connection, run_id: str, changes: Mapping[int, tuple[Change
 # Each confirmed send's planned changes, in arrival order. A field several sends of one run share
 # (a contact's interviews) chains: its value before is what the run itself wrote just before
 # (the previous send's value, from EARLIER_SEND, a version), and a send that wrote the same
-# value again leaves no row. One statement: as a Python loop over the joined rows it took ~1 s
-# a 100,000 sends.
+# value again is a REPEAT row. One statement: as a Python loop over the joined rows it took
+# ~1 s a 100,000 sends.
 MATERIALIZE = f"""
 INSERT INTO history
 SELECT run_id, at, level, key, interview_id, field,
        CASE WHEN prior IS NULL THEN before_json ELSE prior END, sent_json,
        CASE WHEN prior IS NULL THEN source ELSE '{EARLIER_SEND}' END,
-       CASE WHEN prior IS NULL THEN changed ELSE 1 END
+       CASE WHEN prior IS NULL THEN changed WHEN prior = sent_json THEN {REPEAT} ELSE 1 END
 FROM (
     SELECT j.rowid AS arrival, j.run_id, j.sent_at AS at, p.level, p.key, p.interview_id,
            p.field, p.before_json, p.sent_json, p.source, p.changed,
@@ -151,7 +170,6 @@ FROM (
     FROM journal AS j JOIN planned AS p
     ON p.run_id = j.run_id AND p.interview_id = j.interview_id
 )
-WHERE prior IS NULL OR prior != sent_json
 ORDER BY arrival, field
 """
 
@@ -230,47 +248,138 @@ def _only(db: sqlite3.Connection, keys: Iterable[str] | None) -> str:
     return " JOIN temp.wanted AS w ON w.key = t.{column}"
 
 
-def _versions(db: sqlite3.Connection, where: str, args: tuple[object, ...]) -> list[Version]:
+def _versions(
+    db: sqlite3.Connection, where: str, args: tuple[object, ...], kinds: str = "1"
+) -> list[tuple[int, Version]]:
+    """(rowid, version): the rowid is the order written, which breaks ties of time."""
     if not has_tables(db):
         return []
     query = (
-        "SELECT run_id, at, level, key, interview_id, field, before_json, sent_json, source "
-        f"FROM history WHERE changed = 1 AND ({where}) ORDER BY rowid"
+        "SELECT rowid, run_id, at, level, key, interview_id, field, before_json, sent_json, "
+        f"source FROM history WHERE changed IN ({kinds}) AND ({where}) ORDER BY rowid"
     )
-    return [Version(*row) for row in db.execute(query, args)]
+    return [(row[0], Version(*row[1:])) for row in db.execute(query, args)]
 
 
-def of_run(db: sqlite3.Connection, run_id: str) -> list[Version]:
-    """The versions a run wrote, in the order they were confirmed."""
-    return _versions(db, "run_id = ?", (run_id,))
+def of_run(db: sqlite3.Connection, run_id: str, repeats: bool = False) -> list[Version]:
+    """The versions a run wrote, in the order they were confirmed (with its REPEAT rows)."""
+    kinds = f"{VERSION}, {REPEAT}" if repeats else str(VERSION)
+    return [v for _rowid, v in _versions(db, "run_id = ?", (run_id,), kinds)]
+
+
+def _marks(values: Sized) -> str:
+    return ", ".join("?" * len(values))
 
 
 def of_contact(db: sqlite3.Connection, email: str) -> list[Version]:
-    """A contact's versions (by email) and those of its interviews' objectives, newest first."""
-    contact = _versions(db, "level = 'contact' AND key = ?", (email_key(email.strip()),))
-    ids = sorted({v.interview_id for v in contact})
-    marks = ", ".join("?" * len(ids))
-    interviews = _versions(db, f"level = 'interview' AND interview_id IN ({marks})", tuple(ids))
-    return _newest_first(contact + interviews)
+    """A contact's versions (by email, and under any key its interviews were sent as since)
+    and those of its interviews' objectives, newest first."""
+    key = email_key(email.strip())
+    interviews = _interviews_of(db, [key])
+    keys = sorted({key, *_keys_of(db, interviews)})
+    return _contact_versions(db, keys, interviews)
 
 
 def of_interview(db: sqlite3.Connection, interview_id: int) -> list[Version]:
-    """An interview's versions, and those of the contact it was sent for, newest first."""
-    own = _versions(
-        db,
-        "interview_id = ? OR (level = 'contact' AND key = ?)",
-        (interview_id, contact_key("", interview_id)),
+    """An interview's versions, and those of its contact (under every key it was sent as, so
+    any interview of the contact finds them), newest first."""
+    keys = sorted({contact_key("", interview_id), *_keys_of(db, [interview_id])})
+    return _contact_versions(db, keys, [interview_id])
+
+
+def _contact_versions(
+    db: sqlite3.Connection, keys: list[str], interviews: list[int]
+) -> list[Version]:
+    found = _versions(db, f"level = 'contact' AND key IN ({_marks(keys)})", tuple(keys))
+    ids = sorted({*interviews, *(v.interview_id for _r, v in found)})
+    found += _versions(db, f"level = 'interview' AND interview_id IN ({_marks(ids)})", tuple(ids))
+    return _newest_first(found)
+
+
+def _newest_first(found: list[tuple[int, Version]]) -> list[Version]:
+    """Sends in the order written, newest first (times of two sends may tie to the
+    millisecond); the fields of one send in the API's order."""
+    sends: dict[tuple[str, int, str], int] = {}
+    for rowid, v in found:
+        send = (v.run_id, v.interview_id, v.at)
+        sends[send] = max(rowid, sends.get(send, 0))
+    order = {name: index for index, name in enumerate(SENT_FIELDS)}
+    return [
+        v
+        for _rowid, v in sorted(
+            found,
+            key=lambda pair: (
+                -sends[(pair[1].run_id, pair[1].interview_id, pair[1].at)],
+                order.get(pair[1].field, 0),
+            ),
+        )
+    ]
+
+
+def _interviews_of(db: sqlite3.Connection, keys: list[str]) -> list[int]:
+    """The interviews sent as these contact keys (in the history, or as last sent)."""
+    marks = _marks(keys)
+    rows = db.execute(
+        f"SELECT interview_id FROM history WHERE level = 'contact' AND key IN ({marks}) "
+        f"UNION SELECT interview_id FROM sent WHERE contact IN ({marks})",
+        (*keys, *keys),
     )
-    contacts = sorted({v.key for v in own if v.level == "contact"})
-    marks = ", ".join("?" * len(contacts))
-    shared = _versions(db, f"level = 'contact' AND key IN ({marks})", tuple(contacts))
-    unique = {(v.run_id, v.at, v.level, v.key, v.field, v.interview_id): v for v in own + shared}
-    return _newest_first(list(unique.values()))
+    return sorted(row[0] for row in rows)
 
 
-def _newest_first(versions: list[Version]) -> list[Version]:
-    order = {field: index for index, field in enumerate(SENT_FIELDS)}
-    return sorted(versions, key=lambda v: (v.at, -order.get(v.field, 0)), reverse=True)
+def _keys_of(db: sqlite3.Connection, interviews: list[int]) -> set[str]:
+    """Every contact key these interviews were sent as, and the contacts the API named."""
+    marks = _marks(interviews)
+    rows = db.execute(
+        f"SELECT key FROM history WHERE level = 'contact' AND interview_id IN ({marks}) "
+        f"UNION SELECT contact FROM sent WHERE interview_id IN ({marks})",
+        (*interviews, *interviews),
+    )
+    keys = {str(row[0]) for row in rows}
+    if _has(db, "resolved"):
+        rows = db.execute(
+            f"SELECT '{RESOLVED}' || contact_id FROM resolved WHERE interview_id IN ({marks})",
+            tuple(interviews),
+        )
+        keys.update(str(row[0]) for row in rows)
+    return keys
+
+
+def _has(db: sqlite3.Connection, table: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (table,)).fetchone() is not None
+
+
+def later_value(
+    db: sqlite3.Connection, run_id: str, key: FieldKey, through: Iterable[int]
+) -> str | None:
+    """The last value written to a field after `run_id` last wrote it, judged on what the field
+    belongs to: an interview's by its id; a contact's under its key, or any key its interviews
+    (`through`: those the run wrote it through) were sent as, or through any of them. So a later
+    run that gave the contact another email (or none, or the API's contact) still counts."""
+    level, name, field = key
+    last = db.execute(
+        "SELECT max(rowid) FROM history WHERE run_id = ? AND level = ? AND key = ? AND field = ?",
+        (run_id, level, name, field),
+    ).fetchone()[0]
+    if last is None:
+        return None
+    interviews = sorted(set(through))
+    keys = sorted({name, *_keys_of(db, interviews)}) if level == "contact" else [name]
+    row = db.execute(
+        "SELECT sent_json FROM history WHERE rowid > ? AND level = ? AND field = ? AND "
+        f"(key IN ({_marks(keys)}) OR interview_id IN ({_marks(interviews)})) "
+        "ORDER BY rowid DESC LIMIT 1",
+        (last, level, field, *keys, *interviews),
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def was_pruned(db: sqlite3.Connection, run_id: str) -> bool:
+    if not _has(db, "pruned_runs"):
+        return False
+    query = "SELECT 1 FROM pruned_runs WHERE run_id = ?"
+    return db.execute(query, (run_id,)).fetchone() is not None
 
 
 def run_started_at(db: sqlite3.Connection, run_id: str) -> str | None:
@@ -316,6 +425,10 @@ def prune(db: sqlite3.Connection, days: int, now: datetime | None = None) -> int
     with db:
         db.execute("BEGIN")
         fold(db)
+        db.execute(
+            "INSERT OR IGNORE INTO pruned_runs SELECT DISTINCT run_id, ? FROM history WHERE at < ?",
+            (now_iso(), text),
+        )
         deleted = db.execute("DELETE FROM history WHERE at < ?", (text,)).rowcount
         # rowids are max + 1: with the newest rows gone they would be reused below the mark
         last = db.execute("SELECT coalesce(max(rowid), 0) FROM history").fetchone()[0]

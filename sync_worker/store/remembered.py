@@ -71,6 +71,51 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Links:
+    """Each interview's contact key as the state knows it: ids sorted, keys aligned with them.
+
+    Two kinds: the key each interview was last sent as (the `sent` table), and the contact the
+    API named for it (`GET /interviews/{id}`, kept in `resolved`, as `contact:<id>`)."""
+
+    ids: Ints
+    keys: pa.Array  # string
+
+    @classmethod
+    def empty(cls) -> Links:
+        return cls(np.zeros(0, dtype=np.int64), pa.array([], pa.string()))
+
+    @classmethod
+    def of(cls, keys: Mapping[int, str]) -> Links:
+        """From keys by id (a test's)."""
+        ids = np.fromiter(keys, dtype=np.int64, count=len(keys))
+        return cls.latest(ids, pa.chunked_array([pa.array(list(keys.values()), pa.string())]))
+
+    @classmethod
+    def latest(cls, ids: Ints, keys: pa.ChunkedArray) -> Links:
+        """From links in arrival order: the last of each id wins. The keyed table comes sorted
+        by id, so usually nothing moves."""
+        if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+            return cls(ids, _array(keys) if len(ids) else pa.array([], pa.string()))
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        last = np.ones(len(ordered), dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=last[:-1])
+        picked = keys.take(pa.array(order[last])) if len(ids) else keys
+        return cls(ordered[last], _array(picked) if len(ids) else pa.array([], pa.string()))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def keys_of(self, ids: Ints) -> pa.Array:
+        """The key of each id; null for an id not linked."""
+        if not len(self.ids):
+            return pa.nulls(len(ids), pa.string())
+        at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        known = self.ids[at] == ids
+        return pc.if_else(pa.array(known), self.keys.take(pa.array(at)), None)
+
+
+@dataclass(frozen=True)
 class Remembered:
     """Each contact's last context (JSON text as sent) and, when read, the time it was sent."""
 
@@ -117,6 +162,18 @@ class Remembered:
 
     def __len__(self) -> int:
         return len(self.contacts)
+
+    def adopting(self, keys: pa.Array, at: Ints) -> Remembered:
+        """With each of `keys` (contacts not remembered) given the entry at `at` (another key's,
+        the one its interviews were sent as before)."""
+        if not len(keys):
+            return self
+        picked = pa.array(at)
+        return Remembered(
+            pa.concat_arrays([self.contacts, _array(keys)]),
+            pa.concat_arrays([self.texts, self.texts.take(picked)]),
+            pa.concat_arrays([self.times, self.times.take(picked)]),
+        )
 
     def find(self, keys: pa.Array | pa.ChunkedArray) -> Ints:
         """Each key's index here, -1 for a contact not remembered (one hash join: look up many

@@ -40,12 +40,13 @@ import pyarrow as pa
 from sync_worker.clock import now_iso
 from sync_worker.collector import collector_off
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
+from sync_worker.fields import RESOLVED
 from sync_worker.merger import Context
 from sync_worker.settings.paths import create_private, open_private
 from sync_worker.store import history
 from sync_worker.store.digests import DIGEST, hex_digests
 from sync_worker.store.history import Change, FieldKey, Version
-from sync_worker.store.remembered import Remembered, Sent
+from sync_worker.store.remembered import Links, Remembered, Sent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -76,6 +77,16 @@ CREATE TABLE IF NOT EXISTS journal (
     run_id TEXT NOT NULL,
     sent_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api (
+    slot INTEGER PRIMARY KEY CHECK (slot = 1),
+    base_url TEXT NOT NULL,
+    since TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resolved (
+    interview_id INTEGER PRIMARY KEY,
+    contact_id INTEGER NOT NULL,
+    resolved_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lock_holder (
     slot INTEGER PRIMARY KEY CHECK (slot = 1),
     pid INTEGER NOT NULL,
@@ -84,8 +95,10 @@ CREATE TABLE IF NOT EXISTS lock_holder (
 );
 """
 # PRAGMA user_version this version writes. A state written by a newer version (a higher number)
-# is refused rather than misread; older ones (0: before the number) are read and upgraded.
-SCHEMA_VERSION = 1
+# is refused rather than misread; older ones (0: before the number) are read and upgraded in
+# place. 2: the API the state belongs to (`api`, adopted by a state of 1 on its first run), the
+# contacts the API named (`resolved`), the runs whose history was pruned (`pruned_runs`).
+SCHEMA_VERSION = 2
 CORE_TABLES = frozenset({"sent", "contacts", "runs"})  # a database with none of them is not ours
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -336,14 +349,24 @@ class State:
     def sends(self) -> Sent:
         """What `sent_hashes` holds, as columns (hashes as 32-byte digests): what planning
         reads. A million sends cost ~40 MB there, ~190 MB as a dict."""
-        ids: list[pa.Array] = []
-        hashes: list[pa.Array] = []
+        return self.sends_and_links(links=False)[0]
+
+    def sends_and_links(self, links: bool = True) -> tuple[Sent, Links]:
+        """`sends`, and (`links`) the contact key each interview was last sent as: what the
+        state knows of each interview's contact. One pass over the table for both."""
+        columns = "interview_id, payload_sha256" + (", contact" if links else "")
+        found: list[list[pa.Array]] = [[], [], []]
         with self._wrong_types():
-            for batch in self._batches("sent", "interview_id, payload_sha256", ""):
-                ids.append(pa.array(batch[0], pa.int64()))
-                hashes.append(hex_digests(pa.array(batch[1], pa.string())))
-        numbers = pa.chunked_array(ids, pa.int64()).to_numpy()
-        return Sent.latest(np.asarray(numbers, dtype=np.int64), pa.chunked_array(hashes, DIGEST))
+            for batch in self._batches("sent", columns, ""):
+                found[0].append(pa.array(batch[0], pa.int64()))
+                found[1].append(hex_digests(pa.array(batch[1], pa.string())))
+                if links:
+                    found[2].append(pa.array(batch[2], pa.string()))
+        numbers = np.asarray(pa.chunked_array(found[0], pa.int64()).to_numpy(), dtype=np.int64)
+        sent = Sent.latest(numbers, pa.chunked_array(found[1], DIGEST))
+        if not links:
+            return sent, Links.empty()
+        return sent, Links.latest(numbers, pa.chunked_array(found[2], pa.string()))
 
     def remembered(self, with_times: bool = False) -> Remembered:
         """What `contexts` holds, as columns, the JSON texts unparsed; with the time of each
@@ -400,6 +423,55 @@ class State:
                 pairs.update(db.execute(f"SELECT {columns} FROM journal {where} ORDER BY rowid"))
         return pairs
 
+    def resolved(self) -> Links:
+        """The contact the API named for each interview resolved so far, as `contact:<id>`."""
+        if self._db is None or "resolved" not in self._tables:
+            return Links.empty()
+        query = f"SELECT interview_id, '{RESOLVED}' || contact_id FROM resolved"
+        with self._errors_named(), self._wrong_types():
+            rows = self._db.execute(query).fetchall()
+        return Links.of(dict(rows))
+
+    def remember_resolved(self, contacts: Mapping[int, int]) -> None:
+        """The contacts the API named (interview id -> contact id), kept for good: the server
+        never moves an interview to another contact."""
+        if self._db is None or not self._writable or not contacts:
+            return
+        at = now_iso()
+        with self._errors_named(), self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO resolved VALUES (?, ?, ?)",
+                ((interview, contact, at) for interview, contact in contacts.items()),
+            )
+
+    def api_url(self) -> str | None:
+        """The API base URL this state belongs to; None: not recorded yet (a new state, or one
+        made before states recorded it)."""
+        if self._db is None or "api" not in self._tables:
+            return None
+        with self._errors_named():
+            row = self._db.execute("SELECT base_url FROM api").fetchone()
+        return str(row[0]) if row else None
+
+    def belongs_to(self, base_url: str) -> None:
+        """Refuse another API's state (ConfigError, exit 2); a state that records none adopts
+        this one when it is writable (a dry run or `plan` records nothing)."""
+        url = base_url.rstrip("/")
+        recorded = self.api_url()
+        if recorded is None:
+            if self._db is not None and self._writable:
+                with self._errors_named(), self._db:
+                    self._db.execute("BEGIN")
+                    self._db.execute("INSERT INTO api VALUES (1, ?, ?)", (url, now_iso()))
+            return
+        if recorded != url:
+            raise ConfigError(
+                f"state database {self._path} belongs to the API at {recorded}, not {url}: "
+                f"give --base-url {recorded} to use it, or another --state for {url} "
+                "(without --state each API has a state of its own)"
+            )
+
     def add(self, successes: list[Success]) -> None:
         """Queue confirmed sends; `flush` commits everything queued."""
         self._pending.extend(successes)
@@ -442,8 +514,19 @@ class State:
         if self._db is not None:
             history.remember_notes(self._db, sightings)
 
-    def versions_of_run(self, run_id: str) -> list[Version]:
-        return history.of_run(self._db, run_id) if self._db is not None else []
+    def versions_of_run(self, run_id: str, repeats: bool = False) -> list[Version]:
+        """A run's versions in the order confirmed; `repeats`: with the sends that carried a
+        contact's value again through its other interviews (what a revert goes through)."""
+        return history.of_run(self._db, run_id, repeats) if self._db is not None else []
+
+    def later_value(self, run_id: str, key: FieldKey, through: Iterable[int]) -> str | None:
+        """The last value a later run wrote to this field of the contact or interview it
+        belongs to, under any key (None: none since)."""
+        return history.later_value(self._db, run_id, key, through) if self._db is not None else None
+
+    def was_pruned(self, run_id: str) -> bool:
+        """True when pruning dropped some of this run's history."""
+        return history.was_pruned(self._db, run_id) if self._db is not None else False
 
     def versions_of_contact(self, email: str) -> list[Version]:
         return history.of_contact(self._db, email) if self._db is not None else []
