@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.estimate import estimate
 from sync_worker.read.notes import NotesFile, read_notes
 from sync_worker.read.reader import Batch, ReadOptions, read_batch
 from sync_worker.settings.config import RunOptions, Settings
@@ -125,28 +126,44 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
 
 
 def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
-    """`sync-worker plan`: the requests a run would send, without network or key."""
+    """`sync-worker plan`: the requests a run would send, without network or key; the summary
+    line (plan_finished) after the last of them."""
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
     try:
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
-    get_logger().info(
-        "plan_finished",
-        rows=len(batch),
-        requests=len(plan.table),
-        invalid=len(plan.settled.invalid()),
-        lines_set_aside=batch.lines_set_aside,
-        message=f"{len(batch)} rows: {len(plan.table)} requests to send, "
-        f"{len(plan.settled.invalid())} invalid rows, {batch.lines_set_aside} lines set aside",
-    )
-    return plan_lines(plan, batch)
+    yield from plan_lines(plan, batch)
+    invalid = len(plan.settled.invalid())
+    _log_estimate("plan_finished", settings, batch, plan, invalid=invalid)
 
 
 def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str]]:
     """`sync-worker validate`: the batch, its plan with state ignored, and the notes file's
-    unusable rows."""
+    unusable rows; its summary line logged (validate_finished)."""
     batch = read_inputs(settings, options.inputs)
     plan, notes = plan_with_notes(settings, options, batch, State(None))
+    invalid = len(plan.settled.invalid())
+    _log_estimate("validate_finished", settings, batch, plan, invalid=invalid)
     return batch, plan, notes.problems
+
+
+def _log_estimate(event: str, settings: Settings, batch: Batch, plan: Plan, invalid: int) -> None:
+    """The one summary line on stderr: rows, requests, contacts, notes unknown, time at the
+    limit (a JSON event in cron, a readable line on a terminal)."""
+    figures = estimate(batch, plan, settings.limit, settings.rate_period_s)
+    aside = batch.lines_set_aside
+    extra = (f", {invalid} invalid rows" if invalid else "") + (
+        f", {aside} lines set aside" if aside else ""
+    )
+    get_logger().info(
+        event,
+        **figures.fields(),
+        tier=settings.tier,
+        limit=settings.limit,
+        rate_period_s=settings.rate_period_s,
+        invalid=invalid,
+        lines_set_aside=aside,
+        message=figures.line() + extra,
+    )
