@@ -111,7 +111,8 @@ def test_a_run_on_a_terminal_reads_plainly(
     assert "timestamp" not in text and "pool_summary" not in text and "Traceback" not in text
     start = [line for line in lines if line.startswith("61 rows: ")]
     assert start == [
-        "61 rows: 60 requests to send, about 0m01s at 6000 requests a minute; ledger ledger.csv"
+        "61 rows: 60 requests to send to 60 contacts, about 0m01s at 6000 requests a minute; "
+        "ledger ledger.csv"
     ], lines
     assert "in.csv: 2 lines set aside, not rows (blank: 1, report footer: 1)" in text
     assert "row/s" in text  # the progress bar was drawn

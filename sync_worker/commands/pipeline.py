@@ -4,19 +4,24 @@
 stages live in their own modules (reader, plan, sender, recorder, summary) and this one only
 strings them together, with the lock, the signals and the key around a run. `launch` runs any
 job that can plan with the state open: the rows of input files (`InputJob`), or a run's history
-put back (revert.py's `RevertJob`)."""
+put back (revert.py's `RevertJob`).
+
+`--max-duration` counts from the start of the run: reading and planning use the window too, so
+a cron job ends near its window however long its file takes to plan. Signals are caught from the
+start: a stop while reading is met once the rows are known, a stop while planning interrupts it
+(signals.py), and either way every row gets its ledger line."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import gc
-import math
 import secrets
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,13 +31,14 @@ import structlog
 from sync_worker.clock import now_iso, run_stamp
 from sync_worker.commands.monitor import Monitor
 from sync_worker.commands.planning import merging, plan_with_notes, read_inputs
-from sync_worker.commands.signals import StopSignal
+from sync_worker.commands.signals import Interrupted, StopSignal
 from sync_worker.errors import GuardError
 from sync_worker.logs import get_logger, showing_progress
-from sync_worker.plan import Plan
-from sync_worker.plan.changes import Changes, plan_changes
+from sync_worker.plan import Outcomes, Plan
+from sync_worker.plan.changes import ChangeFinder, Changes
+from sync_worker.plan.estimate import estimate
 from sync_worker.plan.guards import Verdict, judge, refusals
-from sync_worker.plan.request_table import ChainQueue
+from sync_worker.plan.request_table import ChainQueue, Request, RequestTable
 from sync_worker.read.notes import NotesFile
 from sync_worker.read.reader import Batch
 from sync_worker.record.ledger import Ledger, fills_in, ledger_path
@@ -45,7 +51,7 @@ from sync_worker.settings.apikey import load_key
 from sync_worker.settings.config import RunOptions, Settings
 from sync_worker.settings.network import route, tls_context
 from sync_worker.store.history import FieldKey
-from sync_worker.store.state import RunLock, State
+from sync_worker.store.state import RunLock, State, StateWriteError
 from sync_worker.vocabulary import ExitCode, Status
 
 if TYPE_CHECKING:
@@ -69,7 +75,8 @@ def is_dry_run_id(run_id: str) -> bool:
 @dataclass
 class Prepared:
     """What a run sends, planned with the state open: the rows (one ledger line each), the
-    requests, and each request's changes for the history."""
+    requests, and each request's changes for the history (`changes`, or found a chunk of
+    requests at a time by `changes_of`)."""
 
     batch: Batch
     plan: Plan
@@ -79,6 +86,8 @@ class Prepared:
     notes: NotesFile | None = None
     remarks: dict[int, tuple[str, str]] = field(default_factory=dict)  # ok lines' code, message
     guards: list[Verdict] = field(default_factory=list)  # what each guard says (SPEC 14)
+    changes_of: Callable[[Sequence[Request]], Changes] | None = None
+    not_planned: int = 0  # rows left not_attempted because the run stopped while planning
 
 
 class Job(Protocol):
@@ -118,10 +127,23 @@ class InputJob:
         verdicts = judge(plan, len(self.batch), merging(self.settings, options), self.settings)
         if refusals(verdicts) and not options.dry_run:
             return Prepared(self.batch, plan, {}, inputs=options.input_names, guards=verdicts)
-        changes = {} if options.dry_run else plan_changes(plan, _last_values(state, plan))
+        finder = None if options.dry_run else ChangeFinder(plan, _last_values(state, plan))
         return Prepared(
-            self.batch, plan, changes, inputs=options.input_names, notes=notes, guards=verdicts
+            self.batch,
+            plan,
+            {},
+            inputs=options.input_names,
+            notes=notes,
+            guards=verdicts,
+            changes_of=finder,
         )
+
+    def unplanned(self, options: RunOptions) -> Prepared:
+        """Stopped before its plan was made: every row not_attempted."""
+        assert self.batch is not None
+        rows = len(self.batch)
+        plan = Plan(RequestTable.empty(), Outcomes.never_planned(rows))
+        return Prepared(self.batch, plan, {}, inputs=options.input_names, not_planned=rows)
 
 
 def resolve_contacts(
@@ -214,20 +236,22 @@ def _run(
     monitor: Monitor,
 ) -> dict[str, Any]:
     started_at = now_iso()
+    window = options.max_duration_min
+    deadline = None if window is None else time.monotonic() + window * 60
     ledger = ledger_path(options.ledger or settings.ledger_path, run_id, started_at[:10])
     send = None if options.dry_run else _send_config(settings, options, key_file, api_key)
-    job.load()
-    state_path = Path(settings.state_path)
-    lock = RunLock(state_path)
-    if not options.dry_run:
-        lock.acquire(run_id)
-    try:
-        with StopSignal().installed() as stopper:
+    with StopSignal().installed() as stopper:
+        stopper.deadline = deadline
+        job.load()  # a stop while reading is met after it: the rows must be known
+        lock = RunLock(Path(settings.state_path))
+        if not options.dry_run:
+            lock.acquire(run_id)
+        try:
             return _run_locked(
                 settings, options, job, run_id, started_at, send, stopper, ledger, monitor
             )
-    finally:
-        lock.release()
+        finally:
+            lock.release()
 
 
 def _run_locked(
@@ -250,14 +274,13 @@ def _run_locked(
         state.belongs_to(settings.base_url)
         if send is not None:
             send = job.before_planning(state, send, stopper)
-        prepared = job.prepare(state, options)
+        prepared = _prepare(job, state, options, stopper)
         _guard(prepared, options)
         batch, plan = prepared.batch, prepared.plan
         template = options.ledger or settings.ledger_path
         ledger = Ledger(ledger_path, run_id if fills_in(template) else None)
         state.run_started(run_id, started_at)
         _remember_notes(state, prepared, options)
-        _plan_history(state, run_id, prepared, options)
         try:
             recorder = Recorder(
                 run_id,
@@ -271,12 +294,13 @@ def _run_locked(
             recorder.flush()
             _log_start(settings, options, batch, plan, ledger.path)
             monitor.started()
-            report = _send_or_dry_run(options, plan, recorder, send, stopper)
+            planned = _history_ahead(state, run_id, prepared, options, recorder)
+            report = _send_or_dry_run(options, plan, recorder, send, stopper, planned)
             recorder.check()
             if stopper.reason is not None:
                 get_logger().warning("stopped", reason=stopper.reason)
             recorder.flush()  # every result written, so what is left unwritten is known
-            unsent = recorder.fill_unwritten(plan, report.started)
+            unsent = recorder.fill_unwritten(plan, report.started) + prepared.not_planned
             report.counters.requests += recorder.cut_in_flight  # sent too, though unanswered
             recorder.flush()
             code = exit_code(recorder.counts, report, stopper.reason, unsent)
@@ -324,11 +348,52 @@ def _remember_notes(state: State, prepared: Prepared, options: RunOptions) -> No
         state.remember_notes(prepared.notes.sightings)
 
 
-def _plan_history(state: State, run_id: str, prepared: Prepared, options: RunOptions) -> None:
-    """The changes each send will make, written before anything is sent: the journal's
-    confirmed sends become history rows when it is folded (history.py)."""
-    if prepared.changes and not options.dry_run:
-        state.plan_history(run_id, prepared.changes)
+def _prepare(job: Job, state: State, options: RunOptions, stopper: StopSignal) -> Prepared:
+    """The job's plan; a run's input rows all not_attempted when a stop came first or while
+    planning (a signal interrupts it), or when the window was used up by then."""
+    if stopper.past_deadline():
+        stopper.request("max_duration")
+    if not isinstance(job, InputJob):
+        return job.prepare(state, options)
+    try:
+        with stopper.interrupting():
+            prepared = job.prepare(state, options)
+    except Interrupted:
+        return job.unplanned(options)
+    if stopper.past_deadline():
+        stopper.request("max_duration")
+    return prepared
+
+
+PlanAhead = Callable[[list[Request]], bool]
+
+
+def _history_ahead(
+    state: State, run_id: str, prepared: Prepared, options: RunOptions, recorder: Recorder
+) -> PlanAhead | None:
+    """What writes each chunk's changes to the state as the sender takes its requests, before
+    any of them is sent (the journal's confirmed sends become history rows when it is folded:
+    history.py). False: they could not be written, and the run stops before sending them."""
+    if options.dry_run:
+        return None
+    fixed = prepared.changes
+    changes_of = prepared.changes_of or (
+        lambda requests: {
+            r.interview_id: fixed[r.interview_id] for r in requests if r.interview_id in fixed
+        }
+    )
+
+    def planned(requests: list[Request]) -> bool:
+        if recorder.failure is not None:
+            return False
+        try:
+            state.plan_history(run_id, changes_of(requests))
+        except StateWriteError as exc:
+            recorder.fail(exc)
+            return False
+        return True
+
+    return planned
 
 
 def _prune_history(state: State, settings: Settings, options: RunOptions) -> None:
@@ -339,8 +404,7 @@ def _prune_history(state: State, settings: Settings, options: RunOptions) -> Non
 def _log_start(
     settings: Settings, options: RunOptions, batch: Batch, plan: Plan, ledger_path: Path
 ) -> None:
-    per_minute = settings.limit * 60.0 / settings.rate_period_s
-    minutes = len(plan.table) / per_minute
+    figures = estimate(batch, plan, settings.limit, settings.rate_period_s)
     get_logger().info(
         "run_started",
         inputs=list(options.input_names),
@@ -351,19 +415,14 @@ def _log_start(
         rows=len(batch),
         requests_to_send=len(plan.table),
         rows_to_send=plan.rows_to_send(),
-        estimated_minutes=round(minutes, 2),
+        contacts=figures.contacts,
+        contacts_notes_unknown=figures.unknown_notes,
+        estimated_minutes=round(figures.minutes, 2),
         concurrency=settings.concurrency or "adaptive",
         max_concurrency=settings.max_concurrency,
         dry_run=options.dry_run,
-        message=f"{len(plan.table)} requests take about {_duration(minutes)} at "
-        f"{per_minute:g} requests a minute",
+        message=f"{len(plan.table)} requests to {figures.contacts} contacts take {figures.took()}",
     )
-
-
-def _duration(minutes: float) -> str:
-    seconds = math.ceil(minutes * 60)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def _send_or_dry_run(
@@ -372,7 +431,10 @@ def _send_or_dry_run(
     recorder: Recorder,
     send: SendConfig | None,
     stopper: StopSignal,
+    planned: PlanAhead | None,
 ) -> SendReport:
+    if stopper.reason is not None:  # stopped before sending: every request not_attempted
+        return SendReport(Counters())
     if send is None:
         for request in plan.table:
             recorder.result(request, Outcome(Status.DRY_RUN, finished_at=now_iso()))
@@ -382,7 +444,7 @@ def _send_or_dry_run(
     showing_progress(recorder.progress)
     try:
         with _collector_ignoring_the_plan():
-            return asyncio.run(_send(send, options, plan, recorder, stopper))
+            return asyncio.run(_send(send, plan, recorder, stopper, planned))
     finally:
         showing_progress(None)
         if recorder.progress is not None:
@@ -424,7 +486,6 @@ def _send_config(
         timeout_s=settings.timeout_s,
         policy=RetryPolicy(settings.max_retries, settings.backoff_base_s),
         max_outage_s=settings.max_outage_s,
-        max_duration_s=None if options.max_duration_min is None else options.max_duration_min * 60,
         proxy=way.proxy,
         proxy_shown=way.shown(),
         tls=tls_context(settings.ca_bundle),
@@ -433,17 +494,26 @@ def _send_config(
 
 
 async def _send(
-    config: SendConfig, options: RunOptions, plan: Plan, recorder: Recorder, stopper: StopSignal
+    config: SendConfig,
+    plan: Plan,
+    recorder: Recorder,
+    stopper: StopSignal,
+    planned: PlanAhead | None,
 ) -> SendReport:
     import sync_worker.send.connector  # noqa: F401  aiohttp's import (~0.2 s, more on a busy machine)
-    # before the --max-duration clock starts: it is not sending time
 
     stop = asyncio.Event()
     stopper.bind(stop)
-    loop = asyncio.get_running_loop()
-    if options.max_duration_min is not None:
-        loop.call_later(options.max_duration_min * 60, stopper.request, "max_duration")
-    report = await Sender(config, recorder.result, stop).run(ChainQueue(plan.table))
+    left = stopper.time_left()
+    if left is not None:  # the window counts from the run's start
+        config = replace(config, max_duration_s=left)
+        asyncio.get_running_loop().call_later(left, stopper.request, "max_duration")
+
+    def made(requests: list[Request]) -> None:
+        if planned is not None and not planned(requests):
+            stop.set()  # at once, on this loop: none of these requests goes out
+
+    report = await Sender(config, recorder.result, stop).run(ChainQueue(plan.table, made))
     if report.past_deadline and recorder.cut_short:  # the pacer refuses slots from the
         stopper.request("max_duration")  # deadline on, maybe before the timer above has run
     return report

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.estimate import estimate
 from sync_worker.plan.guards import judge
 from sync_worker.read.notes import NotesFile, read_notes
 from sync_worker.read.reader import Batch, ReadOptions, read_batch
@@ -145,7 +146,8 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
 
 def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]:
     """`sync-worker plan`: the requests a run would send, without network or key; what each
-    guard would say of the run is logged, one line each."""
+    guard would say of the run is logged, one line each, and the summary line (plan_finished)
+    after the last request."""
     batch = read_inputs(settings, options.inputs)
     state = State.read_only(Path(settings.state_path))
     try:
@@ -153,17 +155,10 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
-    get_logger().info(
-        "plan_finished",
-        rows=len(batch),
-        requests=len(plan.table),
-        invalid=len(plan.settled.invalid()),
-        lines_set_aside=batch.lines_set_aside,
-        message=f"{len(batch)} rows: {len(plan.table)} requests to send, "
-        f"{len(plan.settled.invalid())} invalid rows, {batch.lines_set_aside} lines set aside",
-    )
     log_guards(settings, options, batch, plan)
-    return plan_lines(plan, batch)
+    yield from plan_lines(plan, batch)
+    invalid = len(plan.settled.invalid())
+    _log_estimate("plan_finished", settings, batch, plan, invalid=invalid)
 
 
 def log_guards(
@@ -184,8 +179,31 @@ def log_guards(
 
 def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list[str], list[str]]:
     """`sync-worker validate`: the batch, its plan with state ignored, the notes file's
-    unusable rows, and what each guard would say (logged too)."""
+    unusable rows, and what each guard would say (logged too, before the summary line:
+    validate_finished)."""
     batch = read_inputs(settings, options.inputs)
     plan, notes = plan_with_notes(settings, options, batch, State(None))
     guards = log_guards(settings, options, batch, plan, state_read=False)
+    invalid = len(plan.settled.invalid())
+    _log_estimate("validate_finished", settings, batch, plan, invalid=invalid)
     return batch, plan, notes.problems, guards
+
+
+def _log_estimate(event: str, settings: Settings, batch: Batch, plan: Plan, invalid: int) -> None:
+    """The one summary line on stderr: rows, requests, contacts, notes unknown, time at the
+    limit (a JSON event in cron, a readable line on a terminal)."""
+    figures = estimate(batch, plan, settings.limit, settings.rate_period_s)
+    aside = batch.lines_set_aside
+    extra = (f", {invalid} invalid rows" if invalid else "") + (
+        f", {aside} lines set aside" if aside else ""
+    )
+    get_logger().info(
+        event,
+        **figures.fields(),
+        tier=settings.tier,
+        limit=settings.limit,
+        rate_period_s=settings.rate_period_s,
+        invalid=invalid,
+        lines_set_aside=aside,
+        message=figures.line() + extra,
+    )

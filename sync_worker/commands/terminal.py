@@ -39,11 +39,18 @@ def _fields(name: str, event: Mapping[str, Any]) -> str:
 
 
 def start_line(event: Mapping[str, Any]) -> str:
-    """`200 rows: 150 requests to send, about 0m30s at 300 requests a minute`."""
+    """`200 rows: 150 requests to send to 90 contacts, about 0m30s at 300 requests a
+    minute`."""
     rows, requests = event.get("rows"), event.get("requests_to_send")
+    contacts = f" to {event['contacts']} contacts" if "contacts" in event else ""
+    unknown = event.get("contacts_notes_unknown")
+    unknown_text = f" ({unknown} with notes unknown)" if unknown else ""
     dry = " (dry run: nothing is sent)" if event.get("dry_run") else ""
     took = str(event.get("message", "")).split(" take ", 1)[-1]
-    return f"{rows} rows: {requests} requests to send, {took}{dry}; ledger {event.get('ledger')}"
+    return (
+        f"{rows} rows: {requests} requests to send{contacts}{unknown_text}, {took}{dry}; "
+        f"ledger {event.get('ledger')}"
+    )
 
 
 def end_report(event: Mapping[str, Any]) -> str:

@@ -76,6 +76,16 @@ class Outcomes(Mapping[int, Settled]):
         # the table's whole columns, not copies: the table is dropped, these stay
         self._bulk.append(_Aside(status, rows, requests, table.sha256(), table.merge))
 
+    @classmethod
+    def never_planned(cls, rows: int) -> Outcomes:
+        """Every row of a batch `not_attempted` with no hash: a run stopped before its plan was
+        made (as columns: a stopped backfill leaves a million)."""
+        outcomes = cls()
+        if rows:
+            every = np.arange(rows, dtype=np.int64)
+            outcomes._bulk.append(_Aside(Status.NOT_ATTEMPTED, every, every, None, None))
+        return outcomes
+
     def __getitem__(self, position: int) -> Settled:
         if position in self._rows:
             return self._rows[position]
@@ -166,10 +176,12 @@ class _Aside:
     status: Status
     rows: Ints  # row positions, sorted
     requests: Ints  # each row's request: an index into hashes and merges
-    hashes: pa.ChunkedArray  # DIGEST
-    merges: pa.ChunkedArray
+    hashes: pa.ChunkedArray | None  # DIGEST; None: rows never planned (no hash, merge off)
+    merges: pa.ChunkedArray | None
 
     def outcome(self, at: int) -> Settled:
+        if self.hashes is None or self.merges is None:
+            return Settled(self.status)
         request = int(self.requests[at])
         return Settled(
             self.status,
@@ -179,6 +191,8 @@ class _Aside:
 
     def columns(self, at: Ints) -> tuple[list[str], list[str]]:
         """The hashes (hex) and merge labels of the rows at indices `at` (into `rows`)."""
+        if self.hashes is None or self.merges is None:
+            return [""] * len(at), ["off"] * len(at)
         requests = pa.array(self.requests[at])
         return digest_texts(self.hashes.take(requests)), self.merges.take(requests).to_pylist()
 
@@ -223,13 +237,22 @@ class Plan:
         run knows 750,000 contacts' notes; as parsed objects they took ~400 MB, for the few
         contacts whose requests are sent at all."""
         known = dict(self.known_before)
-        if len(self.known_as_sent) and len(self.table):
-            contacts = self.table.contact
-            hit = pc.is_in(contacts, value_set=self.known_as_sent)
-            texts = self.table.context_json.filter(hit).to_pylist()
-            for contact, text in zip(contacts.filter(hit).to_pylist(), texts, strict=True):
-                known.setdefault(contact, Known(json.loads(text), EARLIER_SEND))
+        for contact, text in self.known_texts().items():
+            known.setdefault(contact, Known(json.loads(text), EARLIER_SEND))
         return known
+
+    def known_texts(self) -> dict[str, str]:
+        """`known_as_sent` for the contacts of the requests to send, as JSON text (each parsed
+        only when its request is about to be sent)."""
+        if not len(self.known_as_sent) or not len(self.table):
+            return {}
+        contacts = self.table.contact
+        hit = pc.is_in(contacts, value_set=self.known_as_sent)
+        texts = self.table.context_json.filter(hit).to_pylist()
+        found: dict[str, str] = {}
+        for contact, text in zip(contacts.filter(hit).to_pylist(), texts, strict=True):
+            found.setdefault(contact, text)
+        return found
 
     def rows_to_send(self) -> int:
         return self.table.row_count()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,11 +213,15 @@ def chain_bounds(table: RequestTable) -> tuple[Ints, Ints]:
 
 class ChainQueue:
     """Contact chains handed out one at a time; requests are made into objects a thousand
-    chains at a time, in the order the chains are taken."""
+    chains at a time, in the order the chains are taken. `made` is told of each thousand before
+    any of them is handed out (the run writes their planned changes to the state then)."""
 
     CHAINS = 1_000  # chains made into objects at a time
 
-    def __init__(self, table: RequestTable) -> None:
+    def __init__(
+        self, table: RequestTable, made: Callable[[list[Request]], None] | None = None
+    ) -> None:
+        self._made = made
         order, self._bounds = chain_bounds(table)
         self._longest = int(np.diff(self._bounds).max()) if len(self._bounds) > 1 else 0
         self._ordered = table.take(order)  # requests in chain order
@@ -248,6 +252,8 @@ class ChainQueue:
         first, last = self._next, min(self._next + self.CHAINS, len(self._bounds) - 1)
         bounds = self._bounds[first : last + 1].tolist()
         requests = self._ordered.slice(bounds[0], bounds[-1])
+        if self._made is not None:
+            self._made(requests)
         offset = bounds[0]
         self._ready.extend(
             deque(requests[start - offset : stop - offset])

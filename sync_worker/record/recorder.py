@@ -147,10 +147,14 @@ class Recorder:
         try:
             self.flush()
         except (OSError, StateWriteError) as exc:
-            if self.failure is None:
-                self.failure = exc
-                if self.on_failure is not None:
-                    self.on_failure("record_error")
+            self.fail(exc)
+
+    def fail(self, exc: Exception) -> None:
+        """The ledger or the state could not be written: the run is told to stop."""
+        if self.failure is None:
+            self.failure = exc
+            if self.on_failure is not None:
+                self.on_failure("record_error")
 
     def flush(self) -> None:
         self._flush_scheduled = False

@@ -4,11 +4,12 @@ For every field a confirmed send changed (a contact's notes and name, an intervi
 a `history` row holds the value before (canonical JSON, NULL when never known), the value sent,
 the run, the time and where the value before came from.
 
-The values before are known at plan time, so a run writes its planned changes (`planned`) before
-it sends anything, and the hot path adds nothing: the journal already records each confirmed
-send. When the journal is folded (the state closed, or opened after a kill) its sends are joined
-with the planned changes into history rows, in the order the server confirmed them; a planned
-change whose send was never confirmed leaves no trace.
+The values before are known at plan time, so a run writes the planned changes (`planned`) of
+each chunk of requests before it sends them, and the hot path adds nothing: the journal already
+records each confirmed send. Only requests about to be sent are planned: a run stopped early
+writes little. When the journal is folded (the state closed, or opened after a kill) its sends
+are joined with the planned changes into history rows, in the order the server confirmed them;
+a planned change whose send was never confirmed leaves no trace.
 
 `field_values` remembers the last value sent per field, so a later run knows its values before
 and `revert` can tell whether a later run wrote something else since. It is folded from the
@@ -128,7 +129,7 @@ class Version(NamedTuple):
 
 
 def plan(db: sqlite3.Connection, run_id: str, changes: Mapping[int, tuple[Change, ...]]) -> None:
-    """Write a run's planned changes before it sends (one commit, off the hot path)."""
+    """Write planned changes before their requests are sent (one commit a chunk)."""
     rows = (
         (
             run_id,
@@ -212,7 +213,7 @@ def last_values(
     """The last value sent per field: folded, with the rows not folded yet laid over. A contact's
     context sent before history existed counts too (the state's contacts and journal). `keys`:
     only these contacts and interview ids (a nightly run reads its own, not the whole state)."""
-    if db is None or not has_tables(db):
+    if db is None or not has_tables(db) or not _any_values(db):
         return {}
     join = _only(db, keys)
     contexts = (
@@ -234,6 +235,17 @@ def last_values(
     )
     values.update(((lv, k, f), v) for lv, k, f, v in db.execute(unfolded, (_folded_upto(db),)))
     return values
+
+
+def _any_values(db: sqlite3.Connection) -> bool:
+    """Whether any last value is kept: a first backfill's keys (~3 us each to look up) are
+    then not looked up at all."""
+    query = (
+        "SELECT EXISTS (SELECT 1 FROM field_values) OR EXISTS (SELECT 1 FROM contacts) "
+        "OR EXISTS (SELECT 1 FROM journal WHERE context_json IS NOT NULL) "
+        "OR EXISTS (SELECT 1 FROM history WHERE rowid > ?)"
+    )
+    return bool(db.execute(query, (_folded_upto(db),)).fetchone()[0])
 
 
 def _only(db: sqlite3.Connection, keys: Iterable[str] | None) -> str:

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,16 @@ class Sizes:
     whole_rounds: int  # its alternated rounds (least kept)
     startup_repeats: int  # alternated runs of each start-up command and its baseline (least kept)
     xlsx_rows: int = 100_000  # rows of the workbook planned
+    state_rows: int = 100_000  # rows of the nightly runs whose state file is measured
+    state_runs: int = 6  # those runs: a backfill, a forced re-send, a stopped one, nightlies
 
 
 FULL = Sizes(
     400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0), 100_000, 2, 20
 )
-SMOKE = Sizes(20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1, 500)
+SMOKE = Sizes(
+    20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1, 500, 1_000, 4
+)
 
 
 def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -304,6 +309,8 @@ class Phases:
     sending: float  # (ours: from the run_started event) -> the last request's arrival
     after: float  # the last arrival -> exit (ours: ledger, summary, the state's fold)
     startup: float = 0.0  # ours: start -> the run's start (interpreter, imports, settings)
+    cpu: float = 0.0  # the process's CPU seconds (user + system): what load on the machine
+    # moves least, since the sandbox and other programs take the wall time on shared cores
 
 
 def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
@@ -330,7 +337,7 @@ def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
                 str(path),
             ]
             took, began, _done = timed(command, work)
-            bare.append(_phases(server, took, began))
+            bare.append(replace(_phases(server, took, began), cpu=_done.cpu))
             _reset(server)
             unlimited = ["--rate-limit", "100000000", "--rate-period", "1"]
             args = run_args(
@@ -343,11 +350,13 @@ def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
                 str(workers),
             )
             took, began, done = timed([sys.executable, "-m", "sync_worker", *args], work)
-            ours.append(_our_phases(server, took, began, done, ledger_of(work, f"whole{attempt}")))
+            phases = _our_phases(server, took, began, done, ledger_of(work, f"whole{attempt}"))
+            ours.append(replace(phases, cpu=done.cpu))
     finally:
         server.stop()
     mine, theirs = min(ours, key=lambda p: p.total), min(bare, key=lambda p: p.total)
     ratio = theirs.total / mine.total
+    cpu_ratio = min(p.cpu for p in bare) / min(p.cpu for p in ours)
     return Figure(
         "overhead, whole process",
         f"{mine.total:.2f} s ({count / mine.total:.0f} req/s)",
@@ -358,21 +367,36 @@ def bench_overhead_whole_process(sizes: Sizes, work: Path) -> Figure:
         f"{count:,} requests, concurrency {workers}, least of {len(ours)}; ours: start-up "
         f"{mine.startup:.2f} s, reading and planning {mine.before - mine.startup:.2f} s, "
         f"sending {mine.sending:.2f} s, after {mine.after:.2f} s; bare: before "
-        f"{theirs.before:.2f} s, sending {theirs.sending:.2f} s, after {theirs.after:.2f} s",
+        f"{theirs.before:.2f} s, sending {theirs.sending:.2f} s, after {theirs.after:.2f} s; "
+        f"CPU {min(p.cpu for p in ours):.2f} s against {min(p.cpu for p in bare):.2f} s bare: "
+        f"{cpu_ratio:.3f}; load average {os.getloadavg()[0]:.1f}",
     )
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+@dataclass
+class Done:
+    """A finished process: what it printed, and the CPU seconds it used."""
+
+    stdout: str
+    stderr: str
+    cpu: float
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, float, Done]:
     """Wall seconds of one process from start to exit (as installed: bytecode cached), when it
-    started (Unix time), and what it printed. Exit 0 or 1 only, as `sync_worker` asks."""
+    started (Unix time), and what it printed and used. Exit 0 or 1 only, as `sync_worker`
+    asks."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     began, start = time.time(), time.perf_counter()
     done = subprocess.run(
         command, cwd=cwd, env=INSTALLED, capture_output=True, text=True, check=False
     )
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1):
         raise SystemExit(f"`{' '.join(command[:4])}` exited {done.returncode}: {done.stderr}")
-    return took, began, done
+    cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+    return took, began, Done(done.stdout, done.stderr, cpu)
 
 
 def _phases(server: SandboxServer, took: float, began: float) -> Phases:
@@ -386,7 +410,7 @@ def _our_phases(
     server: SandboxServer,
     took: float,
     began: float,
-    done: subprocess.CompletedProcess[str],
+    done: Done,
     ledger: Path,
 ) -> Phases:
     """The worker's own marks: the run's start (summary) and its run_started event (after
@@ -941,6 +965,62 @@ def _startup_figure(name: str, ours: float, bare: float, label: str, sizes: Size
     )
 
 
+# 9. The state's size after many runs ----------------------------------------------------------
+
+
+def bench_state_size(sizes: Sizes, work: Path) -> Figure:
+    """Runs over the same rows as a nightly job sees them: a backfill, a forced re-send of
+    everything, a backfill stopped by its window (--force, a few seconds at 100 a second), then
+    nightly runs with 1% changed. The state file's size after the last, against the bytes its
+    tables hold (SQLite's dbstat)."""
+    count, runs = sizes.state_rows, sizes.state_runs
+    server = sandbox("--rate-limit", "100000000", "--rate-period", "1")
+    unlimited = ["--rate-limit", "100000000", "--rate-period", "1", "--concurrency", "16"]
+    plans = [(["--force"], 0), (["--force", "--max-duration", "0.05", "--rate-limit", "100"], 0)]
+    worst = 0.0
+    try:
+        for run in range(runs):
+            extra, changed = ([], 0) if run == 0 else plans[run - 1] if run <= 2 else ([], run)
+            rng = random.Random(run)
+            edits = set(rng.sample(range(1, count + 1), count // 100)) if changed else None
+            write_rows(work / "nightly.csv", count, changed=edits)
+            _reset(server)
+            args = run_args(server, work, "size", "nightly.csv", *unlimited, *extra)
+            ledger = ledger_of(work, "size")
+            args[args.index("--ledger") + 1] = str(ledger.with_name(f"size-{run}.csv"))
+            command = [sys.executable, "-m", "sync_worker", *args]
+            done = subprocess.run(command, cwd=work, env=ENV, capture_output=True, text=True)
+            if done.returncode not in (0, 1, 4):
+                raise SystemExit(f"`sync-worker {' '.join(args)}` exited {done.returncode}")
+            size, data = _state_size(work / "size.sqlite")
+            worst = max(worst, size / data)
+    finally:
+        server.stop()
+    ratio = size / data
+    return Figure(
+        "state size after nightly runs",
+        f"{size / 2**20:.1f} MiB file",
+        f"{data / 2**20:.1f} MiB held",
+        ratio,
+        "<= 2",
+        worst <= 2,
+        f"{runs} runs over {count:,} rows (a backfill, a forced re-send, one stopped by its "
+        f"window, nightly runs with 1% changed); the worst after any run {worst:.2f}",
+    )
+
+
+def _state_size(path: Path) -> tuple[int, int]:
+    """The file's bytes, and the bytes of the rows and keys its tables hold."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        (held,) = db.execute("SELECT sum(payload) FROM dbstat").fetchone()
+    finally:
+        db.close()
+    return path.stat().st_size, int(held)
+
+
 BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
     bench_rate,
     bench_overhead,
@@ -952,6 +1032,7 @@ BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
     bench_recovery,
     bench_slow_api,
     bench_startup,
+    bench_state_size,
 ]
 
 
