@@ -16,11 +16,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-dev
 	$(BIN)/python scripts/demo.py
 
-# Two processes for the suite; the tests that assert on wall-clock pacing (mostly asleep) run
-# after the rest, so no CPU-heavy test competes with them.
+# Three processes on a two-core machine: about a third of the suite's time is waiting (the
+# sandbox's latency, pacing, processes starting), which the third fills. The tests that assert
+# on wall-clock pacing (mostly asleep) run after the rest, so no CPU-heavy test competes with
+# them.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n 2 -m "not timing"
-	$(BIN)/python -m pytest -q -n 2 -m timing
+	$(BIN)/python -m pytest -q -n 3 -m "not timing"
+	$(BIN)/python -m pytest -q -n 3 -m timing
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check sync_worker tests scripts

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import xlsxwriter
 from click.testing import CliRunner
-from conftest import API_KEY, SandboxServer, assert_no_key, read_ledger
+from helpers import API_KEY, SandboxServer, assert_no_key, read_ledger
 
 from sync_worker.cli.main import main
 from sync_worker.errors import InputError

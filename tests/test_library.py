@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import structlog
-from conftest import API_KEY, SandboxServer, cli_env, read_ledger, wait_for_arrivals, write_csv
+from helpers import API_KEY, SandboxServer, cli_env, read_ledger, wait_for_arrivals, write_csv
 from structlog.testing import LogCapture
 
 import sync_worker
