@@ -16,6 +16,7 @@ from sync_worker.errors import ConfigError
 from sync_worker.fields import CANONICAL_COLUMNS
 from sync_worker.settings.checks import TIER_LIMITS, MaxChanges, check, env_name, ping_url
 from sync_worker.settings.checks import text as non_empty_text
+from sync_worker.settings.network import canonical_url
 from sync_worker.settings.options import file_schema, setting_names
 
 if TYPE_CHECKING:
@@ -221,9 +222,9 @@ def default_state(base_url: str) -> str:
     """Each API its own state, so a trial against the sandbox never changes what a run against
     the API skips, merges or reverts: the vendor's URL keeps the plain name (the states made
     before this rule), any other gets its host and port in the name."""
-    if base_url.rstrip("/") == DEFAULT_BASE_URL:
+    if canonical_url(base_url) == DEFAULT_BASE_URL:
         return DEFAULT_STATE
-    parts = urlsplit(base_url)
+    parts = urlsplit(canonical_url(base_url))
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = re.sub(r"[^A-Za-z0-9.-]", "_", parts.hostname or "api")
     return str(Path(DEFAULT_STATE).with_name(f"sync-state-{host}-{port}.sqlite"))

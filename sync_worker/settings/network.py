@@ -26,6 +26,26 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sync_worker.errors import ConfigError
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_url(url: str) -> str:
+    """One spelling of an API base URL, so that two spellings of one API (`HTTPS://`, a host in
+    capitals or with its trailing dot, the scheme's own port, a trailing slash) choose the same
+    state and are never taken for two APIs. The path keeps its case: servers tell paths apart."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if ":" in host:  # an IPv6 address goes back in brackets
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
 if TYPE_CHECKING:
     import ssl
 

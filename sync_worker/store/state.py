@@ -49,6 +49,7 @@ from sync_worker.collector import collector_off
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
 from sync_worker.fields import RESOLVED
 from sync_worker.merger import Context
+from sync_worker.settings.network import canonical_url
 from sync_worker.settings.paths import create_private, open_private
 from sync_worker.store import history
 from sync_worker.store.digests import DIGEST, hex_digests
@@ -469,7 +470,7 @@ class State:
     def belongs_to(self, base_url: str) -> None:
         """Refuse another API's state (ConfigError, exit 2); a state that records none adopts
         this one when it is writable (a dry run or `plan` records nothing)."""
-        url = base_url.rstrip("/")
+        url = canonical_url(base_url)
         recorded = self.api_url()
         if recorded is None:
             if self._db is not None and self._writable:
@@ -477,7 +478,7 @@ class State:
                     self._db.execute("BEGIN")
                     self._db.execute("INSERT INTO api VALUES (1, ?, ?)", (url, now_iso()))
             return
-        if recorded != url:
+        if canonical_url(recorded) != url:
             raise ConfigError(
                 f"state database {self._path} belongs to the API at {recorded}, not {url}: "
                 f"give --base-url {recorded} to use it, or another --state for {url} "

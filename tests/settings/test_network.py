@@ -409,3 +409,37 @@ def _closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+@pytest.mark.parametrize(
+    ("url", "same_as"),
+    [
+        ("https://app.usehindsight.com:443/api/v1", "https://app.usehindsight.com/api/v1"),
+        ("HTTPS://APP.usehindsight.com/api/v1/", "https://app.usehindsight.com/api/v1"),
+        ("https://app.usehindsight.com./api/v1", "https://app.usehindsight.com/api/v1"),
+        ("HTTP://127.0.0.1:8765/api/v1", "http://127.0.0.1:8765/api/v1"),
+        ("http://[::1]:80/api/v1", "http://[::1]/api/v1"),
+        ("http://127.0.0.1:8765/API/v1", "http://127.0.0.1:8765/API/v1"),  # paths keep case
+    ],
+    ids=["default-port", "upper-case-and-slash", "trailing-dot", "upper-scheme", "ipv6", "path"],
+)
+def test_one_api_has_one_spelling(url: str, same_as: str) -> None:
+    from sync_worker.settings.config import default_state
+    from sync_worker.settings.network import canonical_url
+
+    assert canonical_url(url) == same_as
+    assert default_state(url) == default_state(same_as)
+
+
+def test_a_state_knows_its_api_however_it_is_spelled(tmp_path: Path) -> None:
+    from sync_worker.errors import ConfigError
+    from sync_worker.store.state import State
+
+    state = State.open(tmp_path / "s.sqlite")
+    try:
+        state.belongs_to("https://app.usehindsight.com/api/v1")
+        state.belongs_to("HTTPS://App.Usehindsight.com:443/api/v1/")  # the same API
+        with pytest.raises(ConfigError, match="belongs to the API at https://app.usehindsight"):
+            state.belongs_to("https://eu.usehindsight.com/api/v1")
+    finally:
+        state.close()
