@@ -155,10 +155,37 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
         plan = make_plan(settings, options, batch, state, for_sending=False)
     finally:
         state.close()
+    if settings.resolve_contacts and merging(settings, options):
+        _log_unresolved(batch, state_path=Path(settings.state_path))
     log_guards(settings, options, batch, plan)
     yield from plan_lines(plan, batch)
     invalid = len(plan.settled.invalid())
     _log_estimate("plan_finished", settings, batch, plan, invalid=invalid)
+
+
+def _log_unresolved(batch: Batch, state_path: Path) -> None:
+    """`plan` asks the API nothing: with `[merge] resolve_contacts`, interviews the state has
+    never resolved are grouped by email here, where `run` would first ask their contact."""
+    import numpy as np
+
+    from sync_worker.plan.cells import Cells
+
+    cells = Cells.of(batch)
+    ids = np.unique(cells.id_numbers[cells.valid_id])
+    state = State.read_only(state_path)
+    try:
+        known = state.resolved().ids
+    finally:
+        state.close()
+    unresolved = int((~np.isin(ids, known)).sum())
+    if unresolved:
+        get_logger().warning(
+            "contacts_not_resolved",
+            interviews=unresolved,
+            message=f"plan sends no request: {unresolved} interviews never resolved are grouped "
+            "by their email here; `run` first asks the API their contact (resolve_contacts), "
+            "so its requests may combine contacts this plan keeps apart",
+        )
 
 
 def log_guards(

@@ -376,6 +376,26 @@ def test_resolved_contacts_are_grouped_by_the_apis_contact(sandbox: SandboxServe
     assert [line["merge"] for line in lines("three.l.csv")] == ["merged"]
 
 
+def test_plan_says_when_it_cannot_group_as_run_would(sandbox: SandboxServer) -> None:
+    """`plan` asks the API nothing: before the interviews are resolved it says its grouping is
+    the emails'; once a run resolved them, it plans what that run would send, and says nothing."""
+    link(sandbox, {"502": 501})
+    Path("sync.toml").write_text(RESOLVE)
+    rows = [[501, "jane@x.com", "", "", '{"a": "1"}'], [502, "jane@work.com", "", "", '{"b": "2"}']]
+    write_csv(Path("in.csv"), HEADER, rows)
+    args = ("--merge", "--config", "sync.toml", "--base-url", sandbox.base_url)
+    before = cli("plan", "in.csv", *args, "--log-format", "json")
+    assert before.exit_code == 0, before.output
+    warned = [json.loads(x) for x in before.stderr.splitlines() if "contacts_not_resolved" in x]
+    assert warned and warned[0]["interviews"] == 2 and "`run` first asks" in warned[0]["message"]
+    assert sync(sandbox, "in.csv", "one.l.csv", "--merge", "--config", "sync.toml").exit_code == 0
+    write_csv(Path("in.csv"), HEADER, [*rows, [501, "jane@x.com", "", "", '{"c": "3"}']])
+    after = cli("plan", "in.csv", *args, "--log-format", "json")
+    assert after.exit_code == 0 and "contacts_not_resolved" not in after.stderr
+    bodies = [json.loads(x)["body"]["contact_context"] for x in after.stdout.splitlines()]
+    assert bodies and all(body == {"a": "1", "b": "2", "c": "3"} for body in bodies)
+
+
 def test_resolving_keeps_the_runs_window(sandbox_factory: Any) -> None:
     """GETs and PATCHes together never exceed the limit in a window."""
     server = sandbox_factory("--rate-limit", "5", "--rate-period", "1")
