@@ -138,7 +138,13 @@ def library_logging(log_format: str = "json") -> Iterator[None]:
     import structlog
 
     if structlog.is_configured():
-        processors = [redact_secrets, *structlog.get_config()["processors"]]
+        # the run's own context first (its run_id: every event carries it, whatever the host's
+        # processors merge), then the key scrubbed before any processor of the host sees it
+        processors = [
+            structlog.contextvars.merge_contextvars,
+            redact_secrets,
+            *structlog.get_config()["processors"],
+        ]
         logger = structlog.wrap_logger(
             None, processors=processors, logger_factory_args=("sync_worker",)
         )

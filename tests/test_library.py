@@ -80,6 +80,21 @@ def test_a_host_s_structlog_and_context_stay_as_they_were(
     assert API_KEY not in repr(capture.entries)
 
 
+def test_every_event_carries_the_run_id_whatever_the_host_s_processors(
+    work: Path, sandbox: SandboxServer
+) -> None:
+    """A host whose processors do not merge context variables still gets `run_id` on every
+    one of our events."""
+    capture = LogCapture()
+    structlog.configure(processors=[capture])
+    csv = write_csv(work / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"], ["x", "B"]])
+    result = sync_worker.sync(csv, **options(sandbox))
+    ours = [
+        e for e in capture.entries if e["event"] in ("run_started", "invalid_row", "run_finished")
+    ]
+    assert len(ours) >= 3 and {e.get("run_id") for e in ours} == {result.run_id}
+
+
 def test_without_a_host_configuration_structlog_stays_unconfigured(
     work: Path, sandbox: SandboxServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
