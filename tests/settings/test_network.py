@@ -439,7 +439,7 @@ def test_a_state_knows_its_api_however_it_is_spelled(tmp_path: Path) -> None:
     try:
         state.belongs_to("https://app.usehindsight.com/api/v1")
         state.belongs_to("HTTPS://App.Usehindsight.com:443/api/v1/")  # the same API
-        with pytest.raises(ConfigError, match="belongs to the API at https://app.usehindsight"):
+        with pytest.raises(ConfigError, match=r"belongs to the API at https://app\.usehindsight"):
             state.belongs_to("https://eu.usehindsight.com/api/v1")
     finally:
         state.close()
