@@ -1,4 +1,4 @@
-"""`make bench`: the figures of SPEC section 11 and start-up (issue 13), each a ratio against a
+"""`make bench`: the figures of SPEC section 11 and start-up, each a ratio against a
 baseline measured in the same run (absolute times drift on shared machines).
 
     python tests/benchmarks/run.py           # full sizes (a few minutes)
@@ -113,7 +113,7 @@ def write_rows(path: Path, count: int, seed: int = 1, changed: set[int] | None =
 
 
 def write_backfill(path: Path, count: int, seed: int = 1) -> Path:
-    """The merge road's backfill (issue 13): three contacts for every four rows, their rows far
+    """The merge road's backfill: three contacts for every four rows, their rows far
     apart, title and stage context columns, an objective on two rows in three."""
     rng = random.Random(seed)
     contacts = max(1, count * 3 // 4)
