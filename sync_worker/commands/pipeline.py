@@ -25,12 +25,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import structlog
 
 from sync_worker.clock import now_iso, run_stamp
 from sync_worker.commands.monitor import Monitor
-from sync_worker.commands.planning import merging, plan_with_notes, read_inputs
+from sync_worker.commands.planning import (
+    merging,
+    plan_with_notes,
+    read_inputs,
+    unresolved_interviews,
+)
 from sync_worker.commands.signals import Interrupted, StopSignal
 from sync_worker.errors import GuardError
 from sync_worker.logs import get_logger, showing_progress
@@ -152,13 +156,9 @@ def resolve_contacts(
     """`GET /interviews/{id}` for the batch's interviews the state has never resolved, under
     the run's limit (resolver.py); the answers kept in the state. Returns how to send, with
     the GETs' times for the sending pacer's window."""
-    from sync_worker.plan.cells import Cells
     from sync_worker.send.resolver import resolve
 
-    cells = Cells.of(batch)
-    ids = np.unique(cells.id_numbers[cells.valid_id])
-    known = state.resolved().ids
-    wanted = ids[~np.isin(ids, known)].tolist()
+    wanted = unresolved_interviews(batch, state)
     if not wanted:
         return send
     log = get_logger()

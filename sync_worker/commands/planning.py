@@ -153,39 +153,41 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
     try:
         state.belongs_to(settings.base_url)
         plan = make_plan(settings, options, batch, state, for_sending=False)
+        resolving = settings.resolve_contacts and merging(settings, options)
+        unresolved = len(unresolved_interviews(batch, state)) if resolving else 0
     finally:
         state.close()
-    if settings.resolve_contacts and merging(settings, options):
-        _log_unresolved(batch, state_path=Path(settings.state_path))
+    if unresolved:
+        _log_unresolved(unresolved)
     log_guards(settings, options, batch, plan)
     yield from plan_lines(plan, batch)
     invalid = len(plan.settled.invalid())
     _log_estimate("plan_finished", settings, batch, plan, invalid=invalid)
 
 
-def _log_unresolved(batch: Batch, state_path: Path) -> None:
-    """`plan` asks the API nothing: with `[merge] resolve_contacts`, interviews the state has
-    never resolved are grouped by email here, where `run` would first ask their contact."""
+def unresolved_interviews(batch: Batch, state: State) -> list[int]:
+    """The batch's interviews (valid ids, each once) whose contact the state has never had
+    from the API: those `run` asks with `[merge] resolve_contacts`."""
     import numpy as np
 
     from sync_worker.plan.cells import Cells
 
     cells = Cells.of(batch)
     ids = np.unique(cells.id_numbers[cells.valid_id])
-    state = State.read_only(state_path)
-    try:
-        known = state.resolved().ids
-    finally:
-        state.close()
-    unresolved = int((~np.isin(ids, known)).sum())
-    if unresolved:
-        get_logger().warning(
-            "contacts_not_resolved",
-            interviews=unresolved,
-            message=f"plan sends no request: {unresolved} interviews never resolved are grouped "
-            "by their email here; `run` first asks the API their contact (resolve_contacts), "
-            "so its requests may combine contacts this plan keeps apart",
-        )
+    unresolved: list[int] = ids[~np.isin(ids, state.resolved().ids)].tolist()
+    return unresolved
+
+
+def _log_unresolved(count: int) -> None:
+    """`plan` asks the API nothing: interviews never resolved are grouped by email here, where
+    `run` would first ask their contact."""
+    get_logger().warning(
+        "contacts_not_resolved",
+        interviews=count,
+        message=f"plan sends no request: {count} interviews never resolved are grouped "
+        "by their email here; `run` first asks the API their contact (resolve_contacts), "
+        "so its requests may combine contacts this plan keeps apart",
+    )
 
 
 def log_guards(

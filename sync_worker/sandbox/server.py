@@ -154,12 +154,9 @@ async def _patch(
     request: web.Request, sandbox: Sandbox, arrived: float, entry: dict[str, Any]
 ) -> web.StreamResponse:
     config = sandbox.config
-    if not _authorised(request, sandbox):
-        return error(401, "unauthorized", "Invalid or missing API key")
-    wait = sandbox.admit(arrived)
-    if wait is not None:
-        reset, entry["reset_at"] = announced_reset(config, wait, entry["t"])
-        return _too_many(wait, reset)  # reset_at: what the 429 announces, for the tests to check
+    refused = _refused(request, sandbox, arrived, entry)
+    if refused is not None:
+        return refused
     if sandbox.random.random() < config.drop_rate:
         if request.transport is not None:
             request.transport.close()
@@ -176,6 +173,20 @@ async def _patch(
     if sandbox.random.random() < config.fail_rate:
         return error(503, "server_error", "Service temporarily unavailable")
     return await _update(request, sandbox)
+
+
+def _refused(
+    request: web.Request, sandbox: Sandbox, arrived: float, entry: dict[str, Any]
+) -> web.Response | None:
+    """The API's first word on any call: a 401 for a wrong key, a 429 when the window is full
+    (GETs and PATCHes share it), else None."""
+    if not _authorised(request, sandbox):
+        return error(401, "unauthorized", "Invalid or missing API key")
+    wait = sandbox.admit(arrived)
+    if wait is None:
+        return None
+    reset, entry["reset_at"] = announced_reset(sandbox.config, wait, entry["t"])
+    return _too_many(wait, reset)  # reset_at: what the 429 announces, for the tests to check
 
 
 def _latency_s(sandbox: Sandbox) -> float:
@@ -298,12 +309,9 @@ async def get_interview(request: web.Request) -> web.StreamResponse:
 
 
 async def _get(request: web.Request, sandbox: Sandbox, entry: dict[str, Any]) -> web.Response:
-    if not _authorised(request, sandbox):
-        return error(401, "unauthorized", "Invalid or missing API key")
-    wait = sandbox.admit(time.monotonic())
-    if wait is not None:
-        reset, entry["reset_at"] = announced_reset(sandbox.config, wait, entry["t"])
-        return _too_many(wait, reset)
+    refused = _refused(request, sandbox, time.monotonic(), entry)
+    if refused is not None:
+        return refused
     raw_id = request.match_info["id"]
     interview = sandbox.interview(int(raw_id)) if raw_id.isdigit() else None
     if interview is None:
