@@ -324,13 +324,17 @@ def rows_csv(folder: Path, count: int, name: str = "in.csv", tag: str = "N") -> 
 
 
 def run_args(
-    server: SandboxServer, *args: str, state: str = "state.sqlite", ledger: str = "ledger.csv"
+    server: SandboxServer,
+    *args: str,
+    state: str = "state.sqlite",
+    ledger: str = "ledger.csv",
+    source: str = "in.csv",
 ) -> list[str]:
-    """A run of in.csv at 1000 a second unless ARGS say otherwise (the last value of an option
-    wins)."""
+    """A run of `source` at 1000 a second unless ARGS say otherwise (the last value of an
+    option wins)."""
     return [
         "run",
-        "in.csv",
+        source,
         "--base-url",
         server.base_url,
         "--state",

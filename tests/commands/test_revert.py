@@ -20,6 +20,7 @@ from helpers import (
     cli_env,
     read_ledger,
     run_against,
+    run_args,
     run_cli,
     write_csv,
 )
@@ -31,22 +32,7 @@ BAD_MAPPING = '[columns]\ncontact_context = "Title"\nobjective = "Stage"\n'
 
 
 def sync(tmp_path: Path, server: SandboxServer, source: str, ledger: str, *args: str) -> Any:
-    return run_cli(
-        "run",
-        source,
-        "--base-url",
-        server.base_url,
-        "--state",
-        "state.sqlite",
-        "--ledger",
-        ledger,
-        "--rate-limit",
-        "1000",
-        "--rate-period",
-        "1",
-        *args,
-        cwd=tmp_path,
-    )
+    return run_cli(*run_args(server, *args, ledger=ledger, source=source), cwd=tmp_path)
 
 
 def revert(tmp_path: Path, server: SandboxServer, run_id: str, ledger: str, *args: str) -> Any:

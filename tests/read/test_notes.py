@@ -15,6 +15,7 @@ from helpers import (
     assert_no_traceback,
     assert_one_line,
     cli_env,
+    run_args,
     run_cli,
     strict_json,
     write_csv,
@@ -30,22 +31,7 @@ DAY = 86_400
 
 def merge_run(tmp_path: Path, server: SandboxServer, ledger: str, *args: str) -> Any:
     return run_cli(
-        "run",
-        "in.csv",
-        "--existing-notes",
-        "notes.csv",
-        "--base-url",
-        server.base_url,
-        "--state",
-        "state.sqlite",
-        "--ledger",
-        ledger,
-        "--rate-limit",
-        "1000",
-        "--rate-period",
-        "1",
-        *args,
-        cwd=tmp_path,
+        *run_args(server, "--existing-notes", "notes.csv", *args, ledger=ledger), cwd=tmp_path
     )
 
 

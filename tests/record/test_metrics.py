@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from helpers import SandboxServer, run_cli, start_run, wait_for_arrivals, write_csv
+from helpers import SandboxServer, run_args, run_cli, start_run, wait_for_arrivals, write_csv
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -22,24 +22,8 @@ def metrics(path: Path) -> dict[str, float]:
 
 
 def _run(tmp_path: Path, server: SandboxServer, ledger: str, *args: str) -> int:
-    return run_cli(
-        "run",
-        "in.csv",
-        "--base-url",
-        server.base_url,
-        "--state",
-        "state.sqlite",
-        "--ledger",
-        ledger,
-        "--rate-limit",
-        "1000",
-        "--rate-period",
-        "1",
-        "--metrics-file",
-        "prom/sync.prom",
-        *args,
-        cwd=tmp_path,
-    ).code
+    args = ("--metrics-file", "prom/sync.prom", *args)
+    return run_cli(*run_args(server, *args, ledger=ledger), cwd=tmp_path).code
 
 
 def test_clean_run_then_a_failed_one_keeps_the_last_success(

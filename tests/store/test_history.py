@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from helpers import SandboxServer, cli_env, run_cli, write_csv
+from helpers import SandboxServer, cli_env, run_args, run_cli, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,22 +23,7 @@ HEADER = ["interview_id", "contact_email", "contact_name", "objective", "contact
 
 
 def sync(tmp_path: Path, server: SandboxServer, source: str, ledger: str, *args: str) -> None:
-    result = run_cli(
-        "run",
-        source,
-        "--base-url",
-        server.base_url,
-        "--state",
-        "state.sqlite",
-        "--ledger",
-        ledger,
-        "--rate-limit",
-        "1000",
-        "--rate-period",
-        "1",
-        *args,
-        cwd=tmp_path,
-    )
+    result = run_cli(*run_args(server, *args, ledger=ledger, source=source), cwd=tmp_path)
     assert result.code == 0, result.stderr
 
 
