@@ -53,6 +53,15 @@ class SandboxServer:
         result: dict[str, Any] | None = self.get(f"/_sandbox/interviews/{interview_id}")
         return result
 
+    def link(self, links: Mapping[str | int, int]) -> None:
+        """Interviews not yet seen share a contact: {interview: another interview whose
+        contact it joins} (each interview is its own contact otherwise), as the API keeps the
+        interviews of one email on one contact."""
+        body = json.dumps({str(k): v for k, v in links.items()}).encode()
+        request = urllib.request.Request(self.root + "/_sandbox/contacts", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -126,7 +126,9 @@ def _click_option(option: Option, command: Command) -> Callable[[F], F]:
     if option.kind is Kind.SWITCH:
         return click.option(*names, default=None, help=help_text)
     if option.kind is Kind.NEGATED_FLAG:
-        return click.option(*names, is_flag=True, flag_value=False, default=True, help=help_text)
+        return click.option(
+            *names, is_flag=True, flag_value=False, default=option.default, help=help_text
+        )
     return click.option(
         *names,
         type=CLICK_TYPES[option.kind],

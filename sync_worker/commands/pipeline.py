@@ -131,7 +131,8 @@ class InputJob:
         verdicts = judge(plan, len(self.batch), merging(self.settings, options), self.settings)
         if refusals(verdicts) and not options.dry_run:
             return Prepared(self.batch, plan, {}, inputs=options.input_names, guards=verdicts)
-        finder = None if options.dry_run else ChangeFinder(plan, _last_values(state, plan))
+        last = plan.confirmed if plan.confirmed is not None else _last_values(state, plan)
+        finder = None if options.dry_run else ChangeFinder(plan, last)
         return Prepared(
             self.batch,
             plan,
@@ -289,6 +290,8 @@ def _run_locked(
                 None if options.dry_run else state,
                 on_failure=stopper.request,
                 remarks=prepared.remarks,
+                sent_with=plan.sent_with,
+                riders=plan.riders,
             )
             recorder.settle_all(plan.settled)
             recorder.flush()

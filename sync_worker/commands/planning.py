@@ -75,15 +75,15 @@ def plan_with_notes(
     _log_notes_problems(notes)
     # the freshness rule needs the times; so does choosing among a contact's old keys
     with_times = bool(notes.by_email or notes.by_interview or settings.resolve_contacts)
-    keyed = merge or for_sending  # `plan` without merging prints no contact
-    sent, links = state.sends_and_links(keyed)
+    sent, links = state.sends_and_links(True)
     memory = Memory(
         sent=sent,
         state=state.remembered(with_times) if merge else Remembered.empty(),
         notes_by_email=notes.by_email,
         notes_by_interview=notes.by_interview,
         links=links,
-        resolved=state.resolved() if keyed and settings.resolve_contacts else Links.empty(),
+        resolved=state.resolved() if settings.resolve_contacts else Links.empty(),
+        confirmed=state.last_values,
     )
     plan_options = PlanOptions(
         merge=merge,
@@ -91,6 +91,7 @@ def plan_with_notes(
         force=options.force,
         max_rows=options.max_rows,
         for_sending=for_sending,
+        coalesce=settings.coalesce,
     )
     try:
         plan = build_plan(batch, plan_options, memory)
@@ -135,7 +136,7 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
             "were sent as: they stay with the contact the state knows (an interview never "
             "changes contact); [merge] resolve_contacts = true asks the API instead",
         )
-    several = plan.contacts_with_several_contexts() if warn_contexts else 0
+    several = plan.several_contexts if warn_contexts else 0
     if several:
         log.warning(
             "several_contexts_per_contact",

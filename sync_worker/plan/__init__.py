@@ -10,6 +10,7 @@ one interview become one request; requests of one contact form a chain sent in f
   the rest (must give the same bytes as the row road);
 - `remembered`: what the state remembers (payload hashes, contexts), as columns;
 - `select`: skipping unchanged requests and `--max-rows`;
+- `coalesce`: what each request still carries: changed fields only, a contact's once;
 - `output`: the lines `sync-worker plan` prints.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from sync_worker.plan.cells import Cells, settle_invalid
+from sync_worker.plan.coalesce import trim
 from sync_worker.plan.columns import column_requests
 from sync_worker.plan.contacts import Contacts, adopt, settle_conflicts, unparsable
 from sync_worker.plan.merged import flat_rows, merged_requests
@@ -66,6 +68,9 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
         tables = iter(_unmerged(batch, cells, options, memory, plan))
     # each table's unchanged requests are set aside as it comes, before the next is built
     plan.table = concat([skip_unchanged(plan, table, options, memory) for table in tables])
+    if options.for_sending and not options.merge:
+        plan.count_several_contexts()
+    plan.table = trim(plan, plan.table, options, memory)
     apply_max_rows(plan, options.max_rows)
     return plan
 
@@ -81,7 +86,7 @@ def _unmerged(
     by_rows = np.flatnonzero(cells.sendable & ~by_columns)
     requests = row_requests(batch, cells, by_rows, options, memory, plan)
     return [
-        column_requests(cells, by_columns, memory, options.for_sending),
+        column_requests(cells, by_columns, memory),
         RequestTable.from_requests(requests),
     ]
 

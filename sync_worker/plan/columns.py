@@ -20,13 +20,9 @@ from sync_worker.plan.model import Memory
 from sync_worker.plan.request_table import RequestTable
 
 
-def column_requests(
-    cells: Cells, mask: np.ndarray, memory: Memory, for_sending: bool = True
-) -> RequestTable:
-    """One request per row of `mask`, its canonical JSON built for all rows at once.
-
-    Contact keys and the context alone (for the state) matter only when sending: `plan`
-    leaves them out, since it prints neither."""
+def column_requests(cells: Cells, mask: np.ndarray, memory: Memory) -> RequestTable:
+    """One request per row of `mask`, its canonical JSON built for all rows at once, with its
+    contact and each field on its own (a contact's fields travel once: coalesce.py)."""
     positions = np.flatnonzero(mask).astype(np.int64)
     picked = pa.array(positions, pa.int64())
     length = len(positions)
@@ -48,15 +44,14 @@ def column_requests(
     context = _context_literal(members, text, any_cell, has_text, length)
     has_context = any_cell | has_text
     body_members = {CONTEXT: vj.literal_member(CONTEXT, context, has_context)}
+    texts = {}
     for name in TEXT_FIELDS:
         column = take(cells.text[name])
-        body_members[name] = vj.text_member(name, column, nonempty(column))
+        filled = nonempty(column)
+        body_members[name] = vj.text_member(name, column, filled)
+        if filled.any():
+            texts[name] = vj.text_literals(column, filled)
     body = _chunked(vj.join_object([body_members[k] for k in sorted(body_members)], length))
-    if not for_sending:
-        unknown = pa.chunked_array([pa.nulls(length, pa.string())])
-        return RequestTable(
-            positions, cells.id_numbers[positions], body, unknown, unknown, _repeat("off", length)
-        )
     none = pa.scalar(None, pa.string())
     emails = take(cells.text[CONTACT_KEY])
     return RequestTable(
@@ -66,6 +61,7 @@ def column_requests(
         context_json=_chunked(pc.if_else(pa.array(has_context), context, none)),
         contact=_chunked(contact_keys(cells.id_numbers[positions], lower(emails), memory)),
         merge=_repeat("off", length),
+        texts=texts,
     )
 
 

@@ -67,7 +67,6 @@ def merged_requests(
             combined,
             slot,
             label,
-            options.for_sending,
         )
 
 
@@ -208,7 +207,6 @@ def _part(
     combined: pa.Array,
     slot: Ints,
     label: np.ndarray,
-    for_sending: bool,
 ) -> RequestTable:
     """The requests of one chunk of rows (of contacts `codes`)."""
     slots = slot[codes]
@@ -218,21 +216,15 @@ def _part(
     else:
         context = pa.nulls(len(slots), pa.string())
     members = {CONTEXT: vj.literal_member(CONTEXT, context, has_context)}
+    texts = {}
     for name in TEXT_FIELDS:
         column = pick(cells.text[name], positions)
-        members[name] = vj.text_member(name, column, nonempty(column))
+        filled = nonempty(column)
+        members[name] = vj.text_member(name, column, filled)
+        if filled.any():
+            texts[name] = vj.text_literals(column, filled)
     body = _array(vj.join_object([members[k] for k in sorted(members)], len(positions)))
     merges = MERGE_LABELS.take(pa.array(label[codes]))
-    if not for_sending:
-        unknown = pa.chunked_array([pa.nulls(len(positions), pa.string())])
-        return RequestTable(
-            positions,
-            cells.id_numbers[positions],
-            pa.chunked_array([body]),
-            unknown,
-            unknown,
-            pa.chunked_array([merges]),
-        )
     none = pa.scalar(None, pa.string())
     return RequestTable(
         position=positions,
@@ -241,6 +233,7 @@ def _part(
         context_json=pa.chunked_array([pc.if_else(pa.array(has_context), context, none)]),
         contact=pa.chunked_array([keys.take(pa.array(codes))]),
         merge=pa.chunked_array([merges]),
+        texts=texts,
     )
 
 

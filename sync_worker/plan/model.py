@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import ItemsView, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -16,7 +16,7 @@ from sync_worker.plan.request_table import CHUNK, RequestTable, contacts_with_se
 from sync_worker.read.notes import Note
 from sync_worker.read.reader import Batch
 from sync_worker.store.digests import Ints, digest_texts
-from sync_worker.store.history import EARLIER_SEND
+from sync_worker.store.history import EARLIER_SEND, FieldKey
 from sync_worker.store.remembered import Links, Remembered, Sent
 from sync_worker.vocabulary import Status
 
@@ -231,6 +231,13 @@ class Plan:
     # contacts whose notes merged onto are the state's, and exactly the context they send (the
     # nightly case): made into Known entries only for the requests left to send (`known_notes`)
     known_as_sent: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
+    # A contact's fields once per contact (coalesce.py): the rows that ride in another
+    # interview's request (row position -> that interview), and each carrier's riders (its
+    # interview -> (rider interview, the rider's whole-body hash)), remembered when it succeeds
+    sent_with: dict[int, int] = field(default_factory=dict)
+    riders: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
+    several_contexts: int = 0  # contacts whose requests carry different contexts (no merge)
+    confirmed: dict[FieldKey, str] | None = None  # last confirmed values, as trimming read them
 
     def known_notes(self) -> dict[str, Known]:
         """Contact -> the notes merged onto, for the contacts of the requests to send. A nightly
@@ -257,8 +264,9 @@ class Plan:
     def rows_to_send(self) -> int:
         return self.table.row_count()
 
-    def contacts_with_several_contexts(self) -> int:
-        return contacts_with_several_contexts(self.table)
+    def count_several_contexts(self) -> None:
+        """Before trimming: afterwards a contact's context travels in one request only."""
+        self.several_contexts = contacts_with_several_contexts(self.table)
 
 
 @dataclass(frozen=True)
@@ -268,7 +276,8 @@ class PlanOptions:
     force: bool = False
     max_rows: int | None = None
     vectorise: bool = True  # False: every row takes the row-by-row road (tests compare both)
-    for_sending: bool = True  # False (`plan`): skip what only sending needs (contacts, contexts)
+    for_sending: bool = True  # False (`plan`): skip what only sending needs (the notes before)
+    coalesce: bool = True  # a contact's fields once per contact (False: `--no-coalesce`)
     chunk_rows: int = CHUNK_ROWS  # merging: rows the row road takes at a time
 
 
@@ -282,3 +291,5 @@ class Memory:
     notes_by_interview: Mapping[int, Sequence[Note]] = field(default_factory=dict)
     links: Links = field(default_factory=Links.empty)  # interview -> the key it was sent as
     resolved: Links = field(default_factory=Links.empty)  # interview -> contact:<id> (the API's)
+    # the last confirmed value of each field of these keys (contacts, interview ids as text)
+    confirmed: Callable[[list[str]], Mapping[FieldKey, str]] | None = None

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker.plan.model import Plan
-from sync_worker.plan.request_table import CHUNK, RequestTable
+from sync_worker.plan.request_table import CHUNK
 from sync_worker.read.reader import FILE_COL, ROW_COL, Batch
 
 
@@ -26,7 +26,7 @@ def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
         positions = table.position[start:stop]
         sources = _sources(names, files[positions], rows[positions])
         if table.more_rows:
-            sources = _patch_sources(sources, table, start, stop, names, files, rows)
+            sources = _patch_sources(sources, plan, start, stop, names, files, rows)
         line = pc.binary_join_element_wise(
             '{"interview_id": ',
             pc.cast(pa.array(table.interview_id[start:stop]), pa.string()),
@@ -52,16 +52,19 @@ def _sources(names: list[str], files: Any, rows: Any) -> pa.Array:
 
 def _patch_sources(
     sources: pa.Array,
-    table: RequestTable,
+    plan: Plan,
     start: int,
     stop: int,
     names: list[str],
     files: Any,
     rows: Any,
 ) -> pa.Array:
+    """The rows of requests of several rows: its own, not those that ride with it (the
+    contact's interviews whose rows end as it ends)."""
     values = sources.to_pylist()
+    riding = plan.sent_with
     for index in range(start, stop):
-        positions = table.rows_of(index)
+        positions = [p for p in plan.table.rows_of(index) if p not in riding]
         if len(positions) > 1:
             values[index - start] = json.dumps(
                 [

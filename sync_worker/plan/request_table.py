@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sync_worker.fields import TEXT_FIELDS
 from sync_worker.store.digests import DIGEST, Ints, sha256_hex
 
 CHUNK = 100_000  # requests materialised or printed at a time
+# What a request is to its contact's other requests (SPEC section 7, `coalesce.py`): a carrier
+# takes the contact's fields for them all; a lean request leaves them to its carrier.
+PLAIN, CARRIER, LEAN = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -31,6 +36,8 @@ class Request:
     contact: str
     merge: str  # off | merged | no_existing
     context_json: str | None  # the contact_context sent, remembered by the state on success
+    full_sha256: str = ""  # the hash of the whole body before trimming ("": `sha256`)
+    role: int = PLAIN
 
 
 @dataclass
@@ -44,6 +51,11 @@ class RequestTable:
     contact: pa.ChunkedArray  # string: the contact_email, or interview:<id>
     merge: pa.ChunkedArray  # string
     more_rows: dict[int, list[int]] = field(default_factory=dict)  # first position -> all rows
+    # Each text field's value as a JSON literal (null: not sent), for trimming (coalesce.py);
+    # gone once the bodies are trimmed.
+    texts: dict[str, pa.ChunkedArray] = field(default_factory=dict)
+    full_sha256: pa.ChunkedArray | None = None  # DIGEST, null where the body was not trimmed
+    role: Ints | None = None  # PLAIN, CARRIER or LEAN per request (None: all PLAIN)
     _sha256: pa.ChunkedArray | None = None  # DIGEST: each body's hash, once computed
 
     def __len__(self) -> int:
@@ -61,14 +73,16 @@ class RequestTable:
         def column(values: list[Any]) -> pa.ChunkedArray:
             return pa.chunked_array([pa.array(values, pa.string())])
 
+        bodies = [r.body_json.decode("utf-8") for r in requests]
         return cls(
             position=np.array([r.rows[0] for r in requests], dtype=np.int64),
             interview_id=np.array([r.interview_id for r in requests], dtype=np.int64),
-            body_json=column([r.body_json.decode("utf-8") for r in requests]),
+            body_json=column(bodies),
             context_json=column([r.context_json for r in requests]),
             contact=column([r.contact for r in requests]),
             merge=column([r.merge for r in requests]),
             more_rows={r.rows[0]: r.rows for r in requests if len(r.rows) > 1},
+            texts=_texts_of(bodies),
         )
 
     def rows_of(self, index: int) -> list[int]:
@@ -113,6 +127,9 @@ class RequestTable:
             contact=self.contact.take(picked),
             merge=self.merge.take(picked),
             more_rows={p: rows for p, rows in self.more_rows.items() if p in kept},
+            texts={name: column.take(picked) for name, column in self.texts.items()},
+            full_sha256=None if self.full_sha256 is None else self.full_sha256.take(picked),
+            role=None if self.role is None else self.role[indices],
         )
         if self._sha256 is not None:
             table._sha256 = self._sha256.take(picked)
@@ -132,6 +149,15 @@ class RequestTable:
             if self._sha256 is not None
             else [None] * count
         )
+        fulls = (
+            [
+                digest.hex() if digest else ""
+                for digest in self.full_sha256.slice(start, count).to_pylist()
+            ]
+            if self.full_sha256 is not None
+            else [""] * count
+        )
+        roles = self.role[start:stop].tolist() if self.role is not None else [PLAIN] * count
         more_rows = self.more_rows
         return [
             Request(
@@ -142,8 +168,10 @@ class RequestTable:
                 contact,
                 merge,
                 context,
+                full,
+                role,
             )
-            for interview_id, body, sha256, first, contact, merge, context in zip(
+            for interview_id, body, sha256, first, contact, merge, context, full, role in zip(
                 self.interview_id[start:stop].tolist(),
                 bodies,
                 hashes,
@@ -151,6 +179,8 @@ class RequestTable:
                 self.contact.slice(start, count).to_pylist(),
                 self.merge.slice(start, count).to_pylist(),
                 self.context_json.slice(start, count).to_pylist(),
+                fulls,
+                roles,
                 strict=True,
             )
         ]
@@ -181,6 +211,7 @@ def concat(tables: Sequence[RequestTable]) -> RequestTable:
         contact=pa.chunked_array([c for t in tables for c in t.contact.chunks], pa.string()),
         merge=pa.chunked_array([c for t in tables for c in t.merge.chunks], pa.string()),
         more_rows={k: v for t in tables for k, v in t.more_rows.items()},
+        texts=_concat_texts(tables),
     )
     if all(h is not None for h in hashes):
         merged._sha256 = pa.chunked_array(
@@ -189,6 +220,57 @@ def concat(tables: Sequence[RequestTable]) -> RequestTable:
     if bool((position[1:] > position[:-1]).all()):
         return merged
     return merged.take(np.argsort(position, kind="stable"))
+
+
+def _concat_texts(tables: Sequence[RequestTable]) -> dict[str, pa.ChunkedArray]:
+    """The text columns of tables joined; a column some tables lack is null in their rows.
+    (Only untrimmed tables are joined: their roles and whole-body hashes are not kept.)"""
+    names = sorted({name for t in tables for name in t.texts})
+    return {
+        name: pa.chunked_array(
+            [
+                chunk
+                for t in tables
+                for chunk in (
+                    t.texts[name].chunks if name in t.texts else [pa.nulls(len(t), pa.string())]
+                )
+            ],
+            pa.string(),
+        )
+        for name in names
+    }
+
+
+_DECODER = json.JSONDecoder()
+
+
+def fields_of(body: str) -> list[tuple[str, str]]:
+    """(name, canonical JSON of its value) for each field of a canonical body, cut from its
+    text: the canonical text of a whole is made of its parts' canonical texts, so no value is
+    serialised again (that took half of this module's ~30 us a request)."""
+    found: list[tuple[str, str]] = []
+    at = 1  # past the opening brace
+    while body[at] == '"':
+        name, at = _DECODER.raw_decode(body, at)  # `at`: on the colon after the name
+        _value, end = _DECODER.raw_decode(body, at + 1)
+        found.append((name, body[at + 1 : end]))
+        at = end + 1 if body[end] == "," else end
+    return found
+
+
+def _texts_of(bodies: list[str]) -> dict[str, pa.ChunkedArray]:
+    """The text fields of canonical bodies as JSON literals (the row road's requests, which
+    are objects already), null where a body does not send one."""
+    values: dict[str, list[str | None]] = {name: [None] * len(bodies) for name in TEXT_FIELDS}
+    for at, body in enumerate(bodies):
+        for name, literal in fields_of(body):
+            if name in values:
+                values[name][at] = literal
+    return {
+        name: pa.chunked_array([pa.array(column, pa.string())])
+        for name, column in values.items()
+        if any(value is not None for value in column)
+    }
 
 
 def chain_bounds(table: RequestTable) -> tuple[Ints, Ints]:

@@ -89,6 +89,12 @@ def quoted(column: Text) -> Text:
     return pc.binary_join_element_wise('"', escape(column), '"', "")
 
 
+def text_literals(column: Text, present: Mask) -> pa.ChunkedArray:
+    """Each text as a JSON string literal where `present`, else null."""
+    literals = pc.if_else(pa.array(present), quoted(column), pa.scalar(None, pa.string()))
+    return literals if isinstance(literals, pa.ChunkedArray) else pa.chunked_array([literals])
+
+
 def join_object(members: Sequence[Pieces], length: int) -> Text:
     """`{...}` from members given in sorted key order."""
     members = [member for member in members if member]

@@ -58,9 +58,12 @@ class Result(NamedTuple):
     payload_sha256: str = ""
     finished_at: str | None = None
     duration_ms: int | None = None
+    sent_with: str = ""  # the interview whose request carried this row (SPEC section 7)
 
 
 COLUMNS = Where._fields + Result._fields  # SPEC section 8, in this order; later columns go last
+# What a ledger must hold to be read back (`report`): the columns of every release
+REQUIRED = COLUMNS[: COLUMNS.index("duration_ms") + 1]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 ERROR_MESSAGE = COLUMNS.index("error_message")
 # Cells that may hold text from the input or the server (the others are ours: numbers, codes).
@@ -170,15 +173,20 @@ class Ledger:
         self.lines += 1
 
     def write_settled(
-        self, run_id: str, where: Sequence[Sequence[Any]], rows: SettledColumns
+        self,
+        run_id: str,
+        where: Sequence[Sequence[Any]],
+        rows: SettledColumns,
+        sent_with: Sequence[str] | None = None,
     ) -> None:
         """Lines for rows settled before any request, given as columns (`where`: source files,
         source rows, interview ids, emails): no HTTP status, attempt or time. A nightly run
         writes a million of these: joined as text here, ~10x faster than a `write` each."""
         files, source_rows, ids, emails = where
         messages = [redact(message) if message else "" for message in rows.messages]
+        carried = sent_with if sent_with is not None else [""] * len(source_rows)
         if self._jsonl:
-            for file, row, interview_id, email, status, code, message, merge, digest in zip(
+            for file, row, interview_id, email, status, code, message, merge, digest, by in zip(
                 files,
                 source_rows,
                 ids,
@@ -188,25 +196,25 @@ class Ledger:
                 messages,
                 rows.merges,
                 rows.hashes,
+                carried,
                 strict=True,
             ):
                 self.write(
                     Where(run_id, file, row, interview_id, email),
-                    Result(status, None, code, message, 0, merge, digest),
+                    Result(status, None, code, message, 0, merge, digest, sent_with=by),
                 )
             return
         cells = [
             _csv_cells(column)
             for column in (files, ids, emails, rows.statuses, rows.codes, messages, rows.merges)
         ]
+        lined = zip(*cells[:1], source_rows, *cells[1:], rows.hashes, carried, strict=True)
         self._file.write(
             "".join(
                 [
-                    f"{run_id},{file},{row},{interview_id},{email},{status},,{code},{message},0,{merge},"
-                    f"{digest},,\n"
-                    for file, row, interview_id, email, status, code, message, merge, digest in zip(
-                        *cells[:1], source_rows, *cells[1:], rows.hashes, strict=True
-                    )
+                    f"{run_id},{file},{row},{interview},{email},{status},,{code},{text},0,{merge},"
+                    f"{digest},,,{by}\n"
+                    for file, row, interview, email, status, code, text, merge, digest, by in lined
                 ]
             )
         )
@@ -303,7 +311,7 @@ def _csv_rows(path: Path, text: str, cut: bool) -> LoadedLedger:
     except csv.Error as exc:
         raise _not_a_ledger(path, f"not a CSV file ({exc})") from None
     header, lines = records[0], records[1:]
-    missing = [column for column in COLUMNS if column not in header]
+    missing = [column for column in REQUIRED if column not in header]
     if missing:
         found = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
         raise _not_a_ledger(path, f"no column {', '.join(missing[:3])} (its columns: {found})")
@@ -331,7 +339,7 @@ def _jsonl_rows(path: Path, text: str, cut: bool) -> LoadedLedger:
             if cut and number == len(lines):
                 return LoadedLedger(rows, cut_off=True)
             raise _not_a_ledger(path, f"line {number} is not JSON ({exc})") from None
-        missing = [column for column in COLUMNS if not isinstance(row, dict) or column not in row]
+        missing = [column for column in REQUIRED if not isinstance(row, dict) or column not in row]
         if missing:
             raise _not_a_ledger(path, f"line {number} is not a ledger line (no {missing[0]})")
         rows.append(row)

@@ -19,7 +19,7 @@ import numpy as np
 from sync_worker.clock import now_iso
 from sync_worker.errors import SyncWorkerError
 from sync_worker.plan import Outcomes, Plan
-from sync_worker.plan.request_table import Request
+from sync_worker.plan.request_table import CARRIER, LEAN, Request
 from sync_worker.read.reader import Batch
 from sync_worker.record.ledger import Ledger, Result, Where
 from sync_worker.send.client import Outcome
@@ -50,16 +50,27 @@ class Recorder:
     failure: Exception | None = None  # what a scheduled flush met: the run stops on it
     cut_short: int = 0  # rows whose request ended not_attempted (stopped waiting for its slot)
     cut_in_flight: int = 0  # requests cut off in flight by a stop: sent, never answered
+    # A contact's fields once per contact (Plan.sent_with, Plan.riders): rows that ride in
+    # another interview's request, and the interviews each carrier's success also settles
+    sent_with: Mapping[int, int] = field(default_factory=dict)
+    riders: Mapping[int, list[tuple[int, str]]] = field(default_factory=dict)
     _queued: list[tuple[Request, Outcome]] = field(default_factory=list)
     _flush_scheduled: bool = False
+    _carrier_failed: set[str] = field(default_factory=set)  # contacts whose carrier did not end ok
 
     def settle_all(self, outcomes: Outcomes) -> None:
         """The lines of every row decided without a request (invalid, skipped, left out), in
         position order, written as columns a chunk at a time."""
         for rows in outcomes.chunks():
             where = self.batch.locate_all(rows.positions)
-            self.ledger.write_settled(self.run_id, where, rows)
+            self.ledger.write_settled(self.run_id, where, rows, self._sent_with(rows.positions))
             self.counts.update(rows.statuses)
+
+    def _sent_with(self, positions: np.ndarray) -> list[str] | None:
+        if not self.sent_with:
+            return None
+        found = self.sent_with
+        return [str(found[p]) if p in found else "" for p in positions.tolist()]
 
     def result(self, request: Request, outcome: Outcome) -> None:
         """A request's outcome (the hot path: queued, written in the next flush)."""
@@ -96,19 +107,34 @@ class Recorder:
                 result = result._replace(error_code=code, error_message=message)
             self._lines(request.rows, result)
             self.written.update(request.rows)
+            if request.role == CARRIER and outcome.status != Status.OK:
+                self._carrier_failed.add(request.contact)
             if outcome.status == Status.OK:
+                at = outcome.finished_at or now_iso()
                 successes.append(
                     Success(
                         request.interview_id,
-                        request.sha256,
+                        self._remembered_hash(request),
                         request.contact,
                         request.context_json,
                         self.run_id,
-                        outcome.finished_at or now_iso(),
+                        at,
                     )
                 )
+                for rider, digest in self.riders.get(request.interview_id, ()):
+                    successes.append(Success(rider, digest, request.contact, None, self.run_id, at))
         if self.state is not None:
             self.state.add(successes)
+
+    def _remembered_hash(self, request: Request) -> str:
+        """The whole body's hash, which the next run compares (select.py); what was sent
+        instead when the request leaned on a carrier that did not get its contact's fields
+        through (the next run then sends them)."""
+        if not request.full_sha256:
+            return request.sha256
+        if request.role == LEAN and request.contact in self._carrier_failed:
+            return request.sha256
+        return request.full_sha256
 
     def _lines(self, positions: list[int], result: Result) -> None:
         """A line for each row of `positions`, all with the same result."""
@@ -118,6 +144,7 @@ class Recorder:
             self.batch.locate,
             self.ledger.write,
         )
+        sent_with = self.sent_with
         for position in positions:
             file_index, row, interview_id, email = locate(position)
             write(
@@ -128,7 +155,9 @@ class Recorder:
                     interview_id=interview_id,
                     contact_email=email,
                 ),
-                result,
+                result._replace(sent_with=str(sent_with[position]))
+                if position in sent_with
+                else result,
             )
         self.counts[result.status] += len(positions)
 

@@ -362,8 +362,14 @@ async def show_interview(request: web.Request) -> web.Response:
     sandbox = _sandbox(request)
     raw_id = request.match_info["id"]
     interview = sandbox.interviews.get(int(raw_id)) if raw_id.isdigit() else None
+    if (
+        interview is None
+        and raw_id.isdigit()
+        and sandbox.links.get(int(raw_id)) in sandbox.contacts
+    ):
+        interview = sandbox.interview(int(raw_id))  # linked to a contact that was updated
     if interview is None:
-        return error(404, "not_found", "No update received for this interview")
+        return error(404, "not_found", "No update received for this interview or its contact")
     contact = sandbox.contacts[interview.contact_id]
     notes = contact.notes
     values = {

@@ -48,6 +48,7 @@ class Settings:
     timeout_s: float = 30.0
     max_retries: int = 5
     backoff_base_s: float = 0.5
+    coalesce: bool = True  # a contact's fields once per contact, not with each interview
     max_outage_s: float = 300.0  # how long the API may not answer at all before the run stops
     proxy: str | None = None  # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment
     ca_bundle: str | None = None  # None: the system's CA store (or SSL_CERT_FILE)

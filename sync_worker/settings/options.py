@@ -445,6 +445,16 @@ OPTIONS: tuple[Option, ...] = (
         commands=SENDING,
     ),
     Option(
+        "coalesce",
+        "--no-coalesce",
+        "Send a contact's fields with every one of its interviews, not once per contact.",
+        Kind.NEGATED_FLAG,
+        toml_bool,
+        setting="coalesce",
+        file_key=("api", "coalesce"),
+        commands=PLANNING,
+    ),
+    Option(
         "log_format",
         "--log-format",
         "auto: console lines on a terminal, JSON lines otherwise.",

@@ -97,18 +97,29 @@ def sandbox(*args: str) -> SandboxServer:
 
 
 def write_rows(path: Path, count: int, seed: int = 1, changed: set[int] | None = None) -> Path:
-    """interview_id, contact_name, contact_email (with repeats), two context columns."""
+    """interview_id, objective, contact_name, contact_email (with repeats), two context
+    columns: each contact's name and context the same in all its rows (as a CRM exports them),
+    each interview's objective its own, so every row is a request of its own. `changed`: rows
+    whose objective changed."""
     rng = random.Random(seed)
     stages, titles = ["Closed Lost", "Closed Won", "Demo"], ["CTO", "VP Sales", "CFO", "COO"]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["interview_id", "contact_name", "contact_email", "context.stage", "context.title"]
+            [
+                "interview_id",
+                "objective",
+                "contact_name",
+                "contact_email",
+                "context.stage",
+                "context.title",
+            ]
         )
         for i in range(1, count + 1):
-            name = f"Name {i}" + (" (changed)" if changed and i in changed else "")
-            email = f"c{rng.randint(1, max(1, count * 6 // 10))}@x.example"
-            writer.writerow([i, name, email, rng.choice(stages), rng.choice(titles)])
+            goal = f"Objective {i}" + (" (changed)" if changed and i in changed else "")
+            who = rng.randint(1, max(1, count * 6 // 10))
+            stage, title = stages[who % len(stages)], titles[who % len(titles)]
+            writer.writerow([i, goal, f"Name {who}", f"c{who}@x.example", stage, title])
     return path
 
 
@@ -653,7 +664,8 @@ def _remember_merged(path: Path, state_path: Path) -> None:
     from sync_worker.read.reader import ReadOptions, read_batch
     from sync_worker.store.state import State, Success
 
-    plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(merge=True), Memory())
+    batch = read_batch([str(path)], ReadOptions())
+    plan = build_plan(batch, PlanOptions(merge=True, coalesce=False), Memory())
     state = State.open(state_path)
     for start in range(0, len(plan.table), 100_000):
         state.add(
@@ -758,7 +770,8 @@ def _remember_all(path: Path, state_path: Path) -> None:
     from sync_worker.read.reader import ReadOptions, read_batch
     from sync_worker.store.state import State, Success
 
-    plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(), Memory())
+    # each interview's whole body, as a run remembers it (a contact's fields counted in each)
+    plan = build_plan(read_batch([str(path)], ReadOptions()), PlanOptions(coalesce=False), Memory())
     state = State.open(state_path)
     state.add(
         [

@@ -58,8 +58,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _rows(folder: Path, count: int) -> Path:
-    rows = [[i, f"Name {i}", f"c{i % 7}@x.example"] for i in range(1, count + 1)]
-    return write_csv(folder / "in.csv", ["interview_id", "contact_name", "contact_email"], rows)
+    """`count` interviews of 7 contacts, each with an objective of its own: one request each."""
+    rows = [[i, f"Name {i}", f"c{i % 7}@x.example", f"Goal {i}"] for i in range(1, count + 1)]
+    header = ["interview_id", "contact_name", "contact_email", "objective"]
+    return write_csv(folder / "in.csv", header, rows)
 
 
 def _args(server: SandboxServer, *extra: str) -> list[str]:
@@ -229,22 +231,21 @@ def test_plan_and_validate_end_with_what_the_run_asks_of_the_api(
     figures = {k: finished[k] for k in ("rows", "requests", "contacts", "contacts_notes_unknown")}
     assert figures == {
         "rows": 5,
-        "requests": 4,
+        "requests": 3,  # a contact's fields once: 3 contacts, nothing of their own
         "contacts": 3,
         "contacts_notes_unknown": 3 if merge else 0,  # a merged first run knows no notes
     }
-    assert finished["requests_per_minute"] == 60 and finished["estimated_minutes"] == 0.07
+    assert finished["requests_per_minute"] == 60 and finished["estimated_minutes"] == 0.05
     unknown = " (3 with notes unknown)" if merge else ""
     assert finished["message"] == (
-        f"5 rows: 4 requests to 3 contacts{unknown}, about 0m04s at 60 requests a minute"
+        f"5 rows: 3 requests to 3 contacts{unknown}, about 0m03s at 60 requests a minute"
     )
     if command == "plan":  # stdout is the requests, as ever
         assert [json.loads(line)["interview_id"] for line in result.stdout.splitlines()] == [
             1,
-            2,
             3,
             4,
-        ]
+        ]  # 2 rides with 1, its contact's
 
 
 def test_the_summary_line_follows_the_limit_given(tmp_path: Path) -> None:
@@ -261,7 +262,7 @@ def test_on_a_terminal_the_summary_is_one_readable_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", str(path), "--log-format", "console"])
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    assert lines[-1] == "5 rows: 4 requests to 3 contacts, about 0m01s at 300 requests a minute"
+    assert lines[-1] == "5 rows: 3 requests to 3 contacts, about 0m01s at 300 requests a minute"
     assert not any(line.startswith("{") for line in lines)
 
 
@@ -289,6 +290,6 @@ def test_the_run_starts_saying_the_same(tmp_path: Path, sandbox: SandboxServer) 
     )
     assert result.exit_code in (0, 1), result.output
     started = next(e for e in _events(result.stderr) if e["event"] == "run_started")
-    assert (started["rows"], started["requests_to_send"], started["contacts"]) == (5, 4, 3)
-    assert started["contacts_notes_unknown"] == 3 and started["estimated_minutes"] == 0.07
-    assert started["message"] == "4 requests to 3 contacts take about 0m04s at 60 requests a minute"
+    assert (started["rows"], started["requests_to_send"], started["contacts"]) == (5, 3, 3)
+    assert started["contacts_notes_unknown"] == 3 and started["estimated_minutes"] == 0.05
+    assert started["message"] == "3 requests to 3 contacts take about 0m03s at 60 requests a minute"

@@ -8,7 +8,7 @@ from helpers import assert_no_traceback, assert_one_line, run_cli, write_line
 
 from sync_worker.commands.report import render
 from sync_worker.errors import InputError
-from sync_worker.record.ledger import COLUMNS, Ledger
+from sync_worker.record.ledger import COLUMNS, REQUIRED, Ledger
 
 BASE = {"run_id": "r1", "source_file": "in.csv", "contact_email": "", "merge": "off", "attempts": 1}
 
@@ -127,7 +127,7 @@ JSONL_LINE = (json.dumps(dict.fromkeys(COLUMNS, "")) + "\n").encode()
 
 
 def _ledger_text(rows: int) -> str:
-    lines = [",".join(COLUMNS)]
+    lines = [",".join(REQUIRED)]  # the columns a ledger of every release has
     lines += [f"r1,in.csv,{row},{row},,ok,200,,,1,off,,," for row in range(1, rows + 1)]
     return "\n".join(lines) + "\n"
 

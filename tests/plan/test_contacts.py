@@ -228,7 +228,9 @@ def test_rows_of_one_interview_with_two_emails_are_invalid(sandbox: SandboxServe
 
 
 def test_revert_puts_a_shared_contact_back_through_each_interview(sandbox: SandboxServer) -> None:
-    """The export says 501 and 502 are one contact; the sandbox keeps them apart."""
+    """The export says 501 and 502 are one contact; the sandbox keeps them apart. Sent with
+    each interview (`--no-coalesce`), the name reaches both, and the revert goes back through
+    both."""
     write_csv(
         Path("one.csv"),
         HEADER,
@@ -239,8 +241,8 @@ def test_revert_puts_a_shared_contact_back_through_each_interview(sandbox: Sandb
         HEADER,
         [[501, "j@x.com", "WRONG", "", ""], [502, "j@x.com", "WRONG", "", ""]],
     )
-    assert sync(sandbox, "one.csv", "one.l.csv").exit_code == 0
-    assert sync(sandbox, "two.csv", "two.l.csv").exit_code == 0
+    assert sync(sandbox, "one.csv", "one.l.csv", "--no-coalesce").exit_code == 0
+    assert sync(sandbox, "two.csv", "two.l.csv", "--no-coalesce").exit_code == 0
     assert [held(sandbox, i, "contact_name") for i in (501, 502)] == ["WRONG", "WRONG"]
     undone = revert(sandbox, run_id_of("two.l.csv"), "revert.l.csv")
     assert undone.exit_code == 0, undone.output
@@ -363,9 +365,10 @@ def test_resolved_contacts_are_grouped_by_the_apis_contact(sandbox: SandboxServe
     assert first.exit_code == 0, first.output
     assert sorted(int(r["id"]) for r in gets(sandbox)) == [501, 502]  # once each
     assert notes(sandbox, 501) == notes(sandbox, 502) == {"a": "1", "b": "2"}
+    assert [line["sent_with"] for line in lines("one.l.csv")] == ["", "501"]  # the notes once
     again = sync(sandbox, "in.csv", "two.l.csv", "--merge", "--config", "sync.toml")
     assert again.exit_code == 0
-    assert len(gets(sandbox)) == 2 and len(patches(sandbox)) == 2  # remembered; nothing sent
+    assert len(gets(sandbox)) == 2 and len(patches(sandbox)) == 1  # remembered; nothing sent
     assert {line["status"] for line in lines("two.l.csv")} == {"skipped_unchanged"}
     # a new interview of the same contact is resolved once, and merges onto what it holds
     link(sandbox, {"503": 501})
@@ -482,6 +485,7 @@ def test_an_interview_that_gains_an_email_brings_its_notes(sandbox: SandboxServe
     write_csv(Path("one.csv"), ["interview_id", "contact_email", "context.k1"], [[300, "", "1"]])
     rows = [[300, "c@x.com", "2", ""], [301, "c@x.com", "", "Renewal"]]
     write_csv(Path("two.csv"), ["interview_id", "contact_email", "context.k2", "objective"], rows)
+    link(sandbox, {"301": 300})
     assert sync(sandbox, "one.csv", "one.l.csv", "--merge").exit_code == 0
     assert sync(sandbox, "two.csv", "two.l.csv", "--merge").exit_code == 0
     assert notes(sandbox, 300) == {"k1": "1", "k2": "2"}

@@ -58,6 +58,7 @@ def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxS
             [4, "", "No notes known", ""],
         ],
     )
+    sandbox.link({2: 1})  # one email, one contact, as on the API
     first = merge_run(tmp_path, sandbox, "--existing-notes", "notes.csv")
     assert first.code == 0, first.stderr  # type: ignore[attr-defined]
     ana = {
@@ -73,7 +74,11 @@ def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxS
     summary = json.loads((tmp_path / "ledger.csv.summary.json").read_text())
     assert (summary["contacts_merged"], summary["contacts_no_existing"]) == (2, 1)
     ana_ids = [r["id"] for r in sandbox.requests() if r["id"] in ("1", "2")]
-    assert ana_ids == ["1", "2"]  # one contact's rows in file order
+    assert ana_ids == ["1"]  # a contact's notes travel once, with its first interview
+    carried = {
+        line["interview_id"]: line["sent_with"] for line in read_ledger(tmp_path / "ledger.csv")
+    }
+    assert carried == {"1": "", "2": "1", "3": "", "4": ""}
 
     sent = len(sandbox.requests())
     assert merge_run(tmp_path, sandbox, "--ledger", "second.csv").code == 0  # type: ignore[attr-defined]
@@ -83,7 +88,7 @@ def test_merge_keeps_old_and_new_and_is_stable(tmp_path: Path, sandbox: SandboxS
     before = {i: json.dumps(notes(sandbox, i), sort_keys=True) for i in (1, 2, 3, 4)}
     forced = merge_run(tmp_path, sandbox, "--force", "--ledger", "third.csv")
     assert forced.code == 0  # type: ignore[attr-defined]
-    assert len(sandbox.requests()) == sent + 4
+    assert len(sandbox.requests()) == sent + 3  # every field, still once per contact
     after = {i: json.dumps(notes(sandbox, i), sort_keys=True) for i in (1, 2, 3, 4)}
     assert after == before  # a forced re-run leaves every contact's notes byte-identical
 
@@ -115,6 +120,7 @@ def test_without_merge_last_context_wins_with_a_warning(
     write_csv(
         tmp_path / "in.csv", HEADER, [[1, "bo@x.com", "first", ""], [2, "bo@x.com", "second", ""]]
     )
+    sandbox.link({2: 1})
     result = run_cli(
         "run",
         "in.csv",
@@ -131,7 +137,8 @@ def test_without_merge_last_context_wins_with_a_warning(
         cwd=tmp_path,
     )
     assert result.code == 0
-    assert [r["id"] for r in sandbox.requests()] == ["1", "2"]
+    assert [r["id"] for r in sandbox.requests()] == ["1"]  # carrying the last row's context
+    assert notes(sandbox, 1) == notes(sandbox, 2) == "second"
     assert result.event("several_contexts_per_contact")["contacts"] == 1
     assert {x["merge"] for x in read_ledger(tmp_path / "l.csv")} == {"off"}
 
@@ -156,6 +163,7 @@ def test_a_merged_run_writes_one_ledger_line_per_row_and_a_rerun_skips_them(
             [7, "dee@x.com", "", "Demo"],
         ],
     )
+    sandbox.link({3: 1})
     assert merge_run(tmp_path, sandbox).code == 1  # type: ignore[attr-defined]
     lines = read_ledger(tmp_path / "ledger.csv")
     assert sorted(int(line["source_row"]) for line in lines) == list(range(1, 9))

@@ -50,13 +50,19 @@ HEADER = "interview_id,contact_name,objective,contact_context,contact_email,cont
 
 
 def plan_for(
-    tmp_path: Path, body: str, options: PlanOptions | None = None, memory: Memory | None = None
+    tmp_path: Path,
+    body: str,
+    options: PlanOptions | None = None,
+    memory: Memory | None = None,
+    coalesce: bool = False,
 ) -> tuple[Batch, Plan]:
-    """The plan, after checking that both roads (columns, row by row) agree on every byte."""
+    """The plan, after checking that both roads (columns, row by row) agree on every byte; by
+    default each request as the roads build it, before a contact's fields are coalesced
+    (tests/plan/test_coalesce.py holds that step)."""
     path = tmp_path / "in.csv"
     path.write_text(HEADER + body, encoding="utf-8")
     batch = read_batch([str(path)], ReadOptions())
-    options = options or PlanOptions()
+    options = dataclasses.replace(options or PlanOptions(), coalesce=coalesce)
     plan = build_plan(batch, options, memory or Memory())
     by_rows = build_plan(batch, dataclasses.replace(options, vectorise=False), memory or Memory())
     assert_same_plans(plan, by_rows)
@@ -189,7 +195,7 @@ def test_contacts_become_ordered_chains(tmp_path: Path) -> None:
     while queue:
         chains.append([r.interview_id for r in queue.popleft()])
     assert chains == [[1, 3], [2], [4]]
-    assert plan.contacts_with_several_contexts() == 1
+    assert plan.several_contexts == 1
 
 
 def test_longest_chains_go_first(tmp_path: Path) -> None:
