@@ -172,7 +172,7 @@ async def _patch(
         await asyncio.sleep(_latency_s(sandbox))
     if sandbox.random.random() < config.fail_rate:
         return error(503, "server_error", "Service temporarily unavailable")
-    return await _update(request, sandbox)
+    return await _update(request, sandbox, entry)
 
 
 def _refused(
@@ -218,7 +218,7 @@ def _too_many(wait: float, reset: str) -> web.Response:
     )
 
 
-async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
+async def _update(request: web.Request, sandbox: Sandbox, entry: dict[str, Any]) -> web.Response:
     raw_id = request.match_info["id"]
     interview = sandbox.interview(int(raw_id)) if raw_id.isdigit() else None
     if interview is None:
@@ -226,6 +226,7 @@ async def _update(request: web.Request, sandbox: Sandbox) -> web.Response:
     body, problem = await _read_body(request)
     if problem:
         return error(400, "bad_request", problem)
+    entry["fields"] = sorted(name for name in SENT_FIELDS if name in body)  # what it carried
     contact = sandbox.contacts[interview.contact_id]
     for name in SENT_FIELDS:
         if name in body:
