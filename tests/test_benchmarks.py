@@ -37,10 +37,12 @@ FIGURES = [
     "start-up, 10-row run",
     "start-up, validate",
     "start-up, --help",
+    "requests needed, backfill",
+    "requests needed, nightly, 1% changed",
 ]
 # `run.py --only A,B` runs the benchmarks whose function name holds A or B. Three processes of
 # about the same length (recovery alone is the longest); together, every benchmark once.
-ONLY = ["recovery", "startup,overhead,rate", "nightly,slow,merge,xlsx,plan,state_size"]
+ONLY = ["recovery", "startup,overhead,rate,needed", "nightly,slow,merge,xlsx,plan,state_size"]
 
 
 def _benchmark_names() -> list[str]:

@@ -71,6 +71,7 @@ class Sizes:
     xlsx_rows: int = 100_000  # rows of the workbook planned
     state_rows: int = 100_000  # rows of the nightly runs whose state file is measured
     state_runs: int = 6  # those runs: a backfill, a forced re-send, a stopped one, nightlies
+    needed_rows: int = 100_000  # rows of the requests-needed figure
     warm_up: int = 1  # untimed start-up rounds first, that fill the bytecode cache
 
 
@@ -78,7 +79,24 @@ FULL = Sizes(
     400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0), 100_000, 2, 20
 )
 SMOKE = Sizes(
-    20, 1.0, 50, 200, 5_000, 1_000, 40, 1, 1, (20, 1.0, 41, 200.0), 200, 1, 1, 500, 1_000, 4, 0
+    20,
+    1.0,
+    50,
+    200,
+    5_000,
+    1_000,
+    40,
+    1,
+    1,
+    (20, 1.0, 41, 200.0),
+    200,
+    1,
+    1,
+    500,
+    1_000,
+    4,
+    2_000,
+    0,
 )
 
 
@@ -789,6 +807,100 @@ def _remember_all(path: Path, state_path: Path) -> None:
     state.close()
 
 
+# 4b. Requests needed -------------------------------------------------------------------------
+
+
+def write_contacts(
+    path: Path, count: int, contacts_changed: set[int], goals: set[int], seed: int = 3
+) -> list[tuple[int, int]]:
+    """`count` interviews of contacts with one to four interviews each, a CRM export's rows:
+    each contact's name and context repeated in its rows, `objective` empty but for the
+    interviews in `goals`, the context of the contacts in `contacts_changed` changed. Returns
+    (interview, contact) of each row."""
+    rng = random.Random(seed)
+    rows: list[tuple[int, int]] = []
+    contact = 0
+    while len(rows) < count:
+        contact += 1
+        rows += [(0, contact)] * min(rng.randint(1, 4), count - len(rows))
+    rng.shuffle(rows)  # a contact's interviews are scattered through the export
+    rows = [(number, who) for number, (_zero, who) in enumerate(rows, 1)]
+    stages = ["Closed Lost", "Closed Won", "Demo"]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["interview_id", "contact_email", "contact_name", "context.stage", "objective"]
+        )
+        for interview, who in rows:
+            stage = stages[who % 3] + (" (moved)" if who in contacts_changed else "")
+            goal = f"Renewal {interview}" if interview in goals else ""
+            writer.writerow([interview, f"c{who}@x.example", f"Name {who}", stage, goal])
+    return rows
+
+
+def bench_requests_needed(sizes: Sizes, work: Path) -> list[Figure]:
+    """Requests sent against requests needed (SPEC section 11): a first backfill, then a nightly
+    re-run where 1% of the rows changed, half of them a contact's context (in all its rows),
+    half an interview's objective (of other contacts). Needed = contacts whose fields changed +
+    interviews whose own fields changed, counted from the export; sent = the run's
+    `requests_sent`. Without coalescing for comparison."""
+    count = sizes.needed_rows
+    rows = write_contacts(work / "backfill.csv", count, set(), set())
+    contacts = sorted({who for _i, who in rows})
+    rng = random.Random(4)
+    moved = set(rng.sample(contacts, max(1, count // 200)))
+    others = [interview for interview, who in rows if who not in moved]
+    goals = set(rng.sample(others, max(1, count // 200)))
+    write_contacts(work / "nightly.csv", count, moved, goals)
+    unlimited = ["--rate-limit", "100000000", "--rate-period", "1"]
+    server = sandbox(*unlimited)
+    figures = []
+    try:
+        for mode, extra in (("coalesced", []), ("--no-coalesce", ["--no-coalesce"])):
+            _reset(server)
+            state = f"needed-{mode.strip('-')}.sqlite"
+            sent = []
+            for name in ("backfill", "nightly"):
+                ledger = f"{name}-{mode.strip('-')}"
+                args = run_args(server, work, ledger, f"{name}.csv", *unlimited, *extra)
+                args[args.index("--state") + 1] = state
+                done = subprocess.run(
+                    [sys.executable, "-m", "sync_worker", *args],
+                    cwd=work,
+                    env=ENV,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    raise SystemExit(
+                        f"requests needed: {name} exited {done.returncode}: {done.stderr}"
+                    )
+                sent.append(summary_of(ledger_of(work, ledger))["requests_sent"])
+            if mode != "coalesced":
+                baseline = sent
+                continue
+            ours = sent
+        needed = [len(contacts), len(moved) + len(goals)]
+        for index, name in enumerate(("backfill", "nightly, 1% changed")):
+            ratio = ours[index] / needed[index]
+            figures.append(
+                Figure(
+                    f"requests needed, {name}",
+                    f"{ours[index]:,} requests sent",
+                    f"{needed[index]:,} needed",
+                    ratio,
+                    "= 1.0",
+                    ratio == 1.0,
+                    f"{count:,} rows, {len(contacts):,} contacts of 1-4 interviews; "
+                    f"without coalescing {baseline[index]:,} sent",
+                )
+            )
+    finally:
+        server.stop()
+    return figures
+
+
 # 5. Recovery ----------------------------------------------------------------------------------
 
 
@@ -1044,6 +1156,7 @@ BENCHES: list[Callable[[Sizes, Path], Figure | list[Figure]]] = [
     bench_xlsx,
     bench_merge,
     bench_nightly,
+    bench_requests_needed,
     bench_recovery,
     bench_slow_api,
     bench_startup,
