@@ -192,6 +192,8 @@ def resolve_contacts(
 
 def _last_values(state: State, plan: Plan) -> dict[FieldKey, str]:
     """The state's last values of the fields this plan sends (its contacts and interviews)."""
+    if not state.knows_values():  # a first backfill: not a million keys to look up
+        return {}
     contacts = set(plan.table.contact.to_pylist())
     return state.last_values(contacts | set(map(str, plan.table.interview_id)))
 

@@ -26,14 +26,19 @@ import hashlib
 from collections.abc import Mapping
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker.fields import CONTACT_FIELDS, CONTEXT, INTERVIEW_FIELDS
-from sync_worker.plan import vectorjson as vj
 from sync_worker.plan.model import Memory, Plan, PlanOptions
-from sync_worker.plan.request_table import CARRIER, LEAN, PLAIN, RequestTable
+from sync_worker.plan.request_table import (
+    CARRIER,
+    LEAN,
+    PLAIN,
+    RequestTable,
+    bodies_of,
+    numbered,
+)
 from sync_worker.store.digests import DIGEST, Ints
 from sync_worker.store.history import FieldKey, level_of
 from sync_worker.vocabulary import Status
@@ -46,20 +51,24 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
     riders folded into their carriers, unchanged ones settled in the plan."""
     if not len(table):
         return table
-    codes = pd.factorize(table.contact.to_numpy(zero_copy_only=False))[0].astype(np.int64)
     fields = _fields(table)
     loaded = _confirmed(table, fields, options, memory)
     confirmed = loaded or {}
     if loaded is not None:
         plan.confirmed = loaded
+    if not confirmed and not options.coalesce:
+        return _untouched(table)  # nothing confirmed to leave out, nothing to share
+    codes = numbered(table.contact)
     n, contacts = len(table), int(codes.max()) + 1
+    if not confirmed and contacts == n:
+        return _untouched(table)  # a contact a request: each carries its own fields
     sent: dict[str, pa.Array] = {}
     carrier = np.zeros(n, dtype=bool)
     carries_changed = np.zeros(n, dtype=bool)  # holds a contact field whose contact's changed
     firsts = np.full(contacts, n, dtype=np.int64)
     np.minimum.at(firsts, codes, np.arange(n, dtype=np.int64))
     changed_contacts = np.zeros(contacts, dtype=bool)
-    finals: dict[str, tuple[pa.Array, np.ndarray]] = {}
+    finals: dict[str, tuple[Ints, np.ndarray]] = {}
     for name in CONTACT_FIELDS:
         if name not in fields:
             continue
@@ -67,34 +76,43 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
         last = np.full(contacts, -1, dtype=np.int64)
         at = np.flatnonzero(present)
         np.maximum.at(last, codes[at], at)
-        has = last >= 0
-        final = values.take(pa.array(np.where(has, last, 0)))
-        changed = has & _differs(final, _known(confirmed, "contact", table.contact, firsts, name))
-        finals[name] = (final, changed)
+        changed = last >= 0  # nothing confirmed: every value is new
+        if confirmed:
+            final = values.take(pa.array(np.where(changed, last, 0)))
+            known = _known(confirmed, "contact", table.contact, firsts, name)
+            changed &= _differs(final, known)
+        finals[name] = (last, changed)
         changed_contacts |= changed
         carries_changed |= present & changed[codes]
     if options.coalesce:
         carrier = (np.arange(n) == firsts[codes]) & changed_contacts[codes]
-        for name, (final, changed) in finals.items():
+        for name, (last, changed) in finals.items():
+            values, _present = fields[name]
             keep = carrier & changed[codes]
-            sent[name] = pc.if_else(pa.array(keep), final.take(pa.array(codes)), NONE)
+            sent[name] = _carried(values, keep, last[codes])
     else:
-        for name, (_final, changed) in finals.items():
+        for name, (_last, changed) in finals.items():
             values, present = fields[name]
-            sent[name] = pc.if_else(pa.array(present & changed[codes]), values, NONE)
-    ids = pa.array(table.interview_id.astype(str))
+            sent[name] = _masked(values, present & changed[codes])
+    ids = pa.array(table.interview_id.astype(str)) if confirmed else None
     for name in INTERVIEW_FIELDS:
         if name not in fields:
             continue
         values, present = fields[name]
+        if ids is None:
+            sent[name] = values  # nothing confirmed: every value is sent
+            continue
         own = _known(confirmed, "interview", ids, np.arange(n), name)
-        sent[name] = pc.if_else(pa.array(present & _differs(values, own)), values, NONE)
+        sent[name] = _masked(values, present & _differs(values, own))
     carries = np.zeros(n, dtype=bool)
     modified = np.zeros(n, dtype=bool)
     for name, values in sent.items():
+        before, present = fields[name]
+        if values is before:
+            carries |= present
+            continue
         now = pc.is_valid(values).to_numpy(zero_copy_only=False)
         carries |= now
-        before, present = fields[name]
         same = pc.fill_null(pc.equal(values, before), False).to_numpy(zero_copy_only=False)
         modified |= (now != present) | (now & ~same)
     rider = ~carries & carries_changed & options.coalesce
@@ -103,16 +121,46 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
         carrier, CARRIER, np.where(carries_changed & ~carrier & options.coalesce, LEAN, PLAIN)
     )
     plan.settled.set_aside(Status.SKIPPED_UNCHANGED, table, np.flatnonzero(unchanged))
-    table = _with_bodies(table, sent, modified, role)
+    table = _with_bodies(table, sent, modified, role, options.for_sending)
     _ride(plan, table, np.flatnonzero(rider), firsts[codes])
-    return table.take(np.flatnonzero(carries))
+    return table if carries.all() else table.take(np.flatnonzero(carries))
+
+
+def _untouched(table: RequestTable) -> RequestTable:
+    """The requests as the roads built them."""
+    return table
+
+
+def _carried(values: pa.Array, keep: np.ndarray, last: Ints) -> pa.Array:
+    """Each carrier (`keep`) with its contact's last value of the field (at `last`), all other
+    requests without it. Usually a carrier's own value is that last one, and only the nulls
+    change; else the values are made anew."""
+    at = np.flatnonzero(keep)
+    at = at[last[at] != at]  # carriers that are not their contact's last holder of the field
+    final = pa.array(last[at])
+    same = pc.fill_null(pc.equal(values.take(pa.array(at)), values.take(final)), False)
+    if pc.all(same).as_py() is not False:  # a carrier without a value of its own: not same
+        return _masked(values, keep)
+    carried = values.take(pa.array(last[keep]))
+    return pc.replace_with_mask(pa.nulls(len(values), pa.string()), pa.array(keep), carried)
+
+
+def _masked(values: pa.Array, keep: np.ndarray) -> pa.Array:
+    """`values` where `keep`, null elsewhere: a new validity bitmap over the same strings (a
+    million texts are not copied to leave some out)."""
+    if values.offset != 0 or (
+        values.null_count
+        and not bool((keep <= pc.is_valid(values).to_numpy(zero_copy_only=False)).all())
+    ):
+        return pc.if_else(pa.array(keep), values, NONE)
+    bitmap = pa.py_buffer(np.packbits(keep, bitorder="little"))
+    return pa.Array.from_buffers(values.type, len(values), [bitmap, *values.buffers()[1:]])
 
 
 def _fields(table: RequestTable) -> dict[str, tuple[pa.Array, np.ndarray]]:
     """Each sent field's JSON literals (null where a request leaves it out) and where present."""
-    columns = {CONTEXT: table.context_json, **table.texts}
     found = {}
-    for name, column in columns.items():
+    for name, column in table.fields.items():
         values = column.combine_chunks()
         present = pc.is_valid(values).to_numpy(zero_copy_only=False)
         if present.any():
@@ -153,59 +201,46 @@ def _differs(values: pa.Array, known: pa.Array) -> np.ndarray:
 
 
 def _with_bodies(
-    table: RequestTable, sent: Mapping[str, pa.Array], modified: np.ndarray, role: Ints
+    table: RequestTable,
+    sent: Mapping[str, pa.Array],
+    modified: np.ndarray,
+    role: Ints,
+    for_sending: bool,
 ) -> RequestTable:
-    """`table` with the bodies of the requests at `modified` made again from `sent`, each
-    keeping its whole body's hash, and the context a lean request no longer sends dropped."""
+    """`table` with the fields each request now sends (its body is made from them when first
+    needed), and, when sending, each trimmed request's whole-body hash (the state remembers
+    it) and the context a lean request no longer sends dropped."""
     trimmed = RequestTable(
         position=table.position,
         interview_id=table.interview_id,
-        body_json=table.body_json,
+        fields=table.fields,
         context_json=table.context_json,
         contact=table.contact,
         merge=table.merge,
         more_rows=dict(table.more_rows),
         role=role.astype(np.int8),
+        _body=table._body,
+        _sha256=table._sha256,
     )
-    lean = pa.array(role == LEAN)
-    if CONTEXT in sent:
-        trimmed.context_json = pa.chunked_array(
-            [
-                pc.if_else(
-                    lean,
-                    NONE,
-                    pc.if_else(
-                        pc.is_valid(sent[CONTEXT]),
-                        sent[CONTEXT],
-                        table.context_json.combine_chunks(),
-                    ),
-                )
-            ]
-        )
     if not modified.any():
-        trimmed._sha256 = table._sha256
         return trimmed
+    trimmed.fields = {name: pa.chunked_array([values]) for name, values in sent.items()}
+    trimmed._body = trimmed._sha256 = None
+    if not for_sending:
+        return trimmed
+    if CONTEXT in sent:
+        context = pc.if_else(pc.is_valid(sent[CONTEXT]), sent[CONTEXT], table.context_json)
+        trimmed.context_json = pc.if_else(pa.array(role == LEAN), NONE, context)
     at = np.flatnonzero(modified)
     picked = pa.array(at)
-    members = []
-    for name in sorted(sent):
-        values = sent[name].take(picked)
-        members.append(
-            vj.literal_member(name, values, pc.is_valid(values).to_numpy(zero_copy_only=False))
-        )
-    bodies = vj.join_object(members, len(at))
-    bodies = bodies.combine_chunks() if isinstance(bodies, pa.ChunkedArray) else bodies
-    mask = pa.array(modified)
-    trimmed.body_json = pa.chunked_array(
-        [pc.replace_with_mask(table.body_json.combine_chunks(), mask, bodies)]
-    )
     if table._sha256 is not None:
         whole = table._sha256.combine_chunks().take(picked)
-    else:
-        texts = pc.cast(table.body_json.combine_chunks().take(picked), pa.binary()).to_pylist()
+    else:  # the whole bodies of the trimmed requests only
+        kept = {name: column.take(picked) for name, column in table.fields.items()}
+        texts = pc.cast(bodies_of(kept, len(at)), pa.binary()).to_pylist()
         whole = pa.array([hashlib.sha256(text).digest() for text in texts], DIGEST)
     nulls = pa.nulls(len(table), DIGEST)
-    trimmed.full_sha256 = pa.chunked_array([pc.replace_with_mask(nulls, mask, whole)])
+    trimmed.full_sha256 = pa.chunked_array([pc.replace_with_mask(nulls, pa.array(modified), whole)])
     return trimmed
 
 

@@ -43,25 +43,24 @@ def column_requests(cells: Cells, mask: np.ndarray, memory: Memory) -> RequestTa
     any_cell = np.logical_or.reduce([*present.values(), np.zeros(length, bool)])
     context = _context_literal(members, text, any_cell, has_text, length)
     has_context = any_cell | has_text
-    body_members = {CONTEXT: vj.literal_member(CONTEXT, context, has_context)}
-    texts = {}
+    none = pa.scalar(None, pa.string())
+    context_json = (
+        context if has_context.all() else pc.if_else(pa.array(has_context), context, none)
+    )
+    fields = {CONTEXT: _chunked(context_json)} if has_context.any() else {}
     for name in TEXT_FIELDS:
         column = take(cells.text[name])
         filled = nonempty(column)
-        body_members[name] = vj.text_member(name, column, filled)
         if filled.any():
-            texts[name] = vj.text_literals(column, filled)
-    body = _chunked(vj.join_object([body_members[k] for k in sorted(body_members)], length))
-    none = pa.scalar(None, pa.string())
+            fields[name] = vj.text_literals(column, filled)
     emails = take(cells.text[CONTACT_KEY])
     return RequestTable(
         position=positions,
         interview_id=cells.id_numbers[positions],
-        body_json=body,
-        context_json=_chunked(pc.if_else(pa.array(has_context), context, none)),
+        fields=fields,
+        context_json=_chunked(context_json),
         contact=_chunked(contact_keys(cells.id_numbers[positions], lower(emails), memory)),
         merge=_repeat("off", length),
-        texts=texts,
     )
 
 

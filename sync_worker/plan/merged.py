@@ -215,25 +215,24 @@ def _part(
         context = combined.take(pa.array(np.where(has_context, slots, 0)))
     else:
         context = pa.nulls(len(slots), pa.string())
-    members = {CONTEXT: vj.literal_member(CONTEXT, context, has_context)}
-    texts = {}
+    none = pa.scalar(None, pa.string())
+    context_json = (
+        context if has_context.all() else pc.if_else(pa.array(has_context), context, none)
+    )
+    fields = {CONTEXT: pa.chunked_array([context_json])} if has_context.any() else {}
     for name in TEXT_FIELDS:
         column = pick(cells.text[name], positions)
         filled = nonempty(column)
-        members[name] = vj.text_member(name, column, filled)
         if filled.any():
-            texts[name] = vj.text_literals(column, filled)
-    body = _array(vj.join_object([members[k] for k in sorted(members)], len(positions)))
+            fields[name] = vj.text_literals(column, filled)
     merges = MERGE_LABELS.take(pa.array(label[codes]))
-    none = pa.scalar(None, pa.string())
     return RequestTable(
         position=positions,
         interview_id=cells.id_numbers[positions],
-        body_json=pa.chunked_array([body]),
-        context_json=pa.chunked_array([pc.if_else(pa.array(has_context), context, none)]),
+        fields=fields,
+        context_json=pa.chunked_array([context_json]),
         contact=pa.chunked_array([keys.take(pa.array(codes))]),
         merge=pa.chunked_array([merges]),
-        texts=texts,
     )
 
 

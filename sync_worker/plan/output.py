@@ -31,7 +31,7 @@ def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
             '{"interview_id": ',
             pc.cast(pa.array(table.interview_id[start:stop]), pa.string()),
             ', "body": ',
-            table.body_json.slice(start, stop - start),
+            table.bodies(start, stop),
             ', "source_rows": ',
             sources,
             ', "merge": "',

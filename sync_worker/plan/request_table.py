@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import json
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sync_worker.fields import TEXT_FIELDS
+from sync_worker.fields import SENT_FIELDS
+from sync_worker.plan import vectorjson as vj
 from sync_worker.store.digests import DIGEST, Ints, sha256_hex
 
 CHUNK = 100_000  # requests materialised or printed at a time
@@ -42,24 +43,43 @@ class Request:
 
 @dataclass
 class RequestTable:
-    """Requests in file order (of each one's first row); row i of every column is request i."""
+    """Requests in file order (of each one's first row); row i of every column is request i.
+
+    A request is its fields: each sent field's value as a JSON literal, null where the body
+    leaves it out. Its body, the canonical JSON of those fields, is made from them when first
+    needed (`body_json`), once the fields are final: a backfill's bodies are made once, after
+    a contact's fields are coalesced (coalesce.py), not once by the roads and again there."""
 
     position: Ints  # the first input row of each request (a position in the batch frame)
     interview_id: Ints
-    body_json: pa.ChunkedArray  # string
-    context_json: pa.ChunkedArray  # string, null where no context is sent
+    fields: dict[str, pa.ChunkedArray]  # sent field -> its JSON literal per request (string)
+    context_json: pa.ChunkedArray  # string: the context the state remembers (null: none)
     contact: pa.ChunkedArray  # string: the contact_email, or interview:<id>
     merge: pa.ChunkedArray  # string
     more_rows: dict[int, list[int]] = field(default_factory=dict)  # first position -> all rows
-    # Each text field's value as a JSON literal (null: not sent), for trimming (coalesce.py);
-    # gone once the bodies are trimmed.
-    texts: dict[str, pa.ChunkedArray] = field(default_factory=dict)
     full_sha256: pa.ChunkedArray | None = None  # DIGEST, null where the body was not trimmed
     role: Ints | None = None  # PLAIN, CARRIER or LEAN per request (None: all PLAIN)
+    _body: pa.ChunkedArray | None = None  # string: the bodies, once made
     _sha256: pa.ChunkedArray | None = None  # DIGEST: each body's hash, once computed
 
     def __len__(self) -> int:
         return len(self.position)
+
+    @property
+    def body_json(self) -> pa.ChunkedArray:
+        """Each request's canonical JSON (what is sent and hashed), made from its fields a
+        chunk of requests at a time, when first asked for."""
+        if self._body is None:
+            self._body = bodies_of(self.fields, len(self))
+        return self._body
+
+    def bodies(self, start: int, stop: int) -> pa.ChunkedArray:
+        """The bodies of requests start..stop: made for them alone unless all are made already
+        (printing or sending a million never holds all their bodies at once)."""
+        count = min(stop, len(self)) - start
+        if self._body is not None:
+            return self._body.slice(start, count)
+        return bodies_of({k: v.slice(start, count) for k, v in self.fields.items()}, count)
 
     @classmethod
     def empty(cls) -> RequestTable:
@@ -77,12 +97,12 @@ class RequestTable:
         return cls(
             position=np.array([r.rows[0] for r in requests], dtype=np.int64),
             interview_id=np.array([r.interview_id for r in requests], dtype=np.int64),
-            body_json=column(bodies),
+            fields=_fields_of_bodies(bodies),
             context_json=column([r.context_json for r in requests]),
             contact=column([r.contact for r in requests]),
             merge=column([r.merge for r in requests]),
             more_rows={r.rows[0]: r.rows for r in requests if len(r.rows) > 1},
-            texts=_texts_of(bodies),
+            _body=column(bodies),
         )
 
     def rows_of(self, index: int) -> list[int]:
@@ -122,14 +142,14 @@ class RequestTable:
         table = RequestTable(
             position=positions,
             interview_id=self.interview_id[indices],
-            body_json=self.body_json.take(picked),
+            fields={name: column.take(picked) for name, column in self.fields.items()},
             context_json=self.context_json.take(picked),
             contact=self.contact.take(picked),
             merge=self.merge.take(picked),
             more_rows={p: rows for p, rows in self.more_rows.items() if p in kept},
-            texts={name: column.take(picked) for name, column in self.texts.items()},
             full_sha256=None if self.full_sha256 is None else self.full_sha256.take(picked),
             role=None if self.role is None else self.role[indices],
+            _body=None if self._body is None else self._body.take(picked),
         )
         if self._sha256 is not None:
             table._sha256 = self._sha256.take(picked)
@@ -143,7 +163,7 @@ class RequestTable:
         """Requests start..stop as objects."""
         stop = min(stop, len(self))
         count = stop - start
-        bodies = [body.encode("utf-8") for body in self.body_json.slice(start, count).to_pylist()]
+        bodies = [body.encode("utf-8") for body in self.bodies(start, stop).to_pylist()]
         hashes = (
             [digest.hex() for digest in self._sha256.slice(start, count).to_pylist()]
             if self._sha256 is not None
@@ -201,18 +221,20 @@ def concat(tables: Sequence[RequestTable]) -> RequestTable:
     tables = filled
     position = np.concatenate([t.position for t in tables])
     hashes = [t._sha256 for t in tables]
+    bodies = [t._body for t in tables]
     merged = RequestTable(
         position=position,
         interview_id=np.concatenate([t.interview_id for t in tables]),
-        body_json=pa.chunked_array([c for t in tables for c in t.body_json.chunks], pa.string()),
+        fields=_concat_fields(tables),
         context_json=pa.chunked_array(
             [c for t in tables for c in t.context_json.chunks], pa.string()
         ),
         contact=pa.chunked_array([c for t in tables for c in t.contact.chunks], pa.string()),
         merge=pa.chunked_array([c for t in tables for c in t.merge.chunks], pa.string()),
         more_rows={k: v for t in tables for k, v in t.more_rows.items()},
-        texts=_concat_texts(tables),
     )
+    if all(b is not None for b in bodies):
+        merged._body = pa.chunked_array([c for b in bodies if b is not None for c in b.chunks])
     if all(h is not None for h in hashes):
         merged._sha256 = pa.chunked_array(
             [c for h in hashes if h is not None for c in h.chunks], DIGEST
@@ -222,23 +244,40 @@ def concat(tables: Sequence[RequestTable]) -> RequestTable:
     return merged.take(np.argsort(position, kind="stable"))
 
 
-def _concat_texts(tables: Sequence[RequestTable]) -> dict[str, pa.ChunkedArray]:
-    """The text columns of tables joined; a column some tables lack is null in their rows.
+def _concat_fields(tables: Sequence[RequestTable]) -> dict[str, pa.ChunkedArray]:
+    """The field columns of tables joined; a field some tables lack is null in their rows.
     (Only untrimmed tables are joined: their roles and whole-body hashes are not kept.)"""
-    names = sorted({name for t in tables for name in t.texts})
+    names = sorted({name for t in tables for name in t.fields})
     return {
         name: pa.chunked_array(
             [
                 chunk
                 for t in tables
                 for chunk in (
-                    t.texts[name].chunks if name in t.texts else [pa.nulls(len(t), pa.string())]
+                    t.fields[name].chunks if name in t.fields else [pa.nulls(len(t), pa.string())]
                 )
             ],
             pa.string(),
         )
         for name in names
     }
+
+
+def bodies_of(fields: Mapping[str, pa.ChunkedArray], count: int) -> pa.ChunkedArray:
+    """The canonical JSON of each request's fields (sorted keys; a null field left out), made
+    CHUNK requests at a time so the pieces of a million never live at once."""
+    names = sorted(fields)
+    parts: list[pa.Array] = []
+    for start in range(0, count, CHUNK):
+        length = min(CHUNK, count - start)
+        members = []
+        for name in names:
+            values = fields[name].slice(start, length)
+            present = pc.is_valid(values).to_numpy(zero_copy_only=False)
+            members.append(vj.literal_member(name, values, present))
+        joined = vj.join_object(members, length)
+        parts.extend(joined.chunks if isinstance(joined, pa.ChunkedArray) else [joined])
+    return pa.chunked_array(parts, pa.string())
 
 
 _DECODER = json.JSONDecoder()
@@ -258,10 +297,10 @@ def fields_of(body: str) -> list[tuple[str, str]]:
     return found
 
 
-def _texts_of(bodies: list[str]) -> dict[str, pa.ChunkedArray]:
-    """The text fields of canonical bodies as JSON literals (the row road's requests, which
-    are objects already), null where a body does not send one."""
-    values: dict[str, list[str | None]] = {name: [None] * len(bodies) for name in TEXT_FIELDS}
+def _fields_of_bodies(bodies: list[str]) -> dict[str, pa.ChunkedArray]:
+    """The fields of canonical bodies as JSON literals (the row road's requests, which are
+    objects already), null where a body does not send one."""
+    values: dict[str, list[str | None]] = {name: [None] * len(bodies) for name in SENT_FIELDS}
     for at, body in enumerate(bodies):
         for name, literal in fields_of(body):
             if name in values:
@@ -350,14 +389,14 @@ def contacts_with_several_contexts(table: RequestTable) -> int:
     Arrow's query engine (acero, datasets, file systems: ~25 ms of every run's start), and it
     took twice as long for a million requests."""
     sent = pc.is_valid(table.context_json)  # no context: the contact's notes are not touched
-    contacts = _numbered(table.contact.filter(sent))
-    contexts = _numbered(table.context_json.filter(sent))
+    contacts = numbered(table.contact.filter(sent))
+    contexts = numbered(table.context_json.filter(sent))
     width = int(contexts.max(initial=0)) + 1
     pairs = pc.unique(pa.array(contacts * width + contexts)).to_numpy()
     return int(np.count_nonzero(np.bincount(pairs // width) > 1))
 
 
-def _numbered(column: pa.ChunkedArray) -> Ints:
+def numbered(column: pa.ChunkedArray) -> Ints:
     """Each value as a number, equal values the same number (one dictionary for all chunks)."""
     numbers = [np.asarray(c.indices, dtype=np.int64) for c in pc.dictionary_encode(column).chunks]
     return np.concatenate(numbers) if numbers else np.empty(0, dtype=np.int64)

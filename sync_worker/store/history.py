@@ -237,6 +237,10 @@ def last_values(
     return values
 
 
+def knows_values(db: sqlite3.Connection | None) -> bool:
+    return db is not None and has_tables(db) and _any_values(db)
+
+
 def _any_values(db: sqlite3.Connection) -> bool:
     """Whether any last value is kept: a first backfill's keys (~3 us each to look up) are
     then not looked up at all."""

@@ -515,6 +515,10 @@ class State:
             except sqlite3.Error as exc:
                 raise StateWriteError(str(exc)) from exc
 
+    def knows_values(self) -> bool:
+        """Whether any field's last value is kept (a first backfill's state keeps none)."""
+        return history.knows_values(self._db)
+
     def last_values(self, keys: Iterable[str] | None = None) -> dict[FieldKey, str]:
         """The last value sent per field (of these contacts and interview ids only, if given)."""
         return history.last_values(self._db, keys)

@@ -26,7 +26,7 @@ def table(pairs: list[tuple[str, str | None]], chunks: int = 1) -> RequestTable:
     return RequestTable(
         position=ids - 1,
         interview_id=ids,
-        body_json=contacts,
+        fields={},
         context_json=column([x for _c, x in pairs]),
         contact=contacts,
         merge=contacts,
