@@ -89,7 +89,15 @@ class RevertJob:
 
     def prepare(self, state: State, options: RunOptions) -> Prepared:
         self._check_known(state)
-        return _prepared(self.target, self._interviews(state))
+        interviews = self._interviews(state)
+        if not options.dry_run:  # other interviews of these contacts no longer hold what
+            state.forget_payloads(  # they were last sent with (a run may have sent it once)
+                f.first.key
+                for entry in interviews
+                for f in entry.fields
+                if f.status == SEND and f.first.level == "contact"
+            )
+        return _prepared(self.target, interviews)
 
     def _check_known(self, state: State) -> None:
         where = f"the state {self.settings.state_path}"

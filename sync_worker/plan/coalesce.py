@@ -245,20 +245,31 @@ def _with_bodies(
 
 
 def _ride(plan: Plan, table: RequestTable, riders: Ints, carriers: Ints) -> None:
-    """The rows of each rider become its carrier's (`carriers`: each request's carrier)."""
+    """The rows of each rider become its carrier's (`carriers`: each request's carrier), a
+    carrier at a time."""
     if not len(riders):
         return
-    ids = table.interview_id
-    fulls = table.full_sha256
-    for rider in riders.tolist():
-        carrier = int(carriers[rider])
-        first = int(table.position[carrier])
-        rows = table.rows_of(rider)
-        table.more_rows[first] = sorted([*table.rows_of(carrier), *rows])
-        carried_by = int(ids[carrier])
-        for row in rows:
-            plan.sent_with[row] = carried_by
-        digest = fulls[rider].as_py() if fulls is not None else None
-        plan.riders.setdefault(carried_by, []).append(
-            (int(ids[rider]), digest.hex() if digest else "")
-        )
+    order = np.argsort(carriers[riders], kind="stable")
+    riders = riders[order]
+    by = carriers[riders]
+    starts = np.flatnonzero(np.diff(by, prepend=-1))
+    ids, positions = table.interview_id.tolist(), table.position.tolist()
+    fulls = (
+        [d.hex() if d else "" for d in table.full_sha256.take(pa.array(riders)).to_pylist()]
+        if table.full_sha256 is not None
+        else [""] * len(riders)
+    )
+    listed = riders.tolist()
+    more_rows = table.more_rows
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(riders)], strict=True):
+        carrier = int(by[start])
+        carried_by, first = ids[carrier], positions[carrier]
+        rows = list(more_rows.get(first, [first]))
+        for at in range(start, stop):
+            rider = listed[at]
+            own = more_rows.get(positions[rider]) or [positions[rider]]
+            rows.extend(own)
+            for row in own:
+                plan.sent_with[row] = carried_by
+        more_rows[first] = sorted(rows)
+        plan.riders[carried_by] = [(ids[listed[at]], fulls[at]) for at in range(start, stop)]

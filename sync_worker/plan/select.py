@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from sync_worker.plan.model import Memory, Plan, PlanOptions
-from sync_worker.plan.request_table import RequestTable
+from sync_worker.plan.request_table import RequestTable, numbered
 from sync_worker.store.digests import Ints
 from sync_worker.vocabulary import Status
 
@@ -15,10 +15,23 @@ def skip_unchanged(
     plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory
 ) -> RequestTable:
     """A request whose payload equals the last one sent successfully is skipped (unless
-    --force): its rows settle in the plan, and the requests of `table` left are returned."""
+    --force): its rows settle in the plan, and the requests of `table` left are returned.
+
+    Whole contacts at a time: a contact with any request changed keeps all its requests, so
+    trimming (coalesce.py) sees every value each of its fields takes, the last one included; it
+    settles those that need nothing after all. (Skipping them here sent an earlier row's
+    notes over a later one's: the later row unchanged and skipped, the earlier one resent.)"""
     if options.force or not len(memory.sent) or not len(table):
         return table
-    return _set_aside(plan, table, _unchanged(table, memory), Status.SKIPPED_UNCHANGED)
+    unchanged = _unchanged(table, memory)
+    if len(unchanged) < len(table):
+        codes = numbered(table.contact)
+        changed = np.ones(len(table), dtype=bool)
+        changed[unchanged] = False
+        dirty = np.zeros(int(codes.max()) + 1, dtype=bool)
+        dirty[codes[changed]] = True
+        unchanged = unchanged[~dirty[codes[unchanged]]]
+    return _set_aside(plan, table, unchanged, Status.SKIPPED_UNCHANGED)
 
 
 def _unchanged(table: RequestTable, memory: Memory) -> Ints:

@@ -32,6 +32,15 @@ if TYPE_CHECKING:
 FLUSH_EVERY_S = 0.01  # results reach the ledger and the state within this time, in batches
 
 
+def _carried(result: Result, carrier: int) -> Result:
+    """A row's line when another interview's request carried it: that interview named, and in
+    an error message too (fixing that interview, or --no-coalesce, is what helps)."""
+    message = result.error_message
+    if message:
+        message = f"sent with interview {carrier}, which carried its contact's fields: {message}"
+    return result._replace(sent_with=str(carrier), error_message=message)
+
+
 class RecordError(SyncWorkerError):
     """The ledger or the state could not be written mid-run: the run stops (exit 3)."""
 
@@ -155,9 +164,7 @@ class Recorder:
                     interview_id=interview_id,
                     contact_email=email,
                 ),
-                result._replace(sent_with=str(sent_with[position]))
-                if position in sent_with
-                else result,
+                _carried(result, sent_with[position]) if position in sent_with else result,
             )
         self.counts[result.status] += len(positions)
 

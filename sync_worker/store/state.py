@@ -515,6 +515,22 @@ class State:
             except sqlite3.Error as exc:
                 raise StateWriteError(str(exc)) from exc
 
+    def forget_payloads(self, contacts: Iterable[str]) -> None:
+        """The payloads last sent through these contacts' interviews are no longer known to
+        be what the server holds (a revert put their contact's fields back through one of
+        them): the next run compares their fields instead of skipping them whole. Their
+        contact stays remembered."""
+        wanted = sorted(set(contacts))
+        if self._db is None or not self._writable or not wanted:
+            return
+        with self._errors_named(), self._db:
+            self._db.execute("BEGIN")
+            for table in ("sent", "journal"):
+                self._db.executemany(
+                    f"UPDATE {table} SET payload_sha256 = '' WHERE contact = ?",
+                    ((contact,) for contact in wanted),
+                )
+
     def knows_values(self) -> bool:
         """Whether any field's last value is kept (a first backfill's state keeps none)."""
         return history.knows_values(self._db)

@@ -382,3 +382,62 @@ def test_a_killed_coalesced_run_resumes_without_sending_twice(
     assert len(read_ledger(tmp_path / "two.csv")) == 60
     for interview in range(1, 61):
         assert held(sandbox, interview, "contact_context") == "notes"
+
+
+# What a break of the rules above once cost ------------------------------------------------------
+
+
+def test_an_interrupted_contact_resumes_with_its_last_values(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """The carrier (10) sent the contact's last notes (C3, of row 12); 11 was left out. The
+    re-run must not send 11's own C2 over them: its contact's fields are as confirmed."""
+    sandbox.link({11: 10, 12: 10})
+    rows = [[10, A, "", "", "C1"], [11, A, "", "goal", "C2"], [12, A, "", "", "C3"]]
+    export(tmp_path, rows)
+    assert sync(tmp_path, sandbox, "one.csv", "--max-rows", "1").code == 0
+    assert sync(tmp_path, sandbox, "two.csv").code == 0
+    assert [(r["id"], r["fields"]) for r in sandbox.requests()] == [
+        ("10", ["contact_context"]),
+        ("11", ["objective"]),
+    ]
+    assert held(sandbox, 11, "contact_context") == "C3"
+
+
+def test_an_export_that_changes_and_changes_back_ends_on_its_last_rows(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    sandbox.link({2: 1, 3: 1, 4: 1})
+    v1 = [[1, A, "X", "", "c1"], [2, A, "X", "", ""], [3, A, "", "", "c0"], [4, A, "Y", "o4", "c2"]]
+    v2 = [[1, A, "X", "", "c1"], [2, A, "Z", "", ""], [3, A, "Z", "", "c0"], [4, A, "Y", "o4", ""]]
+    for number, rows in enumerate((v1, v2, v1)):
+        export(tmp_path, rows)
+        assert sync(tmp_path, sandbox, f"{number}.csv").code == 0
+    assert (held(sandbox, 1, "contact_name"), held(sandbox, 1, "contact_context")) == ("Y", "c2")
+
+
+def test_after_a_revert_a_rider_is_sent_again(tmp_path: Path, sandbox: SandboxServer) -> None:
+    """Run two sent ctxB through 1 (2 rode with it); its revert put ctxA back through 1. An
+    export of 2 alone with ctxB is no longer what the server holds: it is sent."""
+    sandbox.link({2: 1})
+    export(tmp_path, [[1, A, "Ann", "o1", "ctxA"], [2, A, "Ann", "o2", "ctxA"]])
+    assert sync(tmp_path, sandbox, "one.csv").code == 0
+    export(tmp_path, [[1, A, "Ann", "o1b", "ctxB"], [2, A, "Ann", "o2", "ctxB"]])
+    assert sync(tmp_path, sandbox, "two.csv").code == 0
+    run_id = json.loads((tmp_path / "two.csv.summary.json").read_text())["run_id"]
+    common = ["--base-url", sandbox.base_url, "--state", "state.sqlite", "--rate-limit", "1000"]
+    assert run_cli("revert", run_id, "--ledger", "r.csv", *common, cwd=tmp_path).code == 0
+    assert held(sandbox, 2, "contact_context") == "ctxA"
+    export(tmp_path, [[2, A, "Ann", "o2", "ctxB"]])
+    assert sync(tmp_path, sandbox, "three.csv").code == 0
+    assert carried(tmp_path, "three.csv") == {"2": ("ok", "")}
+    assert held(sandbox, 2, "contact_context") == "ctxB"
+
+
+def test_a_rider_of_a_refused_carrier_says_so(tmp_path: Path, sandbox: SandboxServer) -> None:
+    export(tmp_path, [[990000001, A, "Ann", "", "ctx"], [2, A, "Ann", "", "ctx"]])
+    assert sync(tmp_path, sandbox, "one.csv").code == 1
+    rider = next(x for x in read_ledger(tmp_path / "one.csv") if x["interview_id"] == "2")
+    assert rider["error_message"].startswith(
+        "sent with interview 990000001, which carried its contact's fields: "
+    )
