@@ -299,8 +299,8 @@ def _run_locked(
             recorder.flush()
             _log_start(settings, options, batch, plan, ledger.path)
             monitor.started()
-            planned = _history_ahead(state, run_id, prepared, options, recorder)
-            report = _send_or_dry_run(options, plan, recorder, send, stopper, planned)
+            ahead = _history_ahead(state, run_id, prepared, options, recorder)
+            report = _send_or_dry_run(options, plan, recorder, send, stopper, ahead)
             recorder.check()
             if stopper.reason is not None:
                 get_logger().warning("stopped", reason=stopper.reason)
@@ -370,15 +370,39 @@ def _prepare(job: Job, state: State, options: RunOptions, stopper: StopSignal) -
     return prepared
 
 
-PlanAhead = Callable[[list[Request]], bool]
+@dataclass
+class HistoryAhead:
+    """Each chunk's changes handed to the state as the sender takes its requests, before any of
+    them is sent (a confirmed send's become history rows in the commit that journals it:
+    history.py); a request that ends without a confirmed send has its changes dropped."""
+
+    state: State
+    run_id: str
+    changes_of: Callable[[Sequence[Request]], Changes]
+    recorder: Recorder
+
+    def planned(self, requests: list[Request]) -> bool:
+        """False: the run is stopping on a write that failed; none of these is sent."""
+        if self.recorder.failure is not None:
+            return False
+        try:
+            self.state.plan_history(self.run_id, self.changes_of(requests))
+        except StateWriteError as exc:
+            self.recorder.fail(exc)
+            return False
+        return True
+
+    def result(self, request: Request, outcome: Outcome) -> None:
+        """The sender's sink: the recorder's, and a request not confirmed leaves no changes."""
+        self.recorder.result(request, outcome)
+        if outcome.status != Status.OK:
+            self.state.unconfirmed(self.run_id, request.interview_id)
 
 
 def _history_ahead(
     state: State, run_id: str, prepared: Prepared, options: RunOptions, recorder: Recorder
-) -> PlanAhead | None:
-    """What writes each chunk's changes to the state as the sender takes its requests, before
-    any of them is sent (the journal's confirmed sends become history rows when it is folded:
-    history.py). False: they could not be written, and the run stops before sending them."""
+) -> HistoryAhead | None:
+    """How a run's changes reach the history (None: a dry run keeps none)."""
     if options.dry_run:
         return None
     fixed = prepared.changes
@@ -387,18 +411,7 @@ def _history_ahead(
             r.interview_id: fixed[r.interview_id] for r in requests if r.interview_id in fixed
         }
     )
-
-    def planned(requests: list[Request]) -> bool:
-        if recorder.failure is not None:
-            return False
-        try:
-            state.plan_history(run_id, changes_of(requests))
-        except StateWriteError as exc:
-            recorder.fail(exc)
-            return False
-        return True
-
-    return planned
+    return HistoryAhead(state, run_id, changes_of, recorder)
 
 
 def _prune_history(state: State, settings: Settings, options: RunOptions) -> None:
@@ -436,7 +449,7 @@ def _send_or_dry_run(
     recorder: Recorder,
     send: SendConfig | None,
     stopper: StopSignal,
-    planned: PlanAhead | None,
+    ahead: HistoryAhead | None,
 ) -> SendReport:
     if stopper.reason is not None:  # stopped before sending: every request not_attempted
         return SendReport(Counters())
@@ -449,7 +462,7 @@ def _send_or_dry_run(
     showing_progress(recorder.progress)
     try:
         with _collector_ignoring_the_plan():
-            return asyncio.run(_send(send, plan, recorder, stopper, planned))
+            return asyncio.run(_send(send, plan, recorder, stopper, ahead))
     finally:
         showing_progress(None)
         if recorder.progress is not None:
@@ -503,7 +516,7 @@ async def _send(
     plan: Plan,
     recorder: Recorder,
     stopper: StopSignal,
-    planned: PlanAhead | None,
+    ahead: HistoryAhead | None,
 ) -> SendReport:
     import sync_worker.send.connector  # noqa: F401  aiohttp's import (~0.2 s, more on a busy machine)
 
@@ -515,10 +528,11 @@ async def _send(
         asyncio.get_running_loop().call_later(left, stopper.request, "max_duration")
 
     def made(requests: list[Request]) -> None:
-        if planned is not None and not planned(requests):
+        if ahead is not None and not ahead.planned(requests):
             stop.set()  # at once, on this loop: none of these requests goes out
 
-    report = await Sender(config, recorder.result, stop).run(ChainQueue(plan.table, made))
+    sink = recorder.result if ahead is None else ahead.result
+    report = await Sender(config, sink, stop).run(ChainQueue(plan.table, made))
     if report.past_deadline and recorder.cut_short:  # the pacer refuses slots from the
         stopper.request("max_duration")  # deadline on, maybe before the timer above has run
     return report

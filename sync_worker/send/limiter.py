@@ -199,7 +199,11 @@ class Pacer:
         """Wait for a slot and claim it; returns the send time (loop clock).
 
         Raises Stopped if the run is told to stop while waiting, or is past its deadline."""
-        await self._take_bucket(1)
+        bucket = self._bucket
+        if bucket.has_capacity(1):  # the hot path, without a coroutine of its own
+            await bucket.acquire(1)  # returns without waiting
+        else:
+            await self._take_bucket(1)
         while True:
             now = self._now()
             if self._stop.is_set() or now >= self.deadline:
@@ -209,7 +213,12 @@ class Pacer:
                 await self._sleep(self._paused_until - now)
                 await self._resume()
                 continue
-            wait = max([guard.wait_time(now) for guard in self._guards])
+            guards = self._guards
+            wait = (
+                guards[0].wait_time(now)
+                if len(guards) == 1
+                else max([guard.wait_time(now) for guard in guards])
+            )
             if wait <= 0:
                 for guard in self._guards:
                     guard.record(now)

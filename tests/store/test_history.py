@@ -100,10 +100,10 @@ def insert(db: sqlite3.Connection, rows: list[HistoryRow]) -> None:
 
 
 def chained(sends: list[tuple[str, str, list[Change]]]) -> list[HistoryRow]:
-    """The history rows of confirmed sends (run, time, planned changes), in arrival order, as
-    the worker made them in Python before `history.MATERIALIZE`: a field several sends of a run
-    share takes the run's previous value as its value before, and one written again is a repeat
-    (changed 2: no version, but the interview it went through is known)."""
+    """The history rows of confirmed sends (run, time, planned changes), in arrival order: a
+    field several sends of a run share takes the run's previous value as its value before, and
+    one written again is a repeat (changed 2: no version, but the interview it went through is
+    known)."""
     written: dict[tuple[str, str, str, str], str] = {}
     rows = []
     for run_id, at, changes in sends:
@@ -129,7 +129,43 @@ def materialized(tmp_path: Path, sends: list[tuple[str, str, list[Change]]]) -> 
     for run_id, planned in by_run.items():
         state.plan_history(run_id, planned)
     state.add([Success(c[0].interview_id, "", "", None, run_id, at) for run_id, at, c in sends])
-    state.close()  # flushes the sends to the journal and folds it: MATERIALIZE
+    state.close()  # flushes the sends to the journal, with their history rows, and folds it
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT * FROM history ORDER BY rowid").fetchall()
+
+
+def left_by_an_earlier_version(
+    tmp_path: Path, sends: list[tuple[str, str, list[Change]]]
+) -> list[HistoryRow]:
+    """The same sends as a run of an earlier version left them when killed: planned changes
+    in `planned`, confirmed sends in the journal; the next open folds them into history rows."""
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "state.sqlite"
+    State.open(path).close()
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT OR REPLACE INTO planned VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    run_id,
+                    c.interview_id,
+                    c.level,
+                    c.key,
+                    c.field,
+                    c.before_json,
+                    c.sent_json,
+                    c.source,
+                    c.changed,
+                    int(c.shared),
+                )
+                for run_id, _at, changes in sends
+                for c in changes
+            ],
+        )
+        db.executemany(
+            "INSERT INTO journal VALUES (?, '', '', NULL, ?, ?)",
+            [(c[0].interview_id, run_id, at) for run_id, at, c in sends],
+        )
+    State.open(path).close()  # folds what the killed run left
     with sqlite3.connect(path) as db:
         return db.execute("SELECT * FROM history ORDER BY rowid").fetchall()
 
@@ -146,7 +182,7 @@ def test_a_contacts_interviews_chain_their_versions(tmp_path: Path) -> None:
         (2, '"a"', '"a"', "earlier_send"),  # the second interview wrote nothing new: a repeat
         (3, '"a"', '"b"', "earlier_send"),
     ]
-    assert rows == chained(sends)
+    assert rows == chained(sends) == left_by_an_earlier_version(tmp_path, sends)
 
 
 SENDS = st.lists(
@@ -166,11 +202,12 @@ SENDS = st.lists(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(SENDS)
-def test_the_history_statement_chains_as_the_python_it_replaced(
+def test_the_history_rows_chain_as_the_python_loop_and_the_earlier_statement(
     tmp_path: Path, drawn: list[tuple[str, str, set[str], str, bool, str]]
 ) -> None:
     """Two runs' sends, their fields shared or not, values repeated or not, in any arrival
-    order: the one SQL statement gives the rows, values before and order the loop gave."""
+    order: the rows written with the journal, and those the fold makes of what a killed run of
+    an earlier version left, have the values before and order the loop gives."""
     sends = []
     for interview_id, (run_id, key, fields, sent, shared, source) in enumerate(drawn, 1):
         changes = [
@@ -188,7 +225,9 @@ def test_the_history_statement_chains_as_the_python_it_replaced(
             for name in sorted(fields)
         ]
         sends.append((run_id, f"t{interview_id}", changes))
-    assert materialized(tmp_path, sends) == chained(sends)
+    expected = chained(sends)
+    assert materialized(tmp_path, sends) == expected
+    assert left_by_an_earlier_version(tmp_path, sends) == expected
 
 
 def test_pruning_keeps_the_last_values_and_the_fold_mark_sound(tmp_path: Path) -> None:
