@@ -303,6 +303,7 @@ def check_base_url(url: str, source: str = "base URL") -> None:
 
 
 def _is_loopback(host: str) -> bool:
+    host = host.removesuffix(".")  # `localhost.`: the same host, written fully qualified
     if host in LOOPBACK_HOSTS:
         return True
     try:

@@ -352,17 +352,21 @@ def of_contact(db: sqlite3.Connection, email: str) -> list[Version]:
 
 
 def of_interview(db: sqlite3.Connection, interview_id: int) -> list[Version]:
-    """An interview's versions, and those of its contact (under every key it was sent as, so
-    any interview of the contact finds them), newest first."""
+    """An interview's versions (its own objective, not its contact's other interviews'), and
+    those of its contact (under every key it was sent as, so any interview of the contact finds
+    them), newest first."""
     keys = sorted({contact_key("", interview_id), *_keys_of(db, [interview_id])})
-    return _contact_versions(db, keys, [interview_id])
+    return _contact_versions(db, keys, [interview_id], others=False)
 
 
 def _contact_versions(
-    db: sqlite3.Connection, keys: list[str], interviews: list[int]
+    db: sqlite3.Connection, keys: list[str], interviews: list[int], others: bool = True
 ) -> list[Version]:
+    """The contact's versions, and the objectives of `interviews` (`others`: and of every
+    interview that carried the contact's fields)."""
     found = _versions(db, f"level = 'contact' AND key IN ({_marks(keys)})", tuple(keys))
-    ids = sorted({*interviews, *(v.interview_id for _r, v in found)})
+    carriers = (v.interview_id for _r, v in found) if others else ()
+    ids = sorted({*interviews, *carriers})
     found += _versions(db, f"level = 'interview' AND interview_id IN ({_marks(ids)})", tuple(ids))
     return _newest_first(found)
 
