@@ -99,6 +99,8 @@ def _merged(
     sendable = np.flatnonzero(cells.sendable)
     dropped = unparsable(cells, sendable)
     contacts = Contacts.of(cells, sendable[~dropped], memory)
+    plan.contact_codes = np.full(len(batch), -1, dtype=np.int64)  # each row's contact, as a
+    plan.contact_codes[contacts.positions] = contacts.codes  # number: trimming groups by it
     flat = flat_rows(cells, contacts, options.rules)
     yield from merged_requests(cells, contacts.subset(flat), options, memory, plan)
     dropped_rows = row_requests(batch, cells, sendable[dropped], options, memory, plan, {})

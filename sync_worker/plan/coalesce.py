@@ -58,9 +58,9 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
         plan.confirmed = loaded
     if not confirmed and not options.coalesce:
         return _untouched(table)  # nothing confirmed to leave out, nothing to share
-    codes = numbered(table.contact)
+    codes = _contact_codes(plan, table)
     n, contacts = len(table), int(codes.max()) + 1
-    if not confirmed and contacts == n:
+    if not confirmed and int(np.bincount(codes).max()) == 1:
         return _untouched(table)  # a contact a request: each carries its own fields
     sent: dict[str, pa.Array] = {}
     carrier = np.zeros(n, dtype=bool)
@@ -122,13 +122,26 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
     )
     plan.settled.set_aside(Status.SKIPPED_UNCHANGED, table, np.flatnonzero(unchanged))
     table = _with_bodies(table, sent, modified, role, options.for_sending)
-    _ride(plan, table, np.flatnonzero(rider), firsts[codes])
+    _ride(plan, table, np.flatnonzero(rider), firsts[codes], options.for_sending)
+    plan.contacts_sent_to = int(np.count_nonzero(np.bincount(codes[carries], minlength=1)))
+    if not options.for_sending:  # `plan` prints neither: not carried through the take below
+        table.contact = table.context_json = pa.chunked_array([pa.nulls(n, pa.string())])
     return table if carries.all() else table.take(np.flatnonzero(carries))
 
 
 def _untouched(table: RequestTable) -> RequestTable:
     """The requests as the roads built them."""
     return table
+
+
+def _contact_codes(plan: Plan, table: RequestTable) -> Ints:
+    """Each request's contact as a number: as merging numbered them (free), else found."""
+    known, plan.contact_codes = plan.contact_codes, None
+    if known is not None:
+        codes = known[table.position]
+        if len(codes) and int(codes.min()) >= 0:
+            return codes
+    return numbered(table.contact)
 
 
 def _carried(values: pa.Array, keep: np.ndarray, last: Ints) -> pa.Array:
@@ -244,32 +257,43 @@ def _with_bodies(
     return trimmed
 
 
-def _ride(plan: Plan, table: RequestTable, riders: Ints, carriers: Ints) -> None:
-    """The rows of each rider become its carrier's (`carriers`: each request's carrier), a
-    carrier at a time."""
+def _ride(plan: Plan, table: RequestTable, riders: Ints, carriers: Ints, for_sending: bool) -> None:
+    """The rows of each rider become its carrier's (`carriers`: each request's carrier): its
+    rows join the carrier's, and `Plan.sent_with` names the carrier for each; when sending,
+    `Plan.riders` lists each carrier's riders with their whole-body hashes (the state
+    remembers them when the carrier succeeds)."""
     if not len(riders):
         return
     order = np.argsort(carriers[riders], kind="stable")
     riders = riders[order]
     by = carriers[riders]
+    ids, positions = table.interview_id, table.position
+    more_rows = table.more_rows
+    # each rider's rows (one, but for an interview of several rows), and its carrier's id
+    own = [more_rows.get(p) or [p] for p in positions[riders].tolist()] if more_rows else None
+    rider_rows = (
+        [row for rows in own for row in rows] if own is not None else positions[riders].tolist()
+    )
+    counts = [len(rows) for rows in own] if own is not None else None
+    carrier_ids = ids[by]
+    carried_by = np.repeat(carrier_ids, counts) if counts is not None else carrier_ids
+    plan.sent_with.update(zip(rider_rows, carried_by.tolist(), strict=True))
     starts = np.flatnonzero(np.diff(by, prepend=-1))
-    ids, positions = table.interview_id.tolist(), table.position.tolist()
+    stops = [*starts[1:].tolist(), len(riders)]
+    bounds = np.cumsum([0, *counts]) if counts is not None else np.arange(len(riders) + 1)
+    for start, stop in zip(starts.tolist(), stops, strict=True):
+        first = int(positions[by[start]])
+        rows = more_rows.get(first) or [first]
+        more_rows[first] = sorted([*rows, *rider_rows[bounds[start] : bounds[stop]]])
+    if not for_sending:
+        return
     fulls = (
         [d.hex() if d else "" for d in table.full_sha256.take(pa.array(riders)).to_pylist()]
         if table.full_sha256 is not None
         else [""] * len(riders)
     )
-    listed = riders.tolist()
-    more_rows = table.more_rows
-    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(riders)], strict=True):
-        carrier = int(by[start])
-        carried_by, first = ids[carrier], positions[carrier]
-        rows = list(more_rows.get(first, [first]))
-        for at in range(start, stop):
-            rider = listed[at]
-            own = more_rows.get(positions[rider]) or [positions[rider]]
-            rows.extend(own)
-            for row in own:
-                plan.sent_with[row] = carried_by
-        more_rows[first] = sorted(rows)
-        plan.riders[carried_by] = [(ids[listed[at]], fulls[at]) for at in range(start, stop)]
+    listed = ids[riders].tolist()
+    for start, stop in zip(starts.tolist(), stops, strict=True):
+        plan.riders[int(carrier_ids[start])] = list(
+            zip(listed[start:stop], fulls[start:stop], strict=True)
+        )

@@ -72,6 +72,8 @@ def count_contacts(batch: Batch, plan: Plan) -> int:
     table = plan.table
     if not len(table):
         return 0
+    if plan.contacts_sent_to is not None:  # counted when the requests were trimmed
+        return plan.contacts_sent_to
     contacts = table.contact
     unset = np.asarray(pc.is_null(contacts).to_numpy(zero_copy_only=False), dtype=bool)
     if unset.any():

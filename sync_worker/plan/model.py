@@ -237,6 +237,8 @@ class Plan:
     sent_with: dict[int, int] = field(default_factory=dict)
     riders: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
     several_contexts: int = 0  # contacts whose requests carry different contexts (no merge)
+    contacts_sent_to: int | None = None  # distinct contacts of the requests, when trimming knew
+    contact_codes: Ints | None = None  # each row's contact as a number, when merging found it
     confirmed: dict[FieldKey, str] | None = None  # last confirmed values, as trimming read them
 
     def known_notes(self) -> dict[str, Known]:

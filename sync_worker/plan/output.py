@@ -60,11 +60,15 @@ def _patch_sources(
     rows: Any,
 ) -> pa.Array:
     """The rows of requests of several rows: its own, not those that ride with it (the
-    contact's interviews whose rows end as it ends)."""
+    contact's interviews whose rows end as it ends). Only requests with several rows are
+    looked at (a backfill's riders make many carriers so)."""
     values = sources.to_pylist()
     riding = plan.sent_with
-    for index in range(start, stop):
-        positions = [p for p in plan.table.rows_of(index) if p not in riding]
+    table = plan.table
+    firsts = np.fromiter(table.more_rows, dtype=np.int64, count=len(table.more_rows))
+    several = np.flatnonzero(np.isin(table.position[start:stop], firsts))
+    for index in (several + start).tolist():
+        positions = [p for p in table.rows_of(index) if p not in riding]
         if len(positions) > 1:
             values[index - start] = json.dumps(
                 [

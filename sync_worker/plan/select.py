@@ -46,6 +46,7 @@ def apply_max_rows(plan: Plan, max_rows: int | None) -> None:
     if max_rows is None or len(plan.table) <= max_rows:
         return
     left_out = np.arange(max_rows, len(plan.table), dtype=np.int64)
+    plan.contacts_sent_to = None  # fewer requests: counted again from them
     plan.table = _set_aside(plan, plan.table, left_out, Status.NOT_ATTEMPTED)
 
 
