@@ -78,25 +78,25 @@ class Sizes:
 FULL = Sizes(
     400, 10.0, 1300, 20_000, 1_000_000, 100_000, 300, 7, 3, (100, 6.0, 401, 2000.0), 100_000, 2, 20
 )
-SMOKE = Sizes(
-    20,
-    1.0,
-    50,
-    200,
-    5_000,
-    1_000,
-    40,
-    1,
-    1,
-    (20, 1.0, 41, 200.0),
-    200,
-    1,
-    1,
-    500,
-    1_000,
-    4,
-    2_000,
-    0,
+SMOKE = Sizes(  # the suite runs it: each benchmark's every step, at the least size that shows
+    rate_limit=20,
+    rate_period=1.0,
+    rate_rows=50,
+    overhead_rows=200,
+    plan_rows=5_000,
+    diff_rows=400,
+    recovery_rows=40,
+    overhead_rounds=1,
+    repeats=1,
+    slow_api=(20, 1.0, 41, 200.0),
+    whole_rows=200,
+    whole_rounds=1,
+    startup_repeats=1,
+    xlsx_rows=500,
+    state_rows=1_000,
+    state_runs=4,
+    needed_rows=400,
+    warm_up=0,
 )
 
 
