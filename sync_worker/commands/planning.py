@@ -235,5 +235,6 @@ def _log_estimate(event: str, settings: Settings, batch: Batch, plan: Plan, inva
         rate_period_s=settings.rate_period_s,
         invalid=invalid,
         lines_set_aside=aside,
+        rows_riding=len(plan.sent_with),  # rows that go with their contact's carrying request
         message=figures.line() + extra,
     )

@@ -139,8 +139,8 @@ def _contact_codes(plan: Plan, table: RequestTable) -> Ints:
     known, plan.contact_codes = plan.contact_codes, None
     if known is not None:
         codes = known[table.position]
-        if len(codes) and int(codes.min()) >= 0:
-            return codes
+        if len(codes) and int(codes.min()) >= 0:  # numbered 0..k-1 (the plan's contacts only)
+            return np.unique(codes, return_inverse=True)[1].astype(np.int64).reshape(-1)
     return numbered(table.contact)
 
 

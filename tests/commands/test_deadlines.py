@@ -236,6 +236,7 @@ def test_plan_and_validate_end_with_what_the_run_asks_of_the_api(
         "contacts_notes_unknown": 3 if merge else 0,  # a merged first run knows no notes
     }
     assert finished["requests_per_minute"] == 60 and finished["estimated_minutes"] == 0.05
+    assert finished["rows_riding"] == 1  # interview 2 goes with 1, its contact's first
     unknown = " (3 with notes unknown)" if merge else ""
     assert finished["message"] == (
         f"5 rows: 3 requests to 3 contacts{unknown}, about 0m03s at 60 requests a minute"

@@ -441,3 +441,13 @@ def test_a_rider_of_a_refused_carrier_says_so(tmp_path: Path, sandbox: SandboxSe
     assert rider["error_message"].startswith(
         "sent with interview 990000001, which carried its contact's fields: "
     )
+
+
+def test_a_merged_rerun_of_contacts_without_emails(tmp_path: Path, sandbox: SandboxServer) -> None:
+    """Merging numbers every contact of the batch; the requests left after skipping are a few
+    of them (a case the property found: an index past the contacts left)."""
+    export(tmp_path, [[3, "", "", "", "a"], [4, "", "", "", "a"]])
+    assert sync(tmp_path, sandbox, "one.csv", "--merge").code == 0
+    export(tmp_path, [[3, "", "", "", "a"], [4, "", "", "", "b"]])
+    assert sync(tmp_path, sandbox, "two.csv", "--merge").code == 0
+    assert held(sandbox, 4, "contact_context") == "a\n\nb"
