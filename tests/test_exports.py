@@ -83,9 +83,9 @@ def aside(batch: Batch) -> dict[str, int]:
         (
             "subtotal.csv",
             'interview_id,objective,amount\n1,a,"1,000"\n2,b,500\n'
-            'Total,,"$1,500.00"\n"Grand Totals (2 records)"\n',
+            'Total,,"$1,500.00"\nSubtotal,,"183,500.00 USD"\n"Grand Totals (2 records)"\n',
             ["1", "2"],
-            {"subtotal": 1, "report footer": 1},
+            {"subtotal": 2, "report footer": 1},
         ),
         (
             "only-header.csv",
@@ -318,11 +318,17 @@ def test_xlsx_id_too_large_for_a_float_is_refused_with_its_row(tmp_path: Path) -
             ["Record ID", "interview_id", "objective"],
             [1, 4821, "a"],
             [2, 12345678901234567890, "b"],
+            [3, 999999999999999, "c"],  # 15 digits: what Excel holds exactly
+            [4, 1234567890123450, "d"],  # 16: Excel made the last digit 0
         ],
     )
     batch = read(path)
-    [(row, bad)] = batch.bad_rows.items()
-    assert (row, bad.code, bad.column) == (1, "inexact_number", "interview_id")
+    assert {row: bad.code for row, bad in batch.bad_rows.items()} == {
+        1: "inexact_number",
+        3: "inexact_number",
+    }
+    bad = batch.bad_rows[1]
+    assert bad.column == "interview_id"
     assert "sheet row 3" in bad.message and "format the column as Text" in bad.message
 
 

@@ -32,8 +32,11 @@ FOOTER_CELL = re.compile(
 SUBTOTAL_LABEL = re.compile(
     r"(sub-?total|total|grand totals?)( \(\d[\d,.\s]* records?\))?:?", re.IGNORECASE
 )
-# A sum beside a subtotal's label: a number, maybe with a currency, a percent sign or a unit code.
-FIGURE = re.compile(r"[-+(]?\s?([A-Z]{3}\s?)?[$€£¥]?\s?\d[\d,.\s]*%?\)?")
+# A sum beside a subtotal's label: a number, maybe with a currency (code or sign, before or
+# after it: `USD 1,500.00`, `183,500.00 USD`), a percent sign or parentheses.
+FIGURE = re.compile(
+    r"[-+(]?\s?([A-Z]{3}\s?)?[$€£¥]?\s?\d[\d,.\s]*%?\)?(\s?[A-Z]{3}|\s?[$€£¥])?"
+)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 A whole number is `4821`, never `4821.0`; a date or date-time is ISO 8601 (a date-time at
 midnight reads as its date: pandas gives both as one type); a boolean is `true`/`false`; an
-empty cell is empty. Excel keeps every number as a float, so a whole number past 2**53 (a long
-id typed into a number cell) is no longer the id that was typed: its row is `invalid`, naming
-the column, never sent with a rounded id.
+empty cell is empty. Excel keeps 15 significant digits of a number (typing a 16-digit id into a
+number cell turns its last digit into 0), so a whole number of 16 digits or more is no longer
+known to be the id that was typed: its row is `invalid`, naming the column, never sent with a
+rounded id.
 
 Title rows above the header (a Salesforce "Formatted" report: the report's name, its filters)
 are skipped: the header is the first row with two or more filled cells. The rows after the data
@@ -27,7 +28,7 @@ from sync_worker.errors import InputError
 from sync_worker.read.footer import TITLE, SetAside, kind_of, trailing_rows
 from sync_worker.read.reader import BadRow, HeaderFilter, RawFile
 
-MAX_EXACT = 2**53  # past this a float no longer holds every whole number
+MAX_EXACT = 10**15 - 1  # Excel keeps 15 significant digits: a longer whole number may be rounded
 ENCRYPTED = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE file: a password-protected workbook
 TITLE_ROWS_LOOKED_AT = 50
 FOOTER_ROWS_LOOKED_AT = 1000
