@@ -34,9 +34,7 @@ SUBTOTAL_LABEL = re.compile(
 )
 # A sum beside a subtotal's label: a number, maybe with a currency (code or sign, before or
 # after it: `USD 1,500.00`, `183,500.00 USD`), a percent sign or parentheses.
-FIGURE = re.compile(
-    r"[-+(]?\s?([A-Z]{3}\s?)?[$€£¥]?\s?\d[\d,.\s]*%?\)?(\s?[A-Z]{3}|\s?[$€£¥])?"
-)
+FIGURE = re.compile(r"[-+(]?\s?([A-Z]{3}\s?)?[$€£¥]?\s?\d[\d,.\s]*%?\)?(\s?[A-Z]{3}|\s?[$€£¥])?")
 
 
 @dataclass(frozen=True)
