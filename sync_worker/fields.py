@@ -67,6 +67,12 @@ def email_key(email: str) -> str:
     return email.lower()
 
 
+def email_of(key: str) -> str:
+    """The email a contact key holds, or "" for a key that is none (`interview:<id>`, the API's
+    `contact:<id>`): what a ledger's contact_email shows."""
+    return "" if key.startswith((NO_EMAIL, RESOLVED)) else key
+
+
 def contact_key(email: str, interview_id: int | None) -> str:
     """Which contact a row belongs to: its email, as `email_key` made it, or for a row without
     one `interview:<id>` (each such interview is a contact of its own). Runs, the state, the

@@ -26,7 +26,7 @@ import pandas as pd
 
 from sync_worker.commands.pipeline import Prepared, is_dry_run_id
 from sync_worker.errors import ConfigError
-from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID, NO_EMAIL, contact_key
+from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT, ID, contact_key, email_of
 from sync_worker.merger import canonical
 from sync_worker.plan import Outcomes, Plan, Settled
 from sync_worker.plan.request_table import Request, RequestTable
@@ -254,7 +254,7 @@ def _batch(target: str, interviews: list[InterviewPlan]) -> Batch:
     count = len(interviews)
     frame = pd.DataFrame({column: [""] * count for column in CANONICAL_COLUMNS})
     frame[ID] = [str(i.interview_id) for i in interviews]
-    frame[CONTACT_KEY] = ["" if i.contact.startswith(NO_EMAIL) else i.contact for i in interviews]
+    frame[CONTACT_KEY] = [email_of(i.contact) for i in interviews]
     frame[FILE_COL] = [0] * count
     frame[ROW_COL] = list(range(1, count + 1))
     return Batch(frame, (f"revert {target}",), (), ())

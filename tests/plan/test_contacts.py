@@ -377,6 +377,11 @@ def test_resolved_contacts_are_grouped_by_the_apis_contact(sandbox: SandboxServe
     assert third.exit_code == 0 and len(gets(sandbox)) == 3
     assert notes(sandbox, 501) == {"a": "1", "b": "2", "c": "3"}
     assert [line["merge"] for line in lines("three.l.csv")] == ["merged"]
+    # a revert of it names no contact:<id> as an email
+    undone = revert(sandbox, run_id_of("three.l.csv"), "revert.l.csv", "--config", "sync.toml")
+    assert undone.exit_code == 0, undone.output
+    assert [(x["interview_id"], x["contact_email"]) for x in lines("revert.l.csv")] == [("503", "")]
+    assert notes(sandbox, 501) == {"a": "1", "b": "2"}
 
 
 def test_plan_says_when_it_cannot_group_as_run_would(sandbox: SandboxServer) -> None:
