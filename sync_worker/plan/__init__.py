@@ -66,8 +66,9 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
         tables = _merged(batch, cells, options, memory, plan)
     else:
         tables = iter(_unmerged(batch, cells, options, memory, plan))
-    # each table's unchanged requests are set aside as it comes, before the next is built
-    plan.table = concat([skip_unchanged(plan, table, options, memory) for table in tables])
+    # skipped whole contacts at a time: a contact's rows may come in tables of both roads (a
+    # JSON context, an interview of several rows); the tables hold fields, not yet bodies
+    plan.table = skip_unchanged(plan, concat(list(tables)), options, memory)
     if options.for_sending and not options.merge:
         plan.count_several_contexts()
     plan.table = trim(plan, plan.table, options, memory)

@@ -41,23 +41,35 @@ class ChangeFinder:
             return self._changes(requests)
 
     def _changes(self, requests: Sequence[Request]) -> Changes:
-        drafts: list[tuple[int, list[Change]]] = []
-        for request in requests:
+        """A contact field that several requests send (without coalescing) is shared: each of
+        its sends leaves a row, even one equal to the value before the run, so the history
+        chains them in the order the server confirms them and the last one confirmed is the
+        field's last value (a send equal to the old value, confirmed after another, is what the
+        server holds)."""
+        sent_fields = [
+            (request, fields_of(request.body_json.decode("utf-8"))) for request in requests
+        ]
+        several = Counter(
+            (request.contact, name)
+            for request, fields in sent_fields
+            for name, _sent in fields
+            if name in CONTACT_FIELDS
+        )
+        found: Changes = {}
+        for request, fields in sent_fields:
             interview_id, contact = request.interview_id, request.contact
             known = self._known_of(contact)
-            found = [
-                _change(interview_id, contact, name, sent, known, self._last_values)
-                for name, sent in fields_of(request.body_json.decode("utf-8"))
-            ]
-            drafts.append((interview_id, [c for c in found if c is not None]))
-        counts = Counter((c.level, c.key, c.field) for _id, found in drafts for c in found)
-        return {
-            interview_id: tuple(
-                c._replace(shared=True) if counts[c.level, c.key, c.field] > 1 else c for c in found
-            )
-            for interview_id, found in drafts
-            if found
-        }
+            changes = []
+            for name, sent in fields:
+                shared = name in CONTACT_FIELDS and several[contact, name] > 1
+                change = _change(
+                    interview_id, contact, name, sent, known, self._last_values, shared
+                )
+                if change is not None:
+                    changes.append(change)
+            if changes:
+                found[interview_id] = tuple(changes)
+        return found
 
     def _known_of(self, contact: str) -> Known | None:
         known = self._known.get(contact)
@@ -74,6 +86,7 @@ def _change(
     sent: str,
     known_notes: Known | None,
     last_values: Mapping[FieldKey, str],
+    shared: bool = False,
 ) -> Change | None:
     level = level_of(name)
     key = contact if name in CONTACT_FIELDS else str(interview_id)
@@ -84,7 +97,7 @@ def _change(
         before = canonical(known.context)
         source = NOTES_FILE if known.source == NOTES_FILE else EARLIER_SEND
     if sent != before:
-        return Change(level, key, interview_id, name, before, sent, source, 1, False)
-    if sent != last:
-        return Change(level, key, interview_id, name, before, sent, source, 0, False)
+        return Change(level, key, interview_id, name, before, sent, source, 1, shared)
+    if sent != last or shared:
+        return Change(level, key, interview_id, name, before, sent, source, 0, shared)
     return None

@@ -451,3 +451,46 @@ def test_a_merged_rerun_of_contacts_without_emails(tmp_path: Path, sandbox: Sand
     export(tmp_path, [[3, "", "", "", "a"], [4, "", "", "", "b"]])
     assert sync(tmp_path, sandbox, "two.csv", "--merge").code == 0
     assert held(sandbox, 4, "contact_context") == "a\n\nb"
+
+
+def test_a_contact_whose_rows_take_both_roads_is_skipped_whole(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Interviews 10 and 12 have two rows each (the row road), 11 one (the column road): a
+    change to 12 keeps 11 in view, whose name is the contact's last."""
+    sandbox.link({11: 10, 12: 10})
+    rows = [
+        [10, A, "Ann Old", "", "won"],
+        [11, A, "Ann New", "", ""],
+        [12, A, "", "", "won"],
+        [10, A, "", "", "won"],
+        [12, A, "", "", "won"],
+    ]
+    export(tmp_path, rows)
+    assert sync(tmp_path, sandbox, "one.csv").code == 0
+    rows[2][3] = "Renewal call"
+    export(tmp_path, rows)
+    assert sync(tmp_path, sandbox, "two.csv").code == 0
+    assert sync(tmp_path, sandbox, "three.csv").code == 0
+    assert held(sandbox, 10, "contact_name") == "Ann New"
+
+
+def test_without_coalescing_the_last_confirmed_send_is_the_last_value(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Every interview sends the name in turn; the second run's last confirmed is 11's (the
+    third, refused, never landed): the state must know the server holds Name B."""
+    sandbox.link({11: 10, 12: 10})
+    rows = [
+        [10, A, "Name A", "", ""],
+        [11, A, "Name B", "o11", ""],
+        [990000001, A, "Name A", "", ""],
+    ]
+    for name in ("one.csv", "two.csv"):
+        export(tmp_path, rows)
+        assert sync(tmp_path, sandbox, name, "--no-coalesce").code == 1
+    assert held(sandbox, 10, "contact_name") == "Name B"
+    rows[2][0] = 12
+    export(tmp_path, rows)
+    assert sync(tmp_path, sandbox, "three.csv", "--no-coalesce").code == 0
+    assert held(sandbox, 10, "contact_name") == "Name A"
