@@ -1,6 +1,7 @@
 """A small forward HTTP proxy for the tests, on 127.0.0.1: it forwards every absolute-form
 request (`PATCH http://host/path`) to its target and counts them; `GET /_proxy/seen` (origin
-form) answers how many it forwarded. Prints `proxy listening on PORT` once ready."""
+form) answers what it forwarded, and the Proxy-Authorization each came with (`auth`, "" for
+none). Prints `proxy listening on PORT` once ready."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import signal
 from aiohttp import ClientSession, web
 
 SEEN = web.AppKey("seen", list)
+AUTH = web.AppKey("auth", list)
 SESSION = web.AppKey("session", ClientSession)
 HOP_BY_HOP = {"proxy-connection", "proxy-authorization", "connection", "keep-alive", "host"}
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
     if not request.raw_path.startswith("http"):  # origin form: a question to the proxy itself
-        return web.json_response({"seen": request.app[SEEN]})
+        return web.json_response({"seen": request.app[SEEN], "auth": request.app[AUTH]})
     request.app[SEEN].append(f"{request.method} {request.url}")
+    request.app[AUTH].append(request.headers.get("Proxy-Authorization", ""))
     headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
     async with request.app[SESSION].request(
         request.method, request.url, headers=headers, data=await request.read()
@@ -29,6 +32,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
 async def main() -> None:
     app = web.Application()
     app[SEEN] = []
+    app[AUTH] = []
     app[SESSION] = ClientSession()
     app.router.add_route("*", "/{tail:.*}", forward)
     runner = web.AppRunner(app, access_log=None)

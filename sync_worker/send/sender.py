@@ -22,8 +22,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from yarl import URL
-
 if TYPE_CHECKING:  # aiohttp is imported when a run sends, not by plan or validate
     import aiohttp
 
@@ -167,8 +165,9 @@ class Sender:
         connector = PacedConnector(pacer, limit=connections, limit_per_host=connections, ssl=tls)
         return aiohttp.ClientSession(
             connector=connector,
-            proxy=config.proxy,  # decided once for the run (network.route), not per request
-            proxy_auth=aiohttp.BasicAuth.from_url(URL(config.proxy)) if config.proxy else None,
+            # decided once for the run (network.route), not per request; aiohttp sends the
+            # credentials a proxy URL holds to the proxy itself (on the CONNECT for https)
+            proxy=config.proxy,
             timeout=aiohttp.ClientTimeout(total=config.timeout_s),
             headers={
                 "Authorization": f"Bearer {config.api_key}",

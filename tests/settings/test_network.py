@@ -35,9 +35,10 @@ def proxy() -> Iterator[str]:
     process.wait(timeout=5)
 
 
-def forwarded(proxy_url: str) -> list[str]:
+def forwarded(proxy_url: str, what: str = "seen") -> list[str]:
+    """What the proxy forwarded (`seen`), or the Proxy-Authorization of each (`auth`)."""
     with urllib.request.urlopen(f"{proxy_url}/_proxy/seen", timeout=5) as answer:
-        seen: list[str] = json.loads(answer.read())["seen"]
+        seen: list[str] = json.loads(answer.read())[what]
     return seen
 
 
@@ -323,6 +324,24 @@ def test_a_proxy_without_a_scheme_is_used_as_http(
     address = proxy.removeprefix("http://")
     assert invoke_run(tmp_path, sandbox.base_url, {"HTTP_PROXY": address}).exit_code == 0
     assert len(forwarded(proxy)) == 2
+
+
+def test_a_proxys_credentials_go_with_every_request(
+    tmp_path: Path, sandbox: SandboxServer, proxy: str
+) -> None:
+    """The PATCHes, and the GETs that resolve contacts, carry the proxy URL's user and password
+    to the proxy (base64 of `u:pw`), never in the clear or in a log."""
+    (tmp_path / "sync.toml").write_text("[merge]\nresolve_contacts = true\n")
+    with_user = proxy.replace("http://", "http://u:pw@")
+    env = cli_env(HTTP_PROXY=with_user)
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"], [2, "Bo"]])
+    args = ["--base-url", sandbox.base_url, "--state", "s.sqlite", "--config", "sync.toml"]
+    result = run_cli("run", "in.csv", *args, "--ledger", "l.csv", "--merge", cwd=tmp_path, env=env)
+    assert result.code == 0, result.stderr
+    methods = [line.split()[0] for line in forwarded(proxy)]
+    assert sorted(methods) == ["GET", "GET", "PATCH", "PATCH"]
+    assert forwarded(proxy, "auth") == ["Basic dTpwdw=="] * 4
+    assert "pw@" not in result.stderr
 
 
 def test_a_proxy_that_is_down_is_named(tmp_path: Path, sandbox: SandboxServer) -> None:
