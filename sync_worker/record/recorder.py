@@ -19,7 +19,7 @@ import numpy as np
 from sync_worker.clock import now_iso
 from sync_worker.errors import SyncWorkerError
 from sync_worker.plan import Outcomes, Plan
-from sync_worker.plan.request_table import CARRIER, LEAN, Request
+from sync_worker.plan.request_table import CARRIER, LEAN, Request, fields_of
 from sync_worker.read.reader import Batch
 from sync_worker.record.ledger import Ledger, Result, Where
 from sync_worker.send.client import Outcome
@@ -118,6 +118,10 @@ class Recorder:
             self.written.update(request.rows)
             if request.role == CARRIER and outcome.status != Status.OK:
                 self._carrier_failed.add(request.contact)
+            unanswered = outcome.status == Status.FAILED and outcome.http_status is None
+            if unanswered and self.state is not None:  # the server may hold it, or not
+                carried = [name for name, _value in fields_of(request.body_json.decode("utf-8"))]
+                self.state.unanswered(request, carried, self.run_id)
             if outcome.status == Status.OK:
                 at = outcome.finished_at or now_iso()
                 successes.append(

@@ -95,6 +95,9 @@ EARLIER_SEND = "earlier_send"  # from what this worker itself sent earlier
 UNKNOWN = "unknown"  # never known: a revert cannot put it back
 
 VERSION, MOVED, REPEAT = 1, 0, 2  # the `changed` column: what a history row is
+# A field's last value when a send of it got no answer (the server may hold it, or not): no
+# value, so the next run sends the field again and knows no value before it.
+UNSURE = ""
 FieldKey = tuple[str, str, str]  # (level, key, field): key is the contact or the interview id
 
 
@@ -289,7 +292,17 @@ def last_values(
         + " WHERE t.rowid > ? ORDER BY t.rowid"
     )
     values.update(((lv, k, f), v) for lv, k, f, v in db.execute(unfolded, (_folded_upto(db),)))
-    return values
+    return {key: value for key, value in values.items() if value != UNSURE}
+
+
+def unsure(db: sqlite3.Connection, fields: Iterable[tuple[str, str, str, str]]) -> None:
+    """These fields' last values ((level, key, field, run)) are no longer known: a send of them
+    got no answer. Marked UNSURE after the fold, so no earlier value stands in for them."""
+    at = now_iso()
+    db.executemany(
+        "INSERT OR REPLACE INTO field_values VALUES (?, ?, ?, ?, ?, ?)",
+        ((level, key, name, UNSURE, run_id, at) for level, key, name, run_id in fields),
+    )
 
 
 def knows_values(db: sqlite3.Connection | None) -> bool:

@@ -40,7 +40,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -48,13 +48,13 @@ import pyarrow as pa
 from sync_worker.clock import now_iso
 from sync_worker.collector import collector_off
 from sync_worker.errors import ConfigError, LockedError, SyncWorkerError
-from sync_worker.fields import RESOLVED
+from sync_worker.fields import CONTACT_FIELDS, RESOLVED
 from sync_worker.merger import Context
 from sync_worker.settings.network import canonical_url
 from sync_worker.settings.paths import create_private, open_private
 from sync_worker.store import history
 from sync_worker.store.digests import DIGEST, hex_digests
-from sync_worker.store.history import Change, FieldKey, Version
+from sync_worker.store.history import Change, FieldKey, Version, level_of
 from sync_worker.store.remembered import Links, Remembered, Sent
 
 SCHEMA = """
@@ -137,6 +137,15 @@ AUTO_VACUUM_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL (0: of
 # Free pages are handed back once they are more than this share of the file: below it, the next
 # run's journal reuses them (a nightly run's few thousand rows), and moving pages costs writes.
 RETURN_FREE_SHARE = 0.125
+
+
+class SentRequest(Protocol):
+    """What the state reads of a request sent (plan.request_table.Request)."""
+
+    @property
+    def interview_id(self) -> int: ...
+    @property
+    def contact(self) -> str: ...
 
 
 class StateWriteError(Exception):
@@ -309,6 +318,8 @@ class State:
         self._tables = tables  # ours that the file holds (a state from before the journal...)
         self._pending: list[Success] = []
         self._planned = history.Planned()  # changes of requests about to be sent
+        self._unsure: list[tuple[str, str, str, str]] = []  # fields sent without an answer
+        self._unsure_payloads: list[tuple[int, str]] = []  # (interview, contact) of those sends
         self._journal_rows = 0  # rows the last `_batches` read from the journal
 
     @classmethod
@@ -619,13 +630,36 @@ class State:
                 (now_iso(), exit_code, json.dumps(summary), run_id),
             )
 
+    def unanswered(self, request: SentRequest, fields: Iterable[str], run_id: str) -> None:
+        """A send got no answer: the server may hold it or not. When the state closes, the
+        fields it carried and the payloads of its interview and its contact's are no longer
+        taken as known, so the next run sends them again instead of skipping them."""
+        for name in fields:
+            key = request.contact if name in CONTACT_FIELDS else str(request.interview_id)
+            self._unsure.append((level_of(name), key, name, run_id))
+        self._unsure_payloads.append((request.interview_id, request.contact))
+
     def close(self) -> None:
         self.flush()
         self.fold()
+        self._forget_unanswered()
         if self._db is not None:
             self._return_space()
             self._db.close()
             self._db = None
+
+    def _forget_unanswered(self) -> None:
+        unsure, self._unsure = self._unsure, []
+        payloads, self._unsure_payloads = self._unsure_payloads, []
+        if self._db is None or not self._writable or not payloads:
+            return
+        with self._errors_named(), self._db:
+            self._db.execute("BEGIN")
+            history.unsure(self._db, unsure)
+            self._db.executemany(
+                "UPDATE sent SET payload_sha256 = '' WHERE interview_id = ? OR contact = ?",
+                payloads,
+            )
 
     def _return_space(self) -> None:
         """Hand the pages the fold freed back to the file system, when they are many; a state

@@ -18,6 +18,7 @@ from helpers import (
     read_ledger,
     run_args,
     run_cli,
+    set_latency,
     start_run,
     wait_for_arrivals,
     write_csv,
@@ -494,3 +495,25 @@ def test_without_coalescing_the_last_confirmed_send_is_the_last_value(
     export(tmp_path, rows)
     assert sync(tmp_path, sandbox, "three.csv", "--no-coalesce").code == 0
     assert held(sandbox, 10, "contact_name") == "Name A"
+
+
+def test_a_send_that_got_no_answer_is_not_taken_as_unknown_to_the_server(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Name B timed out: the server may hold it. A later export back at Name A is sent, not
+    skipped as unchanged since the last confirmed send."""
+    sandbox.link({2: 1})
+    (tmp_path / "slow.toml").write_text("[api]\ntimeout_s = 0.3\nmax_retries = 0\n")
+    first = [[1, A, "Name A", "o1", ""], [2, A, "Name A", "o2", ""]]
+    export(tmp_path, first)
+    assert sync(tmp_path, sandbox, "one.csv").code == 0
+    export(tmp_path, [[1, A, "Name B", "o1", ""], [2, A, "Name B", "o2", ""]])
+    set_latency(sandbox, 1500)
+    assert sync(tmp_path, sandbox, "two.csv", "--config", "slow.toml").code != 0
+    assert {line["status"] for line in read_ledger(tmp_path / "two.csv")} == {"failed"}
+    set_latency(sandbox, 0)
+    export(tmp_path, first)
+    before = len(sandbox.requests())
+    assert sync(tmp_path, sandbox, "three.csv").code == 0
+    assert [r["fields"] for r in sandbox.requests()[before:]] == [["contact_name"]]
+    assert carried(tmp_path, "three.csv") == {"1": ("ok", ""), "2": ("ok", "1")}
