@@ -21,7 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from sync_worker.plan.cells import Cells, settle_invalid
+from sync_worker.fields import CONTACT_FIELDS, CONTEXT
+from sync_worker.plan.cells import Cells, nonempty, settle_invalid
 from sync_worker.plan.coalesce import trim
 from sync_worker.plan.columns import column_requests
 from sync_worker.plan.contacts import Contacts, adopt, settle_conflicts, unparsable
@@ -71,9 +72,20 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     plan.table = skip_unchanged(plan, concat(list(tables)), options, memory)
     if options.for_sending and not options.merge:
         plan.count_several_contexts()
-    plan.table = trim(plan, plan.table, options, memory)
+    plan.table = trim(plan, plan.table, options, memory, _filled(cells, plan.table))
     apply_max_rows(plan, options.max_rows)
     return plan
+
+
+def _filled(cells: Cells, table: RequestTable) -> dict[str, np.ndarray] | None:
+    """Contact field -> the rows that fill it; asked only when an interview has several rows
+    (its request's value may come from a row after another interview's)."""
+    if not table.more_rows:
+        return None
+    filled = {name: nonempty(cells.text[name]) for name in CONTACT_FIELDS}
+    for column in cells.context.values():  # `context.<key>` cells fill the context too
+        filled[CONTEXT] = filled[CONTEXT] | nonempty(column)
+    return filled
 
 
 def _unmerged(

@@ -46,9 +46,17 @@ from sync_worker.vocabulary import Status
 NONE = pa.scalar(None, pa.string())
 
 
-def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) -> RequestTable:
+def trim(
+    plan: Plan,
+    table: RequestTable,
+    options: PlanOptions,
+    memory: Memory,
+    filled: Mapping[str, np.ndarray] | None = None,
+) -> RequestTable:
     """The requests of `table` (in file order) as they go out: each with the fields it needs,
-    riders folded into their carriers, unchanged ones settled in the plan."""
+    riders folded into their carriers, unchanged ones settled in the plan. `filled`: contact
+    field -> the batch's rows that fill it (where a field's last value is, when an interview's
+    rows are apart in the file)."""
     if not len(table):
         return table
     fields = _fields(table)
@@ -56,8 +64,6 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
     confirmed = loaded or {}
     if loaded is not None:
         plan.confirmed = loaded
-    if not confirmed and not options.coalesce:
-        return _untouched(table)  # nothing confirmed to leave out, nothing to share
     codes = _contact_codes(plan, table)
     n, contacts = len(table), int(codes.max()) + 1
     if not confirmed and int(np.bincount(codes).max()) == 1:
@@ -73,9 +79,7 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
         if name not in fields:
             continue
         values, present = fields[name]
-        last = np.full(contacts, -1, dtype=np.int64)
-        at = np.flatnonzero(present)
-        np.maximum.at(last, codes[at], at)
+        last = _last_holders(table, codes, contacts, present, (filled or {}).get(name))
         changed = last >= 0  # nothing confirmed: every value is new
         if confirmed:
             final = values.take(pa.array(np.where(changed, last, 0)))
@@ -91,9 +95,9 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
             keep = carrier & changed[codes]
             sent[name] = _carried(values, keep, last[codes])
     else:
-        for name, (_last, changed) in finals.items():
+        for name, (last, changed) in finals.items():  # each its contact's last value
             values, present = fields[name]
-            sent[name] = _masked(values, present & changed[codes])
+            sent[name] = _carried(values, present & changed[codes], last[codes])
     ids = pa.array(table.interview_id.astype(str)) if confirmed else None
     for name in INTERVIEW_FIELDS:
         if name not in fields:
@@ -132,6 +136,32 @@ def trim(plan: Plan, table: RequestTable, options: PlanOptions, memory: Memory) 
 def _untouched(table: RequestTable) -> RequestTable:
     """The requests as the roads built them."""
     return table
+
+
+def _last_holders(
+    table: RequestTable,
+    codes: Ints,
+    contacts: int,
+    present: np.ndarray,
+    filled: np.ndarray | None,
+) -> Ints:
+    """Each contact's request holding the field's last value in file order (-1: none): the
+    one whose last row filling the field comes last. A request is at its first row, but an
+    interview whose rows are apart in the file fills the field at its last such row."""
+    at = np.flatnonzero(present)
+    rank = table.position.copy()
+    if table.more_rows and filled is not None:
+        for first, rows in table.more_rows.items():
+            index = int(np.searchsorted(table.position, first))
+            filling = [row for row in rows if filled[row]]
+            if filling:
+                rank[index] = max(filling)
+    best = np.full(contacts, -1, dtype=np.int64)
+    np.maximum.at(best, codes[at], rank[at])
+    holders = at[rank[at] == best[codes[at]]]
+    last = np.full(contacts, -1, dtype=np.int64)
+    last[codes[holders]] = holders
+    return last
 
 
 def _contact_codes(plan: Plan, table: RequestTable) -> Ints:

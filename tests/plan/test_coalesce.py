@@ -479,22 +479,27 @@ def test_a_contact_whose_rows_take_both_roads_is_skipped_whole(
 def test_without_coalescing_the_last_confirmed_send_is_the_last_value(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:
-    """Every interview sends the name in turn; the second run's last confirmed is 11's (the
-    third, refused, never landed): the state must know the server holds Name B."""
-    sandbox.link({11: 10, 12: 10})
+    """Every interview sends the contact's last name (row 3's), so the server ends on the
+    file's last value whichever of them lands last; the state knows it, and the next run has
+    nothing of the contact's to send."""
+    sandbox.link({11: 10})
     rows = [
         [10, A, "Name A", "", ""],
         [11, A, "Name B", "o11", ""],
         [990000001, A, "Name A", "", ""],
     ]
-    for name in ("one.csv", "two.csv"):
-        export(tmp_path, rows)
-        assert sync(tmp_path, sandbox, name, "--no-coalesce").code == 1
-    assert held(sandbox, 10, "contact_name") == "Name B"
-    rows[2][0] = 12
     export(tmp_path, rows)
-    assert sync(tmp_path, sandbox, "three.csv", "--no-coalesce").code == 0
-    assert held(sandbox, 10, "contact_name") == "Name A"
+    assert sync(tmp_path, sandbox, "one.csv", "--no-coalesce").code == 1
+    assert [r.get("fields") for r in sandbox.requests()] == [
+        ["contact_name"],
+        ["contact_name", "objective"],
+        None,  # refused before its body was read
+    ]
+    assert held(sandbox, 11, "contact_name") == "Name A"
+    before = len(sandbox.requests())
+    assert sync(tmp_path, sandbox, "two.csv", "--no-coalesce").code == 0
+    assert len(sandbox.requests()) == before
+    assert held(sandbox, 11, "contact_name") == "Name A"
 
 
 def test_a_send_that_got_no_answer_is_not_taken_as_unknown_to_the_server(
@@ -517,3 +522,21 @@ def test_a_send_that_got_no_answer_is_not_taken_as_unknown_to_the_server(
     assert sync(tmp_path, sandbox, "three.csv").code == 0
     assert [r["fields"] for r in sandbox.requests()[before:]] == [["contact_name"]]
     assert carried(tmp_path, "three.csv") == {"1": ("ok", ""), "2": ("ok", "1")}
+
+
+@pytest.mark.parametrize("mode", [[], ["--no-coalesce"]], ids=["coalesced", "every-interview"])
+def test_an_interview_whose_rows_are_apart_gives_its_last_rows_value(
+    tmp_path: Path, sandbox: SandboxServer, mode: list[str]
+) -> None:
+    """Interview 10's rows are 1 and 3: the contact's last name is row 3's (10's), its last
+    context row 2's (11's); sent one after another or once, the server ends on those."""
+    sandbox.link({11: 10})
+    export(
+        tmp_path,
+        [[10, A, "Name A", "", "ctxA"], [11, A, "Name B", "", "ctxB"], [10, A, "Name C", "", ""]],
+    )
+    assert sync(tmp_path, sandbox, "one.csv", *mode).code == 0
+    assert (held(sandbox, 10, "contact_name"), held(sandbox, 10, "contact_context")) == (
+        "Name C",
+        "ctxB",
+    )
