@@ -406,20 +406,4 @@ def fast_rows(folder: Path, count: int) -> None:
 
 def fast_run_args(server: SandboxServer, *args: str) -> list[str]:
     """A run of in.csv with fast.toml at 1000 a second unless ARGS say otherwise."""
-    return [
-        "run",
-        "in.csv",
-        "--base-url",
-        server.base_url,
-        "--state",
-        "state.sqlite",
-        "--ledger",
-        "ledger.csv",
-        "--config",
-        "fast.toml",
-        "--rate-limit",
-        "1000",
-        "--rate-period",
-        "1",
-        *args,
-    ]
+    return run_args(server, "--config", "fast.toml", *args)

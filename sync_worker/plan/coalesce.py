@@ -67,7 +67,7 @@ def trim(
     codes = _contact_codes(plan, table)
     n, contacts = len(table), int(codes.max()) + 1
     if not confirmed and int(np.bincount(codes).max()) == 1:
-        return _untouched(table)  # a contact a request: each carries its own fields
+        return table  # a contact a request: each carries its own fields
     sent: dict[str, pa.Array] = {}
     carrier = np.zeros(n, dtype=bool)
     carries_changed = np.zeros(n, dtype=bool)  # holds a contact field whose contact's changed
@@ -83,7 +83,7 @@ def trim(
         changed = last >= 0  # nothing confirmed: every value is new
         if confirmed:
             final = values.take(pa.array(np.where(changed, last, 0)))
-            known = _known(confirmed, "contact", table.contact, firsts, name)
+            known = _known(confirmed, table.contact, firsts, name)
             changed &= _differs(final, known)
         finals[name] = (last, changed)
         changed_contacts |= changed
@@ -106,7 +106,7 @@ def trim(
         if ids is None:
             sent[name] = values  # nothing confirmed: every value is sent
             continue
-        own = _known(confirmed, "interview", ids, np.arange(n), name)
+        own = _known(confirmed, ids, np.arange(n), name)
         sent[name] = _masked(values, present & _differs(values, own))
     carries = np.zeros(n, dtype=bool)
     modified = np.zeros(n, dtype=bool)
@@ -131,11 +131,6 @@ def trim(
     if not options.for_sending:  # `plan` prints neither: not carried through the take below
         table.contact = table.context_json = pa.chunked_array([pa.nulls(n, pa.string())])
     return table if carries.all() else table.take(np.flatnonzero(carries))
-
-
-def _untouched(table: RequestTable) -> RequestTable:
-    """The requests as the roads built them."""
-    return table
 
 
 def _last_holders(
@@ -223,16 +218,13 @@ def _confirmed(
 
 
 def _known(
-    confirmed: Mapping[FieldKey, str],
-    level: str,
-    keys: pa.Array | pa.ChunkedArray,
-    at: Ints,
-    name: str,
+    confirmed: Mapping[FieldKey, str], keys: pa.Array | pa.ChunkedArray, at: Ints, name: str
 ) -> pa.Array:
-    """The confirmed value of field `name` for the keys at `at` (null: never confirmed)."""
+    """The confirmed value of field `name` for the keys at `at` (its contacts, or interview ids
+    as text; null: never confirmed)."""
     if not confirmed:
         return pa.nulls(len(at), pa.string())
-    assert level == level_of(name)
+    level = level_of(name)
     picked = keys.take(pa.array(at)).to_pylist()
     return pa.array([confirmed.get((level, key, name)) for key in picked], pa.string())
 

@@ -544,11 +544,7 @@ class State:
             return
         with self._errors_named(), self._db:
             self._db.execute("BEGIN")
-            for table in ("sent", "journal"):
-                self._db.executemany(
-                    f"UPDATE {table} SET payload_sha256 = '' WHERE contact = ?",
-                    ((contact,) for contact in wanted),
-                )
+            _forget_payloads(self._db, [(None, contact) for contact in wanted])
 
     def knows_values(self) -> bool:
         """Whether any field's last value is kept (a first backfill's state keeps none)."""
@@ -656,10 +652,7 @@ class State:
         with self._errors_named(), self._db:
             self._db.execute("BEGIN")
             history.unsure(self._db, unsure)
-            self._db.executemany(
-                "UPDATE sent SET payload_sha256 = '' WHERE interview_id = ? OR contact = ?",
-                payloads,
-            )
+            _forget_payloads(self._db, payloads)
 
     def _return_space(self) -> None:
         """Hand the pages the fold freed back to the file system, when they are many; a state
@@ -678,6 +671,18 @@ class State:
             if free > RETURN_FREE_SHARE * pages:
                 # a script: through `execute`, sqlite3 steps the pragma once (one page freed)
                 db.executescript("PRAGMA incremental_vacuum;")
+
+
+def _forget_payloads(db: sqlite3.Connection, which: Iterable[tuple[int | None, str]]) -> None:
+    """No payload last sent through these interviews, or any interview of these contacts,
+    is taken as what the server holds ((interview or None, contact)); their contact stays
+    remembered. Inside the caller's transaction."""
+    pairs = list(which)
+    for table in ("sent", "journal"):
+        db.executemany(
+            f"UPDATE {table} SET payload_sha256 = '' WHERE interview_id = ? OR contact = ?",
+            pairs,
+        )
 
 
 class Holder(NamedTuple):

@@ -100,12 +100,14 @@ SMOKE = Sizes(  # the suite runs it: each benchmark's every step, at the least s
 )
 
 
-def sync_worker(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """A run whose exit code must be 0 or 1 (some rows failed): anything else is a broken
-    benchmark, not a figure."""
+def sync_worker(
+    *args: str, cwd: Path, codes: tuple[int, ...] = (0, 1)
+) -> subprocess.CompletedProcess[str]:
+    """A run whose exit code must be one of `codes` (by default 0 or 1: some rows failed):
+    anything else is a broken benchmark, not a figure."""
     command = [sys.executable, "-m", "sync_worker", *args]
     done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 1):
+    if done.returncode not in codes:
         raise SystemExit(f"`sync-worker {' '.join(args)}` exited {done.returncode}: {done.stderr}")
     return done
 
@@ -182,14 +184,17 @@ def summary_of(ledger: Path) -> dict[str, Any]:
     return summary
 
 
-def run_args(server: SandboxServer, work: Path, name: str, *extra: str) -> list[str]:
+def run_args(
+    server: SandboxServer, work: Path, name: str, *extra: str, state: str | None = None
+) -> list[str]:
+    """A run's arguments: its ledger named `name`, its state too unless `state` is given."""
     return [
         "run",
         *extra,
         "--base-url",
         server.base_url,
         "--state",
-        str(work / f"{name}.sqlite"),
+        str(work / (state or f"{name}.sqlite")),
         "--ledger",
         str(ledger_of(work, name)),
         "--no-progress",
@@ -786,20 +791,10 @@ def bench_nightly(sizes: Sizes, work: Path) -> Figure:
 def _sent_before(server: SandboxServer, work: Path, source: str, state: str) -> None:
     """The state a previous nightly run leaves: `source` sent, unpaced, by a real run (its
     values confirmed field by field, as the next run compares them)."""
-    args = run_args(
-        server, work, "before", source, "--rate-limit", "100000000", "--rate-period", "1"
+    unlimited = ("--rate-limit", "100000000", "--rate-period", "1")
+    sync_worker(
+        *run_args(server, work, "before", source, *unlimited, state=state), cwd=work, codes=(0,)
     )
-    args[args.index("--state") + 1] = state
-    done = subprocess.run(
-        [sys.executable, "-m", "sync_worker", *args],
-        cwd=work,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"the run before exited {done.returncode}: {done.stderr}")
 
 
 # 4b. Requests needed -------------------------------------------------------------------------
@@ -857,20 +852,10 @@ def bench_requests_needed(sizes: Sizes, work: Path) -> list[Figure]:
             sent = []
             for name in ("backfill", "nightly"):
                 ledger = f"{name}-{mode.strip('-')}"
-                args = run_args(server, work, ledger, f"{name}.csv", *unlimited, *extra)
-                args[args.index("--state") + 1] = state
-                done = subprocess.run(
-                    [sys.executable, "-m", "sync_worker", *args],
-                    cwd=work,
-                    env=ENV,
-                    capture_output=True,
-                    text=True,
-                    check=False,
+                args = run_args(
+                    server, work, ledger, f"{name}.csv", *unlimited, *extra, state=state
                 )
-                if done.returncode != 0:
-                    raise SystemExit(
-                        f"requests needed: {name} exited {done.returncode}: {done.stderr}"
-                    )
+                sync_worker(*args, cwd=work, codes=(0,))
                 sent.append(summary_of(ledger_of(work, ledger))["requests_sent"])
             if mode != "coalesced":
                 baseline = sent
