@@ -104,40 +104,41 @@ class Batch:
     def lines_set_aside(self) -> int:
         return sum(aside.count for aside in self.set_aside)
 
-    @cached_property
-    def _lookup(self) -> tuple[list[int], list[int], list[str], list[str]]:
-        frame = self.frame
-        return (
-            frame[FILE_COL].tolist(),
-            frame[ROW_COL].tolist(),
-            pa.array(frame[ID], pa.string()).to_pylist(),
-            pa.array(frame[CONTACT_KEY], pa.string()).to_pylist(),
-        )
-
     def locate(self, position: int) -> tuple[int, int, str, str]:
         """(file index, 1-based row, interview_id as written, contact_email) of a row."""
-        files, rows, ids, emails = self._lookup
-        return files[position], rows[position], ids[position], emails[position]
+        files, rows, ids, emails = self._columns
+        return (
+            int(files[position]),
+            int(rows[position]),
+            ids[position].as_py(),
+            emails[position].as_py(),
+        )
 
     @cached_property
     def _columns(self) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array]:
+        """The columns `locate_all` takes from: the texts in one piece each, nulls as "" (a take
+        from a column of many chunks cost ~10x as much, and a run's recorder takes a few dozen
+        rows a hundred times a second)."""
         frame = self.frame
-        return (
-            frame[FILE_COL].to_numpy(),
-            frame[ROW_COL].to_numpy(),
-            pa.array(frame[ID], pa.string()),
-            pa.array(frame[CONTACT_KEY], pa.string()),
-        )
+
+        def text(column: str) -> pa.Array:
+            values = pa.array(frame[column], pa.string())
+            if isinstance(values, pa.ChunkedArray):
+                values = values.combine_chunks()
+            return pc.fill_null(values, "")
+
+        return frame[FILE_COL].to_numpy(), frame[ROW_COL].to_numpy(), text(ID), text(CONTACT_KEY)
 
     def locate_all(self, positions: np.ndarray) -> Located:
-        """`locate` for many rows at once, as columns (a nightly run's million skipped rows)."""
+        """`locate` for many rows at once, as columns (a nightly run's million skipped rows, the
+        rows of the requests that ended since the recorder last wrote)."""
         files, rows, ids, emails = self._columns
         at = pa.array(positions)
         return Located(
             [self.files[index] for index in files[positions].tolist()],
             rows[positions].tolist(),
-            pc.fill_null(ids.take(at), "").to_pylist(),
-            pc.fill_null(emails.take(at), "").to_pylist(),
+            ids.take(at).to_pylist(),
+            emails.take(at).to_pylist(),
         )
 
 

@@ -220,6 +220,30 @@ class Ledger:
         )
         self.lines += len(source_rows)
 
+    def write_results(
+        self, run_id: str, where: Sequence[Sequence[Any]], results: Sequence[Result]
+    ) -> None:
+        """Lines for rows whose requests ended, as columns (`where`: the rows' places; `results`:
+        each row's, the rows of one request sharing one object): the cells of each result made
+        once, the places checked a column at a time. What `write` writes, ~4x faster."""
+        if self._jsonl:
+            for file, row, interview_id, email, result in zip(*where, results, strict=True):
+                self.write(Where(run_id, file, row, interview_id, email), result)
+            return
+        files, rows, ids, emails = where
+        files, ids, emails = (_csv_cells(column) for column in (files, ids, emails))
+        tails: dict[int, str] = {}  # id(result) -> its cells as text (the objects live in results)
+        lines = []
+        for file, row, interview, email, result in zip(
+            files, rows, ids, emails, results, strict=True
+        ):
+            tail = tails.get(id(result))
+            if tail is None:
+                tail = tails[id(result)] = _result_cells(result)
+            lines.append(f"{run_id},{file},{row},{interview},{email},{tail}\n")
+        self._file.write("".join(lines))
+        self.lines += len(lines)
+
     def flush(self) -> None:
         self._file.flush()
 
@@ -228,6 +252,26 @@ class Ledger:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+
+
+def _result_cells(result: Result) -> str:
+    """A result's cells of a CSV line, as `write` writes them: the code and the message may
+    hold the server's words; the others are ours (a status, a merge, a digest, a time, an id
+    or a number), never quoted."""
+    status, http, code, message, attempts, merge, digest, finished, took, carried = result
+    cells = (
+        status,
+        "" if http is None else str(http),
+        _csv_cell(code),
+        _csv_cell(redact(message)) if message else "",
+        str(attempts),
+        merge,
+        digest,
+        finished or "",
+        "" if took is None else str(took),
+        carried,
+    )
+    return ",".join(cells)
 
 
 def _csv_cells(values: Sequence[str]) -> Sequence[str]:

@@ -21,7 +21,7 @@ from sync_worker.errors import SyncWorkerError
 from sync_worker.plan import Outcomes, Plan
 from sync_worker.plan.request_table import CARRIER, LEAN, Request, fields_of
 from sync_worker.read.reader import Batch
-from sync_worker.record.ledger import Ledger, Result, Where
+from sync_worker.record.ledger import Ledger, Result
 from sync_worker.send.client import Outcome
 from sync_worker.store.state import State, StateWriteError, Success
 from sync_worker.vocabulary import Status
@@ -95,6 +95,7 @@ class Recorder:
         if self.failure is not None:  # writing again would only fail again
             return
         successes = []
+        lines: list[tuple[list[int], Result]] = []
         for request, outcome in queued:
             result = Result(
                 status=outcome.status,
@@ -114,7 +115,7 @@ class Recorder:
             ):
                 code, message = self.remarks[request.interview_id]
                 result = result._replace(error_code=code, error_message=message)
-            self._lines(request.rows, result)
+            lines.append((request.rows, result))
             self.written.update(request.rows)
             if request.role == CARRIER and outcome.status != Status.OK:
                 self._carrier_failed.add(request.contact)
@@ -136,6 +137,7 @@ class Recorder:
                 )
                 for rider, digest in self.riders.get(request.interview_id, ()):
                     successes.append(Success(rider, digest, request.contact, None, self.run_id, at))
+        self._lines(lines)
         if self.state is not None:
             self.state.add(successes)
 
@@ -149,28 +151,25 @@ class Recorder:
             return request.sha256
         return request.full_sha256
 
-    def _lines(self, positions: list[int], result: Result) -> None:
-        """A line for each row of `positions`, all with the same result."""
-        run_id, files, locate, write = (
-            self.run_id,
-            self.batch.files,
-            self.batch.locate,
-            self.ledger.write,
-        )
+    def _lines(self, lines: list[tuple[list[int], Result]]) -> None:
+        """A line for each row of each (positions, result), the rows of one request sharing its
+        result; a row that rode with another interview's request names it."""
+        if not lines:
+            return
+        positions: list[int] = []
+        results: list[Result] = []
         sent_with = self.sent_with
-        for position in positions:
-            file_index, row, interview_id, email = locate(position)
-            write(
-                Where(
-                    run_id=run_id,
-                    source_file=files[file_index],
-                    source_row=row,
-                    interview_id=interview_id,
-                    contact_email=email,
-                ),
-                _carried(result, sent_with[position]) if position in sent_with else result,
-            )
-        self.counts[result.status] += len(positions)
+        for rows, result in lines:
+            positions += rows
+            if sent_with and any(p in sent_with for p in rows):
+                results += [
+                    _carried(result, sent_with[p]) if p in sent_with else result for p in rows
+                ]
+            else:
+                results += [result] * len(rows)
+            self.counts[result.status] += len(rows)
+        where = self.batch.locate_all(np.array(positions, dtype=np.int64))
+        self.ledger.write_results(self.run_id, where, results)
 
     def _schedule_flush(self) -> None:
         if self._flush_scheduled:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from helpers import (
@@ -189,6 +189,51 @@ def test_rows_settled_as_columns_are_the_bytes_a_line_each_gives(
     assert [(r["source_file"], r["contact_email"]) for r in back] == [
         (shown(r[0]), shown(r[3])) for r in rows
     ]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    results=st.lists(
+        st.tuples(
+            st.lists(st.tuples(CELL_TEXT, st.integers(1, 10**6), CELL_TEXT, CELL_TEXT), min_size=1),
+            st.sampled_from(["ok", "failed", "not_attempted"]),
+            st.none() | st.sampled_from([200, 404, 503]),
+            CELL_TEXT,
+            CELL_TEXT | st.just("key sk_live_x"),
+            st.none() | st.integers(0, 10**6),
+            st.sampled_from(["", "17"]),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    suffix=st.sampled_from([".csv", ".jsonl"]),
+)
+def test_results_written_together_are_the_bytes_a_line_each_gives(
+    tmp_path: Path, results: list[tuple[Any, ...]], suffix: str
+) -> None:
+    """A run writes the rows of the requests that ended in one go: every cell of a row's place
+    and of its request's result comes out as `write` writes it, the key redacted."""
+    register_secret("sk_live_x")
+    one_by_one = Ledger(tmp_path / f"one-{len(list(tmp_path.iterdir()))}{suffix}")
+    in_bulk = Ledger(tmp_path / f"bulk-{len(list(tmp_path.iterdir()))}{suffix}")
+    places: list[tuple[str, int, str, str]] = []
+    each: list[Result] = []
+    for rows, status, http, code, message, took, carried in results:
+        result = Result(
+            status, http, code, message, 1, "off", "ab" * 32, "2026-12-08", took, carried
+        )
+        for file, row, iid, email in rows:
+            one_by_one.write(Where("run-1", file, row, iid, email), result)
+        places += rows
+        each += [result] * len(rows)
+    in_bulk.write_results("run-1", [[p[i] for p in places] for i in range(4)], each)
+    one_by_one.close()
+    in_bulk.close()
+    assert in_bulk.path.read_bytes() == one_by_one.path.read_bytes()
+    assert b"sk_live_x" not in in_bulk.path.read_bytes()
+    assert len(read_ledger(in_bulk.path)) == len(places)
 
 
 def test_a_ledger_path_is_never_reused(tmp_path: Path, sandbox: SandboxServer) -> None:
