@@ -72,7 +72,7 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     plan.table = skip_unchanged(plan, concat(list(tables)), options, memory)
     if options.for_sending and not options.merge:
         plan.count_several_contexts()
-    plan.table = trim(plan, plan.table, options, memory, _filled(cells, plan.table))
+    trim(plan, options, memory, _filled(cells, plan.table))
     apply_max_rows(plan, options.max_rows)
     return plan
 

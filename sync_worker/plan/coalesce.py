@@ -44,21 +44,19 @@ from sync_worker.store.history import FieldKey, level_of
 from sync_worker.vocabulary import Status
 
 NONE = pa.scalar(None, pa.string())
+Fills = Mapping[str, np.ndarray] | None  # contact field -> the batch's rows that fill it
 
 
-def trim(
-    plan: Plan,
-    table: RequestTable,
-    options: PlanOptions,
-    memory: Memory,
-    filled: Mapping[str, np.ndarray] | None = None,
-) -> RequestTable:
-    """The requests of `table` (in file order) as they go out: each with the fields it needs,
+def trim(plan: Plan, options: PlanOptions, memory: Memory, filled: Fills = None) -> None:
+    """The plan's requests (in file order) as they go out: each with the fields it needs,
     riders folded into their carriers, unchanged ones settled in the plan. `filled`: contact
     field -> the batch's rows that fill it (where a field's last value is, when an interview's
-    rows are apart in the file)."""
+    rows are apart in the file). The table is taken from the plan, not passed: a caller's
+    reference would hold the untrimmed columns beside the trimmed ones (a backfill's peak)."""
+    table, plan.table = plan.table, RequestTable.empty()
     if not len(table):
-        return table
+        plan.table = table
+        return
     fields = _fields(table)
     loaded = _confirmed(table, fields, options, memory)
     confirmed = loaded or {}
@@ -67,7 +65,8 @@ def trim(
     codes = _contact_codes(plan, table)
     n, contacts = len(table), int(codes.max()) + 1
     if not confirmed and int(np.bincount(codes).max()) == 1:
-        return table  # a contact a request: each carries its own fields
+        plan.table = table  # a contact a request: each carries its own fields
+        return
     sent: dict[str, pa.Array] = {}
     carrier = np.zeros(n, dtype=bool)
     carries_changed = np.zeros(n, dtype=bool)  # holds a contact field whose contact's changed
@@ -126,11 +125,15 @@ def trim(
     )
     plan.settled.set_aside(Status.SKIPPED_UNCHANGED, table, np.flatnonzero(unchanged))
     table = _with_bodies(table, sent, modified, role, options.for_sending)
+    fields.clear()  # the untrimmed fields go before the take below copies the rest
+    sent.clear()
     _ride(plan, table, np.flatnonzero(rider), firsts[codes], options.for_sending)
     plan.contacts_sent_to = int(np.count_nonzero(np.bincount(codes[carries], minlength=1)))
     if not options.for_sending:  # `plan` prints neither: not carried through the take below
         table.contact = table.context_json = pa.chunked_array([pa.nulls(n, pa.string())])
-    return table if carries.all() else table.take(np.flatnonzero(carries))
+    if not carries.all():
+        table.keep(np.flatnonzero(carries))
+    plan.table = table
 
 
 def _last_holders(
@@ -165,6 +168,8 @@ def _contact_codes(plan: Plan, table: RequestTable) -> Ints:
     if known is not None:
         codes = known[table.position]
         if len(codes) and int(codes.min()) >= 0:  # numbered 0..k-1 (the plan's contacts only)
+            if np.bincount(codes).all():  # every contact still has a request: dense already
+                return codes
             return np.unique(codes, return_inverse=True)[1].astype(np.int64).reshape(-1)
     return numbered(table.contact)
 
@@ -196,10 +201,13 @@ def _masked(values: pa.Array, keep: np.ndarray) -> pa.Array:
 
 
 def _fields(table: RequestTable) -> dict[str, tuple[pa.Array, np.ndarray]]:
-    """Each sent field's JSON literals (null where a request leaves it out) and where present."""
+    """Each sent field's JSON literals (null where a request leaves it out) and where present.
+    The table keeps the field in one piece from then on: its chunks are let go, not held
+    beside the piece (a backfill's peak is here)."""
     found = {}
     for name, column in table.fields.items():
         values = column.combine_chunks()
+        table.fields[name] = pa.chunked_array([values])
         present = pc.is_valid(values).to_numpy(zero_copy_only=False)
         if present.any():
             found[name] = (values, present)

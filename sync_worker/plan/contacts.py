@@ -83,6 +83,7 @@ def settle_conflicts(batch: Batch, cells: Cells, settled: Outcomes) -> None:
     """Rows of an interview that carry two different emails: which contact it belongs to is
     unknown, so every row of it is `invalid` (the emails named), and none keys a contact."""
     rows = np.flatnonzero(cells.valid_id)
+    rows = rows[_repeated(cells.id_numbers[rows])]  # an interview of one row has one email
     emails = _plain(lower(pick(cells.text[CONTACT_KEY], rows)))
     with_email = nonempty(emails)
     rows, emails = rows[with_email], emails.filter(pa.array(with_email))
@@ -97,6 +98,16 @@ def settle_conflicts(batch: Batch, cells: Cells, settled: Outcomes) -> None:
         return
     bad_ids = np.unique(ids[order][1:][other])
     _settle(batch, cells, settled, bad_ids, rows, ids, emails)
+
+
+def _repeated(ids: Ints) -> np.ndarray:
+    """Where an id is one that more than one row has (a sort of the ids: a backfill's million
+    interviews of one row each are done with before any email is lowered or hashed)."""
+    ordered = np.sort(ids)
+    twice = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(twice):
+        return np.zeros(len(ids), dtype=bool)
+    return np.isin(ids, twice)
 
 
 def _settle(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 from sync_worker.plan.model import Plan
 from sync_worker.plan.request_table import CHUNK
 from sync_worker.read.reader import FILE_COL, ROW_COL, Batch
+from sync_worker.store.digests import Ints
 
 
 def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
@@ -21,12 +23,14 @@ def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
     files = batch.frame[FILE_COL].to_numpy()
     rows = batch.frame[ROW_COL].to_numpy()
     names = [json.dumps(name, ensure_ascii=False) for name in batch.files]
+    several = _several(plan)
     for start in range(0, len(table), CHUNK):
         stop = min(start + CHUNK, len(table))
         positions = table.position[start:stop]
         sources = _sources(names, files[positions], rows[positions])
-        if table.more_rows:
-            sources = _patch_sources(sources, plan, start, stop, names, files, rows)
+        patched = several[(several >= start) & (several < stop)]
+        if len(patched):
+            sources = _patch_sources(sources, plan, start, patched, names, files, rows)
         line = pc.binary_join_element_wise(
             '{"interview_id": ',
             pc.cast(pa.array(table.interview_id[start:stop]), pa.string()),
@@ -50,33 +54,47 @@ def _sources(names: list[str], files: Any, rows: Any) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pc.cast(pa.array(rows), pa.string()), "}]", "")
 
 
+def _several(plan: Plan) -> Ints:
+    """The requests (indices into the plan's table) that send several rows of their own: rows
+    that ride with a request (a contact's interviews whose rows end as it ends) are not its
+    own, and a backfill's riders make many requests of several rows, few of them its own."""
+    table = plan.table
+    if not table.more_rows:
+        return np.empty(0, dtype=np.int64)
+    firsts = np.fromiter(table.more_rows, dtype=np.int64, count=len(table.more_rows))
+    lists = list(table.more_rows.values())
+    counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    rows = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64, count=counts.sum())
+    riding = np.fromiter(plan.sent_with, dtype=np.int64, count=len(plan.sent_with))
+    starts = np.cumsum(counts) - counts
+    rides = np.add.reduceat(np.isin(rows, riding).astype(np.int64), starts)
+    own = firsts[counts - rides > 1]
+    return np.sort(np.searchsorted(table.position, own))
+
+
 def _patch_sources(
     sources: pa.Array,
     plan: Plan,
     start: int,
-    stop: int,
+    several: Ints,
     names: list[str],
     files: Any,
     rows: Any,
 ) -> pa.Array:
-    """The rows of requests of several rows: its own, not those that ride with it (the
-    contact's interviews whose rows end as it ends). Only requests with several rows are
-    looked at (a backfill's riders make many carriers so)."""
-    values = sources.to_pylist()
+    """The rows of the requests at `several` (of this chunk, from `start`), which send several
+    rows of their own, all listed."""
     riding = plan.sent_with
     table = plan.table
-    firsts = np.fromiter(table.more_rows, dtype=np.int64, count=len(table.more_rows))
-    several = np.flatnonzero(np.isin(table.position[start:stop], firsts))
-    for index in (several + start).tolist():
+    values = sources.to_pylist()
+    for index in several.tolist():
         positions = [p for p in table.rows_of(index) if p not in riding]
-        if len(positions) > 1:
-            values[index - start] = json.dumps(
-                [
-                    {"source_file": json.loads(names[files[p]]), "source_row": int(rows[p])}
-                    for p in positions
-                ],
-                ensure_ascii=False,
-            )
+        values[index - start] = json.dumps(
+            [
+                {"source_file": json.loads(names[files[p]]), "source_row": int(rows[p])}
+                for p in positions
+            ],
+            ensure_ascii=False,
+        )
     return pa.array(values, pa.string())
 
 

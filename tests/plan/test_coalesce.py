@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from helpers import (
     SandboxServer,
@@ -24,7 +25,7 @@ from helpers import (
     write_csv,
 )
 
-from sync_worker.plan import Memory, Plan, PlanOptions, build_plan
+from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.plan.request_table import CARRIER, LEAN
 from sync_worker.read.reader import ReadOptions, read_batch
 from sync_worker.store.history import FieldKey
@@ -540,3 +541,47 @@ def test_an_interview_whose_rows_are_apart_gives_its_last_rows_value(
         "Name C",
         "ctxB",
     )
+
+
+def test_plan_lists_a_carriers_own_rows_not_its_riders(tmp_path: Path) -> None:
+    """`plan` shows the rows each request sends as its own: an interview's rows apart in the
+    file are listed, the rows riding with it are not (the ledger names them `sent_with`)."""
+    write_csv(
+        tmp_path / "in.csv",
+        HEADER,
+        [
+            [1, A, "Ann", "win", "met"],
+            [2, A, "Ann", "", "met"],  # rides with 1
+            [3, B, "Bo", "goal", "b"],
+            [1, A, "Ann", "win", "met"],  # 1's own second row
+            [4, B, "Bo", "", "b"],  # rides with 3
+        ],
+    )
+    batch = read_batch([str(tmp_path / "in.csv")], ReadOptions())
+    plan = build_plan(batch, PlanOptions(), Memory())
+    lines = [json.loads(line) for line in b"".join(plan_lines(plan, batch)).splitlines()]
+    shown = {line["interview_id"]: [s["source_row"] for s in line["source_rows"]] for line in lines}
+    assert shown == {1: [1, 4], 3: [3]}
+    assert plan.sent_with == {1: 1, 4: 3}
+
+
+def test_keeping_requests_in_place_is_taking_them(tmp_path: Path) -> None:
+    """Trimming drops riders from its table in place, a column at a time: what stays is what
+    `take` gives, rows, roles and hashes included."""
+    plan = plan_of(
+        tmp_path,
+        [
+            [1, A, "Ann", "win", "met"],
+            [2, B, "Bo", "", "b"],
+            [1, A, "Ann", "win", "met"],
+            [3, A, "Ann", "lose", "met"],
+            [4, B, "Bo", "x", "b"],
+        ],
+        options=PlanOptions(for_sending=True),
+    )
+    table = plan.table
+    picked = np.array([2, 0], dtype=np.int64)
+    taken = table.take(picked)
+    table.keep(picked)
+    assert [dataclasses.astuple(r) for r in table] == [dataclasses.astuple(r) for r in taken]
+    assert table.more_rows == taken.more_rows
