@@ -1,4 +1,5 @@
-"""Keep `make bench` working: a tiny run of every benchmark must print every figure.
+"""Keep `make bench` working: a tiny run of every benchmark must print every figure (`make
+bench-smoke`, which CI runs after `make test`).
 
 No timing is asserted here (shared machines drift); `make bench` measures at full size. Each
 benchmark runs in a process of its own, all at once: at the smoke's sizes most of their time is
@@ -59,7 +60,7 @@ def test_every_benchmark_is_run_once_by_the_smoke() -> None:
         assert sum(part in name for only in ONLY for part in only.split(",")) == 1, name
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_every_benchmark_prints_its_figure(tmp_path: Path) -> None:
     started = []
     for only in ONLY:

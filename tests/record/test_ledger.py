@@ -192,7 +192,7 @@ def test_rows_settled_as_columns_are_the_bytes_a_line_each_gives(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     results=st.lists(
