@@ -15,20 +15,31 @@ import pyarrow.compute as pc
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS
 from sync_worker.plan import vectorjson as vj
 from sync_worker.plan.cells import Cells, nonempty
-from sync_worker.plan.contacts import contact_keys, lower
+from sync_worker.plan.contacts import contact_keys, lower, pick
 from sync_worker.plan.model import Memory
-from sync_worker.plan.request_table import RequestTable
+from sync_worker.plan.pieces import two_at_a_time
+from sync_worker.plan.request_table import RequestTable, concat
+from sync_worker.store.digests import Ints
+
+HALVES_FROM = 100_000  # rows from which they are built in two halves at once (pieces.py)
 
 
 def column_requests(cells: Cells, mask: np.ndarray, memory: Memory) -> RequestTable:
-    """One request per row of `mask`, its canonical JSON built for all rows at once, with its
+    """One request per row of `mask`, its canonical JSON built for whole columns, with its
     contact and each field on its own (a contact's fields travel once: coalesce.py)."""
     positions = np.flatnonzero(mask).astype(np.int64)
-    picked = pa.array(positions, pa.int64())
+    if len(positions) < HALVES_FROM:
+        return _requests(cells, positions, memory)
+    halves = np.array_split(positions, 2)
+    return concat(list(two_at_a_time(lambda half: _requests(cells, half, memory), halves)))
+
+
+def _requests(cells: Cells, positions: Ints, memory: Memory) -> RequestTable:
+    """The requests of the rows at `positions` (in file order)."""
     length = len(positions)
 
     def take(column: pa.ChunkedArray) -> pa.ChunkedArray:
-        return column if length == len(column) else column.take(picked)
+        return pick(column, positions)  # consecutive rows: a slice, not a copy
 
     text = take(cells.text[CONTEXT])
     has_text = nonempty(text)

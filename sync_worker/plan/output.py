@@ -12,20 +12,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker.plan.model import Plan
+from sync_worker.plan.pieces import two_at_a_time
 from sync_worker.plan.request_table import CHUNK
 from sync_worker.read.reader import FILE_COL, ROW_COL, Batch
 from sync_worker.store.digests import Ints
 
+PRINTED = CHUNK // 2  # requests a piece of the output holds; two are made at once
+
 
 def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
-    """One JSON line per request, built a chunk of requests at a time, as UTF-8 bytes."""
+    """One JSON line per request, as UTF-8 bytes, a piece of requests at a time, two pieces
+    made at once (pieces.py), each half the chunk that was made alone before."""
     table = plan.table
     files = batch.frame[FILE_COL].to_numpy()
     rows = batch.frame[ROW_COL].to_numpy()
     names = [json.dumps(name, ensure_ascii=False) for name in batch.files]
     several = _several(plan)
-    for start in range(0, len(table), CHUNK):
-        stop = min(start + CHUNK, len(table))
+
+    def piece(start: int) -> memoryview:
+        stop = min(start + PRINTED, len(table))
         positions = table.position[start:stop]
         sources = _sources(names, files[positions], rows[positions])
         patched = several[(several >= start) & (several < stop)]
@@ -43,7 +48,9 @@ def plan_lines(plan: Plan, batch: Batch) -> Iterator[memoryview]:
             '"}\n',
             "",
         )
-        yield _concatenated(line)
+        return _concatenated(line)
+
+    yield from two_at_a_time(piece, range(0, len(table), PRINTED))
 
 
 def _sources(names: list[str], files: Any, rows: Any) -> pa.Array:
