@@ -252,18 +252,9 @@ def _last_filled(cells: Cells, contacts: Contacts) -> dict[str, Ints]:
 def _new_contexts(
     cells: Cells, contacts: Contacts, last: dict[str, Ints], with_context: Ints
 ) -> pa.Array:
-    """The canonical JSON of each contact's new context (contacts at `with_context`): a
-    backfill's 750,000 made in two halves at once, on threads."""
-    if len(with_context) < 2 * CHUNK:
-        return _contexts_of(cells, contacts, last, with_context)
-    halves = np.array_split(with_context, 2)
-    made = two_at_a_time(lambda half: _contexts_of(cells, contacts, last, half), halves)
-    return pa.concat_arrays(list(made))
-
-
-def _contexts_of(
-    cells: Cells, contacts: Contacts, last: dict[str, Ints], with_context: Ints
-) -> pa.Array:
+    """The canonical JSON of each contact's new context (contacts at `with_context`). Made in
+    one go: in two halves on threads it took ~0.1 s less, and ~25 MB more at the peak (the
+    halves' pages, freed on other threads, stayed with the allocator)."""
     members = []
     for key in sorted(last):
         rows = last[key][with_context]
