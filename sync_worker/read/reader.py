@@ -117,7 +117,7 @@ class Batch:
     @cached_property
     def _columns(self) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array]:
         """The columns `locate_all` takes from: the texts in one piece each, nulls as "" (a take
-        from a column of many chunks cost ~10x as much, and a run's recorder takes a few dozen
+        from a column of many chunks cost ~6x as much, and a run's recorder takes a few dozen
         rows a hundred times a second)."""
         frame = self.frame
 

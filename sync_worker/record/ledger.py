@@ -225,7 +225,7 @@ class Ledger:
     ) -> None:
         """Lines for rows whose requests ended, as columns (`where`: the rows' places; `results`:
         each row's, the rows of one request sharing one object): the cells of each result made
-        once, the places checked a column at a time. What `write` writes, ~4x faster."""
+        once, the places checked a column at a time: what `write` writes, a line each."""
         if self._jsonl:
             for file, row, interview_id, email, result in zip(*where, results, strict=True):
                 self.write(Where(run_id, file, row, interview_id, email), result)
