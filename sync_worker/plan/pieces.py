@@ -3,9 +3,9 @@
 Planning a million rows is mostly Arrow's and NumPy's kernels, which let go of the GIL while
 they work: pieces that do not depend on each other (a chunk of printed lines, a chunk of merged
 requests, a half of the column road's rows) are made two at once, so both cores work (a
-million requests' printed lines took half the time). At most two pieces are being made at a time, and a stop (a
-signal raising `Interrupted` in the main thread, or the caller no longer asking) cancels every
-piece not yet begun and waits only for those under way.
+million requests' printed lines took half the time). At most two pieces are being made at a
+time, and a stop (a signal raising `Interrupted` in the main thread, or the caller no longer
+asking) cancels every piece not yet begun and waits only for those under way.
 """
 
 from __future__ import annotations
