@@ -153,7 +153,9 @@ def _contact_requests(
 ) -> list[Request]:
     if not options.merge:
         return [_request(i, contact, _last_context(i), "off") for i in members]
-    contexts = [r.context for i in members for r in i.rows if r.context is not None]
+    # in file order: an interview's rows apart in the file fold where they are, not together
+    rows = sorted((r for i in members for r in i.rows), key=_position)
+    contexts = [r.context for r in rows if r.context is not None]
     if not contexts:
         return [_request(i, contact, None, "off") for i in members]
     notes = file_notes(members[0].email, [i.interview_id for i in members], memory)
@@ -167,6 +169,10 @@ def _contact_requests(
         plan.known_before[contact] = known
     combined = fold(merge_base(existing), contexts, options.rules)
     return [_request(i, contact, combined, label) for i in members]
+
+
+def _position(row: _Row) -> int:
+    return row.position
 
 
 def _last_context(interview: _Interview) -> Context | None:

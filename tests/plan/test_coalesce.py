@@ -585,3 +585,22 @@ def test_keeping_requests_in_place_is_taking_them(tmp_path: Path) -> None:
     table.keep(picked)
     assert [dataclasses.astuple(r) for r in table] == [dataclasses.astuple(r) for r in taken]
     assert table.more_rows == taken.more_rows
+
+
+def test_a_merged_contacts_rows_fold_in_file_order(tmp_path: Path) -> None:
+    """SPEC section 6: a contact's contexts combine in file order, so an interview whose rows
+    are apart in the file does not have its rows folded together ahead of another's."""
+    merged = PlanOptions(merge=True)
+    plan = plan_of(
+        tmp_path,
+        [[1, A, "", "", '{"k": 1}'], [2, A, "", "", '{"k": 50}'], [1, A, "", "", '{"k": 2}']],
+        merged,
+    )
+    assert bodies(plan) == {1: {"contact_context": {"k": 2}}}
+    plan = plan_of(
+        tmp_path,
+        [[1, A, "", "", ""], [2, A, "", "", "fifty"], [1, A, "", "", "two"], [2, A, "", "", "ten"]],
+        merged,
+    )
+    # its first row sends nothing (invalid: no field), so 2 comes first and carries the notes
+    assert bodies(plan) == {2: {"contact_context": "fifty\n\ntwo\n\nten"}}
