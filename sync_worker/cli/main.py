@@ -49,15 +49,25 @@ POSITIVE_NUMBER = FiniteFloatRange(min=0, min_open=True)
 
 class OneLineErrors(click.Group):
     """Usage errors (a bad option or value) as one line naming the option, like every other
-    error, instead of click's usage block."""
+    error, instead of click's usage block; a Ctrl-C before a command's run has its own handler
+    (reading options, loading what the command needs) exits 130, not click's `Aborted!` and
+    exit 1, which a wrapper would read as failed rows."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with _one_line_usage_errors():
+        with _one_line_usage_errors(), _interrupted_is_130():
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _one_line_usage_errors():
+        with _one_line_usage_errors(), _interrupted_is_130():
             return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _interrupted_is_130() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.exit(ExitCode.SIGINT)
 
 
 class OneLineUsageError(click.UsageError):

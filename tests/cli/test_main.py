@@ -244,3 +244,44 @@ def test_plan_into_a_pipe_closed_early_exits_0(tmp_path: Path) -> None:
     process.stdout.close()
     assert process.wait(timeout=30) == 0
     assert b"Traceback" not in process.stderr.read()
+
+
+def test_a_ctrl_c_before_the_run_has_its_handler_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C while the options are read or the command loads what it needs exits 130, as a
+    stopped run does, not with click's `Aborted!` and exit 1 (a wrapper reads 1 as failed
+    rows)."""
+    cli = sys.modules["sync_worker.cli.main"]  # the module (its name `main` is the group)
+
+    def interrupted(_action: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_finish", interrupted)
+    write_csv(tmp_path / "in.csv", ["interview_id", "contact_name"], [[1, "Ana"]])
+    with pytest.raises(SystemExit) as stopped:
+        main.main(["validate", str(tmp_path / "in.csv")], prog_name="sync-worker")
+    assert stopped.value.code == 130
+    assert "Aborted" not in capsys.readouterr().err
+
+
+class _Interrupting:
+    """An import finder that meets a Ctrl-C at the command's modules."""
+
+    @staticmethod
+    def find_spec(name: str, *_args: object) -> None:
+        if name == "sync_worker.cli":
+            raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sync_worker.__main__ import entry
+
+    monkeypatch.delitem(sys.modules, "sync_worker.cli")
+    monkeypatch.setattr(sys, "meta_path", [_Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stopped:
+        entry()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == ""
