@@ -330,13 +330,15 @@ def _is_frame(item: object) -> bool:
 
 @contextmanager
 def _call_scope(given: Mapping[str, Any]) -> Iterator[None]:
-    """What a command sets up for its length only: where its logs go, and Arrow's pool."""
+    """What a command sets up for its length only: where its logs go, Arrow's pool, and Arrow
+    kept off the signals."""
     from sync_worker.logs import library_logging
-    from sync_worker.read.reader import lean_memory_pool
+    from sync_worker.read.reader import arrow_keeps_off_signals, lean_memory_pool
 
     with ExitStack() as stack:
         stack.enter_context(library_logging(given.get("log_format") or "json"))
         stack.enter_context(lean_memory_pool())
+        stack.enter_context(arrow_keeps_off_signals())
         yield
 
 

@@ -175,6 +175,20 @@ def lean_memory_pool() -> Iterator[None]:
         pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
 
 
+@contextmanager
+def arrow_keeps_off_signals() -> Iterator[None]:
+    """For one command: Arrow does not swap in its own SIGINT/SIGTERM handlers for a long read.
+    It hands a signal back to Python's handler when the read ends, and one that landed in that
+    hand-over was lost: a run stopped while it read went on and sent every row. The run's own
+    handlers record a stop while it reads (the rows are read, then each gets its line); Arrow's
+    default is put back after."""
+    pa.enable_signal_handlers(False)
+    try:
+        yield
+    finally:
+        pa.enable_signal_handlers(True)
+
+
 def read_batch(sources: Sequence[str | pd.DataFrame], options: ReadOptions) -> Batch:
     """Read every input (a file, or a DataFrame read as a file would be) in order and stack
     them into one batch."""

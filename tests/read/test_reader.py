@@ -694,3 +694,34 @@ def test_one_file_given_twice_is_refused_before_sending(
     assert_one_line(result, 2, words, "give each input once")
     assert sandbox.requests() == []
     assert not (tmp_path / "l.csv").exists()
+
+
+def test_a_signal_while_arrow_reads_reaches_the_commands_handler(tmp_path: Path) -> None:
+    """Arrow keeps off the signals for a command's length: a SIGTERM in the middle of a read
+    goes to the run's own handler (which records the stop), and the read is whole; with
+    Arrow's handlers it cancels the read and hands the signal back, where one can be lost."""
+    import os
+    import signal
+    import threading
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from sync_worker.read.reader import arrow_keeps_off_signals
+
+    path = tmp_path / "big.csv"
+    path.write_text("a,b\n" + "".join(f"{i},text {i}\n" for i in range(1_000_000)))
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    timer = threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        with arrow_keeps_off_signals():
+            timer.start()
+            table = pacsv.read_csv(path)
+            timer.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert table.num_rows == 1_000_000
+    assert seen == [signal.SIGTERM]
+    with pa.lib.SignalStopHandler():  # Arrow's own handling is back after the command
+        pass
