@@ -49,9 +49,9 @@ POSITIVE_NUMBER = FiniteFloatRange(min=0, min_open=True)
 
 class OneLineErrors(click.Group):
     """Usage errors (a bad option or value) as one line naming the option, like every other
-    error, instead of click's usage block; a Ctrl-C before a command's run has its own handler
-    (reading options, loading what the command needs) exits 130, not click's `Aborted!` and
-    exit 1, which a wrapper would read as failed rows."""
+    error, instead of click's usage block; a Ctrl-C that reaches a command as KeyboardInterrupt
+    (while it reads its options or loads what it needs, or a stopped run passing SIGINT on)
+    exits 130, not click's `Aborted!` and exit 1, which a wrapper would read as failed rows."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         with _one_line_usage_errors(), _interrupted_is_130():
@@ -456,8 +456,6 @@ def _finish(action: Callable[[], int]) -> NoReturn:
         code = action()
     except SyncWorkerError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        sys.exit(ExitCode.SIGINT)
     sys.exit(code)
 
 

@@ -446,25 +446,17 @@ class _RaggedRows(Exception):
     """Arrow met a line whose field count is not the header's."""
 
 
-MAX_CANCELLED_READS = 3  # reads a signal may cut short before the file is given up
-
-
 def _parse_csv(
     path: Path, delimiter: str, encoding: str, header: list[str], length: int | None
 ) -> pa.Table:
     """Arrow needs a whole row inside one block: a row longer than the block (a cell of
-    megabytes) is read again with bigger blocks. `length`: read only the file's first bytes."""
+    megabytes) is read again with bigger blocks. `length`: read only the file's first bytes.
+    A signal does not cut a read short: commands keep Arrow off the signals
+    (`arrow_keeps_off_signals`), and the run's own handlers record the stop."""
     block_size = 1 << 20  # Arrow's default
-    cancelled = 0
     while True:
         try:
             return _arrow_csv(path, delimiter, encoding, header, block_size, length)
-        except pa.ArrowCancelled as exc:
-            # Arrow gives up a read when a signal arrives; a run's stop waits for its rows to be
-            # read (each needs its ledger line), so the read goes on: the stop is recorded
-            cancelled += 1
-            if cancelled > MAX_CANCELLED_READS:
-                raise InputError(f"{path}: cannot read: {exc}") from None
         except pa.ArrowInvalid as exc:
             if "columns, got" in str(exc):
                 raise _RaggedRows from None
