@@ -5,10 +5,11 @@ leaves out. So, for the requests left after the unchanged ones are skipped:
 - a field whose value is the one last confirmed for its interview or contact is left out (a
   field never confirmed is sent; `--force` sends every field);
 - a contact's fields travel once, in the request of its first interview in file order (its
-  carrier), with the last value each field takes among the contact's requests: what the server
-  would hold after all of them, one after another. The contact's other requests carry only their
-  interview's own fields. With `coalesce` off (`--no-coalesce`) every request of a contact whose
-  fields changed carries its own values of them, as before;
+  carrier; the first the API has confirmed a send of before, where one has: an interview never
+  confirmed may not exist), with the last value each field takes among the contact's requests:
+  what the server would hold after all of them, one after another. The contact's other requests
+  carry only their interview's own fields. With `coalesce` off (`--no-coalesce`) every request
+  of a contact whose fields changed carries those last values;
 - a request left with nothing to carry sends nothing. If its contact's fields ride in the
   carrier's request, its rows are the carrier's too: they end as that request ends, and the
   ledger's `sent_with` names the carrier (`Plan.sent_with`). Otherwise it is unchanged and
@@ -70,8 +71,7 @@ def trim(plan: Plan, options: PlanOptions, memory: Memory, filled: Fills = None)
     sent: dict[str, pa.Array] = {}
     carrier = np.zeros(n, dtype=bool)
     carries_changed = np.zeros(n, dtype=bool)  # holds a contact field whose contact's changed
-    firsts = np.full(contacts, n, dtype=np.int64)
-    np.minimum.at(firsts, codes, np.arange(n, dtype=np.int64))
+    firsts = _carriers(table, codes, contacts, memory)
     changed_contacts = np.zeros(contacts, dtype=bool)
     finals: dict[str, tuple[Ints, np.ndarray]] = {}
     for name in CONTACT_FIELDS:
@@ -94,9 +94,9 @@ def trim(plan: Plan, options: PlanOptions, memory: Memory, filled: Fills = None)
             keep = carrier & changed[codes]
             sent[name] = _carried(values, keep, last[codes])
     else:
-        for name, (last, changed) in finals.items():  # each its contact's last value
-            values, present = fields[name]
-            sent[name] = _carried(values, present & changed[codes], last[codes])
+        for name, (last, changed) in finals.items():  # every request, its contact's last value
+            values, _present = fields[name]
+            sent[name] = _carried(values, changed[codes], last[codes])
     ids = pa.array(table.interview_id.astype(str)) if confirmed else None
     for name in INTERVIEW_FIELDS:
         if name not in fields:
@@ -134,6 +134,21 @@ def trim(plan: Plan, options: PlanOptions, memory: Memory, filled: Fills = None)
     if not carries.all():
         table.keep(np.flatnonzero(carries))
     plan.table = table
+
+
+def _carriers(table: RequestTable, codes: Ints, contacts: int, memory: Memory) -> Ints:
+    """Each contact's carrier: its first request in file order whose interview the API has
+    confirmed a send of before, else its first. An interview never confirmed may not exist
+    (a 404 every night would hold the contact's fields back for good); one confirmed does."""
+    n = len(table)
+    order = np.arange(n, dtype=np.int64)
+    firsts = np.full(contacts, n, dtype=np.int64)
+    if len(memory.sent):
+        known = pc.is_valid(memory.sent.hashes_of(table.interview_id))
+        confirmed = np.flatnonzero(np.asarray(known.to_numpy(), dtype=bool))
+        np.minimum.at(firsts, codes[confirmed], order[confirmed])
+    np.minimum.at(firsts, codes, np.where(firsts[codes] < n, n, order))
+    return firsts
 
 
 def _last_holders(

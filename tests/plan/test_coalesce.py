@@ -92,9 +92,15 @@ def test_the_carrier_takes_each_fields_last_value(tmp_path: Path) -> None:
 
 
 def test_without_coalescing_every_interview_carries_its_contacts_fields(tmp_path: Path) -> None:
-    rows = [[1, A, "Ann", "", "met"], [2, A, "Ann", "", "met"]]
+    """Its last values, whether or not the interview's own rows give them (SPEC section 7:
+    `--no-coalesce` sends the contact's fields with every interview)."""
+    rows = [[1, A, "Ann", "", "met"], [2, A, "Ann", "", "met"], [3, A, "", "win", ""]]
     plan = plan_of(tmp_path, rows, PlanOptions(coalesce=False))
-    assert bodies(plan) == {i: {"contact_name": "Ann", "contact_context": "met"} for i in (1, 2)}
+    assert bodies(plan) == {
+        1: {"contact_name": "Ann", "contact_context": "met"},
+        2: {"contact_name": "Ann", "contact_context": "met"},
+        3: {"contact_name": "Ann", "contact_context": "met", "objective": "win"},
+    }
     assert plan.sent_with == {}
 
 
@@ -316,6 +322,26 @@ def test_a_lean_request_whose_carrier_failed_is_not_taken_as_complete(
         ("7", ["contact_context"]),
     ]
     assert held(sandbox, 7, "contact_context") == "notes"
+
+
+def test_a_contacts_fields_go_with_an_interview_the_api_has_confirmed(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """The first interview in file order is refused (404) and stays in the export: from the
+    next run on, the contact's fields go with the interview the API confirmed instead, so they
+    arrive, and are not held back every night by an interview that may not exist."""
+    rows = [[990000001, A, "", "", "notes"], [7, A, "", "goal", "notes"]]
+    export(tmp_path, rows)
+    assert sync(tmp_path, sandbox, "one.csv").code == 1
+    assert held(sandbox, 7, "contact_context") is None
+    assert sync(tmp_path, sandbox, "two.csv").code == 0
+    assert [(r["id"], r["fields"]) for r in sandbox.requests()[2:]] == [
+        ("7", ["contact_context"]),
+    ]
+    assert held(sandbox, 7, "contact_context") == "notes"
+    assert carried(tmp_path, "two.csv")["990000001"] == ("ok", "7")
+    assert sync(tmp_path, sandbox, "three.csv").code == 0
+    assert len(sandbox.requests()) == 3  # nothing left to send
 
 
 def test_a_coalesced_run_is_reverted_through_the_requests_it_made(
