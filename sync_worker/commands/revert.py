@@ -51,6 +51,7 @@ class FieldPlan:
     first: Version  # the run's first change of the field: its value before
     wrote: str  # the value the run left it at (its last change of the field)
     current: str | None  # the last value known now
+    writer: str = ""  # the later run that wrote `current` ("": none did)
     through: list[int] = field(default_factory=list)  # the interviews the run wrote it through
     status: str = SEND  # or not_restorable, conflict, skipped_unchanged (already back)
     message: str = ""
@@ -136,16 +137,16 @@ class RevertJob:
             order.setdefault(version.interview_id)
         interviews = {i: InterviewPlan(i, "") for i in order}
         for key, plan in fields.items():
-            later = state.later_value(self.target, key, plan.through)
-            plan.current = later if later is not None else plan.wrote
-            self._decide(plan, state)
+            later = state.later_write(self.target, key, plan.through)
+            plan.current, plan.writer = later if later is not None else (plan.wrote, "")
+            self._decide(plan)
             for interview_id in plan.through:
                 interviews[interview_id].fields.append(plan)
         for entry in interviews.values():
             entry.contact = _contact_of(state, entry)
         return [entry for entry in interviews.values() if entry.fields]
 
-    def _decide(self, plan: FieldPlan, state: State) -> FieldPlan:
+    def _decide(self, plan: FieldPlan) -> FieldPlan:
         name, before = plan.first.field, plan.first.before_json
         if before is None:
             plan.status = Status.NOT_RESTORABLE
@@ -154,7 +155,7 @@ class RevertJob:
             plan.status = Status.SKIPPED_UNCHANGED
             plan.message = f"{name}: already as before run {self.target}"
         elif plan.current != plan.wrote and not self.force:
-            writer = state.last_writer(plan.key) or "a later run"
+            writer = plan.writer or "a later run"
             plan.status = Status.CONFLICT
             plan.message = (
                 f"{name}: run {writer} wrote it after run {self.target}; "

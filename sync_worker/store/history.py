@@ -438,13 +438,14 @@ def _has(db: sqlite3.Connection, table: str) -> bool:
     return db.execute(query, (table,)).fetchone() is not None
 
 
-def later_value(
+def later_write(
     db: sqlite3.Connection, run_id: str, key: FieldKey, through: Iterable[int]
-) -> str | None:
-    """The last value written to a field after `run_id` last wrote it, judged on what the field
-    belongs to: an interview's by its id; a contact's under its key, or any key its interviews
-    (`through`: those the run wrote it through) were sent as, or through any of them. So a later
-    run that gave the contact another email (or none, or the API's contact) still counts."""
+) -> tuple[str, str] | None:
+    """The last value written to a field after `run_id` last wrote it, and the run that wrote
+    it, judged on what the field belongs to: an interview's by its id; a contact's under its
+    key, or any key its interviews (`through`: those the run wrote it through) were sent as, or
+    through any of them. So a later run that gave the contact another email (or none, or the
+    API's contact) still counts."""
     level, name, field = key
     last = db.execute(
         "SELECT max(rowid) FROM history WHERE run_id = ? AND level = ? AND key = ? AND field = ?",
@@ -455,12 +456,12 @@ def later_value(
     interviews = sorted(set(through))
     keys = sorted({name, *_keys_of(db, interviews)}) if level == "contact" else [name]
     row = db.execute(
-        "SELECT sent_json FROM history WHERE rowid > ? AND level = ? AND field = ? AND "
+        "SELECT sent_json, run_id FROM history WHERE rowid > ? AND level = ? AND field = ? AND "
         f"(key IN ({_marks(keys)}) OR interview_id IN ({_marks(interviews)})) "
         "ORDER BY rowid DESC LIMIT 1",
         (last, level, field, *keys, *interviews),
     ).fetchone()
-    return str(row[0]) if row else None
+    return (str(row[0]), str(row[1])) if row else None
 
 
 def was_pruned(db: sqlite3.Connection, run_id: str) -> bool:
@@ -487,21 +488,6 @@ def contact_of(db: sqlite3.Connection, interview_id: int) -> str | None:
             (interview_id,),
         ).fetchone()
         or db.execute("SELECT contact FROM sent WHERE interview_id = ?", (interview_id,)).fetchone()
-    )
-    return str(row[0]) if row else None
-
-
-def last_writer(db: sqlite3.Connection, key: FieldKey) -> str | None:
-    """The run that last wrote a field; None: no run this state remembers."""
-    row = (
-        db.execute(
-            "SELECT run_id FROM history WHERE level = ? AND key = ? AND field = ? "
-            "ORDER BY rowid DESC LIMIT 1",
-            key,
-        ).fetchone()
-        or db.execute(
-            "SELECT run_id FROM field_values WHERE level = ? AND key = ? AND field = ?", key
-        ).fetchone()
     )
     return str(row[0]) if row else None
 

@@ -571,10 +571,14 @@ class State:
         contact's value again through its other interviews (what a revert goes through)."""
         return history.of_run(self._db, run_id, repeats) if self._db is not None else []
 
-    def later_value(self, run_id: str, key: FieldKey, through: Iterable[int]) -> str | None:
+    def later_write(
+        self, run_id: str, key: FieldKey, through: Iterable[int]
+    ) -> tuple[str, str] | None:
         """The last value a later run wrote to this field of the contact or interview it
-        belongs to, under any key (None: none since)."""
-        return history.later_value(self._db, run_id, key, through) if self._db is not None else None
+        belongs to, under any key, and that run (None: none since)."""
+        if self._db is None:
+            return None
+        return history.later_write(self._db, run_id, key, through)
 
     def was_pruned(self, run_id: str) -> bool:
         """True when pruning dropped some of this run's history."""
@@ -593,10 +597,6 @@ class State:
     def contact_of(self, interview_id: int) -> str | None:
         """The contact key an interview's sends last carried; None: never sent."""
         return history.contact_of(self._db, interview_id) if self._db is not None else None
-
-    def last_writer(self, key: FieldKey) -> str | None:
-        """The run that last wrote a field; None: none this state remembers."""
-        return history.last_writer(self._db, key) if self._db is not None else None
 
     def fold(self) -> None:
         """Move the journal into the keyed tables, in arrival order (the last send wins), the

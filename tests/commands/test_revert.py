@@ -288,6 +288,24 @@ def test_conflict_unless_forced_and_a_revert_of_a_revert(
     assert sandbox.interview(1)["objective"] == "First"  # type: ignore[index]
 
 
+def test_a_conflict_names_the_later_run_that_wrote_under_another_key(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """The later run gave the interview an email, so it wrote the contact's notes under the
+    email's key: the conflict names that run, not the reverted one."""
+    write_csv(tmp_path / "notes.csv", ["interview_id", "notes"], [[1, "base"]])
+    write_csv(tmp_path / "one.csv", HEADER, [[1, "", "", "", "first"]])
+    write_csv(tmp_path / "two.csv", HEADER, [[1, "k2@x.com", "", "", "second"]])
+    merged = ("--existing-notes", "notes.csv")
+    assert sync(tmp_path, sandbox, "one.csv", "one.l.csv", *merged).code == 0
+    assert sync(tmp_path, sandbox, "two.csv", "two.l.csv", "--merge").code == 0
+    one, two = run_id_of(tmp_path, "one.l.csv"), run_id_of(tmp_path, "two.l.csv")
+    assert revert(tmp_path, sandbox, one, "r.csv").code == 1
+    [line] = read_ledger(tmp_path / "r.csv")
+    assert line["status"] == "conflict"
+    assert f"run {two} wrote it after run {one}" in line["error_message"]
+
+
 def test_a_forced_revert_overrides_a_later_run(tmp_path: Path, sandbox: SandboxServer) -> None:
     for name, objective in (("one", "First"), ("two", "Second"), ("three", "Third")):
         write_csv(tmp_path / f"{name}.csv", HEADER, [[1, "", "", objective, ""]])
