@@ -73,9 +73,12 @@ def plan_with_notes(
         else NotesFile()
     )
     _log_notes_problems(notes)
-    # the freshness rule needs the times; so does choosing among a contact's old keys
-    with_times = bool(notes.by_email or notes.by_interview or settings.resolve_contacts)
+    # the freshness rule needs the times; so does merging what a contact's keys remember, in
+    # the order it was sent (interviews sent without an email, or resolved, may join another)
     sent, links = state.sends_and_links(True)
+    with_times = bool(
+        notes.by_email or notes.by_interview or settings.resolve_contacts or links.any_unnamed()
+    )
     memory = Memory(
         sent=sent,
         state=state.remembered(with_times) if merge else Remembered.empty(),

@@ -62,7 +62,7 @@ def build_plan(batch: Batch, options: PlanOptions, memory: Memory) -> Plan:
     settle_invalid(batch, cells, settled)
     settle_conflicts(batch, cells, settled)
     plan = Plan(RequestTable.empty(), settled)
-    memory, plan.email_changes = adopt(cells, np.flatnonzero(cells.sendable), memory)
+    memory, plan.email_changes = adopt(cells, np.flatnonzero(cells.sendable), memory, options.rules)
     if options.merge and options.vectorise:
         tables = _merged(batch, cells, options, memory, plan)
     else:

@@ -10,8 +10,10 @@ contact from what is known, best first:
 - the first non-empty `contact_email` among its rows (lower case), else `interview:<id>`.
 Rows of one interview with two different emails are settled `invalid` first
 (`conflicting_contact`). Where an interview's key is no longer the one it was sent as, the
-contact adopts what the state remembers of the old key (`adopt`), so merging never starts from
-nothing for a contact the state knows under another name.
+contact adopts what the state remembers of the old key (`adopt`; merged with what it remembers
+under the new key, and under any other old key, in the order they were sent), so merging never
+starts from nothing, or from only part of what was sent, for a contact the state knows under
+another name.
 
 Here the same key is derived for a million rows with Arrow
 and numpy (about 0.4 s, most of it hashing 750,000 distinct keys), so merging can work by
@@ -31,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sync_worker.fields import CONTACT_KEY, CONTEXT, NO_EMAIL, RESOLVED, email_key
-from sync_worker.merger import parse_context
+from sync_worker.merger import MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells, nonempty
 from sync_worker.plan.model import Memory, Outcomes, invalid
 from sync_worker.read.reader import Batch
@@ -139,11 +141,12 @@ def _settle(
         settled[position] = invalid(batch, position, CONFLICTING, CONTACT_KEY, message)
 
 
-def adopt(cells: Cells, positions: Ints, memory: Memory) -> tuple[Memory, int]:
+def adopt(cells: Cells, positions: Ints, memory: Memory, rules: MergeRules) -> tuple[Memory, int]:
     """What the state remembers, with each contact key that is no longer the one its interviews
-    were sent as given the old key's remembered notes (the latest, when several interviews
-    bring one), where it has none of its own; and how many interviews the export now gives
-    another email than the one they were sent as (they stay with the contact the state knows).
+    were sent as given the old key's remembered notes (merged with its own and with those
+    other interviews bring, in the order they were sent); and how many interviews the export
+    now gives another email than the one they were sent as (they stay with the contact the
+    state knows).
     Done once per batch, before either road plans, so both see the same notes."""
     if not len(memory.links) or not len(positions):
         return memory, 0
@@ -168,36 +171,60 @@ def adopt(cells: Cells, positions: Ints, memory: Memory) -> tuple[Memory, int]:
         others = memory.resolved.ids[also]
         new_keys = pa.concat_arrays([new_keys, memory.resolved.keys.filter(pa.array(also))])
         old_keys = pa.concat_arrays([old_keys, memory.links.keys_of(others)])
-    return _adopted(memory, new_keys, old_keys), moves
+    return _adopted(memory, new_keys, old_keys, rules), moves
 
 
-def _adopted(memory: Memory, new_keys: pa.Array, old_keys: pa.Array) -> Memory:
-    """`memory` with each of `new_keys` not remembered given the remembered entry of its
-    `old_keys` (aligned; several for one new key: the latest sent)."""
+def _adopted(memory: Memory, new_keys: pa.Array, old_keys: pa.Array, rules: MergeRules) -> Memory:
+    """`memory` with each of `new_keys` given what the state remembers of its `old_keys`
+    (aligned): one old entry, where the new key has none, as it is; else every entry, its own
+    included, merged in the order they were sent (the merge rules: nothing any of them holds
+    is lost, and the one sent last wins a key both give)."""
     import dataclasses
 
     state: Remembered = memory.state
     if not len(new_keys):
         return memory
     old_at = state.find(old_keys.fill_null(""))
-    usable = (
-        (state.find(new_keys) < 0)
-        & (old_at >= 0)
-        & (pc.not_equal(new_keys, old_keys).fill_null(True).to_numpy(zero_copy_only=False))
+    usable = (old_at >= 0) & (
+        pc.not_equal(new_keys, old_keys).fill_null(True).to_numpy(zero_copy_only=False)
     )
     if not usable.any():
         return memory
     new_keys = new_keys.filter(pa.array(usable))
-    old_at = old_at[usable]
-    times = state.times.take(pa.array(old_at)).fill_null("").to_pylist()
-    chosen: dict[str, tuple[str, int]] = {}  # new key -> (time, old entry): the latest wins
-    for key, time, at in zip(new_keys.to_pylist(), times, old_at.tolist(), strict=True):
-        if key not in chosen or time > chosen[key][0]:
-            chosen[key] = (time, at)
-    adopted = state.adopting(
-        pa.array(list(chosen), pa.string()), np.array([at for _t, at in chosen.values()])
-    )
-    return dataclasses.replace(memory, state=adopted)
+    own_at = state.find(new_keys)
+    entries: dict[str, list[int]] = {}  # new key -> the entries it brings together
+    for key, own, at in zip(
+        new_keys.to_pylist(), own_at.tolist(), old_at[usable].tolist(), strict=True
+    ):
+        found = entries.setdefault(key, [own] if own >= 0 else [])
+        if at not in found:
+            found.append(at)
+    alone = {key: found[0] for key, found in entries.items() if len(found) == 1}  # none own
+    several = {key: found for key, found in entries.items() if len(found) > 1}
+    if several:
+        state = state.replacing(*_merged_entries(state, several, rules))
+    state = state.adopting(pa.array(list(alone), pa.string()), np.array(list(alone.values())))
+    return dataclasses.replace(memory, state=state)
+
+
+def _merged_entries(
+    state: Remembered, entries: dict[str, list[int]], rules: MergeRules
+) -> tuple[list[str], list[str], list[str | None]]:
+    """Each key's entries (`entries`: their places in `state`) merged in the order they were
+    sent, with the latest time. An entry whose time was not read counts as sent first, in
+    the order given (a key's own entry first)."""
+    keys: list[str] = []
+    texts: list[str] = []
+    times: list[str | None] = []
+    for key, found in entries.items():
+        sent = sorted(
+            ((state.times[at].as_py() or "", order, at) for order, at in enumerate(found)),
+        )
+        contexts = [context for _t, _o, at in sent if (context := state.context(at)) is not None]
+        keys.append(key)
+        texts.append(canonical(fold(None, contexts, rules)))
+        times.append(sent[-1][0] or None)
+    return keys, texts, times
 
 
 def lower(emails: pa.ChunkedArray) -> pa.ChunkedArray:

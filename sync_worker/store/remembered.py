@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sync_worker.fields import NO_EMAIL
 from sync_worker.merger import Context, canonical
 from sync_worker.store.digests import DIGEST, Ints, hex_digests
 
@@ -106,6 +107,10 @@ class Links:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def any_unnamed(self) -> bool:
+        """Whether any interview was sent without an email (as `interview:<id>`)."""
+        return bool(len(self.ids)) and bool(pc.any(pc.starts_with(self.keys, NO_EMAIL)).as_py())
+
     def keys_of(self, ids: Ints) -> pa.Array:
         """The key of each id; null for an id not linked."""
         if not len(self.ids):
@@ -174,6 +179,19 @@ class Remembered:
             pa.concat_arrays([self.texts, self.texts.take(picked)]),
             pa.concat_arrays([self.times, self.times.take(picked)]),
         )
+
+    def replacing(self, keys: list[str], texts: list[str], times: list[str | None]) -> Remembered:
+        """With the entries of `keys` (remembered or not) made these."""
+        kept = pc.invert(pc.is_in(self.contacts, value_set=pa.array(keys, pa.string())))
+        return Remembered(
+            pa.concat_arrays([self.contacts.filter(kept), pa.array(keys, pa.string())]),
+            pa.concat_arrays([self.texts.filter(kept), pa.array(texts, pa.string())]),
+            pa.concat_arrays([self.times.filter(kept), pa.array(times, pa.string())]),
+        )
+
+    def context(self, at: int) -> Context | None:
+        """The parsed context of the entry at `at` (JSON null: none)."""
+        return parse(self.texts[at].as_py())
 
     def find(self, keys: pa.Array | pa.ChunkedArray) -> Ints:
         """Each key's index here, -1 for a contact not remembered (one hash join: look up many

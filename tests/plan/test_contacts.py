@@ -498,6 +498,26 @@ def test_an_interview_that_gains_an_email_brings_its_notes(sandbox: SandboxServe
     assert [line["merge"] for line in lines("two.l.csv")] == ["merged", "merged"]
 
 
+@pytest.mark.parametrize("email_first", [True, False], ids=["email-sent-first", "id-sent-first"])
+def test_an_interview_that_gains_a_known_email_keeps_what_both_were_sent(
+    sandbox: SandboxServer, email_first: bool
+) -> None:
+    """An interview sent without an email, then given one the state knows from another
+    interview: the contact starts from both contexts, in the order they were sent, so neither
+    is lost (where the email's was kept alone, the interview's own notes were wiped)."""
+    email = [[912, "e@x.com", "", "", "n912"]]
+    alone = [[911, "", "", "", "n911"]]
+    for name, rows in zip(("one", "two"), (email, alone) if email_first else (alone, email)):
+        write_csv(Path(f"{name}.csv"), HEADER, rows)
+        assert sync(sandbox, f"{name}.csv", f"{name}.l.csv", "--merge").exit_code == 0
+    write_csv(Path("three.csv"), HEADER, [[911, "e@x.com", "", "", "n911b"]])
+    assert sync(sandbox, "three.csv", "three.l.csv", "--merge").exit_code == 0
+    found = sandbox.interview(911)
+    assert found is not None
+    first, second = ("n912", "n911") if email_first else ("n911", "n912")
+    assert found["contact_context"] == f"{first}\n\n{second}\n\nn911b"
+
+
 def test_a_contact_the_export_splits_stays_one_contact(sandbox: SandboxServer) -> None:
     """Night 1 gives 501 and 502 one email; night 2 gives 502 another: 502 still merges onto
     the contact it was sent as, and the next nights send nothing new."""
