@@ -507,7 +507,8 @@ def test_an_interview_that_gains_a_known_email_keeps_what_both_were_sent(
     is lost (where the email's was kept alone, the interview's own notes were wiped)."""
     email = [[912, "e@x.com", "", "", "n912"]]
     alone = [[911, "", "", "", "n911"]]
-    for name, rows in zip(("one", "two"), (email, alone) if email_first else (alone, email)):
+    order = (email, alone) if email_first else (alone, email)
+    for name, rows in zip(("one", "two"), order, strict=True):
         write_csv(Path(f"{name}.csv"), HEADER, rows)
         assert sync(sandbox, f"{name}.csv", f"{name}.l.csv", "--merge").exit_code == 0
     write_csv(Path("three.csv"), HEADER, [[911, "e@x.com", "", "", "n911b"]])
