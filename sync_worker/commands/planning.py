@@ -10,12 +10,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from sync_worker.fields import CONTACT_KEY, ID, email_key, is_email_key
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
 from sync_worker.plan.estimate import estimate
 from sync_worker.plan.guards import judge
-from sync_worker.read.notes import NotesFile, read_notes
+from sync_worker.read.notes import Aliases, NotesFile, read_notes
 from sync_worker.read.reader import Batch, ReadOptions, read_batch
 from sync_worker.settings.config import RunOptions, Settings
 from sync_worker.store.remembered import Links, NotJSON, Remembered
@@ -67,15 +70,17 @@ def plan_with_notes(
 ) -> tuple[Plan, NotesFile]:
     """The plan, and the notes file it used (its problems are logged here)."""
     merge = merging(settings, options)
+    sent, links = state.sends_and_links(True)
     notes = (
-        read_notes(Path(options.existing_notes), settings, state.seen_notes())
+        read_notes(
+            Path(options.existing_notes), settings, state.seen_notes(), _aliases(batch, links)
+        )
         if options.existing_notes
         else NotesFile()
     )
     _log_notes_problems(notes)
     # the freshness rule needs the times; so does merging what a contact's keys remember, in
     # the order it was sent (interviews sent without an email, or resolved, may join another)
-    sent, links = state.sends_and_links(True)
     with_times = bool(
         notes.by_email or notes.by_interview or settings.resolve_contacts or links.any_unnamed()
     )
@@ -102,6 +107,32 @@ def plan_with_notes(
         raise state.unusable("a context that is not JSON") from None
     _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
     return plan, notes
+
+
+def _aliases(batch: Batch, links: Links) -> Aliases:
+    """The emails each of some interviews is known by: its rows' in the export, and the one
+    the state sent it as."""
+
+    def known_as(ids: list[int]) -> dict[int, list[str]]:
+        if not ids:
+            return {}
+        found: dict[int, list[str]] = {}
+        frame = batch.frame
+        if CONTACT_KEY in frame.columns:
+            texts = frame[ID].fillna("").astype(str).str.strip()
+            wanted = texts.isin([str(number) for number in set(ids)])
+            emails = frame[CONTACT_KEY][wanted].fillna("").astype(str)
+            for text, email in zip(texts[wanted], emails, strict=True):
+                key = email_key(email.strip())
+                if key and key not in found.setdefault(int(text), []):
+                    found[int(text)].append(key)
+        numbers = np.array(sorted(set(ids)), dtype=np.int64)
+        for number, key in zip(numbers.tolist(), links.keys_of(numbers).to_pylist(), strict=True):
+            if key and is_email_key(key) and key not in found.setdefault(number, []):
+                found[number].append(key)
+        return found
+
+    return known_as
 
 
 def _log_notes_problems(notes: NotesFile) -> None:

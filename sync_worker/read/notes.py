@@ -13,7 +13,7 @@ otherwise beat every later send of the worker's own for good.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,9 +53,20 @@ class _Unusable(ValueError):
     pass
 
 
-def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = None) -> NotesFile:
+Aliases = Callable[[list[int]], Mapping[int, Sequence[str]]]
+
+
+def read_notes(
+    path: Path,
+    settings: Settings,
+    seen: Mapping[str, str] | None = None,
+    aliases: Aliases | None = None,
+) -> NotesFile:
     """Columns `notes` and `contact_email` and/or `interview_id`, optional `updated_at`; notes
-    text or a JSON object. `seen`: digests of rows seen in earlier notes files -> first seen."""
+    text or a JSON object. `seen`: digests of rows seen in earlier notes files -> first seen.
+    `aliases`: the emails interviews are known by (in the export, or as the state sent them),
+    asked once for the ids of the rows keyed by id alone: their notes are sightings under
+    those emails too, so a file keyed by id one night and by email the next is still stale."""
     options = ReadOptions(settings.encoding, settings.delimiter)  # a workbook: its first sheet
     read = read_raw(path, options, lambda headers: _notes_headers(headers, path))
     raw = read.frame
@@ -67,6 +78,7 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
     ids = _texts(raw, columns.get(ID)) or blank
     times = _texts(raw, columns.get(UPDATED_AT)) or blank
     file_time = min(iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)), now_iso())
+    known_as = aliases(_ids_alone(ids, emails)) if aliases is not None else {}
     cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
     for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
         if row - 1 in read.bad_rows:
@@ -83,6 +95,7 @@ def read_notes(path: Path, settings: Settings, seen: Mapping[str, str] | None = 
                 _interview_id(raw_id),
                 min(_time(updated) or file_time, file_time),
                 seen or {},
+                known_as,
             )
         except _Unusable as problem:
             notes.problems.append(f"{path} row {row}: {problem}; the row is not used")
@@ -97,6 +110,7 @@ def _add_row(
     interview_id: int | None,
     time: str,
     seen: Mapping[str, str],
+    known_as: Mapping[int, Sequence[str]],
 ) -> None:
     if not email and interview_id is None:
         raise _Unusable(f"neither {CONTACT_KEY} nor {ID} is filled")
@@ -104,16 +118,33 @@ def _add_row(
         context = parse_context(text.strip())
     except ValueError as problem:
         raise _Unusable(f"column notes: {problem}") from None
-    digest = sighting_digest(contact_key(email, interview_id), context)
-    if digest in seen:
-        time = seen[digest]
-    else:
-        notes.sightings.append((digest, time))
+    keys = [contact_key(email, interview_id)]
+    if not email and interview_id is not None:
+        keys += known_as.get(interview_id, ())
+    digests = [sighting_digest(key, context) for key in keys]
+    earlier = [seen[digest] for digest in digests if digest in seen]
+    if earlier:
+        time = min(earlier)
+    notes.sightings += [(digest, time) for digest in digests if digest not in seen]
     note = Note(row, context, time)
     if email:
         notes.by_email.setdefault(email, []).append(note)
     if interview_id is not None:
         notes.by_interview.setdefault(interview_id, []).append(note)
+
+
+def _ids_alone(ids: Sequence[str], emails: Sequence[str]) -> list[int]:
+    """The interview ids of the rows keyed by id alone (unusable ids are reported later)."""
+    found: list[int] = []
+    for raw_id, email in zip(ids, emails, strict=True):
+        if not email.strip():
+            try:
+                number = _interview_id(raw_id)
+            except _Unusable:
+                continue
+            if number is not None:
+                found.append(number)
+    return found
 
 
 def _notes_headers(headers: Sequence[str], path: Path) -> list[str]:

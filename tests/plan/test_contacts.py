@@ -519,6 +519,28 @@ def test_an_interview_that_gains_a_known_email_keeps_what_both_were_sent(
     assert found["contact_context"] == f"{first}\n\n{second}\n\nn911b"
 
 
+@pytest.mark.parametrize("by_id_first", [True, False], ids=["id-then-email", "email-then-id"])
+def test_a_stale_notes_file_keyed_another_way_is_still_stale(
+    sandbox: SandboxServer, by_id_first: bool
+) -> None:
+    """The same stale notes, keyed by the interview's id one night and by its email the next
+    (or the other way round): still as old as their first sighting, so the state's newer
+    notes are kept, not overwritten by the stale export copied afresh."""
+    by_id = (["interview_id", "notes"], [[1901, "stale export"]])
+    by_email = (["contact_email", "notes"], [["o@x.com", "stale export"]])
+    first, second = (by_id, by_email) if by_id_first else (by_email, by_id)
+    for night, (header, rows), context in ((1, first, "night one"), (2, second, "night two")):
+        write_csv(Path(f"notes{night}.csv"), header, rows)
+        later = time.time() + 60  # read as the moment it is read: newer than night one's send
+        os.utime(f"notes{night}.csv", (later, later))
+        write_csv(Path(f"in{night}.csv"), HEADER, [[1901, "o@x.com", "", "", context]])
+        done = sync(
+            sandbox, f"in{night}.csv", f"l{night}.csv", "--existing-notes", f"notes{night}.csv"
+        )
+        assert done.exit_code == 0
+    assert notes(sandbox, 1901) == "stale export\n\nnight one\n\nnight two"
+
+
 def test_a_contact_the_export_splits_stays_one_contact(sandbox: SandboxServer) -> None:
     """Night 1 gives 501 and 502 one email; night 2 gives 502 another: 502 still merges onto
     the contact it was sent as, and the next nights send nothing new."""
