@@ -275,7 +275,7 @@ def history(
         from sync_worker.commands import history_report
 
         found = api.history_versions(email, interview_id, state_path, config_path, base_url)
-        subject = f"contact {email}" if email is not None else f"interview {interview_id}"
+        subject = f"contact {email.strip()}" if email is not None else f"interview {interview_id}"
         text = history_report.as_json(found) if as_json else history_report.as_text(found, subject)
         return _echo(text)
 

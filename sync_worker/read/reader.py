@@ -127,7 +127,8 @@ class Batch:
                 values = values.combine_chunks()
             return pc.fill_null(values, "")
 
-        return frame[FILE_COL].to_numpy(), frame[ROW_COL].to_numpy(), text(ID), text(CONTACT_KEY)
+        emails = pc.utf8_trim_whitespace(text(CONTACT_KEY))  # trimmed, as every cell is read
+        return frame[FILE_COL].to_numpy(), frame[ROW_COL].to_numpy(), text(ID), emails
 
     def locate_all(self, positions: np.ndarray) -> Located:
         """`locate` for many rows at once, as columns (a nightly run's million skipped rows, the

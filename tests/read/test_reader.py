@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -143,6 +144,14 @@ def test_several_files_are_one_batch_in_order(tmp_path: Path) -> None:
     assert frame["contact_name"].tolist() == ["", "", "C"]
     assert frame["context.x"].tolist() == ["", "", "cx"]
     assert batch.locate(2) == (1, 1, "3", "")
+
+
+def test_a_rows_place_gives_its_email_trimmed(tmp_path: Path) -> None:
+    """The ledger's contact_email is the cell as read: trimmed, as every cell is."""
+    (tmp_path / "a.csv").write_text('interview_id,contact_email\n1,"  Pad@X.com  "\n')
+    batch = read_batch([str(tmp_path / "a.csv")], ReadOptions())
+    assert batch.locate(0) == (0, 1, "1", "Pad@X.com")
+    assert batch.locate_all(np.array([0])).emails == ["Pad@X.com"]
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def test_history_shows_each_version_newest_first(tmp_path: Path, sandbox: Sandbo
     ]
     assert json.loads(show(tmp_path, "--email", "ANA@x.com ", "--json")) == versions
 
-    text = show(tmp_path, "--email", "ana@x.com")
+    text = show(tmp_path, "--email", " ana@x.com ")
     assert text.splitlines()[0] == "history of contact ana@x.com: 5 versions, newest first"
     assert '    sent:   "Pricing"' in text and '    before: "Intro"  [earlier send]' in text
     assert "    before: unknown  [unknown]" in text
