@@ -99,6 +99,16 @@ def aside(batch: Batch) -> dict[str, int]:
             ["1", "2"],
             {"blank": 1, "report footer": 1},
         ),
+        (
+            "copyright-variants.csv",
+            SF_HEADER
+            + SF_ROWS
+            + '\n"Grand Totals (2 records)"\n'
+            + '"Copyright (c) 2000–2026 Salesforce, Inc. Alle Rechte vorbehalten."\n'
+            + '"Copyright (c) 2000-2026 salesforce.com, inc. All rights reserved. Confidential."\n',
+            ["4821", "4822"],
+            {"report footer": 3, "blank": 1},
+        ),
         ("trailing-blank.csv", "interview_id,objective\n1,a\n\n", ["1"], {"blank": 1}),
         ("clean.csv", "interview_id,objective\n1,a\n2,b\n", ["1", "2"], {}),
     ],
@@ -111,6 +121,7 @@ def aside(batch: Batch) -> dict[str, int]:
         "subtotal",
         "header-and-footer-only",
         "one-column-file",
+        "localised-and-longer-copyright-lines",
         "one-trailing-blank-line",
         "clean-file-untouched",
     ],
@@ -143,6 +154,13 @@ def test_lines_after_the_data_that_are_not_rows_are_set_aside(
             ["1", "Total"],
             {},
         ),
+        (
+            "account-named-total.csv",
+            'Account,interview_id,Amount\nAcme,7001,10\nTotal,7003,"1,500.00"\n'
+            '\n"Grand Totals (2 records)"\n',
+            ["7001", "7003"],
+            {},
+        ),
         ("multiline-last-cell.csv", 'interview_id,contact_context\n1,"a\n\n"\n', ["1"], {}),
         (
             "a-name-not-a-label.csv",
@@ -155,6 +173,7 @@ def test_lines_after_the_data_that_are_not_rows_are_set_aside(
         "footer-in-the-middle-stays",
         "a-total-with-an-id-stays",
         "subtotal-needs-a-footer",
+        "a-row-shaped-as-a-subtotal-with-an-id-above-a-footer-stays",
         "quoted-newlines-at-the-end",
         "near-footer-stays",
     ],
@@ -167,6 +186,31 @@ def test_anything_that_may_be_data_stays_a_row(
     batch = read(path)
     assert ids(batch) == rows
     assert {row: b.message.split(";")[0] for row, b in batch.bad_rows.items()} == bad
+
+
+def test_a_subtotal_shaped_row_with_an_id_in_the_mapped_column_stays(tmp_path: Path) -> None:
+    """The id column as the export names it ([columns] interview_id), in a CSV and a sheet:
+    an account named Total with an id is a row; the subtotal line without one is not."""
+    rows = [
+        ["Account Name", "Hindsight Interview ID", "Amount"],
+        ["Acme", "7001", "10"],
+        ["Total", "7003", "1,500.00"],
+        ["Subtotal", "", "1,510.00"],
+        [],
+        ["Grand Totals (2 records)"],
+    ]
+    options = ReadOptions(columns={"interview_id": "Hindsight Interview ID"})
+    lines = [",".join(f'"{cell}"' for cell in row) for row in rows]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    batch = read(tmp_path / "t.csv", options)
+    assert ids(batch) == ["7001", "7003"]
+    assert aside(batch) == {"subtotal": 1, "report footer": 1, "blank": 1}
+    book = xlsxwriter.Workbook(str(tmp_path / "t.xlsx"))
+    sheet = book.add_worksheet()
+    for at, row in enumerate(rows):
+        sheet.write_row(at, 0, row)
+    book.close()
+    assert ids(read(tmp_path / "t.xlsx", options)) == ["7001", "7003"]
 
 
 def test_footer_in_a_gzip_file_and_a_tsv(tmp_path: Path) -> None:

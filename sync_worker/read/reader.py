@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 
 from sync_worker.errors import InputError
 from sync_worker.fields import CANONICAL_COLUMNS, CONTACT_KEY, CONTEXT_PREFIX, ID
-from sync_worker.read.footer import SetAside, byte_length, trailing_lines
+from sync_worker.read.footer import IdHeaders, SetAside, byte_length, id_cells, trailing_lines
 from sync_worker.settings.config import FRAME_SOURCE
 
 FILE_COL = "_file"
@@ -280,6 +280,12 @@ def _context_keys(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def id_headers(options: ReadOptions) -> IdHeaders:
+    """The headers that may hold the interview id (as written, or as mapped), lower case."""
+    mapped = (options.columns or {}).get(ID)
+    return frozenset(name.strip().lower() for name in (ID, mapped) if name)
+
+
 def read_raw(path: Path, options: ReadOptions, wanted: HeaderFilter | None = None) -> RawFile:
     """Read one file as text cells, headers as written. `wanted` picks the headers to keep
     (and, for Parquet, to read at all); None keeps every column."""
@@ -293,7 +299,7 @@ def read_raw(path: Path, options: ReadOptions, wanted: HeaderFilter | None = Non
     if name.endswith(SHEET_SUFFIXES):
         from sync_worker.read.workbook import read_xlsx  # here: only a workbook needs calamine
 
-        return read_xlsx(path, options.sheet, wanted)
+        return read_xlsx(path, options.sheet, wanted, id_headers(options))
     if name.endswith(CSV_SUFFIXES):
         raw = _read_csv(path, options)
         if wanted is not None:
@@ -344,15 +350,16 @@ def _read_csv(path: Path, options: ReadOptions) -> RawFile:
     is_tsv = path.name.lower().endswith((".tsv", ".tsv.gz"))
     delimiter = options.delimiter or ("\t" if is_tsv else ",")
     sniff = options.delimiter is None
+    ids = id_headers(options)
     marked, warnings = _encoding_from_bom(path, options.encoding)
     if marked or options.encoding:
         encoding = marked or options.encoding or ""
         what = f"a {encoding.upper()} byte-order mark" if marked else "the configured encoding"
-        raw = _decoded(path, delimiter, encoding, sniff, f"not {encoding} text ({what})")
+        raw = _decoded(path, delimiter, encoding, sniff, f"not {encoding} text ({what})", ids)
         raw.warnings[:0] = warnings
         return raw
     try:
-        return _read_csv_as(path, delimiter, "utf-8", sniff)
+        return _read_csv_as(path, delimiter, "utf-8", sniff, ids)
     except UnicodeDecodeError:
         warning = (
             f"{path}: not valid UTF-8, read as cp1252 (Excel on Windows); "
@@ -361,15 +368,17 @@ def _read_csv(path: Path, options: ReadOptions) -> RawFile:
         what = "neither UTF-8 nor cp1252 text" + (
             " (or a damaged gzip file)" if path.name.lower().endswith(".gz") else ""
         )
-        raw = _decoded(path, delimiter, "cp1252", sniff, what)
+        raw = _decoded(path, delimiter, "cp1252", sniff, what, ids)
         raw.warnings.insert(0, warning)
         return raw
 
 
-def _decoded(path: Path, delimiter: str, encoding: str, sniff: bool, what: str) -> RawFile:
+def _decoded(
+    path: Path, delimiter: str, encoding: str, sniff: bool, what: str, ids: IdHeaders
+) -> RawFile:
     """Read in a known encoding; bytes it cannot decode make one line that says so."""
     try:
-        return _read_csv_as(path, delimiter, encoding, sniff)
+        return _read_csv_as(path, delimiter, encoding, sniff, ids)
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: {what}: byte {exc.start} does not decode; set [input] encoding in the "
@@ -416,7 +425,7 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _read_csv_as(path: Path, delimiter: str, encoding: str, sniff: bool) -> RawFile:
+def _read_csv_as(path: Path, delimiter: str, encoding: str, sniff: bool, ids: IdHeaders) -> RawFile:
     """Parse with Arrow's CSV reader (the engine pandas uses for engine="pyarrow"), every
     column declared text up front so nothing is ever inferred: "004821" stays "004821".
 
@@ -431,7 +440,7 @@ def _read_csv_as(path: Path, delimiter: str, encoding: str, sniff: bool) -> RawF
         delimiter = "\t"
         header = _header(path, delimiter, encoding)
     quotes, end, size = _scan(path, encoding)
-    tail = trailing_lines(end, delimiter, encoding)
+    tail = trailing_lines(end, delimiter, encoding, id_cells(header, ids))
     del end  # not kept through the parse
     length = size - tail.size if tail.size else None
     _check_quotes_closed(path, delimiter, encoding, quotes - tail.quotes, length)

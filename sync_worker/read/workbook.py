@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sync_worker.errors import InputError
-from sync_worker.read.footer import TITLE, SetAside, kind_of, trailing_rows
+from sync_worker.read.footer import TITLE, IdHeaders, SetAside, id_cells, kind_of, trailing_rows
 from sync_worker.read.reader import BadRow, HeaderFilter, RawFile
 
 MAX_EXACT = 10**15 - 1  # Excel keeps 15 significant digits: a longer whole number may be rounded
@@ -34,16 +34,20 @@ TITLE_ROWS_LOOKED_AT = 50
 FOOTER_ROWS_LOOKED_AT = 1000
 
 
-def read_xlsx(path: Path, sheet: str | None, wanted: HeaderFilter | None) -> RawFile:
-    """One sheet (the first, or `sheet` by name) as text cells, headers as written."""
+def read_xlsx(
+    path: Path, sheet: str | None, wanted: HeaderFilter | None, ids: IdHeaders = frozenset()
+) -> RawFile:
+    """One sheet (the first, or `sheet` by name) as text cells, headers as written; `ids`: the
+    headers that may hold the interview id (a subtotal's shape with an id there is a row)."""
     grid = _grid(path, sheet)
     top = _header_row(grid)
     headers = [_text(value) for value in grid.iloc[top].tolist()]
     if not any(header.strip() for header in headers):
         raise InputError(f"{path}: the sheet is empty (no header row)")
     body = grid.iloc[top + 1 :]
-    footer = trailing_rows(_texts(body.tail(FOOTER_ROWS_LOOKED_AT)))
-    kinds = [TITLE] * top + [kind_of(cells) or "" for cells in _texts(body.tail(footer))]
+    at = id_cells(headers, ids)
+    footer = trailing_rows(_texts(body.tail(FOOTER_ROWS_LOOKED_AT)), at)
+    kinds = [TITLE] * top + [kind_of(cells, ids=at) or "" for cells in _texts(body.tail(footer))]
     body = body.iloc[: len(body) - footer]
     picked = list(dict.fromkeys(wanted(headers))) if wanted is not None else headers
     texts, bad_rows = _columns(body, picked, [headers.index(name) for name in picked], top)
