@@ -104,8 +104,8 @@ def aside(batch: Batch) -> dict[str, int]:
             SF_HEADER
             + SF_ROWS
             + '\n"Grand Totals (2 records)"\n'
-            + '"Copyright (c) 2000–2026 Salesforce, Inc. Alle Rechte vorbehalten."\n'
-            + '"Copyright (c) 2000-2026 salesforce.com, inc. All rights reserved. Confidential."\n',
+            + '"Copyright (c) 2000\u20132026 Salesforce, Inc. Alle Rechte vorbehalten."\n'
+            + '"Copyright (c) 2000-2026 salesforce.com, inc. All rights reserved. Secret."\n',
             ["4821", "4822"],
             {"report footer": 3, "blank": 1},
         ),
