@@ -37,7 +37,7 @@ from sync_worker.commands.planning import (
 )
 from sync_worker.commands.signals import Interrupted, StopSignal
 from sync_worker.errors import GuardError
-from sync_worker.logs import get_logger, showing_progress
+from sync_worker.logs import get_logger, redact, showing_progress
 from sync_worker.plan import Outcomes, Plan
 from sync_worker.plan.changes import ChangeFinder, Changes
 from sync_worker.plan.estimate import estimate
@@ -322,6 +322,7 @@ def _run_locked(
                 batch.lines_set_aside,
             )
             summary["stopped_by"] = "auth_or_unreachable" if report.fatal else stopper.reason
+            summary["aborted_because"] = redact(str(report.fatal)) if report.fatal else None
             summary["ledger"] = str(ledger.path)
             write_summary(ledger.path, summary)
             state.run_finished(run_id, int(code), summary)

@@ -66,9 +66,15 @@ def merging(settings: Settings, options: RunOptions) -> bool:
 
 
 def plan_with_notes(
-    settings: Settings, options: RunOptions, batch: Batch, state: State, for_sending: bool = True
+    settings: Settings,
+    options: RunOptions,
+    batch: Batch,
+    state: State,
+    for_sending: bool = True,
+    lists_invalid: bool = False,
 ) -> tuple[Plan, NotesFile]:
-    """The plan, and the notes file it used (its problems are logged here)."""
+    """The plan, and the notes file it used (its problems are logged here). `lists_invalid`:
+    the caller lists every invalid row itself (`validate`): they are not logged too."""
     merge = merging(settings, options)
     sent, links = state.sends_and_links(True)
     notes = (
@@ -105,7 +111,13 @@ def plan_with_notes(
         plan = build_plan(batch, plan_options, memory)
     except NotJSON:
         raise state.unusable("a context that is not JSON") from None
-    _log_plan_warnings(plan, warn_contexts=for_sending and not merge)
+    if lists_invalid:
+        every_invalid = ""
+    elif for_sending:
+        every_invalid = "see the ledger for every invalid row"
+    else:
+        every_invalid = "`sync-worker validate` lists every invalid row"
+    _log_plan_warnings(plan, warn_contexts=for_sending and not merge, every_invalid=every_invalid)
     return plan, notes
 
 
@@ -150,9 +162,11 @@ def _log_notes_problems(notes: NotesFile) -> None:
         )
 
 
-def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
+def _log_plan_warnings(plan: Plan, warn_contexts: bool, every_invalid: str) -> None:
+    """`every_invalid`: where the user finds every invalid row ("": `validate`, which lists
+    them all itself, logs none)."""
     log = get_logger()
-    invalid = plan.settled.invalid()
+    invalid = plan.settled.invalid() if every_invalid else []
     for _position, settled in invalid[:INVALID_LOGGED]:
         log.warning("invalid_row", error_code=settled.error_code, message=settled.error_message)
     if len(invalid) > INVALID_LOGGED:
@@ -160,7 +174,7 @@ def _log_plan_warnings(plan: Plan, warn_contexts: bool) -> None:
             "invalid_rows",
             count=len(invalid),
             logged=INVALID_LOGGED,
-            message="see the ledger for every invalid row",
+            message=every_invalid,
         )
     if plan.email_changes:
         log.warning(
@@ -246,7 +260,7 @@ def validate(settings: Settings, options: RunOptions) -> tuple[Batch, Plan, list
     unusable rows, and what each guard would say (logged too, before the summary line:
     validate_finished)."""
     batch = read_inputs(settings, options.inputs)
-    plan, notes = plan_with_notes(settings, options, batch, State(None))
+    plan, notes = plan_with_notes(settings, options, batch, State(None), lists_invalid=True)
     guards = log_guards(settings, options, batch, plan, state_read=False)
     invalid = len(plan.settled.invalid())
     _log_estimate("validate_finished", settings, batch, plan, invalid=invalid)

@@ -33,8 +33,24 @@ def render(path: Path) -> str:
     summary, unreadable = _summary(path)
     lines += unreadable + _rate(summary)
     set_aside = summary.get("lines_set_aside") or 0 if summary else 0
-    lines += _next_steps(statuses, set_aside if isinstance(set_aside, int) else 0)
-    return "\n".join(lines)
+    unfinished = summary is None and not unreadable
+    aborted = str(summary.get("aborted_because") or "") if summary else ""
+    if unfinished:
+        lines.append(
+            "the run did not finish (no summary beside the ledger: it was killed, or is still "
+            "running): rows without a line here were never recorded"
+        )
+    if aborted:
+        lines.append(f"the run was aborted: {aborted}")
+    steps = _next_steps(statuses, set_aside if isinstance(set_aside, int) else 0)
+    if unfinished or aborted:
+        first = "fix that first; then a re-run" if aborted else "a re-run"
+        steps = [
+            f"next: {first} of the same command resumes (what the state recorded as sent is "
+            "skipped)",
+            *(step for step in steps if not step.startswith(("next: re-run", "nothing to do"))),
+        ]
+    return "\n".join(lines + steps)
 
 
 def _describe(row: dict[str, object]) -> str:

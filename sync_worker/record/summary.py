@@ -36,6 +36,7 @@ class RunSummary(TypedDict):
     emails_changed: int  # interviews the export gave another email than they were sent as
     exit_code: int
     stopped_by: str | None  # SIGINT, SIGTERM, max_duration, auth_or_unreachable, cancelled
+    aborted_because: str | None  # an aborted run's (exit 3) one line: what and what to do
     ledger: str  # the ledger's path
 
 

@@ -67,6 +67,32 @@ def test_report_on_a_known_ledger(tmp_path: Path, suffix: str) -> None:
     assert "fix the 1 invalid rows" in text
 
 
+def test_a_ledger_without_its_summary_is_of_a_run_that_did_not_finish(tmp_path: Path) -> None:
+    """A killed run leaves its ledger with no summary: never "nothing to do"."""
+    path = tmp_path / "ledger.csv"
+    _ledger_with_rows(path, 3)
+    text = render(path)
+    assert "the run did not finish" in text
+    assert "next: a re-run of the same command resumes" in text
+    assert "nothing to do" not in text
+
+
+def test_an_aborted_run_says_why_and_not_to_just_run_it_again(tmp_path: Path) -> None:
+    """A refused key fails the rows alike: the next step is the fix the run named."""
+    path = tmp_path / "ledger.csv"
+    ledger = Ledger(path)
+    write_line(ledger, {**BASE, "source_row": 1, "interview_id": "1", "status": "failed"})
+    write_line(ledger, {**BASE, "source_row": 2, "interview_id": "2", "status": "not_attempted"})
+    ledger.close()
+    why = "the API refused the key (HTTP 401 unauthorized): check the key in the variable"
+    summary = {"exit_code": 3, "aborted_because": why, "requests_sent": 1}
+    (tmp_path / "ledger.csv.summary.json").write_text(json.dumps(summary))
+    text = render(path)
+    assert f"the run was aborted: {why}" in text
+    assert "next: fix that first; then a re-run of the same command resumes" in text
+    assert "re-run the same command to retry" not in text
+
+
 def _ledger_with_rows(path: Path, rows: int) -> None:
     ledger = Ledger(path)
     for row in range(1, rows + 1):
