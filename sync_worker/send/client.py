@@ -39,6 +39,7 @@ from sync_worker.vocabulary import Status
 MAX_RATE_LIMITED = 8  # 429s one request may meet before it fails
 MAX_PAUSE_S = 300.0  # the longest 429 pause (or 5xx Retry-After) we honour
 MAX_OUTAGE_S = 300.0  # how long the API may not answer at all before the run gives up
+RETRIES_LOGGED = 5  # retries logged one line each; the rest of a run's are counted
 
 
 class Kind(Enum):
@@ -380,14 +381,24 @@ class Client:
     async def _back_off(
         self, interview_id: int, verdict: Verdict, attempts: int, delay: float
     ) -> None:
+        """Wait before a retry; the first RETRIES_LOGGED retries of a run are logged one by
+        one, the others counted (SPEC section 10: a flaky API does not flood the terminal)."""
         self.counters.retries += 1
-        self._log.warning(
-            "retry",
-            interview_id=interview_id,
-            error_code=verdict.code,
-            attempt=attempts,
-            delay_s=round(delay, 2),
-        )
+        if self.counters.retries <= RETRIES_LOGGED:
+            self._log.warning(
+                "retry",
+                interview_id=interview_id,
+                error_code=verdict.code,
+                attempt=attempts,
+                delay_s=round(delay, 2),
+            )
+        if self.counters.retries == RETRIES_LOGGED:
+            self._log.warning(
+                "retries_counted",
+                logged=RETRIES_LOGGED,
+                message=f"more retries are counted, not logged one by one: the summary gives "
+                "how many (retries), the ledger each row's attempts",
+            )
         await sleep_unless_stopped(self._stop, delay)
 
     async def _attempt(

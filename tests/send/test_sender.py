@@ -32,7 +32,7 @@ from helpers import (
 from structlog.testing import capture_logs
 
 from sync_worker.plan.request_table import ChainQueue, Request, RequestTable
-from sync_worker.send.client import Client, Outcome, RetryPolicy
+from sync_worker.send.client import RETRIES_LOGGED, Client, Outcome, RetryPolicy
 from sync_worker.send.sender import SendConfig, Sender
 
 
@@ -263,6 +263,22 @@ def test_not_http_inside_the_pool_is_retried_and_kills_no_worker(
     assert garbled > 0 and {e["error_code"] for e in retried} == {"bad_response"}
     summary = result.event("run_finished")
     assert (summary["requests_sent"], summary["connection_errors"]) == (40, garbled)
+
+
+def test_retries_past_the_first_few_are_counted_not_logged(
+    tmp_path: Path, sandbox_factory: Callable[..., SandboxServer]
+) -> None:
+    """A flaky API does not flood the terminal (SPEC section 10): the first retries are a line
+    each, then one line says the rest are counted; the summary has them all."""
+    server = sandbox_factory("--fail-rate", "0.5", "--seed", "2")
+    fast_rows(tmp_path, 40)
+    (tmp_path / "fast.toml").write_text("[api]\nbackoff_base_s = 0.01\nmax_retries = 10\n")
+    result = run_cli(*fast_run_args(server, "--concurrency", "4"), cwd=tmp_path)
+    assert_no_traceback(result, 0)
+    names = [e["event"] for e in result.events()]
+    summary = result.event("run_finished")
+    assert summary["retries"] > RETRIES_LOGGED
+    assert names.count("retry") == RETRIES_LOGGED and names.count("retries_counted") == 1
 
 
 def test_garbage_for_every_row_in_the_pool_fails_rows_not_workers(
