@@ -396,7 +396,7 @@ class Client:
             self._log.warning(
                 "retries_counted",
                 logged=RETRIES_LOGGED,
-                message=f"more retries are counted, not logged one by one: the summary gives "
+                message="more retries are counted, not logged one by one: the summary gives "
                 "how many (retries), the ledger each row's attempts",
             )
         await sleep_unless_stopped(self._stop, delay)
