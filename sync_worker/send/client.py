@@ -2,7 +2,9 @@
 
 Every answer is classified in one place (`classify`): a 2xx that confirms the interview
 (`{"interview_request_id": <id>}`) ok, any other 2xx `bad_response` (a catch-all web server or a
-proxy's block page answers 200 too, and a row taken as ok is never sent again); 400/404 and
+proxy's block page answers 200 too, and a row taken as ok is never sent again): failed when it
+is JSON about another interview, retried when it is not JSON (a page in the API's place; the
+first request, alone, fails at once: no API has answered yet); 400/404 and
 other 4xx failed for the row; 401/403 fatal for the run; 429 a shared pause; 5xx and answers
 that are not HTTP retried with exponential backoff and jitter (or the server's Retry-After). No
 answer at all (connection refused or dropped, timeout) is retried the same way, unless several
@@ -100,14 +102,24 @@ def confirms(body: bytes, interview_id: int) -> bool:
 
 
 def _not_the_api(status: int, body: bytes, content_type: str, interview_id: int) -> Verdict:
+    """A 2xx that does not confirm the interview. JSON naming another interview (or none) is
+    an answer about this row: failed. Anything else (a captive portal's or a proxy's page)
+    is not the API answering at all: retried, and counted towards an outage, so a page that
+    stands in for the API a while mid-run fails no row the API never saw."""
     text = " ".join(body[:120].decode("utf-8", "replace").split())
     message = (
         f"HTTP {status} {content_type or 'without a content type'} is not the API's answer "
         f'{{"interview_request_id": {interview_id}}}' + (f": {text}" if text else "")
     )
-    return Verdict(
-        Kind.FAILED, "bad_response", message, False, healthy=False, content_type=content_type
-    )
+    kind = Kind.FAILED if _json_object(body) else Kind.RETRY
+    return Verdict(kind, "bad_response", message, False, healthy=False, content_type=content_type)
+
+
+def _json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
 
 
 def answer_shown(status: int | None, content_type: str) -> str:
@@ -338,6 +350,8 @@ class Client:
                 self._answered(status, sent_at)
                 if verdict.healthy:
                     outage.answered()
+                elif verdict.code == "bad_response" and not outage.watching:
+                    return self._failed(status, verdict, attempts)  # the first, alone: no API
                 else:
                     shown = answer_shown(status, verdict.content_type)
                     if outage.bad_answer(probing, shown) and verdict.kind is Kind.RETRY:

@@ -53,27 +53,29 @@ def test_classify(status: int, body: bytes, kind: Kind, code: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "body", "content_type", "ok"),
+    ("status", "body", "content_type", "kind"),
     [
-        (200, b'{"interview_request_id": 7}', "application/json", True),
-        (200, b'{"interview_request_id":7,"contact_id":3}', "application/json", True),
-        (200, b'{"interview_request_id": "7"}', "application/json", True),
-        (200, b'{"interview_request_id": 8}', "application/json", False),
-        (200, b'{"interview_request_id": true}', "application/json", False),
-        (200, b"{}", "application/json", False),
-        (200, b"[7]", "application/json", False),
-        (200, b"<html>Welcome</html>", "text/html", False),
-        (204, b"", "", False),
+        (200, b'{"interview_request_id": 7}', "application/json", Kind.OK),
+        (200, b'{"interview_request_id":7,"contact_id":3}', "application/json", Kind.OK),
+        (200, b'{"interview_request_id": "7"}', "application/json", Kind.OK),
+        (200, b'{"interview_request_id": 8}', "application/json", Kind.FAILED),
+        (200, b'{"interview_request_id": true}', "application/json", Kind.FAILED),
+        (200, b"{}", "application/json", Kind.FAILED),
+        (200, b"[7]", "application/json", Kind.RETRY),
+        (200, b"<html>Welcome</html>", "text/html", Kind.RETRY),
+        (204, b"", "", Kind.RETRY),
     ],
     ids=["api", "more-keys", "id-as-text", "another-id", "bool", "empty", "list", "html", "204"],
 )
 def test_a_2xx_is_ok_only_when_it_confirms_the_interview(
-    status: int, body: bytes, content_type: str, ok: bool
+    status: int, body: bytes, content_type: str, kind: Kind
 ) -> None:
+    """A JSON object about another interview (or none) fails the row; anything else is not
+    the API answering (a portal's page): retried, and counted towards an outage."""
     verdict = classify(status, body, 7, content_type)
-    assert (verdict.kind is Kind.OK) is ok
-    if not ok:
-        assert (verdict.kind, verdict.code, verdict.healthy) == (Kind.FAILED, "bad_response", False)
+    assert verdict.kind is kind
+    if kind is not Kind.OK:
+        assert (verdict.code, verdict.healthy) == ("bad_response", False)
         assert f"HTTP {status} {content_type or 'without a content type'}" in verdict.message
 
 

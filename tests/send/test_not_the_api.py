@@ -29,14 +29,16 @@ def fast_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sync_worker.send.outage.PROBE_CAP_S", 0.2)
 
 
-def run(tmp_path: Path, base_url: str, *args: str, rows: int = 10) -> tuple[int, str]:
+def run(
+    tmp_path: Path, base_url: str, *args: str, rows: int = 10, config: str = FAST
+) -> tuple[int, str]:
     """`sync-worker run` of `rows` rows in-process; (exit code, stderr)."""
     write_csv(
         tmp_path / "in.csv",
         ["interview_id", "contact_name"],
         [[i, f"N{i}"] for i in range(1, rows + 1)],
     )
-    (tmp_path / "fast.toml").write_text(FAST)
+    (tmp_path / "fast.toml").write_text(config)
     result = CliRunner().invoke(
         main,
         [
@@ -170,6 +172,27 @@ def answering_then(after: int, then: Any) -> Any:
         return web.json_response({"interview_request_id": interview})
 
     return handler
+
+
+def test_a_portals_page_mid_run_fails_no_row_the_api_never_saw(tmp_path: Path) -> None:
+    """A captive portal answers 200 HTML for a moment mid-run, then the API is back: the
+    rows it answered are sent again and end ok (it was an outage, not their answers)."""
+    back_at: list[float] = []
+
+    async def portal_a_while(request: web.Request) -> web.StreamResponse:
+        if not back_at:
+            back_at.append(time.monotonic() + 0.4)
+        if time.monotonic() < back_at[0]:
+            return await html_page(request)
+        interview = int(request.match_info["tail"].rsplit("/", 1)[-1])
+        return web.json_response({"interview_request_id": interview})
+
+    retries = "[api]\nbackoff_base_s = 0.02\nmax_retries = 10\n"  # outlast the count to one
+    with serving(answering_then(5, portal_a_while)) as server:
+        code, stderr = run(tmp_path, server.base_url, "--concurrency", "2", rows=30, config=retries)
+    assert code == 0, stderr
+    assert statuses(tmp_path) == {("ok", ""): 30}
+    assert any(e["event"] == "api_unreachable" for e in events(stderr))
 
 
 @pytest.mark.timing
