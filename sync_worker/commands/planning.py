@@ -97,6 +97,7 @@ def plan_with_notes(
         notes_by_interview=notes.by_interview,
         links=links,
         resolved=state.resolved() if settings.resolve_contacts else Links.empty(),
+        refused=state.refused(),
         confirmed=state.last_values if state.knows_values() else None,
     )
     plan_options = PlanOptions(

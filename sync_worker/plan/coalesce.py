@@ -5,11 +5,12 @@ leaves out. So, for the requests left after the unchanged ones are skipped:
 - a field whose value is the one last confirmed for its interview or contact is left out (a
   field never confirmed is sent; `--force` sends every field);
 - a contact's fields travel once, in the request of its first interview in file order (its
-  carrier; the first the API has confirmed a send of before, where one has: an interview never
-  confirmed may not exist), with the last value each field takes among the contact's requests:
-  what the server would hold after all of them, one after another. The contact's other requests
-  carry only their interview's own fields. With `coalesce` off (`--no-coalesce`) every request
-  of a contact whose fields changed carries those last values;
+  carrier; the first the API has confirmed a send of before, where one has, else the first it
+  has not refused: an interview never confirmed may not exist), with the last value each field
+  takes among the contact's requests: what the server would hold after all of them, one after
+  another. The contact's other requests carry only their interview's own fields. With
+  `coalesce` off (`--no-coalesce`) every request of a contact whose fields changed carries
+  those last values;
 - a request left with nothing to carry sends nothing. If its contact's fields ride in the
   carrier's request, its rows are the carrier's too: they end as that request ends, and the
   ledger's `sent_with` names the carrier (`Plan.sent_with`). Otherwise it is unchanged and
@@ -138,16 +139,22 @@ def trim(plan: Plan, options: PlanOptions, memory: Memory, filled: Fills = None)
 
 def _carriers(table: RequestTable, codes: Ints, contacts: int, memory: Memory) -> Ints:
     """Each contact's carrier: its first request in file order whose interview the API has
-    confirmed a send of before, else its first. An interview never confirmed may not exist
-    (a 404 every night would hold the contact's fields back for good); one confirmed does."""
+    confirmed a send of before; else its first the API has not refused (400, 404); else its
+    first. An interview never confirmed may not exist (a 404 every night would hold the
+    contact's fields back for good); one confirmed does."""
     n = len(table)
     order = np.arange(n, dtype=np.int64)
     firsts = np.full(contacts, n, dtype=np.int64)
+    preferred = []
     if len(memory.sent):
         known = pc.is_valid(memory.sent.hashes_of(table.interview_id))
-        confirmed = np.flatnonzero(np.asarray(known.to_numpy(), dtype=bool))
-        np.minimum.at(firsts, codes[confirmed], order[confirmed])
-    np.minimum.at(firsts, codes, np.where(firsts[codes] < n, n, order))
+        preferred.append(np.asarray(known.to_numpy(), dtype=bool))
+    if len(memory.refused):
+        preferred.append(~np.isin(table.interview_id, memory.refused))
+    preferred.append(np.ones(n, dtype=bool))
+    for chosen in preferred:  # each kind only for the contacts no better kind gave a carrier
+        at = np.flatnonzero(chosen & (firsts[codes] == n))
+        np.minimum.at(firsts, codes[at], order[at])
     return firsts
 
 

@@ -53,7 +53,7 @@ from sync_worker.merger import Context
 from sync_worker.settings.network import canonical_url
 from sync_worker.settings.paths import create_private, open_private
 from sync_worker.store import history
-from sync_worker.store.digests import DIGEST, hex_digests
+from sync_worker.store.digests import DIGEST, Ints, hex_digests
 from sync_worker.store.history import Change, FieldKey, Version, level_of
 from sync_worker.store.remembered import Links, Remembered, Sent
 
@@ -96,6 +96,12 @@ CREATE TABLE IF NOT EXISTS resolved (
     contact_id INTEGER NOT NULL,
     resolved_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS refused (
+    interview_id INTEGER PRIMARY KEY,
+    http_status INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    refused_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lock_holder (
     slot INTEGER PRIMARY KEY CHECK (slot = 1),
     pid INTEGER NOT NULL,
@@ -107,6 +113,8 @@ CREATE TABLE IF NOT EXISTS lock_holder (
 # is refused rather than misread; older ones (0: before the number) are read and upgraded in
 # place. 2: the API the state belongs to (`api`, adopted by a state of 1 on its first run), the
 # contacts the API named (`resolved`), the runs whose history was pruned (`pruned_runs`).
+# Since, without a new number (a table added, which earlier versions of 2 leave alone): the
+# interviews the API refused with a 400 or 404 (`refused`).
 SCHEMA_VERSION = 2
 CORE_TABLES = frozenset({"sent", "contacts", "runs"})  # a database with none of them is not ours
 PRAGMAS = (
@@ -317,6 +325,7 @@ class State:
         self._path = path  # for messages
         self._tables = tables  # ours that the file holds (a state from before the journal...)
         self._pending: list[Success] = []
+        self._refusals: list[tuple[int, int, str, str]] = []  # (interview, status, run, when)
         self._planned = history.Planned()  # changes of requests about to be sent
         self._unsure: list[tuple[str, str, str, str]] = []  # fields sent without an answer
         self._unsure_payloads: list[tuple[int, str]] = []  # (interview, contact) of those sends
@@ -504,13 +513,31 @@ class State:
         """Queue confirmed sends; `flush` commits everything queued."""
         self._pending.extend(successes)
 
+    def refused_by_api(self, interview_id: int, http_status: int, run_id: str, at: str) -> None:
+        """Queue an interview the API refused (400, 404): it may not exist, so it is the last
+        choice to carry its contact's fields (coalesce.py); `flush` commits it."""
+        self._refusals.append((interview_id, http_status, run_id, at))
+
+    def refused(self) -> Ints:
+        """The interviews the API refused (400, 404) and never confirmed since, sorted."""
+        if self._db is None or "refused" not in self._tables:
+            return np.zeros(0, dtype=np.int64)
+        query = (
+            "SELECT interview_id FROM refused WHERE interview_id NOT IN "
+            "(SELECT interview_id FROM sent) ORDER BY interview_id"
+        )
+        with self._errors_named(), self._wrong_types():
+            found = [row[0] for row in self._db.execute(query)]
+        return np.array(found, dtype=np.int64)
+
     def flush(self) -> None:
         """Commit the queued sends to the journal, and their planned changes to the history as
-        history rows: one append to each, a page or so per commit. A failed write is a
-        StateWriteError carrying SQLite's words."""
-        if not self._pending or self._db is None:
+        history rows: one append to each, a page or so per commit (and the refusals queued).
+        A failed write is a StateWriteError carrying SQLite's words."""
+        if not (self._pending or self._refusals) or self._db is None:
             return
         pending, self._pending = self._pending, []
+        refusals, self._refusals = self._refusals, []
         rows = self._planned.rows((s.interview_id, s.run_id, s.sent_at) for s in pending)
         try:
             with self._db:
@@ -518,6 +545,10 @@ class State:
                 self._db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?)", pending)
                 if rows:
                     self._db.executemany(history.INSERT_HISTORY, rows)
+                if refusals:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?)", refusals
+                    )
         except sqlite3.Error as exc:
             raise StateWriteError(str(exc)) from exc
 

@@ -324,6 +324,24 @@ def test_a_lean_request_whose_carrier_failed_is_not_taken_as_complete(
     assert held(sandbox, 7, "contact_context") == "notes"
 
 
+def test_a_contacts_fields_go_with_an_interview_the_api_has_not_refused(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """The contact's first interview is refused (404) and the other has nothing of its own:
+    the next run sends the fields with the other one, so they arrive (the refused interview's
+    rows then ride with it), and the run after sends nothing."""
+    rows = [[990000001, A, "Dee", "", "notes"], [41, A, "Dee", "", "notes"]]
+    export(tmp_path, rows)
+    assert sync(tmp_path, sandbox, "one.csv").code == 1
+    assert carried(tmp_path, "one.csv")["41"] == ("failed", "990000001")
+    assert sync(tmp_path, sandbox, "two.csv").code == 0
+    assert [r["id"] for r in sandbox.requests()[1:]] == ["41"]
+    assert held(sandbox, 41, "contact_context") == "notes"
+    assert carried(tmp_path, "two.csv")["990000001"] == ("ok", "41")
+    assert sync(tmp_path, sandbox, "three.csv").code == 0
+    assert len(sandbox.requests()) == 2
+
+
 def test_a_contacts_fields_go_with_an_interview_the_api_has_confirmed(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:

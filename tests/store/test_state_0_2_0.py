@@ -55,6 +55,29 @@ def test_what_release_0_2_0_sent_is_skipped(old_state: Path, sandbox: SandboxSer
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_a_0_2_0_state_learns_the_interviews_the_api_refused(
+    old_state: Path, sandbox: SandboxServer
+) -> None:
+    """Upgraded in place by its first run: the interviews the API refuses are kept, and the
+    next run sends a contact's fields with another of its interviews."""
+    folder = old_state.parent
+    moved_to(old_state, sandbox)
+    header = "interview_id,contact_email,contact_name,objective,contact_context\n"
+    rows = "990000001,z@x.com,Zed,,new notes\n77,z@x.com,Zed,,new notes\n"
+    (folder / "four.csv").write_text(header + rows)
+    args = run_args(sandbox, source="four.csv")
+    assert run_cli(*args, cwd=folder).code == 1
+    with sqlite3.connect(old_state) as db:
+        assert db.execute("SELECT interview_id, http_status FROM refused").fetchall() == [
+            (990000001, 404)
+        ]
+    (folder / "ledger.csv").unlink()
+    (folder / "ledger.csv.summary.json").unlink()
+    assert run_cli(*args, cwd=folder).code == 0
+    held = sandbox.interview(77)
+    assert held is not None and held["contact_context"] == "new notes"
+
+
 def test_a_change_on_a_0_2_0_state_sends_the_changed_fields_once(old_state: Path) -> None:
     """Contact a@x.com's context and interview 101's objective change: its context goes once,
     with interview 100 (whose objective is as confirmed), 101 sends its objective alone, and
