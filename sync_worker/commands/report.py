@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sync_worker.record.ledger import load_ledger, summary_path
+from sync_worker.record.ledger import FORMULA_STARTS, load_ledger, summary_path
 from sync_worker.vocabulary import Status
 
 FAILED_SHOWN = 10
@@ -55,10 +55,19 @@ def render(path: Path) -> str:
 
 def _describe(row: dict[str, object]) -> str:
     status = f"HTTP {row['http_status']} " if row.get("http_status") not in (None, "") else ""
-    return (
-        f"  {row['source_file']} row {row['source_row']} (interview {row['interview_id']}): "
-        f"{row['status']} {status}{row['error_code']}: {row['error_message']}"
+    source, interview, message = (
+        _as_written(row[name]) for name in ("source_file", "interview_id", "error_message")
     )
+    return (
+        f"  {source} row {row['source_row']} (interview {interview}): "
+        f"{row['status']} {status}{row['error_code']}: {message}"
+    )
+
+
+def _as_written(value: object) -> str:
+    """A CSV ledger's cell without the quote that keeps a spreadsheet from running it."""
+    text = str(value)
+    return text[1:] if text.startswith("'") and text[1:2] in FORMULA_STARTS else text
 
 
 def _summary(path: Path) -> tuple[dict[str, Any] | None, list[str]]:

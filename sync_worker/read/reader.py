@@ -844,16 +844,22 @@ def _ambiguous_message(
 
 def _missing_id_message(path: str, headers: Sequence[str], mapped: str | None) -> str:
     found = ", ".join(repr(h) for h in headers) or "none"
-    wanted = f"interview_id or the mapped column {mapped!r}" if mapped else "interview_id"
+    wanted = f"interview_id column (nor the mapped {mapped!r})" if mapped else "interview_id column"
     delimiter = _delimiter_hint(headers)
     if delimiter is not None:
         return (
-            f"{path}: no {wanted} column (columns found: {found}); the header looks separated "
+            f"{path}: no {wanted} (columns found: {found}); the header looks separated "
             f"by {delimiter!r}: set [input] delimiter = {json.dumps(delimiter)} in the config"
         )
+    title = (
+        "; if that one cell is a report's title, delete the lines above the header (a report "
+        "saved as .xlsx has its title rows set aside)"
+        if len(headers) == 1
+        else ""
+    )
     return (
-        f"{path}: no {wanted} column (columns found: {found}); "
-        'map one in the config: [columns] interview_id = "<your header>"'
+        f"{path}: no {wanted} (columns found: {found}); "
+        'map one in the config: [columns] interview_id = "<your header>"' + title
     )
 
 

@@ -93,6 +93,16 @@ def test_an_aborted_run_says_why_and_not_to_just_run_it_again(tmp_path: Path) ->
     assert "re-run the same command to retry" not in text
 
 
+def test_a_row_is_shown_as_written_not_as_escaped_for_a_spreadsheet(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.csv"
+    ledger = Ledger(path)
+    row = {**BASE, "source_row": 1, "interview_id": "-5", "status": "invalid"}
+    write_line(ledger, {**row, "error_code": "invalid_interview_id", "error_message": "=bad"})
+    ledger.close()
+    assert "'-5" in path.read_text()  # escaped in the file
+    assert "(interview -5): invalid invalid_interview_id: =bad" in render(path)
+
+
 def _ledger_with_rows(path: Path, rows: int) -> None:
     ledger = Ledger(path)
     for row in range(1, rows + 1):

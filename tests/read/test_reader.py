@@ -183,8 +183,20 @@ def test_unusable_files_name_file_and_problem(
 def test_missing_mapped_id_column_says_which_mapping(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("Record ID,Email\n1,a@x\n")
-    with pytest.raises(InputError, match="mapped column 'Hindsight Interview ID'"):
+    with pytest.raises(InputError, match="nor the mapped 'Hindsight Interview ID'"):
         read_batch([str(path)], ReadOptions(columns={"interview_id": "Hindsight Interview ID"}))
+
+
+def test_a_title_line_above_the_header_is_named_as_such(tmp_path: Path) -> None:
+    """A Salesforce "Formatted" report saved as CSV starts with its title: one cell."""
+    path = tmp_path / "in.csv"
+    path.write_text('"Contacts with interviews"\n"Hindsight Interview ID","Email"\n1,a@x\n')
+    with pytest.raises(InputError) as error:
+        read_batch([str(path)], ReadOptions(columns={"interview_id": "Hindsight Interview ID"}))
+    assert "(columns found: 'Contacts with interviews')" in str(error.value)
+    assert "if that one cell is a report's title, delete the lines above the header" in str(
+        error.value
+    )
 
 
 def test_frame_is_all_text(tmp_path: Path) -> None:
