@@ -53,12 +53,17 @@ class OneLineErrors(click.Group):
     (while it reads its options or loads what it needs, or a stopped run passing SIGINT on)
     exits 130, not click's `Aborted!` and exit 1, which a wrapper would read as failed rows."""
 
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with _one_line_usage_errors(), _interrupted_is_130():
-            return super().make_context(*args, **kwargs)
+    words: tuple[str, ...] = ()  # the command line, for a usage error's --log-format
+
+    def make_context(
+        self, info_name: str | None, args: list[str], *rest: Any, **kwargs: Any
+    ) -> click.Context:
+        self.words = tuple(args)
+        with _one_line_usage_errors(self.words), _interrupted_is_130():
+            return super().make_context(info_name, args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _one_line_usage_errors(), _interrupted_is_130():
+        with _one_line_usage_errors(self.words), _interrupted_is_130():
             return super().invoke(ctx)
 
 
@@ -71,9 +76,23 @@ def _interrupted_is_130() -> Iterator[None]:
 
 
 class OneLineUsageError(click.UsageError):
+    words: tuple[str, ...] = ()  # the command line
+
     def show(self, file: Any = None) -> None:
-        configure("auto", console=console)  # the options, --log-format included, could not be read
+        configure(_asked_format(self.words), console=console)  # the options could not be read
         _error_line(" ".join(self.format_message().split()), self.exit_code)
+
+
+def _asked_format(args: tuple[str, ...]) -> str:
+    """The --log-format the command line gives, read from its words: a usage error comes
+    before click has read the options, yet the error line should take the format asked for."""
+    for at, word in enumerate(args):
+        value = word.partition("=")[2] if word.startswith("--log-format=") else None
+        if word == "--log-format" and at + 1 < len(args):
+            value = args[at + 1]
+        if value in ("json", "console", "auto"):
+            return value
+    return "auto"
 
 
 # click >= 8.2 shows the help of a bare `sync-worker` by raising this usage error: keep it whole
@@ -81,13 +100,15 @@ SHOWS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", OneLineUsageError)
 
 
 @contextlib.contextmanager
-def _one_line_usage_errors() -> Iterator[None]:
+def _one_line_usage_errors(words: tuple[str, ...]) -> Iterator[None]:
     try:
         yield
     except (OneLineUsageError, SHOWS_HELP):
         raise
     except click.UsageError as exc:
-        raise OneLineUsageError(exc.format_message(), exc.ctx) from None
+        error = OneLineUsageError(exc.format_message(), exc.ctx)
+        error.words = words
+        raise error from None
 
 
 def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:

@@ -166,6 +166,22 @@ def test_usage_errors_are_one_line_but_bare_command_shows_help() -> None:
     assert "Usage:" in output and "Commands:" in output
 
 
+@pytest.mark.parametrize(
+    ("words", "json_line"),
+    [
+        (["--log-format", "console"], False),
+        (["--log-format=console"], False),
+        (["--log-format", "json"], True),
+        ([], True),  # not a terminal: JSON
+    ],
+    ids=["console", "console-with-equals", "json", "auto"],
+)
+def test_a_usage_error_takes_the_log_format_asked_for(words: list[str], json_line: bool) -> None:
+    code, output = invoke("run", "in.csv", "--rate-limit", "0", *words)
+    assert code == 2
+    assert output.lstrip().startswith("{") is json_line, output
+
+
 # Start-up: a command imports only what it uses. The module lists at exit, not
 # timings (those are `make bench`'s start-up figures); each case also names modules it must have
 # imported, so a list taken too early cannot pass.
