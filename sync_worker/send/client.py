@@ -20,7 +20,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -266,6 +266,8 @@ class Client:
         self._proxy_shown = proxy_shown  # `the proxy http://p:3128 (HTTPS_PROXY)`, for messages
         self.outage = outage or Outage(MAX_OUTAGE_S, stop)
         self.counters = Counters()
+        self.backing_off = 0  # requests waiting out a backoff: their workers send nothing
+        self.on_backoff: Callable[[], None] | None = None  # told when one begins (the pool)
         # interview ids whose request went on the wire -> (when its send began, monotonic; its
         # tries that went out): one cut off in flight by a stop is recorded from these
         self.started: dict[int, tuple[float, int]] = {}
@@ -413,7 +415,13 @@ class Client:
                 message="more retries are counted, not logged one by one: the summary gives "
                 "how many (retries), the ledger each row's attempts",
             )
-        await sleep_unless_stopped(self._stop, delay)
+        self.backing_off += 1
+        if self.on_backoff is not None:
+            self.on_backoff()
+        try:
+            await sleep_unless_stopped(self._stop, delay)
+        finally:
+            self.backing_off -= 1
 
     async def _attempt(
         self, url: URL, body: bytes, interview_id: int

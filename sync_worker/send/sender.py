@@ -126,6 +126,7 @@ class Sender:
                 size.latencies,
                 config.proxy_shown,
             )
+            client.on_backoff = self._ended.set  # the pool replaces a worker waiting it out
             watchers = [
                 asyncio.create_task(self._cancel_after_stop()),
                 asyncio.create_task(outage.watch()),
@@ -229,7 +230,11 @@ class Sender:
             self._log_capped(size, rate)
         if self._stop.is_set():
             return False
-        lacking = min(size.target - self._running, len(queue))
+        # a worker waiting out a backoff holds no connection and sends nothing: the pool's size
+        # counts those sending (Little's law holds for them); those waiting are bounded too
+        sending = self._running - client.backing_off
+        room = size.target + size.maximum - self._running
+        lacking = min(size.target - sending, room, len(queue))
         for _ in range(min(lacking, START_AT_ONCE)):
             self._running += 1  # counted from its start, so the next look does not start it again
             self._start(self._worker(client, queue, size))
@@ -263,7 +268,11 @@ class Sender:
     async def _worker(self, client: Client, queue: ChainQueue, size: PoolSize) -> None:
         """Send whole chains until none is left, the run stops, or the pool has shrunk."""
         try:
-            while queue and not self._stop.is_set() and self._running <= size.target:
+            while (
+                queue
+                and not self._stop.is_set()
+                and self._running - client.backing_off <= size.target
+            ):
                 chain = queue.popleft()
                 for request in chain:
                     if self._stop.is_set():

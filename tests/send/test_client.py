@@ -241,7 +241,7 @@ def test_retries_run_out_as_failed(tmp_path: Path) -> None:
         args = run_args(sandbox_at(server.base_url), "--config", "fast.toml", "--concurrency", "1")
         result = run_cli(*args, cwd=tmp_path)
     assert result.code == 1
-    lines = read_ledger(tmp_path / "ledger.csv")
+    lines = sorted(read_ledger(tmp_path / "ledger.csv"), key=lambda x: int(x["source_row"]))
     assert [(x["status"], x["error_code"], x["attempts"]) for x in lines] == [
         ("ok", "", "1"),
         ("failed", "server_error", "3"),

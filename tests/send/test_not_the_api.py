@@ -195,6 +195,28 @@ def test_a_portals_page_mid_run_fails_no_row_the_api_never_saw(tmp_path: Path) -
     assert any(e["event"] == "api_unreachable" for e in events(stderr))
 
 
+def test_workers_waiting_out_a_backoff_are_replaced(tmp_path: Path) -> None:
+    """Rows 2-4 meet a 503 and wait out their backoff: the pool starts other workers meanwhile
+    (two requests in flight means two sending, not two waiting), so every other row goes
+    before any of their retries, not after."""
+
+    async def three_unavailable(request: web.Request) -> web.StreamResponse:
+        interview = int(request.match_info["tail"].rsplit("/", 1)[-1])
+        if interview in (2, 3, 4):
+            return web.json_response({"error": {"code": "unavailable"}}, status=503)
+        return web.json_response({"interview_request_id": interview})
+
+    slow_backoff = "[api]\nbackoff_base_s = 0.5\nmax_retries = 1\n"
+    with serving(three_unavailable) as server:
+        code, stderr = run(
+            tmp_path, server.base_url, "--concurrency", "2", rows=23, config=slow_backoff
+        )
+    assert code == 1, stderr
+    order = [int(seen.path.rsplit("/", 1)[-1]) for seen in server.seen]
+    first_retry = next(at for at, interview in enumerate(order) if order[:at].count(interview))
+    assert set(order[:first_retry]) == set(range(1, 24))
+
+
 @pytest.mark.timing
 def test_502s_in_a_row_mid_run_are_an_outage_too(tmp_path: Path) -> None:
     with serving(answering_then(5, bad_gateway)) as server:
