@@ -90,6 +90,7 @@ def plan_with_notes(
     with_times = bool(
         notes.by_email or notes.by_interview or settings.resolve_contacts or links.any_unnamed()
     )
+    confirmed_ids, refused = state.answers()
     memory = Memory(
         sent=sent,
         state=state.remembered(with_times) if merge else Remembered.empty(),
@@ -97,7 +98,8 @@ def plan_with_notes(
         notes_by_interview=notes.by_interview,
         links=links,
         resolved=state.resolved() if settings.resolve_contacts else Links.empty(),
-        refused=state.refused(),
+        confirmed_ids=confirmed_ids,
+        refused=refused,
         confirmed=state.last_values if state.knows_values() else None,
     )
     plan_options = PlanOptions(

@@ -146,9 +146,8 @@ def _carriers(table: RequestTable, codes: Ints, contacts: int, memory: Memory) -
     order = np.arange(n, dtype=np.int64)
     firsts = np.full(contacts, n, dtype=np.int64)
     preferred = []
-    if len(memory.sent):
-        known = pc.is_valid(memory.sent.hashes_of(table.interview_id))
-        preferred.append(np.asarray(known.to_numpy(), dtype=bool))
+    if len(memory.confirmed_ids):  # its own send, not one riding with another interview's
+        preferred.append(np.isin(table.interview_id, memory.confirmed_ids))
     if len(memory.refused):
         preferred.append(~np.isin(table.interview_id, memory.refused))
     preferred.append(np.ones(n, dtype=bool))

@@ -119,12 +119,18 @@ class Recorder:
             self.written.update(request.rows)
             if request.role == CARRIER and outcome.status != Status.OK:
                 self._carrier_failed.add(request.contact)
-            refused = outcome.status == Status.FAILED and outcome.http_status in (400, 404)
-            if refused and self.state is not None and outcome.http_status is not None:
-                at = outcome.finished_at or now_iso()
-                self.state.refused_by_api(
-                    request.interview_id, outcome.http_status, self.run_id, at
+            said = outcome.http_status
+            if (
+                self.state is not None
+                and said is not None
+                and (
+                    outcome.status == Status.OK
+                    or (outcome.status == Status.FAILED and said in (400, 404))
                 )
+            ):  # the API's own answer about this interview (riders have none)
+                at = outcome.finished_at or now_iso()
+                kept = 200 if outcome.status == Status.OK else said  # any 2xx that confirmed it
+                self.state.answered_by_api(request.interview_id, kept, self.run_id, at)
             unanswered = outcome.status == Status.FAILED and outcome.http_status is None
             if unanswered and self.state is not None:  # the server may hold it, or not
                 carried = [name for name, _value in fields_of(request.body_json.decode("utf-8"))]

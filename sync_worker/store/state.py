@@ -96,11 +96,11 @@ CREATE TABLE IF NOT EXISTS resolved (
     contact_id INTEGER NOT NULL,
     resolved_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS refused (
+CREATE TABLE IF NOT EXISTS answered (
     interview_id INTEGER PRIMARY KEY,
     http_status INTEGER NOT NULL,
     run_id TEXT NOT NULL,
-    refused_at TEXT NOT NULL
+    answered_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lock_holder (
     slot INTEGER PRIMARY KEY CHECK (slot = 1),
@@ -114,7 +114,9 @@ CREATE TABLE IF NOT EXISTS lock_holder (
 # place. 2: the API the state belongs to (`api`, adopted by a state of 1 on its first run), the
 # contacts the API named (`resolved`), the runs whose history was pruned (`pruned_runs`).
 # Since, without a new number (a table added, which earlier versions of 2 leave alone): the
-# interviews the API refused with a 400 or 404 (`refused`).
+# API's last own answer about each interview it was sent (`answered`: 200, 400 or 404; a
+# row riding with another interview's request has none). A state without it gains it seeded
+# from `sent`, whose every row its own send confirmed before requests were coalesced.
 SCHEMA_VERSION = 2
 CORE_TABLES = frozenset({"sent", "contacts", "runs"})  # a database with none of them is not ours
 PRAGMAS = (
@@ -284,12 +286,18 @@ def _connect_writable(path: Path) -> sqlite3.Connection:
 
 
 def _upgrade(db: sqlite3.Connection, path: Path) -> None:
-    if not check_schema(db, path) and not _tables(db):  # a new file: before its first page
+    had = check_schema(db, path)
+    if not had and not _tables(db):  # a new file: before its first page
         db.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
     for pragma in PRAGMAS:
         db.execute(pragma)
     db.executescript(SCHEMA)
     db.executescript(history.SCHEMA)
+    if "sent" in had and "answered" not in had:  # what an earlier version sent, itself
+        with db:
+            db.execute(
+                "INSERT OR IGNORE INTO answered SELECT interview_id, 200, run_id, sent_at FROM sent"
+            )
     if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -325,7 +333,7 @@ class State:
         self._path = path  # for messages
         self._tables = tables  # ours that the file holds (a state from before the journal...)
         self._pending: list[Success] = []
-        self._refusals: list[tuple[int, int, str, str]] = []  # (interview, status, run, when)
+        self._answers: list[tuple[int, int, str, str]] = []  # (interview, status, run, when)
         self._planned = history.Planned()  # changes of requests about to be sent
         self._unsure: list[tuple[str, str, str, str]] = []  # fields sent without an answer
         self._unsure_payloads: list[tuple[int, str]] = []  # (interview, contact) of those sends
@@ -513,31 +521,33 @@ class State:
         """Queue confirmed sends; `flush` commits everything queued."""
         self._pending.extend(successes)
 
-    def refused_by_api(self, interview_id: int, http_status: int, run_id: str, at: str) -> None:
-        """Queue an interview the API refused (400, 404): it may not exist, so it is the last
-        choice to carry its contact's fields (coalesce.py); `flush` commits it."""
-        self._refusals.append((interview_id, http_status, run_id, at))
+    def answered_by_api(self, interview_id: int, http_status: int, run_id: str, at: str) -> None:
+        """Queue the API's own answer about an interview it was sent (200, 400, 404): one it
+        confirmed exists, one it refused may not, so each is a better or worse choice to carry
+        its contact's fields (coalesce.py); `flush` commits it."""
+        self._answers.append((interview_id, http_status, run_id, at))
 
-    def refused(self) -> Ints:
-        """The interviews the API refused (400, 404) and never confirmed since, sorted."""
-        if self._db is None or "refused" not in self._tables:
-            return np.zeros(0, dtype=np.int64)
-        query = (
-            "SELECT interview_id FROM refused WHERE interview_id NOT IN "
-            "(SELECT interview_id FROM sent) ORDER BY interview_id"
-        )
+    def answers(self) -> tuple[Ints, Ints]:
+        """The interviews whose last own answer from the API was a 200, and a 400 or 404;
+        each sorted."""
+        empty = np.zeros(0, dtype=np.int64)
+        if self._db is None or "answered" not in self._tables:
+            return empty, empty
+        query = "SELECT interview_id, http_status FROM answered ORDER BY interview_id"
         with self._errors_named(), self._wrong_types():
-            found = [row[0] for row in self._db.execute(query)]
-        return np.array(found, dtype=np.int64)
+            rows = self._db.execute(query).fetchall()
+        ids = np.array([row[0] for row in rows], dtype=np.int64)
+        statuses = np.array([row[1] for row in rows], dtype=np.int64)
+        return ids[statuses == 200], ids[(statuses == 400) | (statuses == 404)]
 
     def flush(self) -> None:
         """Commit the queued sends to the journal, and their planned changes to the history as
-        history rows: one append to each, a page or so per commit (and the refusals queued).
+        history rows: one append to each, a page or so per commit (and the API's answers queued).
         A failed write is a StateWriteError carrying SQLite's words."""
-        if not (self._pending or self._refusals) or self._db is None:
+        if not (self._pending or self._answers) or self._db is None:
             return
         pending, self._pending = self._pending, []
-        refusals, self._refusals = self._refusals, []
+        answers, self._answers = self._answers, []
         rows = self._planned.rows((s.interview_id, s.run_id, s.sent_at) for s in pending)
         try:
             with self._db:
@@ -545,9 +555,9 @@ class State:
                 self._db.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?)", pending)
                 if rows:
                     self._db.executemany(history.INSERT_HISTORY, rows)
-                if refusals:
+                if answers:
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?)", refusals
+                        "INSERT OR REPLACE INTO answered VALUES (?, ?, ?, ?)", answers
                     )
         except sqlite3.Error as exc:
             raise StateWriteError(str(exc)) from exc

@@ -342,6 +342,21 @@ def test_a_contacts_fields_go_with_an_interview_the_api_has_not_refused(
     assert len(sandbox.requests()) == 2
 
 
+def test_an_interview_that_only_rode_is_not_taken_as_confirmed(
+    tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """990000003 rode with 601's request (ok, never sent itself): when it comes first in the
+    file the next night, the contact's new context still goes with 601, which the API
+    confirmed itself, and arrives."""
+    export(tmp_path, [[601, A, "Fay", "", "one"], [990000003, A, "", "", "one"]])
+    assert sync(tmp_path, sandbox, "one.csv").code == 0
+    assert carried(tmp_path, "one.csv")["990000003"] == ("ok", "601")
+    export(tmp_path, [[990000003, A, "", "", "two"], [601, A, "Fay", "", ""]])
+    assert sync(tmp_path, sandbox, "two.csv").code == 0
+    assert [r["id"] for r in sandbox.requests()[1:]] == ["601"]
+    assert held(sandbox, 601, "contact_context") == "two"
+
+
 def test_a_contacts_fields_go_with_an_interview_the_api_has_confirmed(
     tmp_path: Path, sandbox: SandboxServer
 ) -> None:

@@ -58,8 +58,9 @@ def test_what_release_0_2_0_sent_is_skipped(old_state: Path, sandbox: SandboxSer
 def test_a_0_2_0_state_learns_the_interviews_the_api_refused(
     old_state: Path, sandbox: SandboxServer
 ) -> None:
-    """Upgraded in place by its first run: the interviews the API refuses are kept, and the
-    next run sends a contact's fields with another of its interviews."""
+    """Upgraded in place by its first run: what 0.2.0 sent counts as confirmed by the API, the
+    interviews it refuses are kept, and the next run sends a contact's fields with another of
+    its interviews."""
     folder = old_state.parent
     moved_to(old_state, sandbox)
     header = "interview_id,contact_email,contact_name,objective,contact_context\n"
@@ -68,9 +69,9 @@ def test_a_0_2_0_state_learns_the_interviews_the_api_refused(
     args = run_args(sandbox, source="four.csv")
     assert run_cli(*args, cwd=folder).code == 1
     with sqlite3.connect(old_state) as db:
-        assert db.execute("SELECT interview_id, http_status FROM refused").fetchall() == [
-            (990000001, 404)
-        ]
+        answered = dict(db.execute("SELECT interview_id, http_status FROM answered"))
+    assert answered[990000001] == 404
+    assert {answered[i] for i in (100, 101, 102)} == {200}  # what 0.2.0 sent, itself
     (folder / "ledger.csv").unlink()
     (folder / "ledger.csv.summary.json").unlink()
     assert run_cli(*args, cwd=folder).code == 0
