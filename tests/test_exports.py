@@ -195,6 +195,7 @@ def test_a_subtotal_shaped_row_with_an_id_in_the_mapped_column_stays(tmp_path: P
         ["Account Name", "Hindsight Interview ID", "Amount"],
         ["Acme", "7001", "10"],
         ["Total", "7003", "1,500.00"],
+        ["Total", "7004.0", "10.00"],  # not a valid id: an invalid row, with its line
         ["Subtotal", "", "1,510.00"],
         [],
         ["Grand Totals (2 records)"],
@@ -203,14 +204,14 @@ def test_a_subtotal_shaped_row_with_an_id_in_the_mapped_column_stays(tmp_path: P
     lines = [",".join(f'"{cell}"' for cell in row) for row in rows]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     batch = read(tmp_path / "t.csv", options)
-    assert ids(batch) == ["7001", "7003"]
+    assert ids(batch) == ["7001", "7003", "7004.0"]
     assert aside(batch) == {"subtotal": 1, "report footer": 1, "blank": 1}
     book = xlsxwriter.Workbook(str(tmp_path / "t.xlsx"))
     sheet = book.add_worksheet()
     for at, row in enumerate(rows):
         sheet.write_row(at, 0, row)
     book.close()
-    assert ids(read(tmp_path / "t.xlsx", options)) == ["7001", "7003"]
+    assert ids(read(tmp_path / "t.xlsx", options)) == ["7001", "7003", "7004.0"]
 
 
 def test_footer_in_a_gzip_file_and_a_tsv(tmp_path: Path) -> None:

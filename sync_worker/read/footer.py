@@ -16,8 +16,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sync_worker.fields import interview_id
-
 BLANK = "blank"
 NO_DATA = "only delimiters"
 FOOTER = "report footer"
@@ -76,15 +74,18 @@ class SetAside:
 def kind_of(cells: Sequence[str], blank_line: bool = False, ids: Sequence[int] = ()) -> str | None:
     """Why a line (its cells) could be no row, or None: it stays a row. A subtotal's shape
     (`Total,4821` could be a row too) counts only above a report's footer (`_block`), and
-    never for a line with an interview id in its id cell (`ids`: where that is): an account
-    named Total is a row."""
+    never for a line with anything in its id cell (`ids`: where that is): an account named
+    Total is a row, and one whose id is not a valid one is an invalid row, with its line."""
     filled = [cell.strip() for cell in cells if cell.strip()]
     if not filled:
         return BLANK if blank_line else NO_DATA
     if len(filled) == 1 and FOOTER_CELL.fullmatch(filled[0]):
         return FOOTER
     if SUBTOTAL_LABEL.fullmatch(filled[0]) and all(FIGURE.fullmatch(c) for c in filled[1:]):
-        has_id = any(i < len(cells) and interview_id(cells[i].strip()) for i in ids)
+        has_id = any(  # even a bad one; the label itself may stand in the id column
+            i < len(cells) and cells[i].strip() and not SUBTOTAL_LABEL.fullmatch(cells[i].strip())
+            for i in ids
+        )
         return None if has_id else SUBTOTAL
     return None
 
