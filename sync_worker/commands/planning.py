@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from sync_worker.fields import CONTACT_KEY, ID, email_key, is_email_key
+from sync_worker.fields import CONTACT_KEY, ID, NO_EMAIL, contact_key, email_key, is_email_key
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
@@ -85,6 +87,7 @@ def plan_with_notes(
         else NotesFile()
     )
     _log_notes_problems(notes)
+    _by_the_email_sent_as(notes, links)
     # the freshness rule needs the times; so does merging what a contact's keys remember, in
     # the order it was sent (interviews sent without an email, or resolved, may join another)
     with_times = bool(
@@ -124,27 +127,59 @@ def plan_with_notes(
     return plan, notes
 
 
-def _aliases(batch: Batch, links: Links) -> Aliases:
-    """The emails each of some interviews is known by: its rows' in the export, and the one
-    the state sent it as."""
+def _by_the_email_sent_as(notes: NotesFile, links: Links) -> None:
+    """Notes-file rows keyed by an interview's id count for the contact the state sent it as,
+    whether or not the interview is in tonight's export (a contact's rows in the file, by
+    email and by each of its interviews' ids, are combined)."""
+    if not notes.by_interview or not len(links):
+        return
+    ids = np.fromiter(notes.by_interview, dtype=np.int64, count=len(notes.by_interview))
+    for number, key in zip(ids.tolist(), links.keys_of(ids).to_pylist(), strict=True):
+        if key and is_email_key(key):
+            listed = notes.by_email.setdefault(key, [])
+            listed += [note for note in notes.by_interview[number] if note not in listed]
 
-    def known_as(ids: list[int]) -> dict[int, list[str]]:
-        if not ids:
-            return {}
-        found: dict[int, list[str]] = {}
+
+def _aliases(batch: Batch, links: Links) -> Aliases:
+    """The other keys each of some contact keys is known by: an interview's emails (its rows'
+    in the export, the one the state sent it as), an email's interviews (those whose rows give
+    it, those the state sent as it)."""
+
+    def known_as(keys: list[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+
+        def pair(one: str, other: str) -> None:
+            for key, alias in ((one, other), (other, one)):
+                if key in wanted and alias not in found.setdefault(key, []):
+                    found[key].append(alias)
+
+        wanted = set(keys)
+        ids = {int(key.removeprefix(NO_EMAIL)) for key in keys if key.startswith(NO_EMAIL)}
+        emails = {key for key in keys if is_email_key(key)}
+        if not wanted:
+            return found
         frame = batch.frame
         if CONTACT_KEY in frame.columns:
             texts = frame[ID].fillna("").astype(str).str.strip()
-            wanted = texts.isin([str(number) for number in set(ids)])
-            emails = frame[CONTACT_KEY][wanted].fillna("").astype(str)
-            for text, email in zip(texts[wanted], emails, strict=True):
-                key = email_key(email.strip())
-                if key and key not in found.setdefault(int(text), []):
-                    found[int(text)].append(key)
-        numbers = np.array(sorted(set(ids)), dtype=np.int64)
-        for number, key in zip(numbers.tolist(), links.keys_of(numbers).to_pylist(), strict=True):
-            if key and is_email_key(key) and key not in found.setdefault(number, []):
-                found[number].append(key)
+            mails = frame[CONTACT_KEY].fillna("").astype(str).map(lambda e: email_key(e.strip()))
+            hit = texts.isin([str(number) for number in ids]) | mails.isin(list(emails))
+            for text, email in zip(texts[hit], mails[hit], strict=True):
+                if email and text.isdigit():
+                    pair(contact_key("", int(text)), email)
+        if len(links):  # a state's million links: looked at by array, the few hits one by one
+            hits = np.isin(links.ids, np.array(sorted(ids), dtype=np.int64))
+            hits |= np.asarray(
+                pc.is_in(links.keys, value_set=pa.array(sorted(emails), pa.string()))
+                .fill_null(False)
+                .to_numpy(zero_copy_only=False),
+                dtype=bool,
+            )
+            at = pa.array(np.flatnonzero(hits))
+            for number, key in zip(
+                links.ids[hits].tolist(), links.keys.take(at).to_pylist(), strict=True
+            ):
+                if key and is_email_key(key):
+                    pair(contact_key("", number), key)
         return found
 
     return known_as
@@ -220,7 +255,6 @@ def plan_output(settings: Settings, options: RunOptions) -> Iterator[memoryview]
 def unresolved_interviews(batch: Batch, state: State) -> list[int]:
     """The batch's interviews (valid ids, each once) whose contact the state has never had
     from the API: those `run` asks with `[merge] resolve_contacts`."""
-    import numpy as np
 
     from sync_worker.plan.cells import Cells
 

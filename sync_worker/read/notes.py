@@ -53,7 +53,8 @@ class _Unusable(ValueError):
     pass
 
 
-Aliases = Callable[[list[int]], Mapping[int, Sequence[str]]]
+# contact keys (an email, `interview:<id>`) -> the other keys the same contact is known by
+Aliases = Callable[[list[str]], Mapping[str, Sequence[str]]]
 
 
 def read_notes(
@@ -64,9 +65,10 @@ def read_notes(
 ) -> NotesFile:
     """Columns `notes` and `contact_email` and/or `interview_id`, optional `updated_at`; notes
     text or a JSON object. `seen`: digests of rows seen in earlier notes files -> first seen.
-    `aliases`: the emails interviews are known by (in the export, or as the state sent them),
-    asked once for the ids of the rows keyed by id alone: their notes are sightings under
-    those emails too, so a file keyed by id one night and by email the next is still stale."""
+    `aliases`: the other keys each row's contact is known by (an interview's emails, an
+    email's interviews, in the export or as the state sent them), asked once: a row's notes
+    are sightings under all of them, so a file keyed by id one night and by email the next
+    (or by both) is still stale."""
     options = ReadOptions(settings.encoding, settings.delimiter)  # a workbook: its first sheet
     read = read_raw(path, options, lambda headers: _notes_headers(headers, path))
     raw = read.frame
@@ -78,7 +80,7 @@ def read_notes(
     ids = _texts(raw, columns.get(ID)) or blank
     times = _texts(raw, columns.get(UPDATED_AT)) or blank
     file_time = min(iso(datetime.fromtimestamp(path.stat().st_mtime, UTC)), now_iso())
-    known_as = aliases(_ids_alone(ids, emails)) if aliases is not None else {}
+    known_as = aliases(_row_keys(ids, emails)) if aliases is not None else {}
     cells = zip(_texts(raw, columns["notes"]), emails, ids, times, strict=True)
     for row, (text, email, raw_id, updated) in enumerate(cells, start=1):
         if row - 1 in read.bad_rows:
@@ -110,7 +112,7 @@ def _add_row(
     interview_id: int | None,
     time: str,
     seen: Mapping[str, str],
-    known_as: Mapping[int, Sequence[str]],
+    known_as: Mapping[str, Sequence[str]],
 ) -> None:
     if not email and interview_id is None:
         raise _Unusable(f"neither {CONTACT_KEY} nor {ID} is filled")
@@ -118,9 +120,10 @@ def _add_row(
         context = parse_context(text.strip())
     except ValueError as problem:
         raise _Unusable(f"column notes: {problem}") from None
-    keys = [contact_key(email, interview_id)]
-    if not email and interview_id is not None:
-        keys += known_as.get(interview_id, ())
+    own = [key for key in (email, "" if interview_id is None else contact_key("", interview_id))]
+    keys = list(dict.fromkeys([contact_key(email, interview_id), *filter(None, own)]))
+    for key in list(keys):
+        keys += [alias for alias in known_as.get(key, ()) if alias not in keys]
     digests = [sighting_digest(key, context) for key in keys]
     earlier = [seen[digest] for digest in digests if digest in seen]
     if earlier:
@@ -133,18 +136,20 @@ def _add_row(
         notes.by_interview.setdefault(interview_id, []).append(note)
 
 
-def _ids_alone(ids: Sequence[str], emails: Sequence[str]) -> list[int]:
-    """The interview ids of the rows keyed by id alone (unusable ids are reported later)."""
-    found: list[int] = []
+def _row_keys(ids: Sequence[str], emails: Sequence[str]) -> list[str]:
+    """The contact keys the rows name: their emails, and their ids as `interview:<id>`
+    (unusable ids are reported later)."""
+    found: dict[str, None] = {}
     for raw_id, email in zip(ids, emails, strict=True):
-        if not email.strip():
-            try:
-                number = _interview_id(raw_id)
-            except _Unusable:
-                continue
-            if number is not None:
-                found.append(number)
-    return found
+        if email.strip():
+            found[email_key(email.strip())] = None
+        try:
+            number = _interview_id(raw_id)
+        except _Unusable:
+            continue
+        if number is not None:
+            found[contact_key("", number)] = None
+    return list(found)
 
 
 def _notes_headers(headers: Sequence[str], path: Path) -> list[str]:

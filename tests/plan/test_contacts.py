@@ -541,6 +541,54 @@ def test_a_stale_notes_file_keyed_another_way_is_still_stale(
     assert notes(sandbox, 1901) == "stale export\n\nnight one\n\nnight two"
 
 
+@pytest.mark.parametrize(
+    ("first_email", "first_notes"),
+    [
+        ("", (["interview_id", "notes"], [[1301, "stale"]])),
+        ("s@x.com", (["interview_id", "contact_email", "notes"], [[1301, "zz@x.com", "stale"]])),
+    ],
+    ids=["sent-without-an-email-then-keyed-by-email", "keyed-by-both-then-by-id-alone"],
+)
+def test_stale_notes_stay_stale_under_every_key_of_their_contact(
+    sandbox: SandboxServer, first_email: str, first_notes: tuple[list[str], list[list[Any]]]
+) -> None:
+    """Night one: the interview is sent (without an email, or with one while the notes row
+    names both its id and another email). Night two: the same stale notes, keyed by the email
+    the interview now has, or by its id alone: still stale, so night one's context is kept."""
+    header, rows = first_notes
+    second = (
+        (["contact_email", "notes"], [["s@x.com", "stale"]])
+        if not first_email
+        else (["interview_id", "notes"], [[1301, "stale"]])
+    )
+    for night, (names, notes_rows), email, context in (
+        (1, (header, rows), first_email, "ctx1"),
+        (2, second, "s@x.com", "ctx2"),
+    ):
+        write_csv(Path(f"notes{night}.csv"), names, notes_rows)
+        later = time.time() + 60  # read as the moment it is read: newer than night one's send
+        os.utime(f"notes{night}.csv", (later, later))
+        write_csv(Path(f"in{night}.csv"), HEADER, [[1301, email, "", "", context]])
+        notes_file = ("--existing-notes", f"notes{night}.csv")
+        assert sync(sandbox, f"in{night}.csv", f"l{night}.csv", *notes_file).exit_code == 0
+    assert notes(sandbox, 1301) == "stale\n\nctx1\n\nctx2"
+
+
+def test_a_notes_row_by_the_id_of_an_interview_not_in_the_export_counts_for_its_contact(
+    sandbox: SandboxServer,
+) -> None:
+    """The state sent 1001 as n@x.com; tonight's export has only 1002 of that contact, and a
+    fresh notes file gives the person's edit by 1001's id: the edit is the contact's notes."""
+    write_csv(Path("one.csv"), HEADER, [[1001, "n@x.com", "", "", "ctx1"]])
+    assert sync(sandbox, "one.csv", "one.l.csv", "--merge").exit_code == 0
+    write_csv(Path("notes.csv"), ["interview_id", "notes"], [[1001, "person edit"]])
+    later = time.time() + 60
+    os.utime("notes.csv", (later, later))
+    write_csv(Path("two.csv"), HEADER, [[1002, "n@x.com", "", "", "ctx2"]])
+    assert sync(sandbox, "two.csv", "two.l.csv", "--existing-notes", "notes.csv").exit_code == 0
+    assert notes(sandbox, 1002) == "person edit\n\nctx2"
+
+
 def test_a_contact_the_export_splits_stays_one_contact(sandbox: SandboxServer) -> None:
     """Night 1 gives 501 and 502 one email; night 2 gives 502 another: 502 still merges onto
     the contact it was sent as, and the next nights send nothing new."""
