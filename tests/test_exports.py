@@ -105,9 +105,10 @@ def aside(batch: Batch) -> dict[str, int]:
             + SF_ROWS
             + '\n"Grand Totals (2 records)"\n'
             + '"Copyright (c) 2000\u20132026 Salesforce, Inc. Alle Rechte vorbehalten."\n'
-            + '"Copyright (c) 2000-2026 salesforce.com, inc. All rights reserved. Secret."\n',
+            + '"Copyright (c) 2000-2026 salesforce.com, inc. All rights reserved. Secret."\n'
+            + '"\u00a9 2000-2026 salesforce.com, inc. Todos los derechos reservados."\n',
             ["4821", "4822"],
-            {"report footer": 3, "blank": 1},
+            {"report footer": 4, "blank": 1},
         ),
         ("trailing-blank.csv", "interview_id,objective\n1,a\n\n", ["1"], {"blank": 1}),
         ("clean.csv", "interview_id,objective\n1,a\n2,b\n", ["1", "2"], {}),

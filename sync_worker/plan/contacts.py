@@ -163,9 +163,16 @@ def adopt(cells: Cells, positions: Ints, memory: Memory, rules: MergeRules) -> t
     if not len(memory.state):
         return memory, moves
     keys = contact_keys(ids, emails, memory)
-    moved = pc.and_(pc.is_valid(sent_as), pc.not_equal(keys, sent_as).fill_null(False))
+    # an interview never sent that the API names a contact of: its export email is what the
+    # state may know that contact's notes under (another interview of it was sent with it)
+    resolved_unsent = pc.and_(
+        pc.and_(pc.starts_with(keys, RESOLVED).fill_null(False), pc.is_null(sent_as)),
+        pa.array(nonempty(emails)),
+    )
+    old = pc.if_else(resolved_unsent, emails, sent_as)
+    moved = pc.and_(pc.is_valid(old), pc.not_equal(keys, old).fill_null(False))
     moved_at = pa.array(np.flatnonzero(moved.to_numpy(zero_copy_only=False)))
-    new_keys, old_keys = keys.take(moved_at), sent_as.take(moved_at)
+    new_keys, old_keys = keys.take(moved_at), old.take(moved_at)
     if len(memory.resolved) and len(new_keys):  # the API's contact: all its interviews known
         also = pc.is_in(memory.resolved.keys, value_set=new_keys).to_numpy(zero_copy_only=False)
         others = memory.resolved.ids[also]

@@ -384,6 +384,24 @@ def test_resolved_contacts_are_grouped_by_the_apis_contact(sandbox: SandboxServe
     assert notes(sandbox, 501) == {"a": "1", "b": "2"}
 
 
+def test_resolving_an_interview_never_sent_keeps_what_its_email_was_sent(
+    sandbox: SandboxServer,
+) -> None:
+    """912 was sent as m5@x.com before contacts were resolved; 911, never sent, comes with the
+    same email once they are: the API names its own contact (912 is not asked: not in the
+    export), and the contact starts from what the state knows under the email, not from
+    nothing."""
+    link(sandbox, {"912": 911})
+    write_csv(Path("one.csv"), HEADER, [[912, "m5@x.com", "", "", '{"k": "a", "p": "1"}']])
+    assert sync(sandbox, "one.csv", "one.l.csv", "--merge").exit_code == 0
+    Path("sync.toml").write_text(RESOLVE)
+    write_csv(Path("two.csv"), HEADER, [[911, "m5@x.com", "", "", '{"r": "3"}']])
+    second = sync(sandbox, "two.csv", "two.l.csv", "--merge", "--config", "sync.toml")
+    assert second.exit_code == 0, second.output
+    assert notes(sandbox, 911) == {"k": "a", "p": "1", "r": "3"}
+    assert [line["merge"] for line in lines("two.l.csv")] == ["merged"]
+
+
 def test_plan_says_when_it_cannot_group_as_run_would(sandbox: SandboxServer) -> None:
     """`plan` asks the API nothing: before the interviews are resolved it says its grouping is
     the emails'; once a run resolved them, it plans what that run would send, and says nothing."""
