@@ -67,9 +67,15 @@ def end_report(event: Mapping[str, Any]) -> str:
         return f"run finished: exit code {event.get('exit_code')} ({exc})"
 
 
+def aborted(event: Mapping[str, Any]) -> str:
+    """`error: the API refused the key (...): check the key ...`: the reason, not its fields."""
+    return f"error: {event.get('reason')}"
+
+
 SPECIAL: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "run_started": start_line,
     "run_finished": end_report,
+    "run_aborted": aborted,
 }
 
 

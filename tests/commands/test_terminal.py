@@ -182,6 +182,11 @@ def test_json_lines_are_unchanged_when_not_on_a_terminal() -> None:
             },
             "3 rows: 2 requests to send, about 0m01s at 300 requests a minute; ledger l.csv",
         ),
+        (
+            "error",
+            {"event": "run_aborted", "reason": "the API refused the key", "error_code": "x"},
+            "error: the API refused the key",
+        ),
     ],
     ids=[
         "warning-message",
@@ -190,6 +195,7 @@ def test_json_lines_are_unchanged_when_not_on_a_terminal() -> None:
         "info-fields",
         "error",
         "start-line",
+        "an-abort-its-reason",
     ],
 )
 def test_each_event_is_one_readable_line(method: str, event: dict[str, object], line: str) -> None:
