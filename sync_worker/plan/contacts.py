@@ -208,9 +208,11 @@ def _adopted(memory: Memory, new_keys: pa.Array, old_keys: pa.Array, rules: Merg
             found.append(at)
     alone = {key: found[0] for key, found in entries.items() if len(found) == 1}  # none own
     several = {key: found for key, found in entries.items() if len(found) > 1}
+    merged = _merged_entries(state, several, rules)  # read before either change moves entries
+    at = np.array(list(alone.values()), dtype=np.int64)
+    state = state.adopting(pa.array(list(alone), pa.string()), at)  # appended: none moves
     if several:
-        state = state.replacing(*_merged_entries(state, several, rules))
-    state = state.adopting(pa.array(list(alone), pa.string()), np.array(list(alone.values())))
+        state = state.replacing(*merged)
     return dataclasses.replace(memory, state=state)
 
 

@@ -559,6 +559,24 @@ def test_a_stale_notes_file_keyed_another_way_is_still_stale(
     assert notes(sandbox, 1901) == "stale export\n\nnight one\n\nnight two"
 
 
+def test_interviews_joining_known_and_unknown_emails_in_one_night(
+    sandbox: SandboxServer,
+) -> None:
+    """One night, 911 (sent without an email) joins e@x.com, whose notes the state knows too,
+    and 921 (also sent without one) joins f@x.com, which the state knows nothing of: each
+    contact starts from its own notes, merged for the first, as they are for the second."""
+    write_csv(Path("one.csv"), HEADER, [[912, "e@x.com", "", "", "n912"]])
+    assert sync(sandbox, "one.csv", "one.l.csv", "--merge").exit_code == 0
+    rows = [[911, "", "", "", "n911"], [921, "", "", "", "n921"]]
+    write_csv(Path("two.csv"), HEADER, rows)
+    assert sync(sandbox, "two.csv", "two.l.csv", "--merge").exit_code == 0
+    rows = [[911, "e@x.com", "", "", "b911"], [921, "f@x.com", "", "", "b921"]]
+    write_csv(Path("three.csv"), HEADER, rows)
+    assert sync(sandbox, "three.csv", "three.l.csv", "--merge").exit_code == 0
+    assert notes(sandbox, 911) == "n912\n\nn911\n\nb911"
+    assert notes(sandbox, 921) == "n921\n\nb921"
+
+
 @pytest.mark.parametrize(
     ("first_email", "first_notes"),
     [
