@@ -120,8 +120,8 @@ def _add_row(
         context = parse_context(text.strip())
     except ValueError as problem:
         raise _Unusable(f"column notes: {problem}") from None
-    own = [key for key in (email, "" if interview_id is None else contact_key("", interview_id))]
-    keys = list(dict.fromkeys([contact_key(email, interview_id), *filter(None, own)]))
+    by_id = contact_key("", interview_id) if interview_id is not None else ""
+    keys = list(dict.fromkeys(filter(None, [contact_key(email, interview_id), email, by_id])))
     for key in list(keys):
         keys += [alias for alias in known_as.get(key, ()) if alias not in keys]
     digests = [sighting_digest(key, context) for key in keys]

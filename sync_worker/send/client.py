@@ -267,6 +267,7 @@ class Client:
         self.outage = outage or Outage(MAX_OUTAGE_S, stop)
         self.counters = Counters()
         self.backing_off = 0  # requests waiting out a backoff: their workers send nothing
+        self._backoffs = 0  # backoffs begun this run (the first few are logged)
         self.on_backoff: Callable[[], None] | None = None  # told when one begins (the pool)
         # interview ids whose request went on the wire -> (when its send began, monotonic; its
         # tries that went out): one cut off in flight by a stop is recorded from these
@@ -400,7 +401,8 @@ class Client:
         """Wait before a retry; the first RETRIES_LOGGED retries of a run are logged one by
         one, the others counted (SPEC section 10: a flaky API does not flood the terminal)."""
         self.counters.retries += 1
-        if self.counters.retries <= RETRIES_LOGGED:
+        self._backoffs += 1
+        if self._backoffs <= RETRIES_LOGGED:
             self._log.warning(
                 "retry",
                 interview_id=interview_id,
@@ -408,7 +410,7 @@ class Client:
                 attempt=attempts,
                 delay_s=round(delay, 2),
             )
-        if self.counters.retries == RETRIES_LOGGED:
+        if self._backoffs == RETRIES_LOGGED:
             self._log.warning(
                 "retries_counted",
                 logged=RETRIES_LOGGED,
