@@ -93,7 +93,6 @@ def plan_with_notes(
     with_times = bool(
         notes.by_email or notes.by_interview or settings.resolve_contacts or links.any_unnamed()
     )
-    confirmed_ids, refused = state.answers()
     memory = Memory(
         sent=sent,
         state=state.remembered(with_times) if merge else Remembered.empty(),
@@ -101,8 +100,7 @@ def plan_with_notes(
         notes_by_interview=notes.by_interview,
         links=links,
         resolved=state.resolved() if settings.resolve_contacts else Links.empty(),
-        confirmed_ids=confirmed_ids,
-        refused=refused,
+        answers=state.answers,
         confirmed=state.last_values if state.knows_values() else None,
     )
     plan_options = PlanOptions(

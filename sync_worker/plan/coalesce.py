@@ -146,10 +146,13 @@ def _carriers(table: RequestTable, codes: Ints, contacts: int, memory: Memory) -
     order = np.arange(n, dtype=np.int64)
     firsts = np.full(contacts, n, dtype=np.int64)
     preferred = []
-    if len(memory.confirmed_ids):  # its own send, not one riding with another interview's
-        preferred.append(np.isin(table.interview_id, memory.confirmed_ids))
-    if len(memory.refused):
-        preferred.append(~np.isin(table.interview_id, memory.refused))
+    several = np.bincount(codes, minlength=contacts)[codes] > 1  # where there is a choice
+    if memory.answers is not None and several.any():
+        confirmed, refused = memory.answers(table.interview_id[several])
+        if len(confirmed):  # its own send, not one riding with another interview's
+            preferred.append(np.isin(table.interview_id, confirmed))
+        if len(refused):
+            preferred.append(~np.isin(table.interview_id, refused))
     preferred.append(np.ones(n, dtype=bool))
     for chosen in preferred:  # each kind only for the contacts no better kind gave a carrier
         at = np.flatnonzero(chosen & (firsts[codes] == n))

@@ -293,8 +293,8 @@ class Memory:
     notes_by_interview: Mapping[int, Sequence[Note]] = field(default_factory=dict)
     links: Links = field(default_factory=Links.empty)  # interview -> the key it was sent as
     resolved: Links = field(default_factory=Links.empty)  # interview -> contact:<id> (the API's)
-    # interviews whose last own answer from the API was a 200, and a 400 or 404 (sorted)
-    confirmed_ids: Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    refused: Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # of some interviews, those whose last own answer from the API was a 200, and a 400 or
+    # 404 (each sorted; None: none known)
+    answers: Callable[[Ints], tuple[Ints, Ints]] | None = None
     # the last confirmed value of each field of these keys (contacts, interview ids as text)
     confirmed: Callable[[list[str]], Mapping[FieldKey, str]] | None = None

@@ -128,6 +128,7 @@ PRAGMAS = (
 # with RunLock and WAL readers never block the writer, so a longer wait means another program
 # (an sqlite3 shell, a backup) holds the file: say so instead of hanging.
 BUSY_TIMEOUT_S = 1.0
+ANSWERS_ASKED = 500  # interview ids looked up in `answered` per query
 HOLDER_WAIT_S = (0.05, 10)  # a refused run waits up to 10 x 50 ms for the holder to sign in
 # Each key's sends in arrival order (the last wins), the keys in order: the keyed tables' pages
 # are then filled one after another, not one page a row (about half the time).
@@ -527,18 +528,25 @@ class State:
         its contact's fields (coalesce.py); `flush` commits it."""
         self._answers.append((interview_id, http_status, run_id, at))
 
-    def answers(self) -> tuple[Ints, Ints]:
-        """The interviews whose last own answer from the API was a 200, and a 400 or 404;
-        each sorted."""
+    def answers(self, ids: Ints) -> tuple[Ints, Ints]:
+        """Of these interviews, those whose last own answer from the API was a 200, and a 400
+        or 404; each sorted. Asked only for the requests a contact's fields may go with (a few
+        a night), never for the whole state."""
         empty = np.zeros(0, dtype=np.int64)
-        if self._db is None or "answered" not in self._tables:
+        if self._db is None or "answered" not in self._tables or not len(ids):
             return empty, empty
-        query = "SELECT interview_id, http_status FROM answered ORDER BY interview_id"
+        wanted = np.unique(ids).tolist()
+        rows: list[tuple[int, int]] = []
         with self._errors_named(), self._wrong_types():
-            rows = self._db.execute(query).fetchall()
-        ids = np.array([row[0] for row in rows], dtype=np.int64)
+            for start in range(0, len(wanted), ANSWERS_ASKED):
+                part = wanted[start : start + ANSWERS_ASKED]
+                marks = ", ".join("?" * len(part))
+                query = "SELECT interview_id, http_status FROM answered WHERE interview_id IN "
+                rows += self._db.execute(f"{query}({marks})", part).fetchall()
+        rows.sort()
+        found = np.array([row[0] for row in rows], dtype=np.int64)
         statuses = np.array([row[1] for row in rows], dtype=np.int64)
-        return ids[statuses == 200], ids[(statuses == 400) | (statuses == 404)]
+        return found[statuses == 200], found[(statuses == 400) | (statuses == 404)]
 
     def flush(self) -> None:
         """Commit the queued sends to the journal, and their planned changes to the history as
