@@ -167,7 +167,7 @@ def _one_by_one(
     for n, (index, key, email, text) in enumerate(
         zip(indices.tolist(), chosen, emails, texts, strict=True)
     ):
-        notes = file_notes(email, ids[n] if ids is not None else (), memory)
+        notes = file_notes(email, ids[n] if ids is not None else (), memory, key)
         known = existing_notes(states.get(key), notes, rules)
         if known is not None:
             new = json.loads(text)
@@ -188,7 +188,9 @@ def _named_by_file(
     if memory.notes_by_email:
         first = _first_rows(contacts)[with_context]
         emails = lower(pick(cells.text[CONTACT_KEY], contacts.positions[first]))
-        named[with_context] = _is_in(emails, memory.notes_by_email)
+        named[with_context] = _is_in(emails, memory.notes_by_email) | _is_in(
+            contacts.keys.take(pa.array(with_context)), memory.notes_by_email
+        )  # by the email the state knows the contact as, too
     if memory.notes_by_interview:
         listed = np.fromiter(memory.notes_by_interview, dtype=np.int64)
         rows = np.isin(cells.id_numbers[contacts.positions], listed)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS, email_key
+from sync_worker.fields import CONTACT_KEY, CONTEXT, NOTES_KEY, TEXT_FIELDS, email_key, is_email_key
 from sync_worker.merger import Context, MergeRules, canonical, fold, parse_context
 from sync_worker.plan.cells import Cells
 from sync_worker.plan.contacts import contact_keys
@@ -158,7 +158,7 @@ def _contact_requests(
     contexts = [r.context for r in rows if r.context is not None]
     if not contexts:
         return [_request(i, contact, None, "off") for i in members]
-    notes = file_notes(members[0].email, [i.interview_id for i in members], memory)
+    notes = file_notes(members[0].email, [i.interview_id for i in members], memory, contact)
     known = existing_notes(state, notes, options.rules)
     existing = known.context if known is not None else None
     label = "no_existing" if existing is None else "merged"
@@ -197,14 +197,17 @@ def existing_notes(state: StateNotes | None, notes: list[Note], rules: MergeRule
     return Known(state[0], EARLIER_SEND) if state is not None else None
 
 
-def file_notes(email: str, interview_ids: Iterable[int], memory: Memory) -> list[Note]:
-    """The contact's notes-file rows (by its first interview's email and by each interview's
-    id), each once, in file order."""
+def file_notes(
+    email: str, interview_ids: Iterable[int], memory: Memory, contact: str = ""
+) -> list[Note]:
+    """The contact's notes-file rows (by its first interview's email, by the email the state
+    knows it as, `contact`, and by each interview's id), each once, in file order."""
     if not memory.notes_by_email and not memory.notes_by_interview:
         return []
     found: dict[int, Note] = {}
-    if email:
-        found.update((n.row, n) for n in memory.notes_by_email.get(email, ()))
+    for key in dict.fromkeys((email, contact if is_email_key(contact) else "")):
+        if key:
+            found.update((n.row, n) for n in memory.notes_by_email.get(key, ()))
     for interview_id in interview_ids:
         found.update((n.row, n) for n in memory.notes_by_interview.get(interview_id, ()))
     return [found[row] for row in sorted(found)]

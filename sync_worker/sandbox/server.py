@@ -366,9 +366,9 @@ async def show_interview(request: web.Request) -> web.Response:
     if (
         interview is None
         and raw_id.isdigit()
-        and sandbox.links.get(int(raw_id)) in sandbox.contacts
-    ):
-        interview = sandbox.interview(int(raw_id))  # linked to a contact that was updated
+        and sandbox.links.get(int(raw_id), int(raw_id)) in sandbox.contacts
+    ):  # its contact (its own, or the one it is linked to) was updated through another
+        interview = sandbox.interview(int(raw_id))
     if interview is None:
         return error(404, "not_found", "No update received for this interview or its contact")
     contact = sandbox.contacts[interview.contact_id]

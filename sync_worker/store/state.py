@@ -533,7 +533,13 @@ class State:
         or 404; each sorted. Asked only for the requests a contact's fields may go with (a few
         a night), never for the whole state."""
         empty = np.zeros(0, dtype=np.int64)
-        if self._db is None or "answered" not in self._tables or not len(ids):
+        if self._db is None or not len(ids):
+            return empty, empty
+        if "answered" in self._tables:
+            query = "SELECT interview_id, http_status FROM answered WHERE interview_id IN "
+        elif "sent" in self._tables:  # not upgraded yet (`plan`, a dry run): as it would seed
+            query = "SELECT interview_id, 200 FROM sent WHERE interview_id IN "
+        else:
             return empty, empty
         wanted = np.unique(ids).tolist()
         rows: list[tuple[int, int]] = []
@@ -541,7 +547,6 @@ class State:
             for start in range(0, len(wanted), ANSWERS_ASKED):
                 part = wanted[start : start + ANSWERS_ASKED]
                 marks = ", ".join("?" * len(part))
-                query = "SELECT interview_id, http_status FROM answered WHERE interview_id IN "
                 rows += self._db.execute(f"{query}({marks})", part).fetchall()
         rows.sort()
         found = np.array([row[0] for row in rows], dtype=np.int64)

@@ -610,6 +610,23 @@ def test_stale_notes_stay_stale_under_every_key_of_their_contact(
     assert notes(sandbox, 1301) == "stale\n\nctx1\n\nctx2"
 
 
+@pytest.mark.parametrize("tonight", ["", "k@x.com"], ids=["no-email", "another-email"])
+def test_a_fresh_edit_keyed_by_the_email_the_state_knows_wins(
+    sandbox: SandboxServer, tonight: str
+) -> None:
+    """7001 was sent as h@x.com; tonight's export gives it no email (or another one), and a
+    fresh notes file gives the person's edit under h@x.com: the contact is still h@x.com's,
+    and the edit is its notes."""
+    write_csv(Path("one.csv"), HEADER, [[7001, "h@x.com", "", "", "h1"]])
+    assert sync(sandbox, "one.csv", "one.l.csv", "--merge").exit_code == 0
+    write_csv(Path("notes.csv"), ["contact_email", "notes"], [["h@x.com", "EDIT"]])
+    later = time.time() + 60
+    os.utime("notes.csv", (later, later))
+    write_csv(Path("two.csv"), HEADER, [[7001, tonight, "", "", "h4"]])
+    assert sync(sandbox, "two.csv", "two.l.csv", "--existing-notes", "notes.csv").exit_code == 0
+    assert notes(sandbox, 7001) == "EDIT\n\nh4"
+
+
 def test_a_notes_row_by_the_id_of_an_interview_not_in_the_export_counts_for_its_contact(
     sandbox: SandboxServer,
 ) -> None:

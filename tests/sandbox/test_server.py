@@ -216,6 +216,8 @@ def test_linked_interviews_share_one_contact_and_its_notes(sandbox: SandboxServe
     assert call(sandbox, "PATCH", "/interviews/503", {"objective": "renewal"})[0] == 200
     assert call(sandbox, "GET", "/interviews/503")[1]["contact_id"] == 501
     assert admin(sandbox, "GET", "/_sandbox/interviews/503")[1]["notes"] == "Jane"
+    # 501 itself was never sent, but its contact was updated through 502
+    assert admin(sandbox, "GET", "/_sandbox/interviews/501")[1]["contact_context"] == "Jane"
     assert call(sandbox, "GET", "/interviews/504")[1]["contact_id"] == 504
     status, body = admin(sandbox, "POST", "/_sandbox/contacts", {"502": 9})
     assert (status, "already in use" in body["error"]["message"]) == (400, True)

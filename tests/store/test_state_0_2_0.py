@@ -55,6 +55,24 @@ def test_what_release_0_2_0_sent_is_skipped(old_state: Path, sandbox: SandboxSer
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_plan_on_a_0_2_0_state_picks_the_carrier_run_would(
+    old_state: Path, sandbox: SandboxServer
+) -> None:
+    """Before its first run upgrades it, `plan` takes what 0.2.0 sent as confirmed, as the
+    upgrade does: a never-seen interview first in the file does not carry the contact's
+    fields, in `plan` or in the run."""
+    folder = old_state.parent
+    header = "interview_id,contact_email,contact_name,objective,contact_context\n"
+    rows = "990000100,a@x.com,Ann,,new notes\n102,a@x.com,Ann,,\n101,a@x.com,Ann,renewal,\n"
+    (folder / "five.csv").write_text(header + rows)
+    planned = [line for line in plan(folder, "five.csv") if "contact_context" in line["body"]]
+    assert [line["interview_id"] for line in planned] == [102]
+    moved_to(old_state, sandbox)
+    assert run_cli(*run_args(sandbox, source="five.csv"), cwd=folder).code in (0, 1)
+    carried = [r["id"] for r in sandbox.requests() if "contact_context" in r.get("fields", [])]
+    assert carried == ["102"]
+
+
 def test_a_0_2_0_state_learns_the_interviews_the_api_refused(
     old_state: Path, sandbox: SandboxServer
 ) -> None:
