@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 from sync_worker.commands import planning
 from sync_worker.logs import REDACTED, configure, get_logger, redact_secrets, register_secret
 from sync_worker.settings.config import Settings
+from sync_worker.store.state import State
 
 
 def test_json_lines_when_not_a_terminal_with_context_bound() -> None:
@@ -54,9 +55,14 @@ def test_invalid_rows_counted_not_one_line_each(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text("interview_id,objective\n" + "".join(f"bad{i},x\n" for i in range(12)))
     options = planning.RunOptions(inputs=(str(path),))
+    batch = planning.read_inputs(Settings(), options.inputs)
     with capture_logs() as events:
-        planning.validate(Settings(), options)
+        planning.plan_with_notes(Settings(), options, batch, State(None))  # as a run plans
     one_by_one = [e for e in events if e["event"] == "invalid_row"]
     assert len(one_by_one) == planning.INVALID_LOGGED
     [counted] = [e for e in events if e["event"] == "invalid_rows"]
     assert counted["count"] == 12 and counted["log_level"] == "warning"
+    assert "see the ledger" in counted["message"]
+    with capture_logs() as events:
+        planning.validate(Settings(), options)  # lists every one itself: none logged
+    assert not [e for e in events if e["event"] in ("invalid_row", "invalid_rows")]
