@@ -48,11 +48,8 @@ def contact_keys(ids: Ints, emails: pa.Array | pa.ChunkedArray, memory: Memory) 
     (lower case, as `lower` makes them; empty: none), aligned. Every road keys contacts here,
     the row road a chunk's interviews at a time, the column roads whole columns."""
     given = emails.combine_chunks() if isinstance(emails, pa.ChunkedArray) else emails
-    named = nonempty(given)
-    if named.all():  # an export whose every row has an email (usual): no id key is made
-        keys = given
-    else:
-        keys = pc.if_else(pa.array(named), given, keyed_by_id(ids))
+    named = nonempty(given)  # every row with an email (usual): no id key is made
+    keys = given if named.all() else pc.if_else(pa.array(named), given, keyed_by_id(ids))
     if len(memory.links):
         sent_as = memory.links.keys_of(ids)
         named = pc.invert(pc.starts_with(sent_as, NO_EMAIL)).fill_null(False)
