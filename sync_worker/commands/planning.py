@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sync_worker.fields import CONTACT_KEY, ID, NO_EMAIL, contact_key, email_key, is_email_key
+from sync_worker.fields import CONTACT_KEY, ID, NO_EMAIL, contact_key, is_email_key
 from sync_worker.logs import get_logger
 from sync_worker.merger import MergeRules
 from sync_worker.plan import Memory, Plan, PlanOptions, build_plan, plan_lines
+from sync_worker.plan.contacts import lower
 from sync_worker.plan.estimate import estimate
 from sync_worker.plan.guards import judge
 from sync_worker.read.notes import Aliases, NotesFile, read_notes
@@ -156,12 +157,16 @@ def _aliases(batch: Batch, links: Links) -> Aliases:
         emails = {key for key in keys if is_email_key(key)}
         if not wanted:
             return found
-        frame = batch.frame
-        if CONTACT_KEY in frame.columns:
-            texts = frame[ID].fillna("").astype(str).str.strip()
-            mails = frame[CONTACT_KEY].fillna("").astype(str).map(lambda e: email_key(e.strip()))
-            hit = texts.isin([str(number) for number in ids]) | mails.isin(list(emails))
-            for text, email in zip(texts[hit], mails[hit], strict=True):
+        if CONTACT_KEY in batch.frame.columns:  # by columns: a million rows, a few hits
+            texts = _trimmed(batch, ID)
+            mails = lower(_trimmed(batch, CONTACT_KEY))
+            hit = pc.or_(
+                pc.is_in(texts, value_set=pa.array([str(number) for number in ids], pa.string())),
+                pc.is_in(mails, value_set=pa.array(sorted(emails), pa.string())),
+            )
+            for text, email in zip(
+                texts.filter(hit).to_pylist(), mails.filter(hit).to_pylist(), strict=True
+            ):
                 if email and text.isdigit():
                     pair(contact_key("", int(text)), email)
         if len(links):  # a state's million links: looked at by array, the few hits one by one
@@ -181,6 +186,13 @@ def _aliases(batch: Batch, links: Links) -> Aliases:
         return found
 
     return known_as
+
+
+def _trimmed(batch: Batch, column: str) -> pa.ChunkedArray:
+    values = pa.array(batch.frame[column], pa.string())
+    if not isinstance(values, pa.ChunkedArray):
+        values = pa.chunked_array([values])
+    return pc.utf8_trim_whitespace(values.fill_null(""))
 
 
 def _log_notes_problems(notes: NotesFile) -> None:

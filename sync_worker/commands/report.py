@@ -42,14 +42,14 @@ def render(path: Path) -> str:
         )
     if aborted:
         lines.append(f"the run was aborted: {aborted}")
-    steps = _next_steps(statuses, set_aside if isinstance(set_aside, int) else 0)
+    resume = None
     if unfinished or aborted:
         first = "fix that first; then a re-run" if aborted else "a re-run"
-        steps = [
+        resume = (
             f"next: {first} of the same command resumes (what the state recorded as sent is "
-            "skipped)",
-            *(step for step in steps if not step.startswith(("next: re-run", "nothing to do"))),
-        ]
+            "skipped)"
+        )
+    steps = _next_steps(statuses, set_aside if isinstance(set_aside, int) else 0, resume)
     return "\n".join(lines + steps)
 
 
@@ -115,10 +115,12 @@ def _took(summary: dict[str, Any]) -> str:
     return f" in {(ended - began).total_seconds():.1f} s"
 
 
-def _next_steps(statuses: Counter[str], set_aside: int = 0) -> list[str]:
-    steps = []
+def _next_steps(statuses: Counter[str], set_aside: int = 0, resume: str | None = None) -> list[str]:
+    """`resume`: the first step of a run that did not end by itself (killed, aborted), in place
+    of retrying its rows or of nothing to do."""
+    steps = [resume] if resume else []
     retry = statuses[Status.FAILED] + statuses[Status.NOT_ATTEMPTED]
-    if retry:
+    if retry and not resume:
         steps.append(
             f"next: re-run the same command to retry the {statuses[Status.FAILED]} failed and "
             f"{statuses[Status.NOT_ATTEMPTED]} not attempted rows (rows already sent are skipped)"
